@@ -1,0 +1,6 @@
+"""AMQP 0-9-1 front end.
+
+`codec`, `spec` and `frames` are sans-I/O: bytes in, method tuples and publish events out; method
+tuples in, bytes out. `connection` holds the protocol state (handshake, channels, content assembly)
+and talks to the broker core; `transport` is the thin asyncio shell around it.
+"""

@@ -1,0 +1,510 @@
+"""The AMQP 0-9-1 connection: handshake, channels, errors, heartbeats, flow — sans-I/O.
+
+Theory of operation: the transport shell feeds received bytes to `data_received` and writes out what
+`take_output` returns; `Connection091` never touches a socket. It asks the shell for the few things
+only the shell can do through the `Shell` protocol (schedule a flush, close, pause reading).
+
+States, in order: header → start-ok → tune-ok → open → running; `closing` after the server sent
+connection.close (only close-ok/close are read then), `closed` at the end. Channel states live in
+`Channel` (`is_open`, `closing`). Everything that changes connection state lives in this file.
+
+Errors: `FrameError` (malformed input) and `ConnectionError091` close the connection with their code;
+`ChannelError` closes only its channel. Texts follow RabbitMQ's form "NOT_FOUND - no queue 'q' ...".
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Protocol
+
+from .. import __version__
+from ..broker import AuthError, Broker
+from . import render, spec
+from .channel import Channel, ChannelError, ConnectionError091
+from .codec import DecodeError, decode_table
+from .constants import (
+    ACCESS_REFUSED,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    FRAME_ERROR,
+    FRAME_MIN_SIZE,
+    NOT_ALLOWED,
+    PROTOCOL_HEADER,
+    REPLY_NAMES,
+    UNEXPECTED_FRAME,
+)
+from .frames import FrameError, FrameReader
+
+log = logging.getLogger("merpati.amqp091")
+
+_ids = itertools.count(1)
+
+SERVER_CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+}
+
+
+class Shell(Protocol):
+    def schedule_flush(self) -> None: ...
+
+    def close(self, after: float = 0.0) -> None: ...
+
+    def set_reading(self, on: bool) -> None: ...
+
+
+class Settings:
+    """Negotiation limits the server proposes (RabbitMQ's defaults)."""
+
+    def __init__(self, frame_max: int = 131072, channel_max: int = 2047, heartbeat: int = 60,
+                 max_message_size: int = 128 * 1024 * 1024, close_timeout: float = 3.0) -> None:
+        self.frame_max = frame_max
+        self.channel_max = channel_max
+        self.heartbeat = heartbeat
+        self.max_message_size = max_message_size
+        self.close_timeout = close_timeout
+
+
+def _text(code: int, text: str) -> str:
+    return f"{REPLY_NAMES.get(code, str(code))} - {text}"[:255]
+
+
+class Connection091:
+    def __init__(self, broker: Broker, shell: Shell, peer: Any, loopback: bool, settings: Settings | None = None) -> None:
+        self.broker = broker
+        self.shell = shell
+        self.peer = peer
+        self.loopback = loopback
+        self.settings = settings or Settings()
+        self.id = f"{broker.node_id}/{next(_ids)}"
+        self.state = "header"
+        self.frame_max = self.settings.frame_max
+        self.channel_max = self.settings.channel_max
+        self.heartbeat = 0
+        self.reader = FrameReader(self, self.settings.frame_max, self.settings.max_message_size)
+        self.channels: dict[int, Channel] = {}
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.receiving = False
+        self.confirm_dirty: set[Channel] = set()
+        self.write_paused = False
+        self.user = ""
+        self.vhost = ""
+        self.client_properties: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.exclusive_queues: set[str] = set()
+        self.blocked = False  # publishing paused by a resource alarm
+        self._header_buf = b""
+        # Heartbeat bookkeeping: activity flags cleared by each tick.
+        self.recv_activity = False
+        self.send_activity = False
+        self.silent_ticks = 0
+
+    # -- output -------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        if not self.receiving and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.shell.schedule_flush()
+
+    def flush_soon(self) -> None:
+        if self.out or self.confirm_dirty:
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.shell.schedule_flush()
+
+    def take_output(self) -> bytes:
+        """Everything to write now (pending publisher confirms included)."""
+        self.flush_scheduled = False
+        if self.confirm_dirty:
+            for ch in self.confirm_dirty:
+                ch.flush_confirms()
+            self.confirm_dirty.clear()
+        out = self.out
+        if not out:
+            return b""
+        self.send_activity = True
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def send_method(self, channel: int, method: Any) -> None:
+        self.send(render.method_frame(channel, method))
+
+    # -- input --------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.recv_activity = True
+        if self.state == "closed":
+            return
+        if self.state == "header":
+            data = self._read_header(data)
+            if not data:
+                return
+        self.receiving = True
+        try:
+            self.reader.feed(data)
+        except FrameError as e:
+            self._fatal(e.code, e.text, e.class_id, e.method_id)
+        except ConnectionError091 as e:
+            self.close_connection(e.code, e.text, e.class_id, e.method_id)
+        except Exception:
+            log.exception("internal error on connection %s", self.id)
+            self.close_connection(541, "internal error while handling a frame")
+        finally:
+            self.receiving = False
+
+    def _read_header(self, data: bytes) -> bytes:
+        buf = self._header_buf + data
+        if len(buf) < 8:
+            if not b"AMQP".startswith(buf[:4]):
+                self._bad_header()
+                return b""
+            self._header_buf = buf
+            return b""
+        if buf[:8] != PROTOCOL_HEADER:
+            self._bad_header()
+            return b""
+        self._header_buf = b""
+        self.state = "start-ok"
+        self.send_method(0, spec.ConnectionStart(
+            version_major=0, version_minor=9,
+            server_properties={
+                "product": "Merpati",
+                "version": __version__,
+                "platform": "Python",
+                "copyright": "The Merpati authors",
+                "information": "Licensed under the Apache License 2.0",
+                "cluster_name": self.broker.node_id,
+                "capabilities": SERVER_CAPABILITIES,
+            },
+            mechanisms=b"PLAIN AMQPLAIN", locales=b"en_US",
+        ))
+        return buf[8:]
+
+    def _bad_header(self) -> None:
+        # The spec's answer to a protocol we do not speak: our header, then close.
+        self.state = "closed"
+        self.out.append(PROTOCOL_HEADER)
+        self.shell.schedule_flush()
+        self.shell.close()
+
+    def on_heartbeat(self) -> None:
+        pass
+
+    def on_method(self, channel: int, payload: bytes) -> None:
+        try:
+            method = spec.decode_method(payload)
+        except DecodeError as e:
+            cid, mid = (payload[0] << 8 | payload[1], payload[2] << 8 | payload[3]) if len(payload) >= 4 else (0, 0)
+            raise FrameError(FRAME_ERROR, f"cannot decode {spec.method_name(cid, mid)}: {e}", cid, mid)
+        except spec.UnknownMethod as e:
+            raise ConnectionError091(COMMAND_INVALID, f"unknown method {e.class_id}.{e.method_id}", e.class_id, e.method_id)
+        state = self.state
+        if state == "running":
+            if channel:
+                self._channel_method(channel, method)
+            else:
+                self._connection_method(method)
+        elif state == "closing":
+            if channel == 0 and method.NAME in ("connection.close-ok", "connection.close"):
+                if method.NAME == "connection.close":
+                    self.send_method(0, spec.ConnectionCloseOk())
+                self.state = "closed"
+                self.reader.stopped = True
+                self.shell.close()
+        else:
+            self._handshake(channel, method)
+
+    # -- handshake ----------------------------------------------------------------------------
+
+    def _handshake(self, channel: int, method: Any) -> None:
+        expected = {"start-ok": "connection.start-ok", "tune-ok": "connection.tune-ok", "open": "connection.open"}[self.state]
+        if channel != 0 or method.NAME != expected:
+            if method.NAME == "connection.close" and channel == 0:
+                self.send_method(0, spec.ConnectionCloseOk())
+                self.state = "closed"
+                self.shell.close()
+                return
+            raise ConnectionError091(
+                COMMAND_INVALID if channel == 0 else CHANNEL_ERROR,
+                f"expected '{expected}' on channel 0, got '{method.NAME}' on channel {channel}",
+                method.CLASS_ID, method.METHOD_ID,
+            )
+        if self.state == "start-ok":
+            self._start_ok(method)
+        elif self.state == "tune-ok":
+            self._tune_ok(method)
+        else:
+            self._open(method)
+
+    def _start_ok(self, m: Any) -> None:
+        self.client_properties = m.client_properties or {}
+        caps = self.client_properties.get("capabilities")
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        try:
+            username, password = _credentials(m.mechanism, m.response)
+        except ValueError as e:
+            self._refuse(str(e))
+            return
+        try:
+            self.user = self.broker.authenticate(username, password, self.loopback)
+        except AuthError as e:
+            log.warning("connection %s from %s refused: %s", self.id, self.peer, e)
+            self._refuse(str(e))
+            return
+        self.state = "tune-ok"
+        self.send_method(0, spec.ConnectionTune(
+            channel_max=self.settings.channel_max, frame_max=self.settings.frame_max, heartbeat=self.settings.heartbeat
+        ))
+
+    def _refuse(self, text: str) -> None:
+        if self.capabilities.get("authentication_failure_close"):
+            if text.startswith("ACCESS_REFUSED - "):
+                text = text[len("ACCESS_REFUSED - "):]
+            self.close_connection(ACCESS_REFUSED, text, 10, 11)
+        else:
+            # Without the capability the 0-9-1 spec's answer is to close the socket.
+            self.state = "closed"
+            self.reader.stopped = True
+            self.shell.close()
+
+    def _tune_ok(self, m: Any) -> None:
+        server_max = self.settings.frame_max
+        frame_max = m.frame_max or server_max
+        if frame_max < FRAME_MIN_SIZE:
+            raise ConnectionError091(NOT_ALLOWED, f"frame_max={frame_max} < {FRAME_MIN_SIZE} min size", 10, 31)
+        if frame_max > server_max:
+            raise ConnectionError091(NOT_ALLOWED, f"frame_max={frame_max} > {server_max} max size", 10, 31)
+        channel_max = m.channel_max or 65535
+        if channel_max > self.settings.channel_max:
+            channel_max = self.settings.channel_max
+        self.frame_max = frame_max
+        self.reader.frame_max = frame_max
+        self.channel_max = channel_max
+        self.heartbeat = m.heartbeat
+        self.state = "open"
+
+    def _open(self, m: Any) -> None:
+        vhost = m.virtual_host or "/"
+        if vhost not in self.broker.state.vhosts:
+            raise ConnectionError091(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
+        if not self.broker.vhost_allowed(self.user, vhost):
+            raise ConnectionError091(NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40)
+        self.vhost = vhost
+        self.state = "running"
+        self.broker.connections.add(self)
+        self.send_method(0, spec.ConnectionOpenOk())
+        if self.broker.blocked:
+            self.on_alarm(True)
+
+    # -- channel 0 while running --------------------------------------------------------------
+
+    def _connection_method(self, m: Any) -> None:
+        name = m.NAME
+        if name == "connection.close":
+            self.send_method(0, spec.ConnectionCloseOk())
+            self.state = "closed"
+            self.reader.stopped = True
+            self._teardown()
+            self.shell.close()
+        elif name == "connection.update-secret":
+            self.send_method(0, spec.ConnectionUpdateSecretOk())
+        elif name == "connection.close-ok":
+            self.state = "closed"
+            self.shell.close()
+        else:
+            raise ConnectionError091(COMMAND_INVALID, f"unexpected method {name} on channel 0", m.CLASS_ID, m.METHOD_ID)
+
+    # -- channels -----------------------------------------------------------------------------
+
+    def _channel_method(self, number: int, m: Any) -> None:
+        ch = self.channels.get(number)
+        name = m.NAME
+        if name == "channel.open":
+            if number > self.channel_max:
+                raise ConnectionError091(NOT_ALLOWED, f"channel {number} exceeds the negotiated channel_max of {self.channel_max}", 20, 10)
+            if ch is not None:
+                raise ConnectionError091(CHANNEL_ERROR, f"second 'channel.open' seen on channel {number}", 20, 10)
+            self.channels[number] = Channel(self, number)
+            self.send_method(number, spec.ChannelOpenOk())
+            return
+        if ch is None:
+            raise ConnectionError091(CHANNEL_ERROR, f"expected 'channel.open' on channel {number}, got '{name}'", m.CLASS_ID, m.METHOD_ID)
+        if ch.closing:
+            # After the server's channel.close only close-ok (or a crossing close) counts.
+            if name == "channel.close-ok":
+                del self.channels[number]
+            elif name == "channel.close":
+                self.send_method(number, spec.ChannelCloseOk())
+            return
+        if name == "channel.close":
+            ch.teardown()
+            del self.channels[number]
+            self.reader.drop_content(number)
+            self.send_method(number, spec.ChannelCloseOk())
+            return
+        if name == "channel.close-ok":
+            raise ConnectionError091(CHANNEL_ERROR, f"unexpected channel.close-ok on channel {number}", 20, 41)
+        try:
+            ch.handle_method(m)
+        except ChannelError as e:
+            self.close_channel(ch, e.code, e.text, e.class_id, e.method_id)
+
+    def on_publish(self, number: int, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
+                   route_raw: bytes, props_raw: bytes, body: bytes) -> None:
+        ch = self.channels.get(number)
+        if ch is None:
+            if self.state != "running":
+                raise ConnectionError091(COMMAND_INVALID, "basic.publish before the connection is open", 60, 40)
+            raise ConnectionError091(CHANNEL_ERROR, f"expected 'channel.open' on channel {number}, got 'basic.publish'", 60, 40)
+        if ch.closing:
+            return
+        if self.blocked:
+            self.shell.set_reading(False)
+        try:
+            ch.publish(exchange, routing_key, mandatory, immediate, route_raw, props_raw, body)
+        except ChannelError as e:
+            self.close_channel(ch, e.code, e.text, e.class_id or 60, e.method_id or 40)
+
+    def close_channel(self, ch: Channel, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        log.info("channel %d of connection %s closed: %s", ch.number, self.id, _text(code, text))
+        ch.teardown()
+        ch.closing = True
+        self.reader.drop_content(ch.number)
+        self.send_method(ch.number, spec.ChannelClose(reply_code=code, reply_text=_text(code, text), class_id=class_id, method_id=method_id))
+
+    def protocol_error(self, channel: int, e: ChannelError | ConnectionError091) -> None:
+        """An error found outside `data_received` (after an awaited metadata command)."""
+        ch = self.channels.get(channel)
+        if isinstance(e, ChannelError) and ch is not None:
+            self.close_channel(ch, e.code, e.text, e.class_id, e.method_id)
+        else:
+            self.close_connection(e.code, e.text, e.class_id, e.method_id)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close_connection(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Send connection.close and wait (bounded) for close-ok."""
+        if self.state in ("closing", "closed"):
+            return
+        if self.state == "header":
+            self.state = "closed"
+            self.shell.close()
+            return
+        log.info("connection %s from %s closed by the server: %s", self.id, self.peer, _text(code, text))
+        self.send_method(0, spec.ConnectionClose(reply_code=code, reply_text=_text(code, text), class_id=class_id, method_id=method_id))
+        self.state = "closing"
+        self._teardown()
+        self.shell.schedule_flush()
+        self.shell.close(after=self.settings.close_timeout)
+
+    def _fatal(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Malformed input: the byte stream cannot be trusted, so close right after connection.close."""
+        self.reader.stopped = True
+        if self.state not in ("header", "closing", "closed"):
+            log.info("connection %s from %s: %s", self.id, self.peer, _text(code, text))
+            self.send_method(0, spec.ConnectionClose(reply_code=code, reply_text=_text(code, text), class_id=class_id, method_id=method_id))
+        self.state = "closed"
+        self._teardown()
+        self.shell.schedule_flush()
+        self.shell.close()
+
+    def connection_lost(self) -> None:
+        self.state = "closed"
+        self.reader.stopped = True
+        self._teardown()
+
+    def _teardown(self) -> None:
+        channels = list(self.channels.values())
+        self.channels.clear()
+        for ch in channels:
+            if ch.is_open:
+                ch.teardown()
+        self.confirm_dirty.clear()
+        self.broker.connections.discard(self)
+        if self.exclusive_queues:
+            from ..metadata import commands as cmds
+
+            names, self.exclusive_queues = self.exclusive_queues, set()
+            for name in names:
+                if self.broker.state.queue(self.vhost, name) is not None:
+                    fut = self.broker.propose(cmds.DeleteQueue(self.vhost, name))
+                    fut.add_done_callback(lambda f: f.exception())
+
+    # -- timers and flow ----------------------------------------------------------------------
+
+    def heartbeat_tick(self) -> bool:
+        """Called every heartbeat/2 seconds; False when the peer missed two intervals."""
+        if self.recv_activity:
+            self.recv_activity = False
+            self.silent_ticks = 0
+        else:
+            self.silent_ticks += 1
+            if self.silent_ticks >= 4:
+                log.warning("connection %s from %s: missed heartbeats, timeout %ds", self.id, self.peer, self.heartbeat)
+                self.state = "closed"
+                self.reader.stopped = True
+                self._teardown()
+                return False
+        if not self.send_activity and not self.out:
+            self.send(render.HEARTBEAT)
+        self.send_activity = False
+        return True
+
+    def on_alarm(self, raised: bool) -> None:
+        if self.state != "running":
+            return
+        if raised:
+            self.blocked = True
+            if self.capabilities.get("connection.blocked"):
+                self.send_method(0, spec.ConnectionBlocked(reason="low on memory"))
+        else:
+            self.blocked = False
+            self.shell.set_reading(True)
+            if self.capabilities.get("connection.blocked"):
+                self.send_method(0, spec.ConnectionUnblocked())
+
+    def writing_paused(self, paused: bool) -> None:
+        self.write_paused = paused
+        if not paused:
+            for ch in list(self.channels.values()):
+                if ch.is_open:
+                    ch.kick_consumers()
+
+    def force_close(self, reason: str = "shutdown") -> None:
+        self.close_connection(320, f"broker forced connection closure with reason '{reason}'")
+
+
+def _credentials(mechanism: str, response: bytes) -> tuple[str, str]:
+    if mechanism == "PLAIN":
+        parts = response.split(b"\x00")
+        if len(parts) != 3:
+            raise ValueError("ACCESS_REFUSED - malformed PLAIN response")
+        return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+    if mechanism == "AMQPLAIN":
+        # A field table without its length prefix.
+        try:
+            table, _ = decode_table(len(response).to_bytes(4, "big") + response, 0)
+        except DecodeError:
+            raise ValueError("ACCESS_REFUSED - malformed AMQPLAIN response")
+        login, password = table.get("LOGIN"), table.get("PASSWORD")
+        if isinstance(login, bytes):
+            login = login.decode("utf-8", "replace")
+        if isinstance(password, bytes):
+            password = password.decode("utf-8", "replace")
+        if not isinstance(login, str) or not isinstance(password, str):
+            raise ValueError("ACCESS_REFUSED - AMQPLAIN response without LOGIN and PASSWORD")
+        return login, password
+    raise ValueError(f"ACCESS_REFUSED - unsupported authentication mechanism '{mechanism}'")
+
+
+__all__ = ["Connection091", "Settings", "Shell", "UNEXPECTED_FRAME"]

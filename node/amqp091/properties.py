@@ -1,0 +1,118 @@
+"""Basic-class content properties: the raw bytes are kept; these helpers read or build them.
+
+A content header's property bytes (flags + property list) travel from basic.publish to basic.deliver
+untouched. Only the few properties the broker acts on (headers for the headers exchange, delivery
+mode, expiration, priority, user-id) are ever decoded, and only when their flag is set.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .codec import (
+    DecodeError,
+    Timestamp,
+    decode_shortstr,
+    decode_table,
+    encode_shortstr,
+    encode_table,
+)
+
+# Property name, flag bit, type.
+PROPERTIES: list[tuple[str, int, str]] = [
+    ("content_type", 0x8000, "shortstr"),
+    ("content_encoding", 0x4000, "shortstr"),
+    ("headers", 0x2000, "table"),
+    ("delivery_mode", 0x1000, "octet"),
+    ("priority", 0x0800, "octet"),
+    ("correlation_id", 0x0400, "shortstr"),
+    ("reply_to", 0x0200, "shortstr"),
+    ("expiration", 0x0100, "shortstr"),
+    ("message_id", 0x0080, "shortstr"),
+    ("timestamp", 0x0040, "timestamp"),
+    ("type", 0x0020, "shortstr"),
+    ("user_id", 0x0010, "shortstr"),
+    ("app_id", 0x0008, "shortstr"),
+    ("cluster_id", 0x0004, "shortstr"),
+]
+
+FLAG_HEADERS = 0x2000
+FLAG_DELIVERY_MODE = 0x1000
+FLAG_PRIORITY = 0x0800
+FLAG_EXPIRATION = 0x0100
+FLAG_USER_ID = 0x0010
+
+
+def flags_of(raw: bytes) -> int:
+    """The property flags word of raw property bytes (0 for an empty list)."""
+    if len(raw) < 2:
+        return 0
+    return (raw[0] << 8) | raw[1]
+
+
+def decode_properties(raw: bytes) -> dict[str, Any]:
+    """Decode raw property bytes to a dict of the properties present; raises DecodeError."""
+    if len(raw) < 2:
+        raise DecodeError("content header without property flags")
+    flags = (raw[0] << 8) | raw[1]
+    off = 2
+    # Continuation flags (bit 0) announce more flag words; basic has 14 properties so any further
+    # words carry nothing, but they must be skipped to reach the property list.
+    last = flags
+    while last & 1:
+        if off + 2 > len(raw):
+            raise DecodeError("truncated property flags")
+        last = (raw[off] << 8) | raw[off + 1]
+        off += 2
+    props: dict[str, Any] = {}
+    try:
+        for name, bit, kind in PROPERTIES:
+            if not flags & bit:
+                continue
+            if kind == "shortstr":
+                props[name], off = decode_shortstr(raw, off)
+            elif kind == "octet":
+                if off >= len(raw):
+                    raise DecodeError(f"truncated property {name}")
+                props[name] = raw[off]
+                off += 1
+            elif kind == "table":
+                props[name], off = decode_table(raw, off)
+            else:
+                (props[name],) = struct.unpack_from(">Q", raw, off)
+                props[name] = Timestamp(props[name])
+                off += 8
+    except struct.error:
+        raise DecodeError("truncated content properties")
+    if off != len(raw):
+        raise DecodeError("content header has trailing bytes after its properties")
+    return props
+
+
+def encode_properties(props: dict[str, Any]) -> bytes:
+    flags = 0
+    parts: list[bytes] = []
+    for name, bit, kind in PROPERTIES:
+        value = props.get(name)
+        if value is None:
+            continue
+        flags |= bit
+        if kind == "shortstr":
+            parts.append(encode_shortstr(value))
+        elif kind == "octet":
+            parts.append(bytes((int(value),)))
+        elif kind == "table":
+            parts.append(encode_table(value))
+        else:
+            seconds = value.seconds if isinstance(value, Timestamp) else int(value)
+            parts.append(struct.pack(">Q", seconds))
+    return struct.pack(">H", flags) + b"".join(parts)
+
+
+def is_persistent(raw: bytes) -> bool:
+    """delivery_mode == 2, read without decoding properties that precede it unless necessary."""
+    flags = flags_of(raw)
+    if not flags & FLAG_DELIVERY_MODE:
+        return False
+    return decode_properties(raw).get("delivery_mode") == 2

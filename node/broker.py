@@ -1,0 +1,213 @@
+"""The broker core of one node: metadata, the queues this node leads, routing, users.
+
+Protocol front ends call into `Broker`; it never knows which protocol is asking. Metadata changes go
+through the `MetadataLog` seam (proposed, then applied); queues are reached through the
+`QueueHandle` seam; routing returns queues by name and never knows where a queue lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .core.message import Message
+from .core.queue import LocalQueue, QueueHandle
+from .metadata import commands as cmds
+from .metadata.log import LocalLog, MetadataLog
+from .metadata.state import MetadataError, MetadataState, QueueDef
+from .routing.exchange import Exchange
+
+log = logging.getLogger("merpati.broker")
+
+ACCESS_REFUSED = 403
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256 format, so definitions move between the two."""
+    salt = salt if salt is not None else os.urandom(4)
+    digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+    return base64.b64encode(salt + digest).decode("ascii")
+
+
+def check_password(password: str, password_hash: str) -> bool:
+    try:
+        raw = base64.b64decode(password_hash)
+    except ValueError:
+        return False
+    salt, digest = raw[:4], raw[4:]
+    return hmac.compare_digest(hashlib.sha256(salt + password.encode("utf-8")).digest(), digest)
+
+
+def generate_queue_name() -> str:
+    return "amq.gen-" + base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=")
+
+
+class AuthError(Exception):
+    pass
+
+
+class Broker:
+    def __init__(self, node_id: str, metadata: MetadataLog | None = None, loopback_users: Iterable[str] = ("guest",)) -> None:
+        self.node_id = node_id
+        self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
+        self.state = self.metadata.state
+        self.loopback_users = set(loopback_users)
+        # vhost -> queue name -> handle of every queue this node can reach.
+        self.queues: dict[str, dict[str, QueueHandle]] = {}
+        self.connections: set[Any] = set()
+        self._regex_cache: dict[str, re.Pattern] = {}
+        self.alarm_listeners: list[Callable[[bool], None]] = []
+        self.blocked = False
+        self.metadata.subscribe(self._on_applied)
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def propose(self, cmd: cmds.Command) -> asyncio.Future:
+        return self.metadata.propose(cmd)
+
+    def _on_applied(self, cmd: cmds.Command, result: Any) -> None:
+        if isinstance(result, MetadataError):
+            return
+        if isinstance(cmd, cmds.AddVhost):
+            self.queues.setdefault(cmd.name, {})
+        elif isinstance(cmd, cmds.DeclareQueue) and result == "created":
+            qdef = self.state.queue(cmd.vhost, cmd.name)
+            assert qdef is not None
+            self._create_queue(qdef)
+        elif isinstance(cmd, cmds.DeleteQueue):
+            q = self.queues.get(cmd.vhost, {}).pop(cmd.name, None)
+            if isinstance(q, LocalQueue):
+                q.delete("queue deleted")
+        elif isinstance(cmd, cmds.DeleteVhost):
+            for q in self.queues.pop(cmd.name, {}).values():
+                if isinstance(q, LocalQueue):
+                    q.delete("vhost deleted")
+
+    def _create_queue(self, qdef: QueueDef) -> None:
+        q = LocalQueue(qdef.vhost, qdef.name, qdef.durable, qdef.exclusive_owner, qdef.auto_delete, qdef.arguments)
+        q.on_unused = self._queue_unused
+        self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
+
+    def _queue_unused(self, q: LocalQueue) -> None:
+        if q.deleted:
+            return
+        fut = self.propose(cmds.DeleteQueue(q.vhost, q.name))
+        fut.add_done_callback(_ignore_result)
+
+    def queue(self, vhost: str, name: str) -> QueueHandle | None:
+        vq = self.queues.get(vhost)
+        return vq.get(name) if vq else None
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def route(self, vhost: str, exchange: Exchange, msg: Message) -> list[QueueHandle]:
+        """The queues a message published to `exchange` reaches (exchange-to-exchange included)."""
+        vqueues = self.queues[vhost]
+        if not exchange.name:
+            q = vqueues.get(msg.routing_key)
+            return [q] if q is not None else []
+        dests = exchange.route(msg.routing_key, msg.headers)
+        if not dests:
+            return []
+        out: list[QueueHandle] = []
+        nested: list[str] | None = None
+        for kind, name in dests:
+            if kind == "q":
+                q = vqueues.get(name)
+                if q is not None:
+                    out.append(q)
+            else:
+                if nested is None:
+                    nested = []
+                nested.append(name)
+        if nested:
+            self._route_nested(vhost, exchange.name, nested, msg, out)
+        return out
+
+    def _route_nested(self, vhost: str, origin: str, pending: list[str], msg: Message, out: list[QueueHandle]) -> None:
+        vh = self.state.vhosts[vhost]
+        vqueues = self.queues[vhost]
+        seen_ex = {origin}
+        seen_q = {id(q) for q in out}
+        while pending:
+            name = pending.pop()
+            if name in seen_ex:
+                continue  # exchange-to-exchange cycles route once
+            seen_ex.add(name)
+            ex = vh.exchanges.get(name)
+            if ex is None:
+                continue
+            if not ex.name:
+                q = vqueues.get(msg.routing_key)
+                if q is not None and id(q) not in seen_q:
+                    seen_q.add(id(q))
+                    out.append(q)
+                continue
+            for kind, dname in ex.route(msg.routing_key, msg.headers):
+                if kind == "q":
+                    q = vqueues.get(dname)
+                    if q is not None and id(q) not in seen_q:
+                        seen_q.add(id(q))
+                        out.append(q)
+                else:
+                    pending.append(dname)
+
+    # -- users and permissions ----------------------------------------------------------------
+
+    def authenticate(self, username: str, password: str, loopback: bool) -> str:
+        user = self.state.users.get(username)
+        if user is None or not check_password(password, user.password_hash):
+            raise AuthError(f"ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{username}')")
+        if username in self.loopback_users and not loopback:
+            raise AuthError(f"ACCESS_REFUSED - user '{username}' can only connect via localhost")
+        return username
+
+    def vhost_allowed(self, user: str, vhost: str) -> bool:
+        return (user, vhost) in self.state.permissions
+
+    def _allowed(self, user: str, vhost: str, kind: str, resource: str) -> bool:
+        perm = self.state.permissions.get((user, vhost))
+        if perm is None:
+            return False
+        pattern = getattr(perm, kind)
+        if pattern == ".*":
+            return True
+        if pattern == "":
+            return False
+        rx = self._regex_cache.get(pattern)
+        if rx is None:
+            rx = self._regex_cache[pattern] = re.compile(pattern)
+        return rx.fullmatch(resource) is not None
+
+    def check(self, user: str, vhost: str, kind: str, resource_kind: str, resource: str) -> None:
+        """Raise 403 unless `user` has `kind` (configure/write/read) access to the resource."""
+        if not self._allowed(user, vhost, kind, resource):
+            raise MetadataError(
+                ACCESS_REFUSED,
+                f"access to {resource_kind} '{resource}' in vhost '{vhost}' refused for user '{user}'",
+            )
+
+    # -- resource alarms ----------------------------------------------------------------------
+
+    def set_alarm(self, raised: bool) -> None:
+        if raised == self.blocked:
+            return
+        self.blocked = raised
+        log.warning("memory alarm %s", "raised: blocking publishers" if raised else "cleared")
+        for listener in list(self.alarm_listeners):
+            listener(raised)
+
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, MetadataError):
+            log.error("metadata command failed: %s", exc)

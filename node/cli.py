@@ -1,0 +1,59 @@
+"""The `merpati` command: `merpati server` runs a node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+from .config import FLAGS, ConfigError, load
+
+
+def _server_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run a broker node")
+    for name, help_text in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       help=f"{help_text} (env MERPATI_{name.upper()})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="merpati", description="Merpati, a clustered AMQP broker")
+    parser.add_argument("--version", action="version", version=f"merpati {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _server_parser(sub)
+    args = parser.parse_args(argv)
+
+    if args.command == "server":
+        flags = {name: getattr(args, name) for name in FLAGS}
+        try:
+            cfg = load(flags)
+        except ConfigError as e:
+            print(f"merpati: {e}", file=sys.stderr)
+            return 2
+        logging.basicConfig(
+            level=getattr(logging, cfg.log_level.upper()),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        from .server import Node
+
+        try:
+            import uvloop  # type: ignore[import-not-found]
+        except ImportError:
+            uvloop = None
+        node = Node(cfg)
+        try:
+            if uvloop is not None:
+                uvloop.run(node.run())
+            else:
+                asyncio.run(node.run())
+        except OSError as e:
+            logging.getLogger("merpati.server").error("cannot start: %s", e)
+            return 1
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

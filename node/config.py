@@ -1,0 +1,136 @@
+"""Node configuration: one set of names across flags, environment and config file.
+
+Precedence: command-line flag > environment variable `MERPATI_<NAME>` > config file (TOML) >
+default. Names are the flag names with dashes; the config file and the environment accept them
+with underscores too (`amqp-port`, `amqp_port`, `MERPATI_AMQP_PORT`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class UserConfig:
+    name: str
+    password: str
+    tags: tuple[str, ...] = ()
+    vhosts: tuple[str, ...] = ("/",)
+
+
+@dataclass
+class Config:
+    amqp_port: int = 5672
+    bind: str = "0.0.0.0"
+    data_dir: str = "./data"
+    node_id: str = ""
+    config: str = ""
+    log_level: str = "info"
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    heartbeat: int = 60
+    frame_max: int = 131072
+    channel_max: int = 2047
+    max_message_size: int = 128 * 1024 * 1024
+    # Fraction of physical memory above which publishers are blocked (RabbitMQ's vm_memory_high_watermark).
+    memory_high_watermark: float = 0.4
+    loopback_users: tuple[str, ...] = ("guest",)
+    vhosts: tuple[str, ...] = ("/",)
+    users: list[UserConfig] = field(default_factory=list)
+
+    def resolved_node_id(self) -> str:
+        return self.node_id or f"merpati@{socket.gethostname()}"
+
+
+# The settings that are flags (and therefore environment variables), with their help text.
+FLAGS: dict[str, str] = {
+    "amqp_port": "AMQP listener port",
+    "bind": "address to listen on",
+    "data_dir": "directory for the node's data",
+    "node_id": "this node's id (default merpati@HOSTNAME)",
+    "config": "TOML configuration file",
+    "log_level": "debug, info, warning or error",
+    "default_user": "user created at start when the config file names no users",
+    "default_pass": "password of the default user",
+    "heartbeat": "heartbeat interval proposed to clients, seconds (0 disables)",
+    "frame_max": "largest frame proposed to clients, bytes",
+    "channel_max": "most channels per connection proposed to clients",
+    "max_message_size": "largest message body accepted, bytes",
+    "memory_high_watermark": "fraction of RAM above which publishers are blocked",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = getattr(Config, name)
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value {value!r} for {name.replace('_', '-')}")
+    return value
+
+
+def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config:
+    """Merge flags (None = not given), environment and the config file into a Config."""
+    environ = dict(os.environ) if environ is None else environ
+    names = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {}
+
+    config_path = flags.get("config") or environ.get("MERPATI_CONFIG")
+    users: list[UserConfig] = []
+    if config_path:
+        path = Path(config_path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}")
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}")
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name == "users":
+                for u in value:
+                    if "name" not in u or "password" not in u:
+                        raise ConfigError(f"config file {path}: every [[users]] entry needs name and password")
+                    users.append(UserConfig(u["name"], u["password"], tuple(u.get("tags", ())), tuple(u.get("vhosts", ("/",)))))
+                continue
+            if name not in names:
+                raise ConfigError(f"config file {path}: unknown setting '{key}'")
+            values[name] = _coerce(name, value)
+        values["config"] = str(path)
+
+    for name in names:
+        env = environ.get("MERPATI_" + name.upper())
+        if env is not None and name not in ("users",):
+            values[name] = _coerce(name, env)
+
+    for name, value in flags.items():
+        if value is not None and name in names:
+            values[name] = _coerce(name, value)
+
+    cfg = Config(**values)
+    cfg.users = users
+    if not (0 < cfg.amqp_port < 65536):
+        raise ConfigError(f"amqp-port {cfg.amqp_port} is not a TCP port")
+    if cfg.frame_max < 4096:
+        raise ConfigError("frame-max must be at least 4096")
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
+    return cfg

@@ -1,0 +1,1 @@
+"""The protocol-neutral broker core: messages, queues, consumers and settlement outcomes."""

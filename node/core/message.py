@@ -1,0 +1,70 @@
+"""The one internal message both protocol front ends map onto."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..amqp091.codec import DecodeError, encode_shortstr
+from ..amqp091.properties import FLAG_HEADERS, decode_properties, flags_of
+
+
+class Message:
+    """Body + properties as they arrived, plus the per-queue delivery state.
+
+    `props_raw` holds the 0-9-1 content-header property bytes (flags + list) exactly as published,
+    and `route_raw` the exchange and routing key as two shortstrs, so that basic.deliver sends them
+    on without decoding or re-encoding. `seq`, `redelivered` and `delivery_count` belong to one
+    queue: a message routed to several queues is copied (shallowly; the body is shared).
+    """
+
+    __slots__ = (
+        "exchange", "routing_key", "route_raw", "props_raw", "body",
+        "_props", "seq", "redelivered", "delivery_count", "publisher",
+    )
+
+    def __init__(self, exchange: str, routing_key: str, route_raw: bytes | None, props_raw: bytes, body: bytes) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.route_raw = route_raw if route_raw is not None else encode_shortstr(exchange) + encode_shortstr(routing_key)
+        self.props_raw = props_raw
+        self.body = body
+        self._props: dict[str, Any] | None = None
+        self.seq = 0
+        self.redelivered = False
+        self.delivery_count = 0
+        # The connection that published it (for no_local consumers); None when not applicable.
+        self.publisher: object | None = None
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        props = self._props
+        if props is None:
+            try:
+                props = decode_properties(self.props_raw) if self.props_raw else {}
+            except DecodeError:
+                props = {}
+            self._props = props
+        return props
+
+    def headers(self) -> dict[str, Any]:
+        if not flags_of(self.props_raw) & FLAG_HEADERS:
+            return {}
+        return self.properties.get("headers") or {}
+
+    def copy(self) -> Message:
+        m = Message.__new__(Message)
+        m.exchange = self.exchange
+        m.routing_key = self.routing_key
+        m.route_raw = self.route_raw
+        m.props_raw = self.props_raw
+        m.body = self.body
+        m._props = self._props
+        m.seq = 0
+        m.redelivered = False
+        m.delivery_count = 0
+        m.publisher = self.publisher
+        return m
+
+    @property
+    def size(self) -> int:
+        return len(self.body)

@@ -1,0 +1,237 @@
+"""Queues: the `QueueHandle` seam and `LocalQueue`, a queue whose messages live on this node.
+
+Theory of operation: a queue holds ready messages in arrival order and a set of consumers, each of
+which says whether it can take a message now (`can_take`: prefetch/credit, flow, a full socket).
+`enqueue` hands a message straight to a consumer with room when nothing is waiting — the common case
+of a keeping-up consumer costs no queueing at all — else appends it. Whenever room may have appeared
+(a settlement, a new consumer, a socket drained) the front end calls `kick`, which deals ready
+messages round-robin to consumers with room.
+
+Settlement follows the core's outcome vocabulary (`node.core.outcome`). Released messages go back to
+their original position: every message gets a per-queue sequence number, and released ones wait in
+a heap keyed by it, ahead of everything never delivered (which is necessarily younger).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .message import Message
+from .outcome import Modified, Outcome
+
+CONFIRMED = True
+
+
+class Consumer(Protocol):
+    tag: str
+    exclusive: bool
+
+    def can_take(self) -> bool:
+        """True when this consumer has room for one more delivery now."""
+
+    def deliver(self, queue: QueueHandle, msg: Message) -> bool:
+        """Send `msg`; True when the delivery awaits settlement (False for at-most-once)."""
+
+    def cancelled(self, queue: QueueHandle, reason: str) -> None:
+        """The queue went away (deleted): the consumer is no longer subscribed."""
+
+
+class QueueHandle(Protocol):
+    """What the front ends and the router use; LocalQueue now, RemoteQueue (gRPC) in a cluster."""
+
+    vhost: str
+    name: str
+
+    def enqueue(self, msg: Message) -> Any: ...
+
+    def subscribe(self, consumer: Consumer) -> None: ...
+
+    def unsubscribe(self, consumer: Consumer) -> None: ...
+
+    def kick(self) -> None: ...
+
+    def settle(self, msg: Message, outcome: Outcome, modified: Modified | None = None) -> None: ...
+
+    def get(self, ack_required: bool) -> Message | None: ...
+
+    def purge(self) -> int: ...
+
+    def stats(self) -> tuple[int, int]: ...
+
+
+class LocalQueue:
+    __slots__ = (
+        "vhost", "name", "durable", "exclusive_owner", "auto_delete", "arguments",
+        "_ready", "_requeued", "_seq", "_consumers", "unacked", "deleted",
+        "had_consumers", "on_unused", "dead_letter", "_dispatching",
+    )
+
+    def __init__(
+        self,
+        vhost: str,
+        name: str,
+        durable: bool = False,
+        exclusive_owner: str | None = None,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments or {}
+        self._ready: deque[Message] = deque()
+        self._requeued: list[tuple[int, Message]] = []
+        self._seq = 0
+        self._consumers: deque[Consumer] = deque()
+        self.unacked = 0
+        self.deleted = False
+        self.had_consumers = False
+        # Called when an auto-delete queue loses its last consumer.
+        self.on_unused: Callable[[LocalQueue], None] | None = None
+        # Called with a rejected message (dead-lettering lands here with queue arguments).
+        self.dead_letter: Callable[[LocalQueue, Message, str], None] | None = None
+        self._dispatching = False
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def enqueue(self, msg: Message) -> bool:
+        self._seq += 1
+        msg.seq = self._seq
+        consumers = self._consumers
+        if consumers and not self._ready and not self._requeued:
+            if len(consumers) == 1:
+                c = consumers[0]
+                if c.can_take():
+                    if c.deliver(self, msg):
+                        self.unacked += 1
+                    return CONFIRMED
+            else:
+                c = self._pick()
+                if c is not None:
+                    if c.deliver(self, msg):
+                        self.unacked += 1
+                    return CONFIRMED
+        self._ready.append(msg)
+        return CONFIRMED
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    @property
+    def consumers(self) -> list[Consumer]:
+        return list(self._consumers)
+
+    def has_exclusive_consumer(self) -> bool:
+        return any(c.exclusive for c in self._consumers)
+
+    def subscribe(self, consumer: Consumer) -> None:
+        self._consumers.append(consumer)
+        self.had_consumers = True
+        self.kick()
+
+    def unsubscribe(self, consumer: Consumer) -> None:
+        try:
+            self._consumers.remove(consumer)
+        except ValueError:
+            return
+        if not self._consumers and self.auto_delete and self.on_unused is not None:
+            self.on_unused(self)
+
+    def _pick(self) -> Consumer | None:
+        consumers = self._consumers
+        for _ in range(len(consumers)):
+            c = consumers[0]
+            consumers.rotate(-1)
+            if c.can_take():
+                return c
+        return None
+
+    def kick(self) -> None:
+        """Deal waiting messages to consumers with room."""
+        if self._dispatching or self.deleted:
+            return
+        self._dispatching = True
+        try:
+            ready = self._ready
+            requeued = self._requeued
+            while (ready or requeued) and self._consumers:
+                c = self._pick()
+                if c is None:
+                    return
+                msg = heapq.heappop(requeued)[1] if requeued else ready.popleft()
+                if c.deliver(self, msg):
+                    self.unacked += 1
+        finally:
+            self._dispatching = False
+
+    def get(self, ack_required: bool) -> Message | None:
+        if self._requeued:
+            msg = heapq.heappop(self._requeued)[1]
+        elif self._ready:
+            msg = self._ready.popleft()
+        else:
+            return None
+        if ack_required:
+            self.unacked += 1
+        return msg
+
+    # -- settlement ---------------------------------------------------------------------------
+
+    def settle(self, msg: Message, outcome: Outcome, modified: Modified | None = None) -> None:
+        if self.deleted:
+            return
+        self.unacked -= 1
+        if outcome is Outcome.ACCEPTED:
+            return
+        if outcome is Outcome.REJECTED:
+            if self.dead_letter is not None:
+                self.dead_letter(self, msg, "rejected")
+            return
+        # released / modified: back to its original position.
+        msg.redelivered = True
+        if modified is not None and modified.delivery_failed:
+            msg.delivery_count += 1
+        heapq.heappush(self._requeued, (msg.seq, msg))
+        self.kick()
+
+    def release_many(self, msgs: list[Message]) -> None:
+        """Release several deliveries at once (channel close), dispatching once at the end."""
+        if self.deleted:
+            return
+        for msg in msgs:
+            self.unacked -= 1
+            msg.redelivered = True
+            heapq.heappush(self._requeued, (msg.seq, msg))
+        self.kick()
+
+    # -- management ---------------------------------------------------------------------------
+
+    def purge(self) -> int:
+        n = len(self._ready) + len(self._requeued)
+        self._ready.clear()
+        self._requeued.clear()
+        return n
+
+    def stats(self) -> tuple[int, int]:
+        """(messages ready, consumers)."""
+        return len(self._ready) + len(self._requeued), len(self._consumers)
+
+    @property
+    def message_count(self) -> int:
+        return len(self._ready) + len(self._requeued)
+
+    def delete(self, reason: str) -> int:
+        """Mark deleted, cancel consumers, drop messages; returns the number of ready messages."""
+        n = self.message_count
+        self.deleted = True
+        self._ready.clear()
+        self._requeued.clear()
+        consumers = list(self._consumers)
+        self._consumers.clear()
+        for c in consumers:
+            c.cancelled(self, reason)
+        return n

@@ -1,0 +1,104 @@
+"""Metadata commands. Frozen and self-contained: applying one needs nothing but the state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AddVhost:
+    name: str
+
+
+@dataclass(frozen=True)
+class DeleteVhost:
+    name: str
+
+
+@dataclass(frozen=True)
+class PutUser:
+    name: str
+    password_hash: str  # RabbitMQ's salted SHA-256 format (base64 of salt + digest)
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeleteUser:
+    name: str
+
+
+@dataclass(frozen=True)
+class SetPermissions:
+    user: str
+    vhost: str
+    configure: str = ".*"
+    write: str = ".*"
+    read: str = ".*"
+
+
+@dataclass(frozen=True)
+class ClearPermissions:
+    user: str
+    vhost: str
+
+
+@dataclass(frozen=True)
+class DeclareExchange:
+    vhost: str
+    name: str
+    type: str
+    durable: bool = True
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeleteExchange:
+    vhost: str
+    name: str
+    if_unused: bool = False
+
+
+@dataclass(frozen=True)
+class DeclareQueue:
+    vhost: str
+    name: str
+    durable: bool = False
+    exclusive_owner: str | None = None  # connection id owning an exclusive queue
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+    leader: str = ""  # node id chosen by the proposer
+
+
+@dataclass(frozen=True)
+class DeleteQueue:
+    vhost: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Bind:
+    vhost: str
+    source: str
+    destination_kind: str  # "q" or "e"
+    destination: str
+    routing_key: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unbind:
+    vhost: str
+    source: str
+    destination_kind: str
+    destination: str
+    routing_key: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+Command = (
+    AddVhost | DeleteVhost | PutUser | DeleteUser | SetPermissions | ClearPermissions
+    | DeclareExchange | DeleteExchange | DeclareQueue | DeleteQueue | Bind | Unbind
+)
