@@ -1,0 +1,75 @@
+"""Start and stop real `merpati server` processes for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NodeProcess:
+    """One node process on loopback; `extra` flags and a TOML `config` text are optional."""
+
+    def __init__(self, *extra: str, config: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="merpati-test-"))
+        self.extra = list(extra)
+        self.config = config
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "node.log"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 15.0) -> NodeProcess:
+        args = [sys.executable, "-m", "node", "server", "--amqp-port", str(self.port), "--bind", "127.0.0.1",
+                "--data-dir", str(self.dir / "data"), "--node-id", f"test@{self.port}", *self.extra]
+        if self.config is not None:
+            cfg = self.dir / "merpati.toml"
+            cfg.write_text(self.config)
+            args += ["--config", str(cfg)]
+        env = {**os.environ, **self.env}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=Path(__file__).resolve().parents[2])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            if b" ready: " in self.log_path.read_bytes():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"node did not become ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
