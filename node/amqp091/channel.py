@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from .connection import Connection091
 
 
+# Deliveries stop once this many bytes wait for the socket; they resume after the next write.
+OUT_LIMIT = 256 * 1024
+
+
 class ChannelError(Exception):
     """A soft error: closes the channel with `code`."""
 
@@ -92,7 +96,11 @@ class Consumer091:
 
     def can_take(self) -> bool:
         ch = self.channel
-        if not ch.active or ch.conn.write_paused:
+        conn = ch.conn
+        if conn.write_paused or conn.out_bytes > OUT_LIMIT:
+            conn.starved = True
+            return False
+        if not ch.active:
             return False
         if self.no_ack:
             return True
@@ -113,6 +121,10 @@ class Consumer091:
         conn.send(render.deliver(ch.number, self.ctag_raw, tag, msg.redelivered, msg.route_raw,
                                  msg.props_raw, msg.body, conn.frame_max))
         return True
+
+    def backpressured(self) -> bool:
+        conn = self.channel.conn
+        return conn.write_paused or conn.out_bytes > OUT_LIMIT
 
     def cancelled(self, queue: QueueHandle, reason: str) -> None:
         ch = self.channel
@@ -670,12 +682,17 @@ class Channel:
                 self.conn.send(render.basic_return(self.number, NO_ROUTE, "NO_ROUTE", msg.route_raw,
                                                    msg.props_raw, msg.body, self.conn.frame_max))
         elif len(queues) == 1:
-            queues[0].enqueue(msg)
+            q = queues[0]
+            q.enqueue(msg)
+            if q.congested:
+                q.block_publisher(self.conn)
         else:
             first = True
             for q in queues:
                 q.enqueue(msg if first else msg.copy())
                 first = False
+                if q.congested:
+                    q.block_publisher(self.conn)
         if seq:
             self.ack_upto = seq
             self.conn.confirm_dirty.add(self)

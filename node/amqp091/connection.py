@@ -95,6 +95,9 @@ class Connection091:
         self.receiving = False
         self.confirm_dirty: set[Channel] = set()
         self.write_paused = False
+        self.out_bytes = 0  # bytes in `out`, bounded by channel.OUT_LIMIT for deliveries
+        self.starved = False  # a consumer was refused for want of output room
+        self._flow_blocked_by: set[object] = set()  # congested queues holding our reading
         self.user = ""
         self.vhost = ""
         self.client_properties: dict[str, Any] = {}
@@ -111,6 +114,7 @@ class Connection091:
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
+        self.out_bytes += len(data)
         if not self.receiving and not self.flush_scheduled:
             self.flush_scheduled = True
             self.shell.schedule_flush()
@@ -134,7 +138,25 @@ class Connection091:
         self.send_activity = True
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self.out_bytes = 0
         return data
+
+    def after_write(self) -> None:
+        """Output went to the socket: consumers refused for want of room may take more now."""
+        if self.starved and not self.write_paused:
+            self.starved = False
+            for ch in list(self.channels.values()):
+                if ch.is_open:
+                    ch.kick_consumers()
+
+    def flow_blocked(self, queue: object) -> None:
+        self._flow_blocked_by.add(queue)
+        self.shell.set_reading(False)
+
+    def flow_unblocked(self, queue: object) -> None:
+        self._flow_blocked_by.discard(queue)
+        if not self._flow_blocked_by and not self.blocked and self.state not in ("closed",):
+            self.shell.set_reading(True)
 
     def send_method(self, channel: int, method: Any) -> None:
         self.send(render.method_frame(channel, method))
@@ -469,7 +491,8 @@ class Connection091:
                 self.send_method(0, spec.ConnectionBlocked(reason="low on memory"))
         else:
             self.blocked = False
-            self.shell.set_reading(True)
+            if not self._flow_blocked_by:
+                self.shell.set_reading(True)
             if self.capabilities.get("connection.blocked"):
                 self.send_method(0, spec.ConnectionUnblocked())
 

@@ -83,6 +83,7 @@ class AMQPProtocol(asyncio.Protocol):
         data = conn.take_output()
         if data and not self._closed and self.transport is not None:
             self.transport.write(data)
+            conn.after_write()
 
     def close(self, after: float = 0.0) -> None:
         if self._closed:

@@ -24,6 +24,13 @@ from .outcome import Modified, Outcome
 
 CONFIRMED = True
 
+# Flow control: a queue whose consumers are held back by their connections' output (not by their
+# prefetch) and whose backlog passes FLOW_HIGH stops its publishers' reading until it is back under
+# FLOW_LOW. This is RabbitMQ's credit flow in spirit: publishers slow to the rate deliveries leave,
+# instead of the node spending its CPU accepting messages it cannot hand on.
+FLOW_HIGH = 2000
+FLOW_LOW = 500
+
 
 class Consumer(Protocol):
     tag: str
@@ -37,6 +44,17 @@ class Consumer(Protocol):
 
     def cancelled(self, queue: QueueHandle, reason: str) -> None:
         """The queue went away (deleted): the consumer is no longer subscribed."""
+
+    def backpressured(self) -> bool:
+        """True when only the consumer's connection output (not its prefetch) holds it back."""
+
+
+class FlowControlled(Protocol):
+    """A publisher that a congested queue can pause and resume."""
+
+    def flow_blocked(self, queue: object) -> None: ...
+
+    def flow_unblocked(self, queue: object) -> None: ...
 
 
 class QueueHandle(Protocol):
@@ -66,7 +84,7 @@ class LocalQueue:
     __slots__ = (
         "vhost", "name", "durable", "exclusive_owner", "auto_delete", "arguments",
         "_ready", "_requeued", "_seq", "_consumers", "unacked", "deleted",
-        "had_consumers", "on_unused", "dead_letter", "_dispatching",
+        "had_consumers", "on_unused", "dead_letter", "_dispatching", "congested", "_blocked",
     )
 
     def __init__(
@@ -96,6 +114,8 @@ class LocalQueue:
         # Called with a rejected message (dead-lettering lands here with queue arguments).
         self.dead_letter: Callable[[LocalQueue, Message, str], None] | None = None
         self._dispatching = False
+        self.congested = False
+        self._blocked: set[FlowControlled] = set()
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -117,7 +137,23 @@ class LocalQueue:
                         self.unacked += 1
                     return CONFIRMED
         self._ready.append(msg)
+        if consumers and len(self._ready) > FLOW_HIGH and not self.congested:
+            self.congested = any(c.backpressured() for c in consumers)
         return CONFIRMED
+
+    def block_publisher(self, publisher: FlowControlled) -> None:
+        if publisher not in self._blocked:
+            self._blocked.add(publisher)
+            publisher.flow_blocked(self)
+
+    def _check_flow(self) -> None:
+        if not self.congested:
+            return
+        if self.message_count < FLOW_LOW or self.deleted or not any(c.backpressured() for c in self._consumers):
+            self.congested = False
+            blocked, self._blocked = self._blocked, set()
+            for publisher in blocked:
+                publisher.flow_unblocked(self)
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -138,6 +174,7 @@ class LocalQueue:
             self._consumers.remove(consumer)
         except ValueError:
             return
+        self._check_flow()
         if not self._consumers and self.auto_delete and self.on_unused is not None:
             self.on_unused(self)
 
@@ -167,6 +204,8 @@ class LocalQueue:
                     self.unacked += 1
         finally:
             self._dispatching = False
+            if self.congested:
+                self._check_flow()
 
     def get(self, ack_required: bool) -> Message | None:
         if self._requeued:
@@ -214,6 +253,7 @@ class LocalQueue:
         n = len(self._ready) + len(self._requeued)
         self._ready.clear()
         self._requeued.clear()
+        self._check_flow()
         return n
 
     def stats(self) -> tuple[int, int]:
@@ -234,4 +274,5 @@ class LocalQueue:
         self._consumers.clear()
         for c in consumers:
             c.cancelled(self, reason)
+        self._check_flow()
         return n
