@@ -47,7 +47,9 @@ def check_password(password: str, password_hash: str) -> bool:
 
 
 def generate_queue_name() -> str:
-    return "amq.gen-" + base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=")
+    return "amq.gen-" + base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii").rstrip(
+        "="
+    )
 
 
 class AuthError(Exception):
@@ -55,7 +57,12 @@ class AuthError(Exception):
 
 
 class Broker:
-    def __init__(self, node_id: str, metadata: MetadataLog | None = None, loopback_users: Iterable[str] = ("guest",)) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        metadata: MetadataLog | None = None,
+        loopback_users: Iterable[str] = ("guest",),
+    ) -> None:
         self.node_id = node_id
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
@@ -92,7 +99,14 @@ class Broker:
                     q.delete("vhost deleted")
 
     def _create_queue(self, qdef: QueueDef) -> None:
-        q = LocalQueue(qdef.vhost, qdef.name, qdef.durable, qdef.exclusive_owner, qdef.auto_delete, qdef.arguments)
+        q = LocalQueue(
+            qdef.vhost,
+            qdef.name,
+            qdef.durable,
+            qdef.exclusive_owner,
+            qdef.auto_delete,
+            qdef.arguments,
+        )
         q.on_unused = self._queue_unused
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
 
@@ -132,7 +146,9 @@ class Broker:
             self._route_nested(vhost, exchange.name, nested, msg, out)
         return out
 
-    def _route_nested(self, vhost: str, origin: str, pending: list[str], msg: Message, out: list[QueueHandle]) -> None:
+    def _route_nested(
+        self, vhost: str, origin: str, pending: list[str], msg: Message, out: list[QueueHandle]
+    ) -> None:
         vh = self.state.vhosts[vhost]
         vqueues = self.queues[vhost]
         seen_ex = {origin}
@@ -165,7 +181,9 @@ class Broker:
     def authenticate(self, username: str, password: str, loopback: bool) -> str:
         user = self.state.users.get(username)
         if user is None or not check_password(password, user.password_hash):
-            raise AuthError(f"ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{username}')")
+            raise AuthError(
+                f"ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{username}')"
+            )
         if username in self.loopback_users and not loopback:
             raise AuthError(f"ACCESS_REFUSED - user '{username}' can only connect via localhost")
         return username

@@ -14,8 +14,12 @@ from .config import FLAGS, ConfigError, load
 def _server_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="run a broker node")
     for name, help_text in FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                       help=f"{help_text} (env MERPATI_{name.upper()})")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            help=f"{help_text} (env MERPATI_{name.upper()})",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,11 @@ def _coerce(name: str, value: Any) -> Any:
     default = getattr(Config, name)
     try:
         if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            return (
+                value
+                if isinstance(value, bool)
+                else str(value).lower() in ("1", "true", "yes", "on")
+            )
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
@@ -108,8 +112,17 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
             if name == "users":
                 for u in value:
                     if "name" not in u or "password" not in u:
-                        raise ConfigError(f"config file {path}: every [[users]] entry needs name and password")
-                    users.append(UserConfig(u["name"], u["password"], tuple(u.get("tags", ())), tuple(u.get("vhosts", ("/",)))))
+                        raise ConfigError(
+                            f"config file {path}: every [[users]] entry needs name and password"
+                        )
+                    users.append(
+                        UserConfig(
+                            u["name"],
+                            u["password"],
+                            tuple(u.get("tags", ())),
+                            tuple(u.get("vhosts", ("/",))),
+                        )
+                    )
                 continue
             if name not in names:
                 raise ConfigError(f"config file {path}: unknown setting '{key}'")

@@ -37,7 +37,11 @@ class Node:
         """Apply the configured vhosts and users (idempotent commands)."""
         cfg = self.config
         apply = self.broker.metadata.apply  # type: ignore[attr-defined]
-        vhosts = list(dict.fromkeys(("/",) + tuple(cfg.vhosts) + tuple(v for u in cfg.users for v in u.vhosts)))
+        vhosts = list(
+            dict.fromkeys(
+                ("/",) + tuple(cfg.vhosts) + tuple(v for u in cfg.users for v in u.vhosts)
+            )
+        )
         for vhost in vhosts:
             apply(cmds.AddVhost(vhost))
         users = cfg.users or [
@@ -61,8 +65,12 @@ class Node:
         )
         self._servers.append(server)
         addrs = ", ".join(_fmt(s.getsockname()) for s in server.sockets)
-        log.info("Merpati node %s ready: AMQP 0-9-1 on %s (data in %s)", self.node_id, addrs,
-                 os.path.abspath(self.config.data_dir))
+        log.info(
+            "Merpati node %s ready: AMQP 0-9-1 on %s (data in %s)",
+            self.node_id,
+            addrs,
+            os.path.abspath(self.config.data_dir),
+        )
         self._memory_task = asyncio.create_task(self._watch_memory())
 
     async def _watch_memory(self) -> None:
@@ -87,7 +95,9 @@ class Node:
             conn.flush_soon()
         # Give clients a moment to answer connection.close before the process exits.
         deadline = asyncio.get_running_loop().time() + 2.0
-        while any(c.state != "closed" for c in conns) and asyncio.get_running_loop().time() < deadline:
+        while (
+            any(c.state != "closed" for c in conns) and asyncio.get_running_loop().time() < deadline
+        ):
             await asyncio.sleep(0.05)
         task = getattr(self, "_memory_task", None)
         if task is not None:
@@ -109,7 +119,9 @@ class Node:
 
 
 class _UserFromFlags:
-    def __init__(self, name: str, password: str, tags: tuple[str, ...], vhosts: tuple[str, ...]) -> None:
+    def __init__(
+        self, name: str, password: str, tags: tuple[str, ...], vhosts: tuple[str, ...]
+    ) -> None:
         self.name, self.password, self.tags, self.vhosts = name, password, tags, vhosts
 
 

@@ -80,10 +80,28 @@ def _err(e: MetadataError) -> ChannelError:
 class Consumer091:
     """A basic.consume subscription; the core's `Consumer` for 0-9-1."""
 
-    __slots__ = ("channel", "tag", "ctag_raw", "queue", "no_ack", "exclusive", "prefetch", "unacked", "arguments")
+    __slots__ = (
+        "channel",
+        "tag",
+        "ctag_raw",
+        "queue",
+        "no_ack",
+        "exclusive",
+        "prefetch",
+        "unacked",
+        "arguments",
+    )
 
-    def __init__(self, channel: Channel, tag: str, queue: QueueHandle, no_ack: bool, exclusive: bool,
-                 prefetch: int, arguments: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        tag: str,
+        queue: QueueHandle,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: int,
+        arguments: dict[str, Any],
+    ) -> None:
         self.channel = channel
         self.tag = tag
         self.ctag_raw = encode_shortstr(tag)
@@ -112,14 +130,34 @@ class Consumer091:
         ch = self.channel
         conn = ch.conn
         if self.no_ack:
-            conn.send(render.deliver(ch.number, self.ctag_raw, ch.next_tag(), msg.redelivered, msg.route_raw,
-                                     msg.props_raw, msg.body, conn.frame_max))
+            conn.send(
+                render.deliver(
+                    ch.number,
+                    self.ctag_raw,
+                    ch.next_tag(),
+                    msg.redelivered,
+                    msg.route_raw,
+                    msg.props_raw,
+                    msg.body,
+                    conn.frame_max,
+                )
+            )
             return False
         ch.delivery_tag = tag = ch.delivery_tag + 1
         ch.unacked[tag] = (queue, msg, self)
         self.unacked += 1
-        conn.send(render.deliver(ch.number, self.ctag_raw, tag, msg.redelivered, msg.route_raw,
-                                 msg.props_raw, msg.body, conn.frame_max))
+        conn.send(
+            render.deliver(
+                ch.number,
+                self.ctag_raw,
+                tag,
+                msg.redelivered,
+                msg.route_raw,
+                msg.props_raw,
+                msg.body,
+                conn.frame_max,
+            )
+        )
         return True
 
     def backpressured(self) -> bool:
@@ -206,8 +244,10 @@ class Channel:
         handler = self._handlers.get(method.NAME)
         if handler is None:
             raise ConnectionError091(
-                COMMAND_INVALID, f"method {method.NAME} is not valid from a client on a channel",
-                method.CLASS_ID, method.METHOD_ID,
+                COMMAND_INVALID,
+                f"method {method.NAME} is not valid from a client on a channel",
+                method.CLASS_ID,
+                method.METHOD_ID,
             )
         try:
             handler(method)
@@ -267,7 +307,9 @@ class Channel:
 
     def _check_name(self, kind: str, name: str) -> None:
         if name.startswith("amq."):
-            raise ChannelError(ACCESS_REFUSED, f"{kind} name '{name}' contains reserved prefix 'amq.*'")
+            raise ChannelError(
+                ACCESS_REFUSED, f"{kind} name '{name}' contains reserved prefix 'amq.*'"
+            )
 
     def _exchange_declare(self, m: Any) -> None:
         state = self.broker.state
@@ -289,9 +331,16 @@ class Channel:
         args = m.arguments or {}
         ae = args.get("alternate-exchange")
         if ae is not None and not isinstance(ae, (str, bytes)):
-            raise ChannelError(PRECONDITION_FAILED, f"invalid arg 'alternate-exchange' for exchange '{name}' in vhost '{self.vhost}': expected a string")
-        cmd = cmds.DeclareExchange(self.vhost, name, m.type, m.durable, m.auto_delete, m.internal, args)
-        self._await(self.broker.propose(cmd), lambda _: self._reply(m.nowait, spec.ExchangeDeclareOk()), m)
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"invalid arg 'alternate-exchange' for exchange '{name}' in vhost '{self.vhost}': expected a string",
+            )
+        cmd = cmds.DeclareExchange(
+            self.vhost, name, m.type, m.durable, m.auto_delete, m.internal, args
+        )
+        self._await(
+            self.broker.propose(cmd), lambda _: self._reply(m.nowait, spec.ExchangeDeclareOk()), m
+        )
 
     def _exchange_delete(self, m: Any) -> None:
         name = m.exchange
@@ -304,7 +353,9 @@ class Channel:
             return
         self.broker.check(self.user, self.vhost, "configure", "exchange", name)
         cmd = cmds.DeleteExchange(self.vhost, name, m.if_unused)
-        self._await(self.broker.propose(cmd), lambda _: self._reply(m.nowait, spec.ExchangeDeleteOk()), m)
+        self._await(
+            self.broker.propose(cmd), lambda _: self._reply(m.nowait, spec.ExchangeDeleteOk()), m
+        )
 
     def _exchange_bind(self, m: Any) -> None:
         self._binding(m, cmds.Bind, "e", m.destination, m.source, spec.ExchangeBindOk())
@@ -316,9 +367,26 @@ class Channel:
         self._binding(m, cmds.Bind, "q", self._queue_name(m.queue), m.exchange, spec.QueueBindOk())
 
     def _queue_unbind(self, m: Any) -> None:
-        self._binding(m, cmds.Unbind, "q", self._queue_name(m.queue), m.exchange, spec.QueueUnbindOk(), nowait=False)
+        self._binding(
+            m,
+            cmds.Unbind,
+            "q",
+            self._queue_name(m.queue),
+            m.exchange,
+            spec.QueueUnbindOk(),
+            nowait=False,
+        )
 
-    def _binding(self, m: Any, kind: type, dkind: str, dest: str, source: str, ok: Any, nowait: bool | None = None) -> None:
+    def _binding(
+        self,
+        m: Any,
+        kind: type,
+        dkind: str,
+        dest: str,
+        source: str,
+        ok: Any,
+        nowait: bool | None = None,
+    ) -> None:
         state = self.broker.state
         if not source or (dkind == "e" and not dest):
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
@@ -332,7 +400,9 @@ class Channel:
         ex = state.exchange(self.vhost, source)
         if ex is None:
             raise ChannelError(NOT_FOUND, f"no exchange '{source}' in vhost '{self.vhost}'")
-        self.broker.check(self.user, self.vhost, "write", "queue" if dkind == "q" else "exchange", dest)
+        self.broker.check(
+            self.user, self.vhost, "write", "queue" if dkind == "q" else "exchange", dest
+        )
         self.broker.check(self.user, self.vhost, "read", "exchange", source)
         args = m.arguments or {}
         if ex.type == "headers":
@@ -341,7 +411,11 @@ class Channel:
             except HeadersError as e:
                 raise ChannelError(PRECONDITION_FAILED, str(e))
         cmd = kind(self.vhost, source, dkind, dest, m.routing_key, args)
-        self._await(self.broker.propose(cmd), lambda _: self._reply(m.nowait if nowait is None else nowait, ok), m)
+        self._await(
+            self.broker.propose(cmd),
+            lambda _: self._reply(m.nowait if nowait is None else nowait, ok),
+            m,
+        )
 
     # -- queues -------------------------------------------------------------------------------
 
@@ -384,7 +458,13 @@ class Channel:
         if qdef is not None:
             self._check_exclusive(qdef)
         cmd = cmds.DeclareQueue(
-            self.vhost, name, m.durable, self.conn.id if m.exclusive else None, m.auto_delete, args, self.broker.node_id
+            self.vhost,
+            name,
+            m.durable,
+            self.conn.id if m.exclusive else None,
+            m.auto_delete,
+            args,
+            self.broker.node_id,
         )
 
         def done(result: Any) -> None:
@@ -405,7 +485,9 @@ class Channel:
             return
         q = self.broker.queue(self.vhost, name)
         messages, consumers = q.stats() if q is not None else (0, 0)
-        self.send_method(spec.QueueDeclareOk(queue=name, message_count=messages, consumer_count=consumers))
+        self.send_method(
+            spec.QueueDeclareOk(queue=name, message_count=messages, consumer_count=consumers)
+        )
 
     def _existing_queue(self, name: str) -> QueueHandle:
         qdef = self.broker.state.queue(self.vhost, name)
@@ -433,9 +515,13 @@ class Channel:
         self.broker.check(self.user, self.vhost, "configure", "queue", name)
         messages, consumers = q.stats()
         if m.if_unused and consumers:
-            raise ChannelError(PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' in use")
+            raise ChannelError(
+                PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' in use"
+            )
         if m.if_empty and messages:
-            raise ChannelError(PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' is not empty")
+            raise ChannelError(
+                PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' is not empty"
+            )
         cmd = cmds.DeleteQueue(self.vhost, name)
 
         def done(_: Any) -> None:
@@ -465,11 +551,16 @@ class Channel:
             raise ConnectionError091(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
         if isinstance(q, LocalQueue):
             if q.has_exclusive_consumer() or (m.exclusive and q.stats()[1]):
-                raise ChannelError(ACCESS_REFUSED, f"queue '{name}' in vhost '{self.vhost}' in exclusive use")
+                raise ChannelError(
+                    ACCESS_REFUSED, f"queue '{name}' in vhost '{self.vhost}' in exclusive use"
+                )
         args = m.arguments or {}
         prio = args.get("x-priority")
         if prio is not None and as_int(prio) is None:
-            raise ChannelError(PRECONDITION_FAILED, f"invalid arg 'x-priority' for consumer '{tag}': expected an integer")
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"invalid arg 'x-priority' for consumer '{tag}': expected an integer",
+            )
         consumer = Consumer091(self, tag, q, m.no_ack, m.exclusive, self.consumer_prefetch, args)
         self.consumers[tag] = consumer
         if not m.nowait:
@@ -504,12 +595,24 @@ class Channel:
         if not m.no_ack:
             self.unacked[tag] = (q, msg, None)
         remaining = q.stats()[0]
-        self.conn.send(render.get_ok(self.number, tag, msg.redelivered, msg.route_raw, remaining,
-                                     msg.props_raw, msg.body, self.conn.frame_max))
+        self.conn.send(
+            render.get_ok(
+                self.number,
+                tag,
+                msg.redelivered,
+                msg.route_raw,
+                remaining,
+                msg.props_raw,
+                msg.body,
+                self.conn.frame_max,
+            )
+        )
 
     # -- basic: settlement --------------------------------------------------------------------
 
-    def _take(self, tag: int, multiple: bool) -> list[tuple[QueueHandle, Message, Consumer091 | None]]:
+    def _take(
+        self, tag: int, multiple: bool
+    ) -> list[tuple[QueueHandle, Message, Consumer091 | None]]:
         unacked = self.unacked
         if multiple:
             if tag == 0:
@@ -541,7 +644,9 @@ class Channel:
 
     def _defer(self, tag: int, multiple: bool, outcome: Any) -> None:
         """In a transaction: check the tag now, settle at commit, forget at rollback."""
-        if tag not in self.unacked and not (multiple and (tag == 0 or (self.unacked and tag > next(iter(self.unacked))))):
+        if tag not in self.unacked and not (
+            multiple and (tag == 0 or (self.unacked and tag > next(iter(self.unacked))))
+        ):
             raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {tag}")
         self.tx.append(lambda: self._settle(self._take(tag, multiple), outcome))  # type: ignore[union-attr]
 
@@ -594,8 +699,18 @@ class Channel:
             tag = self.next_tag()
             self.unacked[tag] = (q, msg, consumer)
             consumer.unacked += 1
-            self.conn.send(render.deliver(self.number, consumer.ctag_raw, tag, True, msg.route_raw,
-                                          msg.props_raw, msg.body, self.conn.frame_max))
+            self.conn.send(
+                render.deliver(
+                    self.number,
+                    consumer.ctag_raw,
+                    tag,
+                    True,
+                    msg.route_raw,
+                    msg.props_raw,
+                    msg.body,
+                    self.conn.frame_max,
+                )
+            )
 
     def _basic_recover_async(self, m: Any) -> None:
         self._recover(m.requeue)
@@ -637,10 +752,20 @@ class Channel:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def publish(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
-                route_raw: bytes, props_raw: bytes, body: bytes) -> None:
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        immediate: bool,
+        route_raw: bytes,
+        props_raw: bytes,
+        body: bytes,
+    ) -> None:
         if self.parked is not None:
-            self.parked.append(("p", (exchange, routing_key, mandatory, immediate, route_raw, props_raw, body)))
+            self.parked.append(
+                ("p", (exchange, routing_key, mandatory, immediate, route_raw, props_raw, body))
+            )
             return
         if immediate:
             raise ConnectionError091(NOT_IMPLEMENTED, "immediate=true", 60, 40)
@@ -652,7 +777,9 @@ class Channel:
             if user_id != self.user:
                 raise ChannelError(
                     PRECONDITION_FAILED,
-                    f"user_id property set to '{user_id}' but authenticated user was '{self.user}'", 60, 40,
+                    f"user_id property set to '{user_id}' but authenticated user was '{self.user}'",
+                    60,
+                    40,
                 )
         msg = Message(exchange, routing_key, route_raw, props_raw, body)
         msg.publisher = self.conn
@@ -666,9 +793,16 @@ class Channel:
     def _lookup_exchange(self, exchange: str) -> Any:
         ex = self.broker.state.exchange(self.vhost, exchange)
         if ex is None:
-            raise ChannelError(NOT_FOUND, f"no exchange '{exchange}' in vhost '{self.vhost}'", 60, 40)
+            raise ChannelError(
+                NOT_FOUND, f"no exchange '{exchange}' in vhost '{self.vhost}'", 60, 40
+            )
         if ex.internal:
-            raise ChannelError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{self.vhost}'", 60, 40)
+            raise ChannelError(
+                ACCESS_REFUSED,
+                f"cannot publish to internal exchange '{exchange}' in vhost '{self.vhost}'",
+                60,
+                40,
+            )
         self.broker.check(self.user, self.vhost, "write", "exchange", exchange)
         if len(self._exchange_cache) > 256:
             self._exchange_cache.clear()
@@ -679,8 +813,17 @@ class Channel:
         queues = self.broker.route(self.vhost, ex, msg)
         if not queues:
             if mandatory:
-                self.conn.send(render.basic_return(self.number, NO_ROUTE, "NO_ROUTE", msg.route_raw,
-                                                   msg.props_raw, msg.body, self.conn.frame_max))
+                self.conn.send(
+                    render.basic_return(
+                        self.number,
+                        NO_ROUTE,
+                        "NO_ROUTE",
+                        msg.route_raw,
+                        msg.props_raw,
+                        msg.body,
+                        self.conn.frame_max,
+                    )
+                )
         elif len(queues) == 1:
             q = queues[0]
             q.enqueue(msg)
@@ -745,7 +888,14 @@ def _result(fut: asyncio.Future) -> Any:
     return fut.result()
 
 
-_INT_ARGS = ("x-expires", "x-message-ttl", "x-max-length", "x-max-length-bytes", "x-max-priority", "x-delivery-limit")
+_INT_ARGS = (
+    "x-expires",
+    "x-message-ttl",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-delivery-limit",
+)
 
 
 def _validate_queue_args(name: str, vhost: str, args: dict[str, Any]) -> None:
@@ -755,12 +905,32 @@ def _validate_queue_args(name: str, vhost: str, args: dict[str, Any]) -> None:
             continue
         value = as_int(args[key])
         if value is None:
-            raise ChannelError(PRECONDITION_FAILED, f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}': expected an integer, got {args[key]!r}")
-        if value < 0 or (key == "x-expires" and value == 0) or (key == "x-max-priority" and value > 255):
-            raise ChannelError(PRECONDITION_FAILED, f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}': value {value} is out of range")
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}': expected an integer, got {args[key]!r}",
+            )
+        if (
+            value < 0
+            or (key == "x-expires" and value == 0)
+            or (key == "x-max-priority" and value > 255)
+        ):
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}': value {value} is out of range",
+            )
     overflow = args.get("x-overflow")
-    if overflow is not None and overflow not in ("drop-head", "reject-publish", "reject-publish-dlx"):
-        raise ChannelError(PRECONDITION_FAILED, f"invalid arg 'x-overflow' for queue '{name}' in vhost '{vhost}': {overflow!r}")
+    if overflow is not None and overflow not in (
+        "drop-head",
+        "reject-publish",
+        "reject-publish-dlx",
+    ):
+        raise ChannelError(
+            PRECONDITION_FAILED,
+            f"invalid arg 'x-overflow' for queue '{name}' in vhost '{vhost}': {overflow!r}",
+        )
     qtype = args.get("x-queue-type")
     if qtype is not None and qtype not in ("classic", "quorum", "stream"):
-        raise ChannelError(PRECONDITION_FAILED, f"invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost}': {qtype!r}")
+        raise ChannelError(
+            PRECONDITION_FAILED,
+            f"invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost}': {qtype!r}",
+        )

@@ -63,8 +63,14 @@ class Shell(Protocol):
 class Settings:
     """Negotiation limits the server proposes (RabbitMQ's defaults)."""
 
-    def __init__(self, frame_max: int = 131072, channel_max: int = 2047, heartbeat: int = 60,
-                 max_message_size: int = 128 * 1024 * 1024, close_timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        frame_max: int = 131072,
+        channel_max: int = 2047,
+        heartbeat: int = 60,
+        max_message_size: int = 128 * 1024 * 1024,
+        close_timeout: float = 3.0,
+    ) -> None:
         self.frame_max = frame_max
         self.channel_max = channel_max
         self.heartbeat = heartbeat
@@ -77,7 +83,14 @@ def _text(code: int, text: str) -> str:
 
 
 class Connection091:
-    def __init__(self, broker: Broker, shell: Shell, peer: Any, loopback: bool, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        shell: Shell,
+        peer: Any,
+        loopback: bool,
+        settings: Settings | None = None,
+    ) -> None:
         self.broker = broker
         self.shell = shell
         self.peer = peer
@@ -197,19 +210,24 @@ class Connection091:
             return b""
         self._header_buf = b""
         self.state = "start-ok"
-        self.send_method(0, spec.ConnectionStart(
-            version_major=0, version_minor=9,
-            server_properties={
-                "product": "Merpati",
-                "version": __version__,
-                "platform": "Python",
-                "copyright": "The Merpati authors",
-                "information": "Licensed under the Apache License 2.0",
-                "cluster_name": self.broker.node_id,
-                "capabilities": SERVER_CAPABILITIES,
-            },
-            mechanisms=b"PLAIN AMQPLAIN", locales=b"en_US",
-        ))
+        self.send_method(
+            0,
+            spec.ConnectionStart(
+                version_major=0,
+                version_minor=9,
+                server_properties={
+                    "product": "Merpati",
+                    "version": __version__,
+                    "platform": "Python",
+                    "copyright": "The Merpati authors",
+                    "information": "Licensed under the Apache License 2.0",
+                    "cluster_name": self.broker.node_id,
+                    "capabilities": SERVER_CAPABILITIES,
+                },
+                mechanisms=b"PLAIN AMQPLAIN",
+                locales=b"en_US",
+            ),
+        )
         return buf[8:]
 
     def _bad_header(self) -> None:
@@ -226,10 +244,21 @@ class Connection091:
         try:
             method = spec.decode_method(payload)
         except DecodeError as e:
-            cid, mid = (payload[0] << 8 | payload[1], payload[2] << 8 | payload[3]) if len(payload) >= 4 else (0, 0)
-            raise FrameError(FRAME_ERROR, f"cannot decode {spec.method_name(cid, mid)}: {e}", cid, mid)
+            cid, mid = (
+                (payload[0] << 8 | payload[1], payload[2] << 8 | payload[3])
+                if len(payload) >= 4
+                else (0, 0)
+            )
+            raise FrameError(
+                FRAME_ERROR, f"cannot decode {spec.method_name(cid, mid)}: {e}", cid, mid
+            )
         except spec.UnknownMethod as e:
-            raise ConnectionError091(COMMAND_INVALID, f"unknown method {e.class_id}.{e.method_id}", e.class_id, e.method_id)
+            raise ConnectionError091(
+                COMMAND_INVALID,
+                f"unknown method {e.class_id}.{e.method_id}",
+                e.class_id,
+                e.method_id,
+            )
         state = self.state
         if state == "running":
             if channel:
@@ -249,8 +278,12 @@ class Connection091:
     # -- handshake ----------------------------------------------------------------------------
 
     def _handshake(self, channel: int, method: Any) -> None:
-        expected = {"start-ok": "connection.start-ok", "tune-ok": "connection.tune-ok", "open": "connection.open"}[self.state]
-        if channel != 0 or method.NAME != expected:
+        expected = {
+            "start-ok": "connection.start-ok",
+            "tune-ok": "connection.tune-ok",
+            "open": "connection.open",
+        }[self.state]
+        if channel != 0 or expected != method.NAME:
             if method.NAME == "connection.close" and channel == 0:
                 self.send_method(0, spec.ConnectionCloseOk())
                 self.state = "closed"
@@ -259,7 +292,8 @@ class Connection091:
             raise ConnectionError091(
                 COMMAND_INVALID if channel == 0 else CHANNEL_ERROR,
                 f"expected '{expected}' on channel 0, got '{method.NAME}' on channel {channel}",
-                method.CLASS_ID, method.METHOD_ID,
+                method.CLASS_ID,
+                method.METHOD_ID,
             )
         if self.state == "start-ok":
             self._start_ok(method)
@@ -284,14 +318,19 @@ class Connection091:
             self._refuse(str(e))
             return
         self.state = "tune-ok"
-        self.send_method(0, spec.ConnectionTune(
-            channel_max=self.settings.channel_max, frame_max=self.settings.frame_max, heartbeat=self.settings.heartbeat
-        ))
+        self.send_method(
+            0,
+            spec.ConnectionTune(
+                channel_max=self.settings.channel_max,
+                frame_max=self.settings.frame_max,
+                heartbeat=self.settings.heartbeat,
+            ),
+        )
 
     def _refuse(self, text: str) -> None:
         if self.capabilities.get("authentication_failure_close"):
             if text.startswith("ACCESS_REFUSED - "):
-                text = text[len("ACCESS_REFUSED - "):]
+                text = text[len("ACCESS_REFUSED - ") :]
             self.close_connection(ACCESS_REFUSED, text, 10, 11)
         else:
             # Without the capability the 0-9-1 spec's answer is to close the socket.
@@ -303,9 +342,13 @@ class Connection091:
         server_max = self.settings.frame_max
         frame_max = m.frame_max or server_max
         if frame_max < FRAME_MIN_SIZE:
-            raise ConnectionError091(NOT_ALLOWED, f"frame_max={frame_max} < {FRAME_MIN_SIZE} min size", 10, 31)
+            raise ConnectionError091(
+                NOT_ALLOWED, f"frame_max={frame_max} < {FRAME_MIN_SIZE} min size", 10, 31
+            )
         if frame_max > server_max:
-            raise ConnectionError091(NOT_ALLOWED, f"frame_max={frame_max} > {server_max} max size", 10, 31)
+            raise ConnectionError091(
+                NOT_ALLOWED, f"frame_max={frame_max} > {server_max} max size", 10, 31
+            )
         channel_max = m.channel_max or 65535
         if channel_max > self.settings.channel_max:
             channel_max = self.settings.channel_max
@@ -320,7 +363,9 @@ class Connection091:
         if vhost not in self.broker.state.vhosts:
             raise ConnectionError091(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
         if not self.broker.vhost_allowed(self.user, vhost):
-            raise ConnectionError091(NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40)
+            raise ConnectionError091(
+                NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
+            )
         self.vhost = vhost
         self.state = "running"
         self.broker.connections.add(self)
@@ -344,7 +389,9 @@ class Connection091:
             self.state = "closed"
             self.shell.close()
         else:
-            raise ConnectionError091(COMMAND_INVALID, f"unexpected method {name} on channel 0", m.CLASS_ID, m.METHOD_ID)
+            raise ConnectionError091(
+                COMMAND_INVALID, f"unexpected method {name} on channel 0", m.CLASS_ID, m.METHOD_ID
+            )
 
     # -- channels -----------------------------------------------------------------------------
 
@@ -353,14 +400,26 @@ class Connection091:
         name = m.NAME
         if name == "channel.open":
             if number > self.channel_max:
-                raise ConnectionError091(NOT_ALLOWED, f"channel {number} exceeds the negotiated channel_max of {self.channel_max}", 20, 10)
+                raise ConnectionError091(
+                    NOT_ALLOWED,
+                    f"channel {number} exceeds the negotiated channel_max of {self.channel_max}",
+                    20,
+                    10,
+                )
             if ch is not None:
-                raise ConnectionError091(CHANNEL_ERROR, f"second 'channel.open' seen on channel {number}", 20, 10)
+                raise ConnectionError091(
+                    CHANNEL_ERROR, f"second 'channel.open' seen on channel {number}", 20, 10
+                )
             self.channels[number] = Channel(self, number)
             self.send_method(number, spec.ChannelOpenOk())
             return
         if ch is None:
-            raise ConnectionError091(CHANNEL_ERROR, f"expected 'channel.open' on channel {number}, got '{name}'", m.CLASS_ID, m.METHOD_ID)
+            raise ConnectionError091(
+                CHANNEL_ERROR,
+                f"expected 'channel.open' on channel {number}, got '{name}'",
+                m.CLASS_ID,
+                m.METHOD_ID,
+            )
         if ch.closing:
             # After the server's channel.close only close-ok (or a crossing close) counts.
             if name == "channel.close-ok":
@@ -375,19 +434,37 @@ class Connection091:
             self.send_method(number, spec.ChannelCloseOk())
             return
         if name == "channel.close-ok":
-            raise ConnectionError091(CHANNEL_ERROR, f"unexpected channel.close-ok on channel {number}", 20, 41)
+            raise ConnectionError091(
+                CHANNEL_ERROR, f"unexpected channel.close-ok on channel {number}", 20, 41
+            )
         try:
             ch.handle_method(m)
         except ChannelError as e:
             self.close_channel(ch, e.code, e.text, e.class_id, e.method_id)
 
-    def on_publish(self, number: int, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
-                   route_raw: bytes, props_raw: bytes, body: bytes) -> None:
+    def on_publish(
+        self,
+        number: int,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        immediate: bool,
+        route_raw: bytes,
+        props_raw: bytes,
+        body: bytes,
+    ) -> None:
         ch = self.channels.get(number)
         if ch is None:
             if self.state != "running":
-                raise ConnectionError091(COMMAND_INVALID, "basic.publish before the connection is open", 60, 40)
-            raise ConnectionError091(CHANNEL_ERROR, f"expected 'channel.open' on channel {number}, got 'basic.publish'", 60, 40)
+                raise ConnectionError091(
+                    COMMAND_INVALID, "basic.publish before the connection is open", 60, 40
+                )
+            raise ConnectionError091(
+                CHANNEL_ERROR,
+                f"expected 'channel.open' on channel {number}, got 'basic.publish'",
+                60,
+                40,
+            )
         if ch.closing:
             return
         if self.blocked:
@@ -397,12 +474,22 @@ class Connection091:
         except ChannelError as e:
             self.close_channel(ch, e.code, e.text, e.class_id or 60, e.method_id or 40)
 
-    def close_channel(self, ch: Channel, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+    def close_channel(
+        self, ch: Channel, code: int, text: str, class_id: int = 0, method_id: int = 0
+    ) -> None:
         log.info("channel %d of connection %s closed: %s", ch.number, self.id, _text(code, text))
         ch.teardown()
         ch.closing = True
         self.reader.drop_content(ch.number)
-        self.send_method(ch.number, spec.ChannelClose(reply_code=code, reply_text=_text(code, text), class_id=class_id, method_id=method_id))
+        self.send_method(
+            ch.number,
+            spec.ChannelClose(
+                reply_code=code,
+                reply_text=_text(code, text),
+                class_id=class_id,
+                method_id=method_id,
+            ),
+        )
 
     def protocol_error(self, channel: int, e: ChannelError | ConnectionError091) -> None:
         """An error found outside `data_received` (after an awaited metadata command)."""
@@ -422,8 +509,18 @@ class Connection091:
             self.state = "closed"
             self.shell.close()
             return
-        log.info("connection %s from %s closed by the server: %s", self.id, self.peer, _text(code, text))
-        self.send_method(0, spec.ConnectionClose(reply_code=code, reply_text=_text(code, text), class_id=class_id, method_id=method_id))
+        log.info(
+            "connection %s from %s closed by the server: %s", self.id, self.peer, _text(code, text)
+        )
+        self.send_method(
+            0,
+            spec.ConnectionClose(
+                reply_code=code,
+                reply_text=_text(code, text),
+                class_id=class_id,
+                method_id=method_id,
+            ),
+        )
         self.state = "closing"
         self._teardown()
         self.shell.schedule_flush()
@@ -434,7 +531,15 @@ class Connection091:
         self.reader.stopped = True
         if self.state not in ("header", "closing", "closed"):
             log.info("connection %s from %s: %s", self.id, self.peer, _text(code, text))
-            self.send_method(0, spec.ConnectionClose(reply_code=code, reply_text=_text(code, text), class_id=class_id, method_id=method_id))
+            self.send_method(
+                0,
+                spec.ConnectionClose(
+                    reply_code=code,
+                    reply_text=_text(code, text),
+                    class_id=class_id,
+                    method_id=method_id,
+                ),
+            )
         self.state = "closed"
         self._teardown()
         self.shell.schedule_flush()
@@ -472,7 +577,12 @@ class Connection091:
         else:
             self.silent_ticks += 1
             if self.silent_ticks >= 4:
-                log.warning("connection %s from %s: missed heartbeats, timeout %ds", self.id, self.peer, self.heartbeat)
+                log.warning(
+                    "connection %s from %s: missed heartbeats, timeout %ds",
+                    self.id,
+                    self.peer,
+                    self.heartbeat,
+                )
                 self.state = "closed"
                 self.reader.stopped = True
                 self._teardown()

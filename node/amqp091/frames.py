@@ -70,9 +70,20 @@ class FrameHandler(Protocol):
 class _Content:
     """A publish waiting for its content header and body frames."""
 
-    __slots__ = ("exchange", "routing_key", "mandatory", "immediate", "route_raw", "props_raw", "remaining", "parts")
+    __slots__ = (
+        "exchange",
+        "routing_key",
+        "mandatory",
+        "immediate",
+        "route_raw",
+        "props_raw",
+        "remaining",
+        "parts",
+    )
 
-    def __init__(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool, route_raw: bytes) -> None:
+    def __init__(
+        self, exchange: str, routing_key: str, mandatory: bool, immediate: bool, route_raw: bytes
+    ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.mandatory = mandatory
@@ -88,7 +99,9 @@ class FrameReader:
 
     __slots__ = ("handler", "frame_max", "max_body", "stopped", "_buf", "_need", "_content")
 
-    def __init__(self, handler: FrameHandler, frame_max: int, max_body: int = 128 * 1024 * 1024) -> None:
+    def __init__(
+        self, handler: FrameHandler, frame_max: int, max_body: int = 128 * 1024 * 1024
+    ) -> None:
         self.handler = handler
         self.frame_max = frame_max
         self.max_body = max_body
@@ -124,7 +137,10 @@ class FrameReader:
             while n - off >= 7 and not self.stopped:
                 ftype, channel, size = _unpack_frame(buf, off)
                 if size > max_payload:
-                    raise FrameError(FRAME_ERROR, f"frame size {size} exceeds the negotiated frame_max {self.frame_max}")
+                    raise FrameError(
+                        FRAME_ERROR,
+                        f"frame size {size} exceeds the negotiated frame_max {self.frame_max}",
+                    )
                 start = off + 7
                 end = start + size
                 if end >= n:
@@ -135,7 +151,10 @@ class FrameReader:
                 off = end + 1
                 if ftype == FRAME_METHOD:
                     if channel in contents:
-                        raise FrameError(UNEXPECTED_FRAME, f"expected a content header on channel {channel}, got a method frame")
+                        raise FrameError(
+                            UNEXPECTED_FRAME,
+                            f"expected a content header on channel {channel}, got a method frame",
+                        )
                     if buf[start : start + 4] == _PUBLISH_ID:
                         self._publish_method(buf, start, end, channel)
                     else:
@@ -143,10 +162,15 @@ class FrameReader:
                 elif ftype == FRAME_BODY:
                     content = contents.get(channel)
                     if content is None or content.props_raw is None:
-                        raise FrameError(UNEXPECTED_FRAME, f"unexpected content body frame on channel {channel}")
+                        raise FrameError(
+                            UNEXPECTED_FRAME, f"unexpected content body frame on channel {channel}"
+                        )
                     content.remaining -= size
                     if content.remaining < 0:
-                        raise FrameError(FRAME_ERROR, f"content body on channel {channel} is longer than its header announced")
+                        raise FrameError(
+                            FRAME_ERROR,
+                            f"content body on channel {channel} is longer than its header announced",
+                        )
                     content.parts.append(buf[start:end])
                     if content.remaining == 0:
                         del contents[channel]
@@ -165,14 +189,25 @@ class FrameReader:
                 elif ftype == FRAME_HEADER:
                     content = contents.get(channel)
                     if content is None or content.props_raw is not None:
-                        raise FrameError(UNEXPECTED_FRAME, f"unexpected content header frame on channel {channel}")
+                        raise FrameError(
+                            UNEXPECTED_FRAME,
+                            f"unexpected content header frame on channel {channel}",
+                        )
                     if size < 14:
-                        raise FrameError(FRAME_ERROR, f"content header on channel {channel} is too short")
+                        raise FrameError(
+                            FRAME_ERROR, f"content header on channel {channel} is too short"
+                        )
                     class_id, weight, body_size = _unpack_header(buf, start)
                     if class_id != 60:
-                        raise FrameError(FRAME_ERROR, f"content header class {class_id} does not match basic.publish")
+                        raise FrameError(
+                            FRAME_ERROR,
+                            f"content header class {class_id} does not match basic.publish",
+                        )
                     if body_size > self.max_body:
-                        raise FrameError(FRAME_ERROR, f"message body of {body_size} bytes exceeds the maximum of {self.max_body}")
+                        raise FrameError(
+                            FRAME_ERROR,
+                            f"message body of {body_size} bytes exceeds the maximum of {self.max_body}",
+                        )
                     props_raw = buf[start + 12 : end]
                     if body_size == 0:
                         del contents[channel]
@@ -191,7 +226,9 @@ class FrameReader:
                         content.remaining = body_size
                 elif ftype == FRAME_HEARTBEAT:
                     if channel != 0:
-                        raise FrameError(FRAME_ERROR, f"heartbeat frame on channel {channel}, expected channel 0")
+                        raise FrameError(
+                            FRAME_ERROR, f"heartbeat frame on channel {channel}, expected channel 0"
+                        )
                     handler.on_heartbeat()
                 else:
                     raise FrameError(FRAME_ERROR, f"unknown frame type {ftype}")
@@ -210,13 +247,27 @@ class FrameReader:
             rlen = buf[q]
             bits_at = q + 1 + rlen
         except IndexError:
-            raise FrameError(FRAME_ERROR, "cannot decode basic.publish: truncated arguments", 60, 40)
+            raise FrameError(
+                FRAME_ERROR, "cannot decode basic.publish: truncated arguments", 60, 40
+            )
         if bits_at != end - 1:
-            raise FrameError(FRAME_ERROR, "cannot decode basic.publish: argument lengths do not match the frame", 60, 40)
+            raise FrameError(
+                FRAME_ERROR,
+                "cannot decode basic.publish: argument lengths do not match the frame",
+                60,
+                40,
+            )
         try:
             exchange = buf[p + 1 : q].decode("utf-8")
             routing_key = buf[q + 1 : bits_at].decode("utf-8")
         except UnicodeDecodeError:
-            raise FrameError(FRAME_ERROR, "cannot decode basic.publish: exchange or routing key is not UTF-8", 60, 40)
+            raise FrameError(
+                FRAME_ERROR,
+                "cannot decode basic.publish: exchange or routing key is not UTF-8",
+                60,
+                40,
+            )
         bits = buf[bits_at]
-        self._content[channel] = _Content(exchange, routing_key, bool(bits & 1), bool(bits & 2), buf[p:bits_at])
+        self._content[channel] = _Content(
+            exchange, routing_key, bool(bits & 1), bool(bits & 2), buf[p:bits_at]
+        )

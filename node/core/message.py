@@ -18,14 +18,33 @@ class Message:
     """
 
     __slots__ = (
-        "exchange", "routing_key", "route_raw", "props_raw", "body",
-        "_props", "seq", "redelivered", "delivery_count", "publisher",
+        "exchange",
+        "routing_key",
+        "route_raw",
+        "props_raw",
+        "body",
+        "_props",
+        "seq",
+        "redelivered",
+        "delivery_count",
+        "publisher",
     )
 
-    def __init__(self, exchange: str, routing_key: str, route_raw: bytes | None, props_raw: bytes, body: bytes) -> None:
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        route_raw: bytes | None,
+        props_raw: bytes,
+        body: bytes,
+    ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
-        self.route_raw = route_raw if route_raw is not None else encode_shortstr(exchange) + encode_shortstr(routing_key)
+        self.route_raw = (
+            route_raw
+            if route_raw is not None
+            else encode_shortstr(exchange) + encode_shortstr(routing_key)
+        )
         self.props_raw = props_raw
         self.body = body
         self._props: dict[str, Any] | None = None

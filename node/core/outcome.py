@@ -9,9 +9,15 @@ from typing import Any
 
 class Outcome(Enum):
     ACCEPTED = "accepted"  # 0-9-1 basic.ack: the message is gone
-    REJECTED = "rejected"  # reject/nack requeue=false: dead-lettered if the queue has a DLX, else dropped
-    RELEASED = "released"  # requeue, close, cancel: back to the queue, redelivered, count not charged
-    MODIFIED = "modified"  # 1.0 only: released, optionally charging the count / avoiding this consumer
+    REJECTED = (
+        "rejected"  # reject/nack requeue=false: dead-lettered if the queue has a DLX, else dropped
+    )
+    RELEASED = (
+        "released"  # requeue, close, cancel: back to the queue, redelivered, count not charged
+    )
+    MODIFIED = (
+        "modified"  # 1.0 only: released, optionally charging the count / avoiding this consumer
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,9 +82,24 @@ class QueueHandle(Protocol):
 
 class LocalQueue:
     __slots__ = (
-        "vhost", "name", "durable", "exclusive_owner", "auto_delete", "arguments",
-        "_ready", "_requeued", "_seq", "_consumers", "unacked", "deleted",
-        "had_consumers", "on_unused", "dead_letter", "_dispatching", "congested", "_blocked",
+        "vhost",
+        "name",
+        "durable",
+        "exclusive_owner",
+        "auto_delete",
+        "arguments",
+        "_ready",
+        "_requeued",
+        "_seq",
+        "_consumers",
+        "unacked",
+        "deleted",
+        "had_consumers",
+        "on_unused",
+        "dead_letter",
+        "_dispatching",
+        "congested",
+        "_blocked",
     )
 
     def __init__(
@@ -149,7 +164,11 @@ class LocalQueue:
     def _check_flow(self) -> None:
         if not self.congested:
             return
-        if self.message_count < FLOW_LOW or self.deleted or not any(c.backpressured() for c in self._consumers):
+        if (
+            self.message_count < FLOW_LOW
+            or self.deleted
+            or not any(c.backpressured() for c in self._consumers)
+        ):
             self.congested = False
             blocked, self._blocked = self._blocked, set()
             for publisher in blocked:

@@ -99,6 +99,16 @@ class Unbind:
 
 
 Command = (
-    AddVhost | DeleteVhost | PutUser | DeleteUser | SetPermissions | ClearPermissions
-    | DeclareExchange | DeleteExchange | DeclareQueue | DeleteQueue | Bind | Unbind
+    AddVhost
+    | DeleteVhost
+    | PutUser
+    | DeleteUser
+    | SetPermissions
+    | ClearPermissions
+    | DeclareExchange
+    | DeleteExchange
+    | DeclareQueue
+    | DeleteQueue
+    | Bind
+    | Unbind
 )

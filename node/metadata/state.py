@@ -29,9 +29,19 @@ DEFAULT_EXCHANGES = [
 
 # The queue arguments RabbitMQ compares on redeclare; others are accepted and ignored.
 EQUIVALENCE_ARGS = (
-    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-expires", "x-max-length",
-    "x-max-length-bytes", "x-max-priority", "x-message-ttl", "x-overflow", "x-queue-mode",
-    "x-queue-type", "x-single-active-consumer", "x-delivery-limit", "x-queue-master-locator",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+    "x-queue-master-locator",
 )
 
 
@@ -185,7 +195,9 @@ class MetadataState:
         if ex is None:
             raise MetadataError(NOT_FOUND, f"no exchange '{cmd.name}' in vhost '{cmd.vhost}'")
         if cmd.if_unused and (ex.bindings or vh.bindings_to.get(("e", cmd.name))):
-            raise MetadataError(PRECONDITION_FAILED, f"exchange '{cmd.name}' in vhost '{cmd.vhost}' in use")
+            raise MetadataError(
+                PRECONDITION_FAILED, f"exchange '{cmd.name}' in vhost '{cmd.vhost}' in use"
+            )
         self._drop_exchange(vh, ex)
         return "deleted"
 
@@ -203,7 +215,10 @@ class MetadataState:
         vh = self._vhost(cmd.vhost)
         existing = vh.queues.get(cmd.name)
         if existing is not None:
-            if existing.exclusive_owner is not None and existing.exclusive_owner != cmd.exclusive_owner:
+            if (
+                existing.exclusive_owner is not None
+                and existing.exclusive_owner != cmd.exclusive_owner
+            ):
                 raise MetadataError(
                     RESOURCE_LOCKED,
                     f"cannot obtain exclusive access to locked queue '{cmd.name}' in vhost '{cmd.vhost}'. "
@@ -213,7 +228,13 @@ class MetadataState:
             check_queue_equivalent(existing, cmd)
             return "exists"
         vh.queues[cmd.name] = QueueDef(
-            cmd.vhost, cmd.name, cmd.durable, cmd.exclusive_owner, cmd.auto_delete, dict(cmd.arguments), cmd.leader
+            cmd.vhost,
+            cmd.name,
+            cmd.durable,
+            cmd.exclusive_owner,
+            cmd.auto_delete,
+            dict(cmd.arguments),
+            cmd.leader,
         )
         return "created"
 
@@ -233,9 +254,13 @@ class MetadataState:
         source = vh.exchanges.get(cmd.source)
         if cmd.destination_kind == "q":
             if cmd.destination not in vh.queues:
-                raise MetadataError(NOT_FOUND, f"no queue '{cmd.destination}' in vhost '{cmd.vhost}'")
+                raise MetadataError(
+                    NOT_FOUND, f"no queue '{cmd.destination}' in vhost '{cmd.vhost}'"
+                )
         elif cmd.destination not in vh.exchanges:
-            raise MetadataError(NOT_FOUND, f"no exchange '{cmd.destination}' in vhost '{cmd.vhost}'")
+            raise MetadataError(
+                NOT_FOUND, f"no exchange '{cmd.destination}' in vhost '{cmd.vhost}'"
+            )
         if source is None:
             raise MetadataError(NOT_FOUND, f"no exchange '{cmd.source}' in vhost '{cmd.vhost}'")
         return source, (cmd.destination_kind, cmd.destination)
@@ -243,7 +268,9 @@ class MetadataState:
     def _apply_Bind(self, cmd: c.Bind) -> Any:
         vh = self._vhost(cmd.vhost)
         source, dest = self._binding_parts(vh, cmd)
-        binding = Binding(cmd.source, dest, cmd.routing_key, dict(cmd.arguments), args_key(cmd.arguments))
+        binding = Binding(
+            cmd.source, dest, cmd.routing_key, dict(cmd.arguments), args_key(cmd.arguments)
+        )
         if source.add_binding(binding):
             vh.bindings_to.setdefault(dest, set()).add(binding.identity)
             return "created"
@@ -314,5 +341,6 @@ def check_queue_equivalent(existing: QueueDef, cmd: c.DeclareQueue) -> None:
             got_s = "none" if got is None else f"the value {_describe(got)}"
             have_s = "none" if have is None else f"the value {_describe(have)}"
             raise MetadataError(
-                PRECONDITION_FAILED, f"inequivalent arg '{arg}' {where}: received {got_s} but current is {have_s}"
+                PRECONDITION_FAILED,
+                f"inequivalent arg '{arg}' {where}: received {got_s} but current is {have_s}",
             )

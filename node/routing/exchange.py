@@ -39,12 +39,29 @@ class Exchange:
     """One exchange: its declared properties and the matcher for its type."""
 
     __slots__ = (
-        "name", "type", "durable", "auto_delete", "internal", "arguments",
-        "bindings", "_direct", "_fanout", "_topic", "_headers", "route",
+        "name",
+        "type",
+        "durable",
+        "auto_delete",
+        "internal",
+        "arguments",
+        "bindings",
+        "_direct",
+        "_fanout",
+        "_topic",
+        "_headers",
+        "route",
     )
 
-    def __init__(self, name: str, type: str, durable: bool = True, auto_delete: bool = False,
-                 internal: bool = False, arguments: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
         if type not in EXCHANGE_TYPES:
             raise ValueError(f"unknown exchange type {type!r}")
         self.name = name

@@ -31,11 +31,15 @@ def _norm(value: Any) -> Any:
 class _HeadersBinding:
     __slots__ = ("mode_all", "pairs", "destination", "args_key")
 
-    def __init__(self, arguments: dict[str, Any], destination: Hashable, args_key: Hashable) -> None:
+    def __init__(
+        self, arguments: dict[str, Any], destination: Hashable, args_key: Hashable
+    ) -> None:
         mode = arguments.get("x-match", "all")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         if mode not in ("all", "any", "all-with-x", "any-with-x"):
-            raise HeadersError(f"Invalid x-match field value {mode!r}; expected all, any, all-with-x, or any-with-x")
+            raise HeadersError(
+                f"Invalid x-match field value {mode!r}; expected all, any, all-with-x, or any-with-x"
+            )
         with_x = mode.endswith("-with-x")
         self.mode_all = mode.startswith("all")
         self.pairs = [
@@ -73,7 +77,9 @@ class HeadersMatcher:
 
     def remove(self, destination: Hashable, args_key: Hashable) -> None:
         self._bindings = [
-            b for b in self._bindings if not (b.destination == destination and b.args_key == args_key)
+            b
+            for b in self._bindings
+            if not (b.destination == destination and b.args_key == args_key)
         ]
 
     def match(self, headers: dict[str, Any] | None) -> set:
