@@ -1,0 +1,125 @@
+"""node.amqp091.properties: content properties round trip; is_persistent."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.amqp091.codec import DecodeError, Int, Timestamp
+from node.amqp091.properties import (
+    PROPERTIES,
+    decode_properties,
+    encode_properties,
+    flags_of,
+    is_persistent,
+)
+
+from ._strategies import shortstrs, strict_equal, tables
+
+PROPERTY_VALUES = {
+    "shortstr": shortstrs(255),
+    "octet": st.integers(0, 255),
+    "table": tables,
+    "timestamp": st.integers(0, 2**64 - 1).map(Timestamp),
+}
+
+properties = st.fixed_dictionaries(
+    {},
+    optional={name: PROPERTY_VALUES[kind] for name, _bit, kind in PROPERTIES},
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(properties)
+def test_properties_round_trip(props):
+    raw = encode_properties(props)
+    decoded = decode_properties(raw)
+    assert set(decoded) == set(props)
+    for name in props:
+        assert strict_equal(decoded[name], props[name]), name
+    # The flags word announces exactly the properties present.
+    expected = 0
+    for name, bit, _ in PROPERTIES:
+        if name in props:
+            expected |= bit
+    assert flags_of(raw) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(properties.filter(bool))
+def test_truncated_properties_raise_decode_error(props):
+    raw = encode_properties(props)
+    for cut in range(len(raw)):
+        with pytest.raises(DecodeError):
+            decode_properties(raw[:cut])
+    with pytest.raises(DecodeError):
+        decode_properties(raw + b"\x00")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=60))
+def test_arbitrary_property_bytes_decode_or_raise_decode_error(raw):
+    try:
+        decode_properties(raw)
+    except DecodeError:
+        pass
+
+
+def test_empty_properties():
+    assert encode_properties({}) == b"\x00\x00"
+    assert decode_properties(b"\x00\x00") == {}
+    assert flags_of(b"") == 0
+    with pytest.raises(DecodeError):
+        decode_properties(b"")
+
+
+def test_none_values_are_left_out():
+    assert encode_properties({"content_type": None, "priority": None}) == b"\x00\x00"
+
+
+def test_wire_order_and_flags():
+    raw = encode_properties({"delivery_mode": 2, "content_type": "text/plain"})
+    assert raw == struct.pack(">H", 0x8000 | 0x1000) + b"\x0atext/plain" + b"\x02"
+
+
+def test_timestamp_accepts_plain_int_on_encode():
+    assert decode_properties(encode_properties({"timestamp": 1234})) == {"timestamp": Timestamp(1234)}
+
+
+def test_headers_keep_their_field_types():
+    headers = {"a": Int("b", -1), "b": [1, "x"], "c": None}
+    decoded = decode_properties(encode_properties({"headers": headers}))
+    assert strict_equal(decoded["headers"], headers)
+
+
+def test_continuation_flag_words_are_skipped():
+    body = b"\x05hello"
+    raw = struct.pack(">HH", 0x8000 | 1, 0) + body
+    assert decode_properties(raw) == {"content_type": "hello"}
+    raw = struct.pack(">HHH", 0x8000 | 1, 1, 0) + body
+    assert decode_properties(raw) == {"content_type": "hello"}
+    with pytest.raises(DecodeError):
+        decode_properties(struct.pack(">H", 0x8000 | 1))
+
+
+@pytest.mark.parametrize(
+    "props, expected",
+    [
+        ({}, False),
+        ({"delivery_mode": 2}, True),
+        ({"delivery_mode": 1}, False),
+        ({"delivery_mode": 0}, False),
+        ({"content_type": "x", "headers": {"k": [1, 2]}, "delivery_mode": 2, "priority": 9}, True),
+        ({"content_type": "x", "headers": {"k": [1, 2]}, "delivery_mode": 1}, False),
+        ({"priority": 2, "headers": {"delivery_mode": 2}}, False),
+    ],
+)
+def test_is_persistent(props, expected):
+    assert is_persistent(encode_properties(props)) is expected
+
+
+def test_is_persistent_of_empty_raw_is_false():
+    assert is_persistent(b"") is False
