@@ -325,8 +325,10 @@ class Channel:
         if not name:
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
         if m.type not in EXCHANGE_TYPES:
-            raise ConnectionError091(COMMAND_INVALID, f"unknown exchange type '{m.type}'")
-        self._check_name("exchange", name)
+            raise ConnectionError091(COMMAND_INVALID, f"invalid exchange type '{m.type}'")
+        if state.exchange(self.vhost, name) is None:
+            # Redeclaring an existing amq.* exchange equivalently is allowed, as in RabbitMQ.
+            self._check_name("exchange", name)
         self.broker.check(self.user, self.vhost, "configure", "exchange", name)
         args = m.arguments or {}
         ae = args.get("alternate-exchange")
@@ -346,7 +348,10 @@ class Channel:
         name = m.exchange
         if not name:
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
-        self._check_name("exchange", name)
+        if name.startswith("amq."):
+            raise ChannelError(
+                ACCESS_REFUSED, f"deletion of system exchange '{name}' in vhost '{self.vhost}' not allowed"
+            )
         if self.broker.state.exchange(self.vhost, name) is None:
             # Deleting a missing exchange succeeds, as in RabbitMQ since 3.6.
             self._reply(m.nowait, spec.ExchangeDeleteOk())
@@ -390,16 +395,21 @@ class Channel:
         state = self.broker.state
         if not source or (dkind == "e" and not dest):
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
-        if dkind == "q":
-            qdef = state.queue(self.vhost, dest)
-            if qdef is None:
-                raise ChannelError(NOT_FOUND, f"no queue '{dest}' in vhost '{self.vhost}'")
-            self._check_exclusive(qdef)
-        elif state.exchange(self.vhost, dest) is None:
-            raise ChannelError(NOT_FOUND, f"no exchange '{dest}' in vhost '{self.vhost}'")
+        unbind = kind is cmds.Unbind
         ex = state.exchange(self.vhost, source)
+        qdef = state.queue(self.vhost, dest) if dkind == "q" else None
+        missing_dest = qdef is None if dkind == "q" else state.exchange(self.vhost, dest) is None
+        if unbind and (ex is None or missing_dest):
+            # Unbinding what does not exist succeeds, as in RabbitMQ.
+            self._reply(m.nowait if nowait is None else nowait, ok)
+            return
         if ex is None:
             raise ChannelError(NOT_FOUND, f"no exchange '{source}' in vhost '{self.vhost}'")
+        if missing_dest:
+            what = "queue" if dkind == "q" else "exchange"
+            raise ChannelError(NOT_FOUND, f"no {what} '{dest}' in vhost '{self.vhost}'")
+        if qdef is not None:
+            self._check_exclusive(qdef)
         self.broker.check(
             self.user, self.vhost, "write", "queue" if dkind == "q" else "exchange", dest
         )
@@ -520,7 +530,7 @@ class Channel:
             )
         if m.if_empty and messages:
             raise ChannelError(
-                PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' is not empty"
+                PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' not empty"
             )
         cmd = cmds.DeleteQueue(self.vhost, name)
 

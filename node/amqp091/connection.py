@@ -390,7 +390,8 @@ class Connection091:
             self.shell.close()
         else:
             raise ConnectionError091(
-                COMMAND_INVALID, f"unexpected method {name} on channel 0", m.CLASS_ID, m.METHOD_ID
+                CHANNEL_ERROR, f"unexpected method {name} on channel 0 in connection state running",
+                m.CLASS_ID, m.METHOD_ID,
             )
 
     # -- channels -----------------------------------------------------------------------------

@@ -327,7 +327,6 @@ def check_queue_equivalent(existing: QueueDef, cmd: c.DeclareQueue) -> None:
     for arg, got, have in (
         ("durable", cmd.durable, existing.durable),
         ("auto_delete", cmd.auto_delete, existing.auto_delete),
-        ("exclusive", cmd.exclusive_owner is not None, existing.exclusive_owner is not None),
     ):
         if got != have:
             raise MetadataError(
