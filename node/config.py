@@ -69,8 +69,20 @@ class ConfigError(ValueError):
     pass
 
 
+def _tuple(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"invalid value {value!r} for {name}: expected a list of strings")
+
+
 def _coerce(name: str, value: Any) -> Any:
     default = getattr(Config, name)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"invalid value {value!r} for {name.replace('_', '-')}: expected a string")
+        return value
     try:
         if isinstance(default, bool):
             return (
@@ -83,9 +95,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, tuple):
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            return tuple(value)
+            return _tuple(name.replace("_", "-"), value)
     except (TypeError, ValueError):
         raise ConfigError(f"invalid value {value!r} for {name.replace('_', '-')}")
     return value
@@ -117,10 +127,10 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
                         )
                     users.append(
                         UserConfig(
-                            u["name"],
-                            u["password"],
-                            tuple(u.get("tags", ())),
-                            tuple(u.get("vhosts", ("/",))),
+                            str(u["name"]),
+                            str(u["password"]),
+                            _tuple("tags", u.get("tags", ())),
+                            _tuple("vhosts", u.get("vhosts", ("/",))),
                         )
                     )
                 continue

@@ -90,6 +90,7 @@ class Consumer091:
         "prefetch",
         "unacked",
         "arguments",
+        "priority",
     )
 
     def __init__(
@@ -111,6 +112,7 @@ class Consumer091:
         self.prefetch = prefetch
         self.unacked = 0
         self.arguments = arguments
+        self.priority = as_int(arguments.get("x-priority", 0)) or 0
 
     def can_take(self) -> bool:
         ch = self.channel

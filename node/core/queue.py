@@ -35,6 +35,7 @@ FLOW_LOW = 500
 class Consumer(Protocol):
     tag: str
     exclusive: bool
+    priority: int  # x-priority: higher levels are served first while they have room
 
     def can_take(self) -> bool:
         """True when this consumer has room for one more delivery now."""
@@ -95,6 +96,7 @@ class LocalQueue:
         "unacked",
         "deleted",
         "had_consumers",
+        "_levels",
         "on_unused",
         "dead_letter",
         "_dispatching",
@@ -124,6 +126,8 @@ class LocalQueue:
         self.unacked = 0
         self.deleted = False
         self.had_consumers = False
+        # Consumers grouped by priority, highest first; None while all share one priority.
+        self._levels: list[deque[Consumer]] | None = None
         # Called when an auto-delete queue loses its last consumer.
         self.on_unused: Callable[[LocalQueue], None] | None = None
         # Called with a rejected message (dead-lettering lands here with queue arguments).
@@ -139,7 +143,7 @@ class LocalQueue:
         msg.seq = self._seq
         consumers = self._consumers
         if consumers and not self._ready and not self._requeued:
-            if len(consumers) == 1:
+            if len(consumers) == 1 and self._levels is None:
                 c = consumers[0]
                 if c.can_take():
                     if c.deliver(self, msg):
@@ -185,6 +189,7 @@ class LocalQueue:
 
     def subscribe(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
+        self._levels = _levels_of(self._consumers)
         self.had_consumers = True
         self.kick()
 
@@ -193,17 +198,28 @@ class LocalQueue:
             self._consumers.remove(consumer)
         except ValueError:
             return
+        self._levels = _levels_of(self._consumers)
         self._check_flow()
         if not self._consumers and self.auto_delete and self.on_unused is not None:
             self.on_unused(self)
 
     def _pick(self) -> Consumer | None:
-        consumers = self._consumers
-        for _ in range(len(consumers)):
-            c = consumers[0]
-            consumers.rotate(-1)
-            if c.can_take():
-                return c
+        levels = self._levels
+        if levels is None:
+            consumers = self._consumers
+            for _ in range(len(consumers)):
+                c = consumers[0]
+                consumers.rotate(-1)
+                if c.can_take():
+                    return c
+            return None
+        # Consumer priorities: round-robin among the highest level with room, as RabbitMQ does.
+        for level in levels:
+            for _ in range(len(level)):
+                c = level[0]
+                level.rotate(-1)
+                if c.can_take():
+                    return c
         return None
 
     def kick(self) -> None:
@@ -291,7 +307,18 @@ class LocalQueue:
         self._requeued.clear()
         consumers = list(self._consumers)
         self._consumers.clear()
+        self._levels = None
         for c in consumers:
             c.cancelled(self, reason)
         self._check_flow()
         return n
+
+
+def _levels_of(consumers: deque[Consumer]) -> list[deque[Consumer]] | None:
+    priorities = {getattr(c, "priority", 0) for c in consumers}
+    if len(priorities) <= 1:
+        return None
+    return [
+        deque(c for c in consumers if getattr(c, "priority", 0) == p)
+        for p in sorted(priorities, reverse=True)
+    ]

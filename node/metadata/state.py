@@ -132,6 +132,9 @@ class MetadataState:
             return handler(cmd)
         except MetadataError as e:
             return e
+        except (ValueError, TypeError) as e:
+            # Front ends validate first; this keeps a replayed log going whatever it holds.
+            return MetadataError(PRECONDITION_FAILED, f"invalid {type(cmd).__name__}: {e}")
 
     def _vhost(self, name: str) -> VHost:
         vh = self.vhosts.get(name)
@@ -215,10 +218,8 @@ class MetadataState:
         vh = self._vhost(cmd.vhost)
         existing = vh.queues.get(cmd.name)
         if existing is not None:
-            if (
-                existing.exclusive_owner is not None
-                and existing.exclusive_owner != cmd.exclusive_owner
-            ):
+            # Another connection's exclusive queue, or a redeclare that flips `exclusive`: 405.
+            if existing.exclusive_owner != cmd.exclusive_owner:
                 raise MetadataError(
                     RESOURCE_LOCKED,
                     f"cannot obtain exclusive access to locked queue '{cmd.name}' in vhost '{cmd.vhost}'. "

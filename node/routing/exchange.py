@@ -88,6 +88,8 @@ class Exchange:
         ident = binding.identity
         if ident in self.bindings:
             return False
+        if self._headers is not None:
+            HeadersMatcher.validate(binding.arguments)  # raises before anything is recorded
         self.bindings[ident] = binding
         dest = binding.destination
         if self.type == "direct":

@@ -35,7 +35,8 @@ class _HeadersBinding:
         self, arguments: dict[str, Any], destination: Hashable, args_key: Hashable
     ) -> None:
         mode = arguments.get("x-match", "all")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if isinstance(mode, bytes):
+            mode = mode.decode("utf-8", "replace")
         if mode not in ("all", "any", "all-with-x", "any-with-x"):
             raise HeadersError(
                 f"Invalid x-match field value {mode!r}; expected all, any, all-with-x, or any-with-x"

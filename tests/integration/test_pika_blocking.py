@@ -17,7 +17,6 @@ import pika
 import pika.exceptions as pex
 import pytest
 
-
 # -- helpers ----------------------------------------------------------------------------------
 
 def uid(prefix: str) -> str:
@@ -41,7 +40,7 @@ def drain(conn: pika.BlockingConnection, until, timeout: float = 3.0) -> bool:
     return True
 
 
-def settle_in(conn: pika.BlockingConnection, ch) -> None:
+def settle_in(conn: pika.BlockingConnection) -> None:
     """A round trip on the connection, then dispatch whatever arrived before its reply."""
     conn.channel().close()
     conn.process_data_events(time_limit=0)
@@ -334,7 +333,7 @@ def test_ack_removes_message(conn, ch):
     ch.basic_publish("", q, b"m")
     method, _, _ = ch.basic_get(q, auto_ack=False)
     ch.basic_ack(method.delivery_tag)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert count(ch, q) == 0
     ch.close()
     ch2 = conn.channel()
@@ -430,9 +429,7 @@ def test_consumer_ack_nack_reject_redelivered_flag(conn, ch):
 
     def on_msg(c, method, props, body):
         seen.append((body, method.redelivered))
-        if method.redelivered:
-            c.basic_ack(method.delivery_tag)
-        elif body == b"ack":
+        if method.redelivered or body == b"ack":
             c.basic_ack(method.delivery_tag)
         elif body == b"nack":
             c.basic_nack(method.delivery_tag, requeue=True)
@@ -443,7 +440,7 @@ def test_consumer_ack_nack_reject_redelivered_flag(conn, ch):
     assert drain(conn, lambda: len(seen) >= 5)
     assert seen[:3] == [(b"ack", False), (b"nack", False), (b"reject", False)]
     assert sorted(seen[3:]) == [(b"nack", True), (b"reject", True)]
-    settle_in(conn, ch)
+    settle_in(conn)
     assert count(ch, q) == 0
 
 
@@ -457,16 +454,16 @@ def test_prefetch_count_limits_unacked_deliveries(conn, ch):
     got = []
     ch.basic_consume(q, lambda c, m, p, b: got.append((m.delivery_tag, b)))
     assert drain(conn, lambda: len(got) >= 2)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert [b for _, b in got] == [b"m0", b"m1"]
     assert count(ch, q) == 4
     ch.basic_ack(got[0][0])
     assert drain(conn, lambda: len(got) >= 3)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert [b for _, b in got] == [b"m0", b"m1", b"m2"]
     ch.basic_ack(got[2][0], multiple=True)
     assert drain(conn, lambda: len(got) >= 5)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert [b for _, b in got] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
     ch.basic_ack(got[4][0], multiple=True)
     assert drain(conn, lambda: len(got) >= 6)
@@ -485,7 +482,7 @@ def test_prefetch_zero_is_unlimited(conn, ch):
 
 def test_prefetch_applies_per_consumer(conn, ch):
     q1, q2 = declare_queue(ch, exclusive=True), declare_queue(ch, exclusive=True)
-    for i in range(5):
+    for _i in range(5):
         ch.basic_publish("", q1, b"a")
         ch.basic_publish("", q2, b"b")
     ch.basic_qos(prefetch_count=2)
@@ -493,13 +490,13 @@ def test_prefetch_applies_per_consumer(conn, ch):
     ch.basic_consume(q1, lambda c, m, p, b: got.append(b))
     ch.basic_consume(q2, lambda c, m, p, b: got.append(b))
     assert drain(conn, lambda: len(got) >= 4)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert sorted(got) == [b"a", b"a", b"b", b"b"]
 
 
 def test_global_qos_limits_channel(conn, ch):
     q1, q2 = declare_queue(ch, exclusive=True), declare_queue(ch, exclusive=True)
-    for i in range(5):
+    for _i in range(5):
         ch.basic_publish("", q1, b"a")
         ch.basic_publish("", q2, b"b")
     ch.basic_qos(prefetch_count=3, global_qos=True)
@@ -507,18 +504,18 @@ def test_global_qos_limits_channel(conn, ch):
     ch.basic_consume(q1, lambda c, m, p, b: got.append((m.delivery_tag, b)))
     ch.basic_consume(q2, lambda c, m, p, b: got.append((m.delivery_tag, b)))
     assert drain(conn, lambda: len(got) >= 3)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert len(got) == 3
     assert count(ch, q1) + count(ch, q2) == 7
     ch.basic_ack(got[0][0])
     assert drain(conn, lambda: len(got) >= 4)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert len(got) == 4
 
 
 def test_global_and_per_consumer_qos_combined(conn, ch):
     q1, q2 = declare_queue(ch, exclusive=True), declare_queue(ch, exclusive=True)
-    for i in range(5):
+    for _i in range(5):
         ch.basic_publish("", q1, b"a")
         ch.basic_publish("", q2, b"b")
     ch.basic_qos(prefetch_count=3, global_qos=True)  # channel-wide
@@ -527,7 +524,7 @@ def test_global_and_per_consumer_qos_combined(conn, ch):
     ch.basic_consume(q1, lambda c, m, p, b: got.append(b))
     ch.basic_consume(q2, lambda c, m, p, b: got.append(b))
     assert drain(conn, lambda: len(got) >= 2)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert sorted(got) == [b"a", b"b"]
 
 
@@ -539,11 +536,11 @@ def test_raising_prefetch_releases_more(conn, ch):
     got = []
     ch.basic_consume(q, lambda c, m, p, b: got.append(b))
     assert drain(conn, lambda: got)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert got == [b"m0"]
     ch.basic_qos(prefetch_count=3, global_qos=True)
     assert drain(conn, lambda: len(got) >= 3)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert got == [b"m0", b"m1", b"m2"]
 
 
@@ -888,7 +885,7 @@ def test_basic_recover_requeue_true(conn, ch):
     assert [(b, r) for b, r, _ in got] == [(b"m1", False), (b"m2", False), (b"m1", True), (b"m2", True)]
     # The old delivery tags are void; the new ones settle.
     ch.basic_ack(got[3][2], multiple=True)
-    settle_in(conn, ch)
+    settle_in(conn)
     assert count(ch, q) == 0
 
 
@@ -1055,7 +1052,7 @@ def test_heartbeat_timeout_drops_silent_client(make_node):
                 heartbeats += 1
             elif fr[0] == 1 and fr[2][:4] == b"\x00\x0a\x00\x32":
                 close_frame = fr
-    except (ConnectionResetError, socket.timeout):
+    except (TimeoutError, ConnectionResetError):
         pass
     elapsed = time.monotonic() - t0
     sock.close()
@@ -1080,3 +1077,344 @@ def test_heartbeat_keeps_talking_client_alive(make_node):
         assert get_body(ch, q) == b"alive"
     finally:
         c.close()
+
+
+# -- more of what clients rely on -------------------------------------------------------------
+
+def test_message_properties_and_header_types_roundtrip(ch):
+    import datetime
+    import decimal
+
+    q = declare_queue(ch, exclusive=True)
+    headers = {
+        "str": "text", "int": 7, "neg": -3, "big": 2**40, "bool": True, "false": False,
+        "decimal": decimal.Decimal("3.14"), "none": None, "bytes": b"\x00\x01raw",
+        "list": [1, "two", [3]], "table": {"nested": {"deep": "yes"}, "n": 1},
+        "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
+    }
+    props = pika.BasicProperties(
+        content_type="application/json", content_encoding="gzip", headers=headers, delivery_mode=2, priority=9,
+        correlation_id="corr", reply_to="reply-q", expiration="60000", message_id="mid", timestamp=1700000000,
+        type="kind", user_id="guest", app_id="tests", cluster_id="cid",
+    )
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"{}", props)
+    _, p, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"{}"
+    for field in ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id", "reply_to",
+                  "expiration", "message_id", "timestamp", "type", "user_id", "app_id", "cluster_id"):
+        assert getattr(p, field) == getattr(props, field), field
+    assert p.headers == headers
+
+
+def test_empty_body(ch):
+    q = declare_queue(ch, exclusive=True)
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"")
+    ch.basic_publish("", q, b"", pika.BasicProperties(headers={"k": "v"}))
+    _, p1, b1 = ch.basic_get(q, auto_ack=True)
+    _, p2, b2 = ch.basic_get(q, auto_ack=True)
+    assert (b1, b2) == (b"", b"")
+    assert p2.headers == {"k": "v"}
+
+
+def test_user_id_mismatch_is_406(conn, ch):
+    q = declare_queue(ch, exclusive=True)
+    ch.confirm_delivery()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="somebody-else"))
+    assert ei.value.reply_code == 406
+
+
+def test_delivery_tags_and_confirm_tags_are_per_channel(conn):
+    a, b = conn.channel(), conn.channel()
+    q = declare_queue(a, exclusive=True)
+    for _i in range(4):
+        a.basic_publish("", q, b"x")
+    tags_a = [a.basic_get(q)[0].delivery_tag for _ in range(2)]
+    tags_b = [b.basic_get(q)[0].delivery_tag for _ in range(2)]
+    assert tags_a == [1, 2] and tags_b == [1, 2]
+
+
+def test_many_messages_in_order_with_confirms(conn, ch):
+    q = declare_queue(ch, exclusive=True)
+    ch.confirm_delivery()
+    n = 2000
+    for i in range(n):
+        ch.basic_publish("", q, str(i).encode())
+    got = []
+    ch.basic_qos(prefetch_count=100)
+    ch.basic_consume(q, lambda c, m, p, b: (got.append(int(b)), c.basic_ack(m.delivery_tag)))
+    assert drain(conn, lambda: len(got) == n, timeout=10)
+    assert got == list(range(n))
+
+
+def test_nack_requeue_goes_to_another_consumer(conn):
+    setup = conn.channel()
+    q = declare_queue(setup, exclusive=True)
+    a, b = conn.channel(), conn.channel()
+    a.basic_qos(prefetch_count=1)
+    b.basic_qos(prefetch_count=1)
+    got = []
+
+    def on_a(c, m, p, body):
+        got.append(("a", body, m.redelivered))
+        c.basic_nack(m.delivery_tag, requeue=True) if not m.redelivered else c.basic_ack(m.delivery_tag)
+
+    def on_b(c, m, p, body):
+        got.append(("b", body, m.redelivered))
+
+    a.basic_consume(q, on_a)
+    setup.basic_publish("", q, b"only")
+    assert drain(conn, lambda: got)
+    # a nacked it back; it is redelivered (to a, the only consumer so far) with the flag set.
+    assert drain(conn, lambda: len(got) >= 2)
+    assert got[:2] == [("a", b"only", False), ("a", b"only", True)]
+    b.basic_consume(q, on_b)
+    setup.basic_publish("", q, b"next")
+    assert drain(conn, lambda: len(got) >= 3)
+    assert got[2][1:] == (b"next", False)
+
+
+def test_auto_delete_queue_deleted_when_consumer_channel_closes(conn):
+    ch = conn.channel()
+    q = declare_queue(ch, auto_delete=True)
+    ch.basic_consume(q, lambda *a: None)
+    ch.close()
+    probe = conn.channel()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        probe.queue_declare(q, passive=True)
+    assert ei.value.reply_code == 404
+
+
+def test_auto_delete_queue_deleted_when_consumer_connection_lost(node, conn):
+    victim = connect(node)
+    vch = victim.channel()
+    q = declare_queue(vch, auto_delete=True)
+    vch.basic_consume(q, lambda *a: None)
+    victim._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    deadline = time.monotonic() + 3
+    while True:
+        probe = conn.channel()
+        try:
+            probe.queue_declare(q, passive=True)
+        except pex.ChannelClosedByBroker as e:
+            assert e.reply_code == 404
+            break
+        assert time.monotonic() < deadline, "auto-delete queue survived its consumer's lost connection"
+        conn.process_data_events(time_limit=0.05)
+    try:
+        victim.close()
+    except Exception:
+        pass
+
+
+_CONSUMER_SCRIPT = r"""
+import sys, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+ch.basic_qos(prefetch_count=10)
+n = 0
+def on_msg(c, m, p, b):
+    global n
+    n += 1
+    if n == int(sys.argv[3]):
+        print("got", n, flush=True)
+ch.basic_consume(sys.argv[2], on_msg)
+ch.start_consuming()
+"""
+
+
+def test_unacked_released_when_consumer_process_killed(node, conn, tmp_path):
+    import subprocess
+    import sys
+
+    ch = conn.channel()
+    q = declare_queue(ch)
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", q, f"m{i}".encode())
+    script = tmp_path / "consumer.py"
+    script.write_text(_CONSUMER_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), node.url, q, "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "got 3"
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+        proc.kill()
+        proc.wait(5)
+        got = []
+        ch.basic_consume(q, lambda c, m, p, b: (got.append((b, m.redelivered)), c.basic_ack(m.delivery_tag)))
+        assert drain(conn, lambda: len(got) == 3)
+        assert got == [(b"m0", True), (b"m1", True), (b"m2", True)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ch.queue_delete(q)
+
+
+def test_confirm_and_tx_are_exclusive(conn):
+    ch = conn.channel()
+    ch.tx_select()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        ch.confirm_delivery()
+    assert ei.value.reply_code == 406
+    ch = conn.channel()
+    ch.confirm_delivery()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        ch.tx_select()
+    assert ei.value.reply_code == 406
+
+
+def test_exchange_delete_if_unused_is_406(conn, ch):
+    ex = uid("ex")
+    ch.exchange_declare(ex, "fanout")
+    q = declare_queue(ch, exclusive=True)
+    ch.queue_bind(q, ex)
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        conn.channel().exchange_delete(ex, if_unused=True)
+    assert ei.value.reply_code == 406
+    ch.exchange_delete(ex)
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        conn.channel().exchange_declare(ex, passive=True)
+    assert ei.value.reply_code == 404
+
+
+def test_unknown_exchange_type_is_503_connection_error(node):
+    c = connect(node)
+    ch = c.channel()
+    with pytest.raises(pex.ConnectionClosedByBroker) as ei:
+        ch.exchange_declare(uid("ex"), "no-such-type")
+    assert ei.value.reply_code == 503
+    assert c.is_closed
+
+
+def test_publish_to_internal_exchange_is_403(conn, ch):
+    ex = uid("internal")
+    ch.exchange_declare(ex, "fanout", internal=True)
+    pub = conn.channel()
+    pub.confirm_delivery()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        pub.basic_publish(ex, "", b"x")
+    assert ei.value.reply_code == 403
+    ch.exchange_delete(ex)
+
+
+def test_consume_missing_queue_is_404(conn, ch):
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        ch.basic_consume(uid("missing"), lambda *a: None)
+    assert ei.value.reply_code == 404
+
+
+def test_owner_may_redeclare_exclusive_queue(conn, ch):
+    q = declare_queue(ch, exclusive=True)
+    assert conn.channel().queue_declare(q, exclusive=True).method.queue == q
+    assert conn.channel().queue_declare(q, passive=True).method.queue == q
+
+
+def test_headers_exchange_void_value_matches_presence(ch):
+    ex = uid("headers")
+    ch.exchange_declare(ex, "headers", auto_delete=True)
+    q = declare_queue(ch, exclusive=True)
+    ch.queue_bind(q, ex, arguments={"x-match": "all", "present": None})
+    ch.confirm_delivery()
+    ch.basic_publish(ex, "", b"has", pika.BasicProperties(headers={"present": "anything"}))
+    ch.basic_publish(ex, "", b"hasnt", pika.BasicProperties(headers={"other": 1}))
+    assert get_body(ch, q) == b"has"
+    assert get_body(ch, q) is None
+
+
+def test_ack_after_cancel_notification_is_harmless(conn, ch):
+    q = declare_queue(ch)
+    ch.basic_publish("", q, b"m")
+    got, cancelled = [], []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    ch.basic_consume(q, lambda c, m, p, b: got.append(m.delivery_tag))
+    assert drain(conn, lambda: got)
+    conn.channel().queue_delete(q)
+    assert drain(conn, lambda: cancelled)
+    ch.basic_ack(got[0])  # the delivery tag is still valid on the channel
+    assert ch.queue_declare("", exclusive=True).method.queue.startswith("amq.gen-")
+    assert ch.is_open
+
+
+def test_interleaved_requeues_restore_original_order(ch):
+    q = declare_queue(ch, exclusive=True)
+    for i in range(1, 5):
+        ch.basic_publish("", q, f"m{i}".encode())
+    t1 = ch.basic_get(q, auto_ack=False)[0].delivery_tag
+    t2 = ch.basic_get(q, auto_ack=False)[0].delivery_tag
+    t3 = ch.basic_get(q, auto_ack=False)[0].delivery_tag
+    ch.basic_reject(t3, requeue=True)
+    ch.basic_ack(t2)
+    ch.basic_reject(t1, requeue=True)
+    got = []
+    for _ in range(3):
+        method, _, body = ch.basic_get(q, auto_ack=True)
+        got.append((body, method.redelivered))
+    assert got == [(b"m1", True), (b"m3", True), (b"m4", False)]
+
+
+def test_tx_mandatory_unroutable_returned_at_commit(conn):
+    ch = conn.channel()
+    returned = []
+    ch.add_on_return_callback(lambda c, m, p, b: returned.append((m.reply_code, b)))
+    ch.tx_select()
+    ex = uid("fan")
+    ch.exchange_declare(ex, "fanout")
+    ch.basic_publish(ex, "", b"bounce", mandatory=True)
+    ch.tx_rollback()
+    ch.basic_publish(ex, "", b"bounce-2", mandatory=True)
+    ch.tx_commit()
+    assert drain(conn, lambda: returned)
+    conn.process_data_events(time_limit=0)
+    assert returned == [(312, b"bounce-2")]
+    ch.exchange_delete(ex)
+
+
+def test_consumer_priority_higher_priority_consumer_served_first(conn):
+    """`consumer_priorities` is advertised: a consumer with x-priority 10 gets every message while it has room."""
+    setup = conn.channel()
+    q = declare_queue(setup, exclusive=True)
+    low, high = conn.channel(), conn.channel()
+    got = []
+    low.basic_consume(q, lambda c, m, p, b: got.append("low"), auto_ack=True, arguments={"x-priority": 0})
+    high.basic_consume(q, lambda c, m, p, b: got.append("high"), auto_ack=True, arguments={"x-priority": 10})
+    for _ in range(10):
+        setup.basic_publish("", q, b"x")
+    assert drain(conn, lambda: len(got) == 10)
+    assert got == ["high"] * 10
+
+
+def test_consumer_priority_falls_back_when_high_is_full(conn):
+    setup = conn.channel()
+    q = declare_queue(setup, exclusive=True)
+    low, high = conn.channel(), conn.channel()
+    high.basic_qos(prefetch_count=2)
+    got = []
+    low.basic_consume(q, lambda c, m, p, b: got.append(("low", b)), auto_ack=True)
+    high.basic_consume(q, lambda c, m, p, b: got.append(("high", b)), arguments={"x-priority": 5})
+    for i in range(5):
+        setup.basic_publish("", q, str(i).encode())
+    assert drain(conn, lambda: len(got) == 5)
+    # pika dispatches per channel, so compare who got which message, not callback order.
+    assert sorted(b for who, b in got if who == "high") == [b"0", b"1"]
+    assert sorted(b for who, b in got if who == "low") == [b"2", b"3", b"4"]
+
+
+def test_user_without_vhost_permission_is_530(make_node):
+    n = make_node(config="""
+vhosts = ["/", "orders"]
+[[users]]
+name = "app"
+password = "s3cret"
+tags = []
+vhosts = ["orders"]
+""")
+    ok = pika.BlockingConnection(pika.URLParameters(f"amqp://app:s3cret@127.0.0.1:{n.port}/orders"))
+    ok.close()
+    with pytest.raises(pex.ProbableAccessDeniedError) as ei:
+        pika.BlockingConnection(pika.URLParameters(f"amqp://app:s3cret@127.0.0.1:{n.port}/%2F"))
+    assert "530" in str(ei.value)
+    with pytest.raises(pex.ProbableAuthenticationError) as ei:
+        pika.BlockingConnection(pika.URLParameters(f"amqp://app:wrong@127.0.0.1:{n.port}/orders"))
+    assert "403" in str(ei.value)

@@ -23,9 +23,21 @@ class Recorder:
     def on_method(self, channel, payload):
         self.events.append(("method", channel, bytes(payload)))
 
-    def on_publish(self, channel, exchange, routing_key, mandatory, immediate, route_raw, props_raw, body):
+    def on_publish(
+        self, channel, exchange, routing_key, mandatory, immediate, route_raw, props_raw, body
+    ):
         self.events.append(
-            ("publish", channel, exchange, routing_key, mandatory, immediate, bytes(route_raw), bytes(props_raw), bytes(body))
+            (
+                "publish",
+                channel,
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+                bytes(route_raw),
+                bytes(props_raw),
+                bytes(body),
+            )
         )
 
     def on_heartbeat(self):
@@ -40,11 +52,21 @@ def method(channel: int, m) -> bytes:
     return frame(1, channel, spec.encode_method(m))
 
 
-def publish(channel: int, exchange: str = "ex", routing_key: str = "rk", mandatory: bool = False, immediate: bool = False) -> bytes:
-    return method(channel, spec.BY_NAME["basic.publish"](0, exchange, routing_key, mandatory, immediate))
+def publish(
+    channel: int,
+    exchange: str = "ex",
+    routing_key: str = "rk",
+    mandatory: bool = False,
+    immediate: bool = False,
+) -> bytes:
+    return method(
+        channel, spec.BY_NAME["basic.publish"](0, exchange, routing_key, mandatory, immediate)
+    )
 
 
-def header(channel: int, body_size: int, props_raw: bytes = b"\x00\x00", class_id: int = 60) -> bytes:
+def header(
+    channel: int, body_size: int, props_raw: bytes = b"\x00\x00", class_id: int = 60
+) -> bytes:
     return frame(2, channel, struct.pack(">HHQ", class_id, 0, body_size) + props_raw)
 
 
@@ -55,7 +77,9 @@ def body(channel: int, data: bytes) -> bytes:
 HEARTBEAT = frame(8, 0, b"")
 
 
-def message(channel: int, data: bytes, chunk: int = FRAME_MAX - 8, props_raw: bytes = b"\x00\x00", **kw) -> list[bytes]:
+def message(
+    channel: int, data: bytes, chunk: int = FRAME_MAX - 8, props_raw: bytes = b"\x00\x00", **kw
+) -> list[bytes]:
     out = [publish(channel, **kw), header(channel, len(data), props_raw)]
     for i in range(0, len(data), chunk):
         out.append(body(channel, data[i : i + chunk]))
@@ -70,9 +94,27 @@ def run(*chunks: bytes, frame_max: int = FRAME_MAX, **kw) -> list[tuple]:
     return rec.events
 
 
-def expected_publish(channel, data, exchange="ex", routing_key="rk", mandatory=False, immediate=False, props_raw=b"\x00\x00"):
+def expected_publish(
+    channel,
+    data,
+    exchange="ex",
+    routing_key="rk",
+    mandatory=False,
+    immediate=False,
+    props_raw=b"\x00\x00",
+):
     route_raw = encode_shortstr(exchange) + encode_shortstr(routing_key)
-    return ("publish", channel, exchange, routing_key, mandatory, immediate, route_raw, props_raw, data)
+    return (
+        "publish",
+        channel,
+        exchange,
+        routing_key,
+        mandatory,
+        immediate,
+        route_raw,
+        props_raw,
+        data,
+    )
 
 
 # --- assembly --------------------------------------------------------------------------------
@@ -270,7 +312,7 @@ def test_header_checks():
 
 def test_unknown_frame_type_and_heartbeat_on_a_channel():
     assert error_of(frame(9, 0, b"")).code == 501
-    assert error_of(frame(8, 1, b"")).code == 501
+    assert error_of(frame(8, 1, b"")).code == 505  # RabbitMQ: unexpected_frame
 
 
 @pytest.mark.parametrize(

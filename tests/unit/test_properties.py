@@ -86,7 +86,9 @@ def test_wire_order_and_flags():
 
 
 def test_timestamp_accepts_plain_int_on_encode():
-    assert decode_properties(encode_properties({"timestamp": 1234})) == {"timestamp": Timestamp(1234)}
+    assert decode_properties(encode_properties({"timestamp": 1234})) == {
+        "timestamp": Timestamp(1234)
+    }
 
 
 def test_headers_keep_their_field_types():

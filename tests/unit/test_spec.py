@@ -33,7 +33,13 @@ def methods_of(info) -> st.SearchStrategy:
 
 def assert_same_method(decoded, method):
     assert type(decoded) is type(method)
-    for name, t, a, b in zip(type(method)._fields, spec.BY_ID[(method.CLASS_ID, method.METHOD_ID)].types, decoded, method, strict=True):
+    for name, t, a, b in zip(
+        type(method)._fields,
+        spec.BY_ID[(method.CLASS_ID, method.METHOD_ID)].types,
+        decoded,
+        method,
+        strict=True,
+    ):
         if t == "table":
             assert strict_equal(a, b), (name, a, b)
         else:
@@ -44,7 +50,7 @@ def test_the_table_covers_the_whole_0_9_1_method_set():
     # 14 connection + 6 channel + 8 exchange + 10 queue + 18 basic + 2 confirm + 6 tx
     assert len(spec.BY_ID) == 64
     for (cid, mid), info in spec.BY_ID.items():
-        assert info.cls.CLASS_ID == cid and info.cls.METHOD_ID == mid
+        assert cid == info.cls.CLASS_ID and mid == info.cls.METHOD_ID
         assert spec.BY_NAME[info.name] is info.cls
         assert spec.method_name(cid, mid) == info.name
 
@@ -82,8 +88,14 @@ def test_every_method_rejects_trailing_bytes_and_truncation(ids, data):
 def test_every_method_with_all_bits_set_and_maximal_numbers(ids):
     info = spec.BY_ID[ids]
     maxima = {
-        "octet": 255, "short": 2**16 - 1, "long": 2**32 - 1, "longlong": 2**64 - 1,
-        "shortstr": "x" * 255, "longstr": b"\xff" * 10, "bit": True, "table": {"k": "v"},
+        "octet": 255,
+        "short": 2**16 - 1,
+        "long": 2**32 - 1,
+        "longlong": 2**64 - 1,
+        "shortstr": "x" * 255,
+        "longstr": b"\xff" * 10,
+        "bit": True,
+        "table": {"k": "v"},
     }
     method = info.cls(*(maxima[t] for t in info.types))
     assert_same_method(spec.decode_method(spec.encode_method(method)), method)

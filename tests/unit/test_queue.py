@@ -1,0 +1,362 @@
+"""node.core.queue.LocalQueue with fake consumers."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.core.message import Message
+from node.core.outcome import Modified, Outcome
+from node.core.queue import LocalQueue
+
+
+class FakeConsumer:
+    def __init__(
+        self, tag: str, room: int = 10**9, ack: bool = True, exclusive: bool = False
+    ) -> None:
+        self.tag = tag
+        self.exclusive = exclusive
+        self.room = room
+        self.ack = ack
+        self.got: list[Message] = []
+        self.cancelled_with: list[str] = []
+
+    def can_take(self) -> bool:
+        return self.room > 0
+
+    def backpressured(self) -> bool:
+        return False
+
+    def deliver(self, queue, msg: Message) -> bool:
+        assert self.room > 0, "delivered to a consumer without room"
+        self.room -= 1
+        self.got.append(msg)
+        return self.ack
+
+    def cancelled(self, queue, reason: str) -> None:
+        self.cancelled_with.append(reason)
+
+    def bodies(self) -> list[bytes]:
+        return [m.body for m in self.got]
+
+
+def msg(body: bytes | str) -> Message:
+    if isinstance(body, str):
+        body = body.encode()
+    return Message("ex", "rk", None, b"\x00\x00", body)
+
+
+def fill(q: LocalQueue, n: int) -> list[Message]:
+    msgs = [msg(str(i)) for i in range(n)]
+    for m in msgs:
+        q.enqueue(m)
+    return msgs
+
+
+def ready_bodies(q: LocalQueue) -> list[bytes]:
+    out = []
+    while (m := q.get(False)) is not None:
+        out.append(m.body)
+    return out
+
+
+def test_enqueue_without_consumers_then_get_in_order():
+    q = LocalQueue("/", "q")
+    fill(q, 3)
+    assert q.stats() == (3, 0)
+    assert q.message_count == 3
+    assert ready_bodies(q) == [b"0", b"1", b"2"]
+    assert q.get(True) is None
+    assert q.unacked == 0
+
+
+def test_get_with_ack_counts_unacked():
+    q = LocalQueue("/", "q")
+    fill(q, 2)
+    m = q.get(True)
+    assert q.unacked == 1 and q.message_count == 1
+    q.settle(m, Outcome.ACCEPTED)
+    assert q.unacked == 0 and q.message_count == 1
+
+
+def test_round_robin_between_consumers_on_enqueue():
+    q = LocalQueue("/", "q")
+    a, b, c = FakeConsumer("a"), FakeConsumer("b"), FakeConsumer("c")
+    for x in (a, b, c):
+        q.subscribe(x)
+    fill(q, 9)
+    assert a.bodies() == [b"0", b"3", b"6"]
+    assert b.bodies() == [b"1", b"4", b"7"]
+    assert c.bodies() == [b"2", b"5", b"8"]
+    assert q.unacked == 9 and q.message_count == 0
+
+
+def test_round_robin_on_kick_from_backlog():
+    q = LocalQueue("/", "q")
+    fill(q, 6)
+    a, b = FakeConsumer("a", room=0), FakeConsumer("b", room=0)
+    q.subscribe(a)
+    q.subscribe(b)
+    assert q.message_count == 6
+    a.room = b.room = 10
+    q.kick()
+    assert sorted(a.bodies() + b.bodies()) == [str(i).encode() for i in range(6)]
+    assert len(a.got) == len(b.got) == 3
+
+
+def test_subscribe_drains_the_backlog():
+    q = LocalQueue("/", "q")
+    fill(q, 3)
+    a = FakeConsumer("a")
+    q.subscribe(a)
+    assert a.bodies() == [b"0", b"1", b"2"]
+    assert q.had_consumers
+
+
+def test_can_take_is_respected():
+    q = LocalQueue("/", "q")
+    a, b = FakeConsumer("a", room=1), FakeConsumer("b", room=2)
+    q.subscribe(a)
+    q.subscribe(b)
+    fill(q, 6)
+    assert len(a.got) == 1 and len(b.got) == 2
+    assert q.message_count == 3
+    assert q.unacked == 3
+    # Room appears: the backlog goes out in order.
+    a.room = 1
+    q.kick()
+    assert a.bodies() == [b"0", b"3"]
+    b.room = 5
+    q.kick()
+    assert b.bodies() == [b"1", b"2", b"4", b"5"]
+    assert q.message_count == 0
+
+
+def test_single_consumer_without_room_queues():
+    q = LocalQueue("/", "q")
+    a = FakeConsumer("a", room=0)
+    q.subscribe(a)
+    fill(q, 2)
+    assert a.got == [] and q.message_count == 2
+
+
+def test_messages_do_not_overtake_the_backlog():
+    q = LocalQueue("/", "q")
+    a = FakeConsumer("a", room=1)
+    q.subscribe(a)
+    fill(q, 3)  # "0" delivered, "1" and "2" wait
+    a.room = 1
+    q.enqueue(msg("3"))  # must not jump ahead of "1"
+    assert a.bodies() == [b"0"]
+    q.kick()
+    assert a.bodies() == [b"0", b"1"]
+
+
+def test_no_ack_deliveries_are_not_counted_unacked():
+    q = LocalQueue("/", "q")
+    q.subscribe(FakeConsumer("a", ack=False))
+    fill(q, 3)
+    assert q.unacked == 0
+
+
+def test_released_messages_return_to_their_original_position():
+    q = LocalQueue("/", "q")
+    msgs = fill(q, 5)
+    m0, m1, m2 = q.get(True), q.get(True), q.get(True)
+    assert [m0.body, m1.body, m2.body] == [b"0", b"1", b"2"]
+    q.settle(m2, Outcome.RELEASED)
+    q.settle(m0, Outcome.RELEASED)
+    q.settle(m1, Outcome.ACCEPTED)
+    assert q.unacked == 0
+    got = []
+    while (m := q.get(False)) is not None:
+        got.append((m.body, m.redelivered))
+    assert got == [(b"0", True), (b"2", True), (b"3", False), (b"4", False)]
+    assert all(m.delivery_count == 0 for m in msgs)
+
+
+def test_released_message_goes_to_a_consumer_before_younger_ones():
+    q = LocalQueue("/", "q")
+    a = FakeConsumer("a", room=2)
+    q.subscribe(a)
+    fill(q, 4)
+    first = a.got[0]
+    q.settle(first, Outcome.RELEASED)  # no room: waits at the front
+    a.room = 3
+    q.kick()
+    assert a.bodies() == [b"0", b"1", b"0", b"2", b"3"]
+    assert a.got[2].redelivered and not a.got[3].redelivered
+
+
+def test_release_many_restores_order():
+    q = LocalQueue("/", "q")
+    fill(q, 4)
+    taken = [q.get(True) for _ in range(3)]
+    q.release_many(list(reversed(taken)))
+    assert q.unacked == 0
+    assert ready_bodies(q) == [b"0", b"1", b"2", b"3"]
+
+
+def test_modified_charges_delivery_count_only_when_failed():
+    q = LocalQueue("/", "q")
+    fill(q, 2)
+    a, b = q.get(True), q.get(True)
+    q.settle(a, Outcome.MODIFIED, Modified(delivery_failed=True))
+    q.settle(b, Outcome.MODIFIED, Modified(delivery_failed=False))
+    assert (a.delivery_count, a.redelivered) == (1, True)
+    assert (b.delivery_count, b.redelivered) == (0, True)
+    assert q.message_count == 2
+
+
+def test_rejected_is_dead_lettered_or_dropped():
+    q = LocalQueue("/", "q")
+    fill(q, 2)
+    m = q.get(True)
+    q.settle(m, Outcome.REJECTED)
+    assert q.message_count == 1 and q.unacked == 0
+    lettered = []
+    q.dead_letter = lambda queue, message, reason: lettered.append((queue, message, reason))
+    m = q.get(True)
+    q.settle(m, Outcome.REJECTED)
+    assert lettered == [(q, m, "rejected")]
+    assert q.message_count == 0
+
+
+def test_purge():
+    q = LocalQueue("/", "q")
+    fill(q, 5)
+    m = q.get(True)
+    q.settle(q.get(True), Outcome.RELEASED)
+    assert q.purge() == 4
+    assert q.stats() == (0, 0)
+    assert q.get(False) is None
+    # Unacked deliveries survive a purge, as in RabbitMQ, and can still be settled.
+    assert q.unacked == 1
+    q.settle(m, Outcome.RELEASED)
+    assert q.message_count == 1
+    assert q.purge() == 1
+    assert q.purge() == 0
+
+
+def test_delete_cancels_consumers():
+    q = LocalQueue("/", "q")
+    a, b = FakeConsumer("a", room=1), FakeConsumer("b", room=1)
+    q.subscribe(a)
+    q.subscribe(b)
+    fill(q, 5)
+    assert q.delete("deleted") == 3
+    assert a.cancelled_with == ["deleted"] and b.cancelled_with == ["deleted"]
+    assert q.deleted and q.stats() == (0, 0)
+    # Late settlements and kicks are ignored.
+    q.settle(a.got[0], Outcome.RELEASED)
+    q.release_many([b.got[0]])
+    q.kick()
+    assert q.message_count == 0
+
+
+def test_exclusive_consumer_flag():
+    q = LocalQueue("/", "q")
+    q.subscribe(FakeConsumer("a"))
+    assert not q.has_exclusive_consumer()
+    q.subscribe(FakeConsumer("b", exclusive=True))
+    assert q.has_exclusive_consumer()
+
+
+def test_auto_delete_via_on_unused():
+    q = LocalQueue("/", "q", auto_delete=True)
+    calls = []
+    q.on_unused = calls.append
+    a, b = FakeConsumer("a"), FakeConsumer("b")
+    q.subscribe(a)
+    q.subscribe(b)
+    q.unsubscribe(a)
+    assert calls == []
+    q.unsubscribe(b)
+    assert calls == [q]
+    q.unsubscribe(b)  # not subscribed any more: nothing happens
+    assert calls == [q]
+    assert q.consumers == []
+
+
+def test_no_on_unused_without_auto_delete():
+    q = LocalQueue("/", "q")
+    calls = []
+    q.on_unused = calls.append
+    a = FakeConsumer("a")
+    q.subscribe(a)
+    q.unsubscribe(a)
+    assert calls == []
+
+
+def test_unsubscribed_consumer_gets_nothing_more():
+    q = LocalQueue("/", "q")
+    a, b = FakeConsumer("a"), FakeConsumer("b")
+    q.subscribe(a)
+    q.subscribe(b)
+    q.unsubscribe(a)
+    fill(q, 3)
+    assert a.got == [] and len(b.got) == 3
+
+
+# A small model-based check: whatever the interleaving, nothing is lost or duplicated, order holds.
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("enqueue")),
+        st.tuples(st.just("room"), st.integers(0, 2), st.integers(0, 3)),
+        st.tuples(
+            st.just("settle"),
+            st.integers(0, 2),
+            st.sampled_from([Outcome.ACCEPTED, Outcome.RELEASED, Outcome.REJECTED]),
+        ),
+        st.tuples(st.just("get"), st.booleans()),
+        st.tuples(st.just("settle_got"), st.sampled_from([Outcome.ACCEPTED, Outcome.RELEASED])),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions)
+def test_messages_are_conserved(steps):
+    q = LocalQueue("/", "q")
+    consumers = [FakeConsumer(str(i), room=0) for i in range(3)]
+    for x in consumers:
+        q.subscribe(x)
+    settled = [0 for _ in consumers]  # how many of c.got were settled (oldest first)
+    got_pending: list[Message] = []
+    gone = 0
+    n = 0
+    for step in steps:
+        if step[0] == "enqueue":
+            q.enqueue(msg(str(n)))
+            n += 1
+        elif step[0] == "room":
+            consumers[step[1]].room += step[2]
+            q.kick()
+        elif step[0] == "settle":
+            i, outcome = step[1], step[2]
+            c = consumers[i]
+            if settled[i] < len(c.got):
+                m = c.got[settled[i]]
+                settled[i] += 1
+                q.settle(m, outcome)
+                if outcome is not Outcome.RELEASED:
+                    gone += 1
+        elif step[0] == "get":
+            m = q.get(step[1])
+            if m is not None:
+                if step[1]:
+                    got_pending.append(m)
+                else:
+                    gone += 1
+        elif step[0] == "settle_got" and got_pending:
+            q.settle(got_pending.pop(0), step[1])
+            if step[1] is not Outcome.RELEASED:
+                gone += 1
+        in_flight = sum(len(c.got) - settled[i] for i, c in enumerate(consumers)) + len(got_pending)
+        assert q.unacked == in_flight
+        assert q.message_count + in_flight + gone == n
+        assert all(c.room >= 0 for c in consumers)
+    # What is still ready comes out oldest first, each message once.
+    seqs = [m.seq for m in iter(lambda: q.get(False), None)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
