@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .core.message import Message
-from .core.queue import LocalQueue, QueueHandle
+from .core.queue import LocalQueue, MemoryBudget, QueueHandle
 from .metadata import commands as cmds
 from .metadata.log import LocalLog, MetadataLog
 from .metadata.state import MetadataError, MetadataState, QueueDef
@@ -62,8 +62,14 @@ class Broker:
         node_id: str,
         metadata: MetadataLog | None = None,
         loopback_users: Iterable[str] = ("guest",),
+        store: Any = None,
+        memory_budget: int = 0,
     ) -> None:
         self.node_id = node_id
+        # Distinguishes this run of the node from earlier ones (exclusive queue owners).
+        self.incarnation = secrets.token_hex(4)
+        self.store = store
+        self.budget = MemoryBudget(memory_budget) if memory_budget else None
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
         self.loopback_users = set(loopback_users)
@@ -85,7 +91,11 @@ class Broker:
             return
         if isinstance(cmd, cmds.AddVhost):
             self.queues.setdefault(cmd.name, {})
-        elif isinstance(cmd, cmds.DeclareQueue) and result == "created":
+        elif (
+            isinstance(cmd, cmds.DeclareQueue)
+            and result == "created"
+            and cmd.leader == self.node_id
+        ):
             qdef = self.state.queue(cmd.vhost, cmd.name)
             assert qdef is not None
             self._create_queue(qdef)
@@ -93,12 +103,18 @@ class Broker:
             q = self.queues.get(cmd.vhost, {}).pop(cmd.name, None)
             if isinstance(q, LocalQueue):
                 q.delete("queue deleted")
+        elif isinstance(cmd, cmds.NodeStarted):
+            for vhost, names in (result or {}).items():
+                for name in names:
+                    q = self.queues.get(vhost, {}).pop(name, None)
+                    if isinstance(q, LocalQueue):
+                        q.delete("transient queue of an earlier run")
         elif isinstance(cmd, cmds.DeleteVhost):
             for q in self.queues.pop(cmd.name, {}).values():
                 if isinstance(q, LocalQueue):
                     q.delete("vhost deleted")
 
-    def _create_queue(self, qdef: QueueDef) -> None:
+    def _create_queue(self, qdef: QueueDef) -> LocalQueue:
         q = LocalQueue(
             qdef.vhost,
             qdef.name,
@@ -106,9 +122,38 @@ class Broker:
             qdef.exclusive_owner,
             qdef.auto_delete,
             qdef.arguments,
+            store=self.store,
+            budget=self.budget,
         )
         q.on_unused = self._queue_unused
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
+        return q
+
+    def recover(self, stored: dict[tuple[str, str], tuple[int, bool, int]]) -> int:
+        """Create the queues this node leads from metadata; refill durable ones from the store.
+
+        Returns the number of messages recovered.
+        """
+        from .core.queue import PAGE_SIZE
+
+        total = 0
+        keep: set[tuple[str, str]] = set()
+        for vhost, vh in self.state.vhosts.items():
+            self.queues.setdefault(vhost, {})
+            for name, qdef in vh.queues.items():
+                if qdef.leader != self.node_id or name in self.queues[vhost]:
+                    continue
+                q = self._create_queue(qdef)
+                keep.add((vhost, name))
+                info = stored.get((vhost, name))
+                if info is not None and qdef.durable and self.store is not None:
+                    qid, _durable, delivered = info
+                    rows, count, max_seq = self.store.load_head(qid, PAGE_SIZE)
+                    q.recover(rows, count, max_seq, delivered)
+                    total += count
+        if self.store is not None:
+            self.store.forget_queues_except(keep)
+        return total
 
     def _queue_unused(self, q: LocalQueue) -> None:
         if q.deleted:

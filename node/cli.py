@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             level=getattr(logging, cfg.log_level.upper()),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        from .server import Node
+        from .server import Node, StartupError
 
         try:
             import uvloop  # type: ignore[import-not-found]
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 uvloop.run(node.run())
             else:
                 asyncio.run(node.run())
-        except OSError as e:
+        except (OSError, StartupError) as e:
             logging.getLogger("merpati.server").error("cannot start: %s", e)
             return 1
         return 0

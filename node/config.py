@@ -39,6 +39,12 @@ class Config:
     max_message_size: int = 128 * 1024 * 1024
     # Fraction of physical memory above which publishers are blocked (RabbitMQ's vm_memory_high_watermark).
     memory_high_watermark: float = 0.4
+    # Bytes of message data kept in memory before queues page messages out to the store.
+    message_memory_budget: int = 128 * 1024 * 1024
+    # SQLite synchronous mode of the message store: FULL (fsync per commit) or NORMAL.
+    store_sync: str = "full"
+    # Largest size of the message store file, bytes (0 = no limit); publishes beyond it are nacked.
+    store_max_bytes: int = 0
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -62,6 +68,9 @@ FLAGS: dict[str, str] = {
     "channel_max": "most channels per connection proposed to clients",
     "max_message_size": "largest message body accepted, bytes",
     "memory_high_watermark": "fraction of RAM above which publishers are blocked",
+    "message_memory_budget": "bytes of messages kept in memory before paging to the store",
+    "store_sync": "message store durability: full (fsync every commit) or normal",
+    "store_max_bytes": "largest message store size in bytes, 0 = unlimited",
 }
 
 
@@ -81,7 +90,9 @@ def _coerce(name: str, value: Any) -> Any:
     default = getattr(Config, name)
     if isinstance(default, str):
         if not isinstance(value, str):
-            raise ConfigError(f"invalid value {value!r} for {name.replace('_', '-')}: expected a string")
+            raise ConfigError(
+                f"invalid value {value!r} for {name.replace('_', '-')}: expected a string"
+            )
         return value
     try:
         if isinstance(default, bool):
@@ -154,6 +165,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError(f"amqp-port {cfg.amqp_port} is not a TCP port")
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
+    if cfg.store_sync.lower() not in ("full", "normal"):
+        raise ConfigError(f"store-sync must be full or normal, not {cfg.store_sync!r}")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
     return cfg

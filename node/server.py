@@ -7,69 +7,127 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .amqp091.connection import Settings
 from .amqp091.transport import AMQPProtocol
 from .broker import Broker, hash_password
 from .config import Config
 from .metadata import commands as cmds
+from .metadata.log import LocalLog
+from .store import SQLiteStore, StoreError
 
 log = logging.getLogger("merpati.server")
 
 
+class StartupError(Exception):
+    """The node cannot start; the message says why (and names the file at fault)."""
+
+
+MetadataFactory = Callable[[Config, Path], Any]
+
+
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metadata_factory: MetadataFactory | None = None) -> None:
         self.config = config
         self.node_id = config.resolved_node_id()
-        self.broker = Broker(self.node_id, loopback_users=config.loopback_users)
+        self.metadata_factory = metadata_factory
         self.settings = Settings(
             frame_max=config.frame_max,
             channel_max=config.channel_max,
             heartbeat=config.heartbeat,
             max_message_size=config.max_message_size,
         )
+        self.broker: Broker | None = None
+        self.store: SQLiteStore | None = None
+        self.metadata: Any = None
         self._servers: list[asyncio.base_events.Server] = []
-        self._stopping: asyncio.Event | None = None
-        self.broker.alarm_listeners.append(self._on_alarm)
 
-    def bootstrap(self) -> None:
-        """Apply the configured vhosts and users (idempotent commands)."""
+    async def _bootstrap(self, first_boot: bool) -> None:
+        """Propose the configured vhosts and users (idempotent commands).
+
+        The default user is created on the first boot only, as RabbitMQ does, so deleting it
+        later sticks; users named in the config file are declarative and applied every start.
+        """
+        assert self.broker is not None
         cfg = self.config
-        apply = self.broker.metadata.apply  # type: ignore[attr-defined]
+        propose = self.broker.propose
         vhosts = list(
             dict.fromkeys(
                 ("/",) + tuple(cfg.vhosts) + tuple(v for u in cfg.users for v in u.vhosts)
             )
         )
         for vhost in vhosts:
-            apply(cmds.AddVhost(vhost))
-        users = cfg.users or [
-            _UserFromFlags(cfg.default_user, cfg.default_pass, ("administrator",), tuple(vhosts))
-        ]
+            await propose(cmds.AddVhost(vhost))
+        users: list[Any] = list(cfg.users)
+        if not users and first_boot:
+            users = [
+                _UserFromFlags(
+                    cfg.default_user, cfg.default_pass, ("administrator",), tuple(vhosts)
+                )
+            ]
         for user in users:
-            apply(cmds.PutUser(user.name, hash_password(user.password), tuple(user.tags)))
+            await propose(cmds.PutUser(user.name, hash_password(user.password), tuple(user.tags)))
             for vhost in user.vhosts:
-                apply(cmds.SetPermissions(user.name, vhost))
+                await propose(cmds.SetPermissions(user.name, vhost))
 
     async def start(self) -> None:
-        Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
-        self.bootstrap()
+        cfg = self.config
+        data_dir = Path(cfg.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+
+        self.store = SQLiteStore(
+            data_dir / "messages.db",
+            synchronous=cfg.store_sync.upper(),
+            max_bytes=cfg.store_max_bytes,
+        )
+        try:
+            stored = self.store.open()
+        except StoreError as e:
+            raise StartupError(str(e)) from None
+        self.store.start(loop)
+
+        if self.metadata_factory is not None:
+            self.metadata = self.metadata_factory(cfg, data_dir)
+        else:
+            self.metadata = LocalLog()
+        self.broker = Broker(
+            self.node_id,
+            self.metadata,
+            loopback_users=cfg.loopback_users,
+            store=self.store,
+            memory_budget=cfg.message_memory_budget,
+        )
+        self.broker.alarm_listeners.append(self._on_alarm)
+        starter = getattr(self.metadata, "start", None)
+        if starter is not None:
+            try:
+                await starter(timeout=60.0)
+            except (ValueError, OSError) as e:
+                raise StartupError(str(e)) from None
+        first_boot = not self.broker.state.users
+        await self.broker.propose(cmds.NodeStarted(self.node_id, only_member=True))
+        await self._bootstrap(first_boot)
+        recovered = self.broker.recover(stored)
+
         server = await loop.create_server(
             lambda: AMQPProtocol(self.broker, self.settings),
-            host=self.config.bind,
-            port=self.config.amqp_port,
+            host=cfg.bind,
+            port=cfg.amqp_port,
             reuse_address=True,
             backlog=1024,
         )
         self._servers.append(server)
         addrs = ", ".join(_fmt(s.getsockname()) for s in server.sockets)
         log.info(
-            "Merpati node %s ready: AMQP 0-9-1 on %s (data in %s)",
+            "Merpati node %s ready: AMQP 0-9-1 on %s (data in %s, %d messages recovered)",
             self.node_id,
             addrs,
-            os.path.abspath(self.config.data_dir),
+            os.path.abspath(cfg.data_dir),
+            recovered,
         )
         self._memory_task = asyncio.create_task(self._watch_memory())
 
@@ -82,6 +140,7 @@ class Node:
                 self.broker.set_alarm(rss > limit)
 
     def _on_alarm(self, raised: bool) -> None:
+        assert self.broker is not None
         for conn in list(self.broker.connections):
             conn.on_alarm(raised)
             conn.flush_soon()
@@ -89,7 +148,7 @@ class Node:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        conns = list(self.broker.connections)
+        conns = list(self.broker.connections) if self.broker is not None else []
         for conn in conns:
             conn.force_close("shutdown")
             conn.flush_soon()
@@ -105,9 +164,19 @@ class Node:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self.store is not None:
+            # Commits what the last loop turns gathered, then stops the writer.
+            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+        stopper = getattr(self.metadata, "stop", None)
+        if stopper is not None:
+            stopper()
 
     async def run(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except StartupError:
+            await self.stop()
+            raise
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

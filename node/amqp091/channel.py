@@ -39,6 +39,7 @@ from .constants import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
+    RESOURCE_ERROR,
     RESOURCE_LOCKED,
 )
 from .properties import FLAG_USER_ID, decode_properties, flags_of
@@ -191,6 +192,9 @@ class Channel:
         self.confirm = False
         self.publish_seq = 0
         self.ack_upto = 0  # highest publish seq confirmed and not yet acknowledged to the client
+        # Publishes whose confirm waits for a store commit: (publish seq, store epoch), in order.
+        self.pending: deque[tuple[int, int]] = deque()
+        self.tx_epoch = 0
         self.tx: list[Callable[[], None]] | None = None
         # Frames that arrived while a metadata command was in flight.
         self.parked: deque[tuple[str, tuple]] | None = None
@@ -352,7 +356,8 @@ class Channel:
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
         if name.startswith("amq."):
             raise ChannelError(
-                ACCESS_REFUSED, f"deletion of system exchange '{name}' in vhost '{self.vhost}' not allowed"
+                ACCESS_REFUSED,
+                f"deletion of system exchange '{name}' in vhost '{self.vhost}' not allowed",
             )
         if self.broker.state.exchange(self.vhost, name) is None:
             # Deleting a missing exchange succeeds, as in RabbitMQ since 3.6.
@@ -750,8 +755,19 @@ class Channel:
         if self.tx is None:
             raise ChannelError(PRECONDITION_FAILED, "channel is not transactional")
         actions, self.tx = self.tx, []
+        self.tx_epoch = 0
         for action in actions:
             action()
+        store = self.broker.store
+        if self.tx_epoch and store is not None and self.tx_epoch > store.committed:
+            # commit-ok promises the persistent messages are on disk: wait for their commit.
+            self._await(_settled(store.wait(self.tx_epoch)), self._tx_stored, m)
+            return
+        self.send_method(spec.TxCommitOk())
+
+    def _tx_stored(self, error: BaseException | None) -> None:
+        if error is not None:
+            raise ConnectionError091(RESOURCE_ERROR, f"message store write failed: {error}", 90, 20)
         self.send_method(spec.TxCommitOk())
 
     def _tx_rollback(self, m: Any) -> None:
@@ -836,21 +852,50 @@ class Channel:
                         self.conn.frame_max,
                     )
                 )
-        elif len(queues) == 1:
+        epoch = 0
+        if len(queues) == 1:
             q = queues[0]
-            q.enqueue(msg)
+            epoch = q.enqueue(msg)
             if q.congested:
                 q.block_publisher(self.conn)
-        else:
+        elif queues:
             first = True
             for q in queues:
-                q.enqueue(msg if first else msg.copy())
+                e = q.enqueue(msg if first else msg.copy())
+                if e > epoch:
+                    epoch = e
                 first = False
                 if q.congested:
                     q.block_publisher(self.conn)
+        if epoch > self.tx_epoch:
+            self.tx_epoch = epoch
         if seq:
-            self.ack_upto = seq
+            if epoch or self.pending:
+                # The confirm waits for the store commit that holds the message (group commit).
+                self.pending.append((seq, epoch))
+                if epoch:
+                    self.broker.store.watchers.add(self)
+            else:
+                self.ack_upto = seq
+                self.conn.confirm_dirty.add(self)
+
+    def store_committed(self, committed: int, failed: frozenset[int]) -> None:
+        """The store committed every epoch up to `committed` (those in `failed` did not make it)."""
+        pending = self.pending
+        if not self.is_open:
+            pending.clear()
+        while pending and pending[0][1] <= committed:
+            seq, epoch = pending.popleft()
+            if epoch in failed:
+                self.flush_confirms()
+                self.conn.send(render.basic_nack(self.number, seq, False))
+            else:
+                self.ack_upto = seq
+        if self.ack_upto:
             self.conn.confirm_dirty.add(self)
+            self.conn.flush_soon()
+        if not pending:
+            self.broker.store.watchers.discard(self)
 
     def flush_confirms(self) -> None:
         if self.ack_upto and self.is_open:
@@ -891,6 +936,16 @@ class Channel:
             c.queue.unsubscribe(c)
         self.release_all()
         self.conn.confirm_dirty.discard(self)
+        self.pending.clear()
+        if self.broker.store is not None:
+            self.broker.store.watchers.discard(self)
+
+
+def _settled(fut: asyncio.Future) -> asyncio.Future:
+    """A future resolved with `fut`'s exception (or None) instead of failing."""
+    out = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(lambda f: out.set_result(None if f.cancelled() else f.exception()))
+    return out
 
 
 def _result(fut: asyncio.Future) -> Any:

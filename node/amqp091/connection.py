@@ -96,7 +96,7 @@ class Connection091:
         self.peer = peer
         self.loopback = loopback
         self.settings = settings or Settings()
-        self.id = f"{broker.node_id}/{next(_ids)}"
+        self.id = f"{broker.node_id}/{broker.incarnation}/{next(_ids)}"
         self.state = "header"
         self.frame_max = self.settings.frame_max
         self.channel_max = self.settings.channel_max
@@ -390,8 +390,10 @@ class Connection091:
             self.shell.close()
         else:
             raise ConnectionError091(
-                CHANNEL_ERROR, f"unexpected method {name} on channel 0 in connection state running",
-                m.CLASS_ID, m.METHOD_ID,
+                CHANNEL_ERROR,
+                f"unexpected method {name} on channel 0 in connection state running",
+                m.CLASS_ID,
+                m.METHOD_ID,
             )
 
     # -- channels -----------------------------------------------------------------------------

@@ -227,7 +227,8 @@ class FrameReader:
                 elif ftype == FRAME_HEARTBEAT:
                     if channel != 0:
                         raise FrameError(
-                            UNEXPECTED_FRAME, f"heartbeat frame on channel {channel}, expected channel 0"
+                            UNEXPECTED_FRAME,
+                            f"heartbeat frame on channel {channel}, expected channel 0",
                         )
                     handler.on_heartbeat()
                 else:

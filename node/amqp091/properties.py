@@ -116,3 +116,27 @@ def is_persistent(raw: bytes) -> bool:
     if not flags & FLAG_DELIVERY_MODE:
         return False
     return decode_properties(raw).get("delivery_mode") == 2
+
+
+def delivery_mode(raw: bytes) -> int:
+    """The delivery-mode property (0 when absent), reading only what precedes it."""
+    if len(raw) < 2:
+        return 0
+    flags = (raw[0] << 8) | raw[1]
+    if not flags & FLAG_DELIVERY_MODE or flags & 1:
+        return (
+            0
+            if not flags & FLAG_DELIVERY_MODE
+            else (decode_properties(raw).get("delivery_mode") or 0)
+        )
+    off = 2
+    try:
+        if flags & 0x8000:
+            off += 1 + raw[off]
+        if flags & 0x4000:
+            off += 1 + raw[off]
+        if flags & FLAG_HEADERS:
+            off += 4 + int.from_bytes(raw[off : off + 4], "big")
+        return raw[off]
+    except IndexError:
+        return 0

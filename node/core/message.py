@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..amqp091.codec import DecodeError, encode_shortstr
-from ..amqp091.properties import FLAG_HEADERS, decode_properties, flags_of
+from ..amqp091.properties import FLAG_HEADERS, decode_properties, delivery_mode, flags_of
 
 
 class Message:
@@ -28,6 +28,7 @@ class Message:
         "redelivered",
         "delivery_count",
         "publisher",
+        "stored",
     )
 
     def __init__(
@@ -53,6 +54,19 @@ class Message:
         self.delivery_count = 0
         # The connection that published it (for no_local consumers); None when not applicable.
         self.publisher: object | None = None
+        # True once the message has a row in the store (persistent, or paged out).
+        self.stored = False
+
+    @classmethod
+    def from_stored(cls, route_raw: bytes, props_raw: bytes, body: bytes) -> Message:
+        elen = route_raw[0]
+        exchange = route_raw[1 : 1 + elen].decode("utf-8")
+        routing_key = route_raw[2 + elen :].decode("utf-8")
+        return cls(exchange, routing_key, bytes(route_raw), bytes(props_raw), bytes(body))
+
+    @property
+    def persistent(self) -> bool:
+        return delivery_mode(self.props_raw) == 2
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -82,6 +96,7 @@ class Message:
         m.redelivered = False
         m.delivery_count = 0
         m.publisher = self.publisher
+        m.stored = False
         return m
 
     @property

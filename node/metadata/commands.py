@@ -98,6 +98,15 @@ class Unbind:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NodeStarted:
+    """A node (re)started: what did not survive its restart goes (transient queues it led,
+    exclusive queues of its connections, and — when it is the only member — transient exchanges)."""
+
+    node_id: str
+    only_member: bool = True
+
+
 Command = (
     AddVhost
     | DeleteVhost
@@ -111,4 +120,5 @@ Command = (
     | DeleteQueue
     | Bind
     | Unbind
+    | NodeStarted
 )

@@ -251,6 +251,24 @@ class MetadataState:
         vh.bindings_to.pop(dest, None)
         return "deleted"
 
+    def _apply_NodeStarted(self, cmd: c.NodeStarted) -> Any:
+        """Returns {vhost: [queue names removed]}."""
+        removed: dict[str, list[str]] = {}
+        owner_prefix = cmd.node_id + "/"
+        for vh in self.vhosts.values():
+            for name, q in list(vh.queues.items()):
+                exclusive_here = q.exclusive_owner is not None and q.exclusive_owner.startswith(
+                    owner_prefix
+                )
+                if exclusive_here or (q.leader == cmd.node_id and not q.durable):
+                    self._apply_DeleteQueue(c.DeleteQueue(vh.name, name))
+                    removed.setdefault(vh.name, []).append(name)
+            if cmd.only_member:
+                for name, ex in list(vh.exchanges.items()):
+                    if not ex.durable and name in vh.exchanges:
+                        self._drop_exchange(vh, ex)
+        return removed
+
     def _binding_parts(self, vh: VHost, cmd: c.Bind | c.Unbind) -> tuple[Exchange, Destination]:
         source = vh.exchanges.get(cmd.source)
         if cmd.destination_kind == "q":

@@ -1,0 +1,431 @@
+"""The SQLite message store: WAL, synchronous=FULL, group commit in one writer thread.
+
+Theory of operation. The event loop never waits for SQLite. Everything a queue asks of the store
+during one turn of the loop (appends, deletes, delivery marks, queue drops) lands in one open batch,
+numbered by `epoch`. At the end of the turn the batch goes to the writer thread; the writer folds
+every batch waiting for it into a single transaction, commits it (one fsync for all of them), and
+wakes the loop once with the highest epoch committed. A publisher confirm that depends on epoch E
+goes out when `committed >= E`: that is the whole contract between queues and front ends.
+
+A message appended and deleted within the same open batch (a consumer acked it before the commit)
+never touches the disk. Deletes that fail (disk full) are carried into the next batch, so an acked
+message can never come back; inserts that fail are reported as failed epochs, and their publishers
+get basic.nack.
+
+Why a thread of our own rather than aiosqlite: aiosqlite resolves a future per call, i.e. one loop
+wake-up per statement; here one wake-up covers a whole committed batch, and executemany runs the
+batch's rows in C.
+
+Reads for paging (`page_in`) go through the writer too, in order after the writes before them, so
+a page-in always sees the rows that were appended before it was asked for.
+
+Schema: `queues(qid, vhost, name, durable, delivered)` — `delivered` is the highest sequence number
+handed to a consumer, so after a crash the messages at or below it come back marked redelivered.
+`messages(qid, seq, transient, route, props, body)` — `transient` rows (non-persistent messages
+paged out of memory, messages of non-durable queues) are deleted when the node starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue as queue_mod
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("merpati.store")
+
+FORMAT = "merpati-store-1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queues (
+    qid INTEGER PRIMARY KEY,
+    vhost TEXT NOT NULL,
+    name TEXT NOT NULL,
+    durable INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (vhost, name)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    qid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    transient INTEGER NOT NULL,
+    route BLOB NOT NULL,
+    props BLOB NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (qid, seq)
+) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message names the file."""
+
+
+class _Batch:
+    __slots__ = ("epoch", "inserts", "deletes", "delivered", "queues", "drops", "purges")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inserts: dict[tuple[int, int], tuple] = {}
+        self.deletes: list[tuple[int, int]] = []
+        self.delivered: dict[int, int] = {}
+        self.queues: list[tuple[int, str, str, int]] = []
+        self.drops: list[int] = []
+        self.purges: list[tuple[int, int]] = []
+
+    def empty(self) -> bool:
+        return not (
+            self.inserts
+            or self.deletes
+            or self.delivered
+            or self.queues
+            or self.drops
+            or self.purges
+        )
+
+
+class _Read:
+    __slots__ = ("sql", "args", "callback")
+
+    def __init__(self, sql: str, args: tuple, callback: Callable[[list], None]) -> None:
+        self.sql = sql
+        self.args = args
+        self.callback = callback
+
+
+_STOP = object()
+
+
+class CommitWatcher:
+    """Something waiting for commits (a channel with publisher confirms outstanding)."""
+
+    def store_committed(self, committed: int, failed: frozenset[int]) -> None: ...
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, synchronous: str = "FULL", max_bytes: int = 0) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.max_bytes = max_bytes
+        self.epoch = 1  # the open batch
+        self.committed = 0  # highest epoch known committed (or failed)
+        self._batch = _Batch(1)
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._qids: dict[tuple[str, str], int] = {}
+        self._durable: dict[int, bool] = {}
+        self._next_qid = 0
+        self.watchers: set[CommitWatcher] = set()
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self.failed_epochs: set[int] = set()
+        self.last_error: str | None = None
+        self.commits = 0
+        self.committed_rows = 0
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        if self.max_bytes:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(16, self.max_bytes // page)}")
+        return conn
+
+    def open(self) -> dict[tuple[str, str], tuple[int, bool, int]]:
+        """Open (or create) the store and drop what does not survive a restart.
+
+        Returns {(vhost, name): (qid, durable, delivered)} of the queues with stored messages.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreError(f"message store {self.path} is corrupt: {check}")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+            if row is None:
+                if conn.execute("SELECT count(*) FROM queues").fetchone()[0]:
+                    raise StoreError(f"{self.path} is not a Merpati message store (no format mark)")
+                conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            elif row[0] != FORMAT:
+                raise StoreError(f"{self.path} has store format {row[0]!r}, expected {FORMAT!r}")
+            # Transient messages and non-durable queues do not survive a restart.
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM messages WHERE transient = 1")
+            conn.execute(
+                "DELETE FROM messages WHERE qid IN (SELECT qid FROM queues WHERE durable = 0)"
+            )
+            conn.execute("DELETE FROM queues WHERE durable = 0")
+            conn.execute("COMMIT")
+            queues = conn.execute(
+                "SELECT qid, vhost, name, durable, delivered FROM queues"
+            ).fetchall()
+            self._next_qid = conn.execute("SELECT coalesce(max(qid), 0) FROM queues").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open message store {self.path}: {e}") from None
+        self._reader = conn
+        out = {}
+        for qid, vhost, name, durable, delivered in queues:
+            self._qids[(vhost, name)] = qid
+            self._durable[qid] = bool(durable)
+            out[(vhost, name)] = (qid, bool(durable), delivered)
+        return out
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._writer, name="merpati-store", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._submit()
+            self._inbox.put(_STOP)
+            self._thread.join(30)
+            self._thread = None
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.close()
+
+    # -- recovery (startup only, before the writer runs) ------------------------------------------
+
+    def load_head(self, qid: int, limit: int) -> tuple[list[tuple], int, int]:
+        """(first `limit` rows as (seq, transient, route, props, body), total count, max seq)."""
+        count, max_seq = self._reader.execute(
+            "SELECT count(*), coalesce(max(seq), 0) FROM messages WHERE qid = ?", (qid,)
+        ).fetchone()
+        rows = self._reader.execute(
+            "SELECT seq, transient, route, props, body FROM messages WHERE qid = ? ORDER BY seq LIMIT ?",
+            (qid, limit),
+        ).fetchall()
+        return rows, count, max_seq
+
+    def forget_queues_except(self, keep: set[tuple[str, str]]) -> None:
+        """Drop stored queues the metadata no longer has (deleted while the node was down)."""
+        for key, qid in list(self._qids.items()):
+            if key not in keep:
+                self.drop_queue(qid)
+
+    # -- the loop side ------------------------------------------------------------------------
+
+    def queue_id(self, vhost: str, name: str, durable: bool) -> int:
+        qid = self._qids.get((vhost, name))
+        if qid is not None:
+            return qid
+        self._next_qid += 1
+        qid = self._next_qid
+        self._qids[(vhost, name)] = qid
+        self._durable[qid] = durable
+        self._batch.queues.append((qid, vhost, name, int(durable)))
+        self._touch()
+        return qid
+
+    def _touch(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._submit)
+
+    def append(
+        self, qid: int, seq: int, transient: bool, route: bytes, props: bytes, body: bytes
+    ) -> int:
+        """Store a message; returns the epoch whose commit makes it durable."""
+        self._batch.inserts[(qid, seq)] = (qid, seq, 1 if transient else 0, route, props, body)
+        if not self._scheduled:
+            self._touch()
+        return self._batch.epoch
+
+    def delete(self, qid: int, seq: int) -> None:
+        batch = self._batch
+        if batch.inserts.pop((qid, seq), None) is None:
+            batch.deletes.append((qid, seq))
+            if not self._scheduled:
+                self._touch()
+
+    def mark_delivered(self, qid: int, seq: int) -> None:
+        delivered = self._batch.delivered
+        if delivered.get(qid, 0) < seq:
+            delivered[qid] = seq
+            if not self._scheduled:
+                self._touch()
+
+    def drop_queue(self, qid: int) -> None:
+        batch = self._batch
+        for key in [k for k in batch.inserts if k[0] == qid]:
+            del batch.inserts[key]
+        batch.drops.append(qid)
+        for key, value in list(self._qids.items()):
+            if value == qid:
+                del self._qids[key]
+        self._touch()
+
+    def purge_after(self, qid: int, seq: int) -> None:
+        """Delete every stored message of the queue with a sequence number above `seq`."""
+        batch = self._batch
+        for key in [k for k in batch.inserts if k[0] == qid and k[1] > seq]:
+            del batch.inserts[key]
+        batch.purges.append((qid, seq))
+        self._touch()
+
+    def page_in(
+        self, qid: int, after_seq: int, limit: int, callback: Callable[[list], None]
+    ) -> None:
+        """Read up to `limit` rows with seq > after_seq, in order after every write asked before."""
+        self._submit()
+        self._inbox.put(
+            _Read(
+                "SELECT seq, transient, route, props, body FROM messages WHERE qid = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (qid, after_seq, limit),
+                callback,
+            )
+        )
+
+    def wait(self, epoch: int) -> asyncio.Future:
+        """A future resolved when `epoch` is committed (failed with StoreError if it failed)."""
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        if epoch <= self.committed:
+            if epoch in self.failed_epochs:
+                fut.set_exception(StoreError(self.last_error or "store write failed"))
+            else:
+                fut.set_result(None)
+        else:
+            self._waiters.append((epoch, fut))
+        return fut
+
+    def _submit(self) -> None:
+        self._scheduled = False
+        batch = self._batch
+        if batch.empty():
+            return
+        self.epoch += 1
+        self._batch = _Batch(self.epoch)
+        self._inbox.put(batch)
+
+    def _on_commit(self, epoch: int, failed: list[_Batch], error: str | None) -> None:
+        """In the loop: epochs up to `epoch` are settled (committed, or failed if listed)."""
+        failed_epochs: frozenset[int] = frozenset()
+        if failed:
+            self.last_error = error
+            failed_epochs = frozenset(b.epoch for b in failed)
+            self.failed_epochs |= failed_epochs
+            # Deletes, delivery marks and queue drops are retried: acked messages must not return.
+            retry = self._batch
+            for b in failed:
+                retry.deletes.extend(b.deletes)
+                for qid, seq in b.delivered.items():
+                    if retry.delivered.get(qid, 0) < seq:
+                        retry.delivered[qid] = seq
+                retry.queues.extend(b.queues)
+                retry.drops.extend(b.drops)
+                retry.purges.extend(b.purges)
+            if not retry.empty():
+                assert self._loop is not None
+                self._loop.call_later(0.5, self._touch)
+        self.committed = epoch
+        for watcher in list(self.watchers):
+            watcher.store_committed(epoch, failed_epochs)
+        if self._waiters:
+            keep = []
+            for e, fut in self._waiters:
+                if e > epoch:
+                    keep.append((e, fut))
+                elif not fut.done():
+                    if e in self.failed_epochs:
+                        fut.set_exception(StoreError(error or "store write failed"))
+                    else:
+                        fut.set_result(None)
+            self._waiters = keep
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        conn = self._connect()
+        loop = self._loop
+        assert loop is not None
+        inbox = self._inbox
+        pending: list[Any] = []
+        while True:
+            item = pending.pop(0) if pending else inbox.get()
+            if item is _STOP:
+                break
+            if isinstance(item, _Read):
+                try:
+                    rows = conn.execute(item.sql, item.args).fetchall()
+                except sqlite3.Error as e:
+                    log.error("store read failed: %s", e)
+                    rows = []
+                loop.call_soon_threadsafe(item.callback, rows)
+                continue
+            batches = [item]
+            # Group commit: fold in every batch already waiting, up to the next read.
+            while True:
+                try:
+                    nxt = inbox.get_nowait()
+                except queue_mod.Empty:
+                    break
+                if isinstance(nxt, _Batch):
+                    batches.append(nxt)
+                else:
+                    pending.append(nxt)
+                    break
+            error = None
+            try:
+                self._write(conn, batches)
+            except sqlite3.Error as e:
+                error = f"{type(e).__name__}: {e}"
+                log.error(
+                    "message store %s: commit failed, %d batch(es) rejected: %s",
+                    self.path,
+                    len(batches),
+                    error,
+                )
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            loop.call_soon_threadsafe(
+                self._on_commit, batches[-1].epoch, batches if error else [], error
+            )
+        conn.close()
+
+    def _write(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
+        conn.execute("BEGIN")
+        rows = 0
+        for b in batches:
+            for qid in b.drops:
+                conn.execute("DELETE FROM messages WHERE qid = ?", (qid,))
+                conn.execute("DELETE FROM queues WHERE qid = ?", (qid,))
+            if b.queues:
+                # REPLACE: a queue deleted and declared again under the same name gets a new qid.
+                conn.executemany(
+                    "INSERT OR REPLACE INTO queues (qid, vhost, name, durable) VALUES (?, ?, ?, ?)",
+                    b.queues,
+                )
+            if b.inserts:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)", b.inserts.values()
+                )
+                rows += len(b.inserts)
+            if b.deletes:
+                conn.executemany("DELETE FROM messages WHERE qid = ? AND seq = ?", b.deletes)
+                rows += len(b.deletes)
+            if b.delivered:
+                conn.executemany(
+                    "UPDATE queues SET delivered = max(delivered, ?) WHERE qid = ?",
+                    [(seq, qid) for qid, seq in b.delivered.items()],
+                )
+            if b.purges:
+                conn.executemany("DELETE FROM messages WHERE qid = ? AND seq > ?", b.purges)
+        conn.execute("COMMIT")
+        self.commits += 1
+        self.committed_rows += rows
