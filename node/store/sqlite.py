@@ -399,6 +399,8 @@ class SQLiteStore:
         conn.close()
 
     def _write(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
+        if len(batches) > 1 and not any(b.drops or b.purges for b in batches):
+            batches = [_merge(batches)]
         conn.execute("BEGIN")
         rows = 0
         for b in batches:
@@ -429,3 +431,20 @@ class SQLiteStore:
         conn.execute("COMMIT")
         self.commits += 1
         self.committed_rows += rows
+
+
+def _merge(batches: list[_Batch]) -> _Batch:
+    """Fold batches into one; a message inserted by one and deleted by a later one (published,
+    delivered and acked while the previous commit was on disk) is written by neither."""
+    out = _Batch(batches[-1].epoch)
+    inserts = out.inserts
+    for b in batches:
+        out.queues.extend(b.queues)
+        inserts.update(b.inserts)
+        for key in b.deletes:
+            if inserts.pop(key, None) is None:
+                out.deletes.append(key)
+        for qid, seq in b.delivered.items():
+            if out.delivered.get(qid, 0) < seq:
+                out.delivered[qid] = seq
+    return out
