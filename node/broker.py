@@ -160,6 +160,7 @@ class Broker:
             return
         fut = self.propose(cmds.DeleteQueue(q.vhost, q.name))
         fut.add_done_callback(_ignore_result)
+        q.deleting = fut
 
     def queue(self, vhost: str, name: str) -> QueueHandle | None:
         vq = self.queues.get(vhost)

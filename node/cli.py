@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from . import __version__
-from .config import FLAGS, ConfigError, load
+from .config import FLAGS, Config, ConfigError, load
 
 
 def _server_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,19 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
             default=None,
             help=f"{help_text} (env MERPATI_{name.upper()})",
         )
+
+
+def raft_metadata(cfg: Config, data_dir: Path) -> object:
+    """The metadata log of a node: Raft (pysyncobj), a one-member cluster for a single node."""
+    from cluster.raft_log import RaftLog
+
+    port = cfg.resolved_raft_port()
+    return RaftLog(
+        data_dir / "raft",
+        f"127.0.0.1:{port}",
+        bind_address=f"127.0.0.1:{port}",
+        password=cfg.cluster_secret or None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop  # type: ignore[import-not-found]
         except ImportError:
             uvloop = None
-        node = Node(cfg)
+        node = Node(cfg, metadata_factory=raft_metadata)
         try:
             if uvloop is not None:
                 uvloop.run(node.run())

@@ -39,6 +39,10 @@ class Config:
     max_message_size: int = 128 * 1024 * 1024
     # Fraction of physical memory above which publishers are blocked (RabbitMQ's vm_memory_high_watermark).
     memory_high_watermark: float = 0.4
+    # Inter-node gRPC port; the Raft port defaults to the cluster port + 1 (0 = that default).
+    cluster_port: int = 25672
+    raft_port: int = 0
+    cluster_secret: str = ""
     # Bytes of message data kept in memory before queues page messages out to the store.
     message_memory_budget: int = 128 * 1024 * 1024
     # SQLite synchronous mode of the message store: FULL (fsync per commit) or NORMAL.
@@ -48,6 +52,9 @@ class Config:
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
+
+    def resolved_raft_port(self) -> int:
+        return self.raft_port or self.cluster_port + 1
 
     def resolved_node_id(self) -> str:
         return self.node_id or f"merpati@{socket.gethostname()}"
@@ -68,6 +75,9 @@ FLAGS: dict[str, str] = {
     "channel_max": "most channels per connection proposed to clients",
     "max_message_size": "largest message body accepted, bytes",
     "memory_high_watermark": "fraction of RAM above which publishers are blocked",
+    "cluster_port": "port for traffic between nodes (gRPC)",
+    "raft_port": "Raft port for metadata (default: cluster port + 1)",
+    "cluster_secret": "shared secret of the cluster's nodes (required off loopback)",
     "message_memory_budget": "bytes of messages kept in memory before paging to the store",
     "store_sync": "message store durability: full (fsync every commit) or normal",
     "store_max_bytes": "largest message store size in bytes, 0 = unlimited",

@@ -106,8 +106,8 @@ class Node:
         if starter is not None:
             try:
                 await starter(timeout=60.0)
-            except (ValueError, OSError) as e:
-                raise StartupError(str(e)) from None
+            except Exception as e:  # the log names the file or setting at fault
+                raise StartupError(f"metadata log: {e}") from None
         first_boot = not self.broker.state.users
         await self.broker.propose(cmds.NodeStarted(self.node_id, only_member=True))
         await self._bootstrap(first_boot)

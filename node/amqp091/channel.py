@@ -586,12 +586,20 @@ class Channel:
 
     def _basic_cancel(self, m: Any) -> None:
         consumer = self.consumers.pop(m.consumer_tag, None)
-        if not m.nowait:
-            self.send_method(spec.BasicCancelOk(consumer_tag=m.consumer_tag))
+        deleting = None
         if consumer is not None:
             # Its unacked deliveries stay on the channel and can still be acked, as in RabbitMQ;
             # they are released when the channel closes.
             consumer.queue.unsubscribe(consumer)
+            deleting = getattr(consumer.queue, "deleting", None)
+        if m.nowait:
+            return
+        ok = spec.BasicCancelOk(consumer_tag=m.consumer_tag)
+        if deleting is not None and not deleting.done():
+            # An auto-delete queue lost its last consumer: reply once it is gone.
+            self._await(_settled(deleting), lambda _: self.send_method(ok), m)
+        else:
+            self.send_method(ok)
 
     def kick_consumers(self) -> None:
         seen: set[int] = set()
@@ -801,7 +809,7 @@ class Channel:
         if ex is None or self.broker.state.exchange(self.vhost, exchange) is not ex:
             ex = self._lookup_exchange(exchange)
         if flags_of(props_raw) & FLAG_USER_ID:
-            user_id = decode_properties(props_raw).get("user_id")
+            user_id = decode_properties(props_raw).get("user_id")  # validated by the frame reader
             if user_id != self.user:
                 raise ChannelError(
                     PRECONDITION_FAILED,

@@ -191,6 +191,8 @@ class Connection091:
             self._fatal(e.code, e.text, e.class_id, e.method_id)
         except ConnectionError091 as e:
             self.close_connection(e.code, e.text, e.class_id, e.method_id)
+        except DecodeError as e:
+            self._fatal(FRAME_ERROR, f"cannot decode frame contents: {e}")
         except Exception:
             log.exception("internal error on connection %s", self.id)
             self.close_connection(541, "internal error while handling a frame")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
+from .codec import DecodeError
 from .constants import (
     FRAME_BODY,
     FRAME_END,
@@ -32,6 +33,7 @@ from .constants import (
     FRAME_METHOD,
     UNEXPECTED_FRAME,
 )
+from .properties import decode_properties
 
 _unpack_frame = struct.Struct(">BHI").unpack_from
 _unpack_header = struct.Struct(">HHQ").unpack_from
@@ -97,7 +99,7 @@ class _Content:
 class FrameReader:
     """Cuts bytes into frames and assembles published content; see the module docstring."""
 
-    __slots__ = ("handler", "frame_max", "max_body", "stopped", "_buf", "_need", "_content")
+    __slots__ = ("handler", "frame_max", "max_body", "stopped", "_buf", "_need", "_content", "_valid_props")
 
     def __init__(
         self, handler: FrameHandler, frame_max: int, max_body: int = 128 * 1024 * 1024
@@ -112,6 +114,8 @@ class FrameReader:
         # large frame arriving in many small reads from being re-scanned on every read.
         self._need = 0
         self._content: dict[int, _Content] = {}
+        # Property lists already checked: publishers repeat theirs, so most checks are a lookup.
+        self._valid_props: set[bytes] = set()
 
     def pending_content(self, channel: int) -> bool:
         return channel in self._content
@@ -120,6 +124,8 @@ class FrameReader:
         self._content.pop(channel, None)
 
     def feed(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
@@ -133,6 +139,7 @@ class FrameReader:
         max_payload = self.frame_max - 8
         handler = self.handler
         contents = self._content
+        valid_props = self._valid_props
         try:
             while n - off >= 7 and not self.stopped:
                 ftype, channel, size = _unpack_frame(buf, off)
@@ -209,6 +216,8 @@ class FrameReader:
                             f"message body of {body_size} bytes exceeds the maximum of {self.max_body}",
                         )
                     props_raw = buf[start + 12 : end]
+                    if props_raw not in valid_props:
+                        self._validate_props(props_raw, channel)
                     if body_size == 0:
                         del contents[channel]
                         handler.on_publish(
@@ -238,6 +247,16 @@ class FrameReader:
                 self._buf += buf[off:]
                 if n - off < 7:
                     self._need = 7
+
+    def _validate_props(self, props_raw: bytes, channel: int) -> None:
+        # Every consumer decodes these bytes: a malformed list must stop here, not at them.
+        try:
+            decode_properties(props_raw)
+        except DecodeError as e:
+            raise FrameError(FRAME_ERROR, f"cannot decode content header properties on channel {channel}: {e}", 60, 40)
+        if len(self._valid_props) >= 256:
+            self._valid_props.clear()
+        self._valid_props.add(props_raw)
 
     def _publish_method(self, buf: bytes, start: int, end: int, channel: int) -> None:
         # basic.publish: class+method (4), ticket (2), exchange shortstr, routing-key shortstr, bits.

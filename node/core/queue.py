@@ -123,6 +123,7 @@ class LocalQueue:
         "_cursor",
         "_paging_in",
         "_delivered_before",
+        "deleting",
     )
 
     def __init__(

@@ -20,7 +20,6 @@ app.conf.update(
     task_acks_late=True,
     worker_prefetch_multiplier=1,
     worker_hijack_root_logger=False,
-    broker_transport_options={"confirm_publish": True},
 )
 
 

@@ -21,7 +21,7 @@ def worker(node, tmp_path_factory):
     url = f"amqp://guest:guest@127.0.0.1:{node.port}//"
     os.environ["MERPATI_TEST_BROKER_URL"] = url
     log_path = tmp_path_factory.mktemp("celery") / "worker.log"
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115 - held open for the worker's lifetime
     env = {**os.environ, "MERPATI_TEST_BROKER_URL": url, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.integration.celery_app", "worker", "--pool=solo",
@@ -55,6 +55,10 @@ def app(worker):
 
     # The module may have been imported before the env var was set: point it at the node.
     celery_app.app.conf.broker_url = os.environ["MERPATI_TEST_BROKER_URL"]
+    # Publisher confirms for the tasks this test sends (client side only: with confirm_publish in
+    # the solo-pool worker itself, Celery defers its late ack until the next 10 s hub poll timeout,
+    # a client-side stall seen in strace, not a broker one).
+    celery_app.app.conf.broker_transport_options = {"confirm_publish": True}
     yield celery_app
 
 

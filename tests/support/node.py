@@ -23,6 +23,7 @@ class NodeProcess:
 
     def __init__(self, *extra: str, config: str | None = None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.raft_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="merpati-test-"))
         self.extra = list(extra)
         self.config = config
@@ -36,21 +37,23 @@ class NodeProcess:
 
     def start(self, timeout: float = 15.0) -> NodeProcess:
         args = [sys.executable, "-m", "node", "server", "--amqp-port", str(self.port), "--bind", "127.0.0.1",
-                "--data-dir", str(self.dir / "data"), "--node-id", f"test@{self.port}", *self.extra]
+                "--data-dir", str(self.dir / "data"), "--node-id", f"test@{self.port}",
+                "--raft-port", str(self.raft_port), *self.extra]
         if self.config is not None:
             cfg = self.dir / "merpati.toml"
             cfg.write_text(self.config)
             args += ["--config", str(cfg)]
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=Path(__file__).resolve().parents[2])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            if b" ready: " in self.log_path.read_bytes():
+            if b" ready: " in self.log_path.read_bytes()[offset:]:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"node did not become ready in {timeout}s:\n{self.log()}")
