@@ -1,6 +1,6 @@
 """Topic routing cost with many bindings: prints microseconds per match (a figure, not a test).
 
-    python -m bench.topic_routing [--bindings 10000] [--keys 20000]
+python -m bench.topic_routing [--bindings 10000] [--keys 20000]
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def main() -> None:
             m.match(k)
         warm.append((time.perf_counter() - t) / 2000 * 1e6)
     print(f"{args.bindings} bindings, {args.keys} distinct-ish keys, median of {args.runs} runs")
-    print(f"  uncached match: {statistics.median(cold):.1f} us/key (avg {hits / args.runs / len(keys):.1f} destinations)")
+    print(
+        f"  uncached match: {statistics.median(cold):.1f} us/key (avg {hits / args.runs / len(keys):.1f} destinations)"
+    )
     print(f"  cached match:   {statistics.median(warm):.2f} us/key")
 
 

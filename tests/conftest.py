@@ -21,7 +21,9 @@ def make_node():
     """Start nodes with their own flags/config; all are stopped after the test."""
     started: list[NodeProcess] = []
 
-    def factory(*extra: str, config: str | None = None, env: dict[str, str] | None = None) -> NodeProcess:
+    def factory(
+        *extra: str, config: str | None = None, env: dict[str, str] | None = None
+    ) -> NodeProcess:
         n = NodeProcess(*extra, config=config, env=env).start()
         started.append(n)
         return n

@@ -99,7 +99,16 @@ class _Content:
 class FrameReader:
     """Cuts bytes into frames and assembles published content; see the module docstring."""
 
-    __slots__ = ("handler", "frame_max", "max_body", "stopped", "_buf", "_need", "_content", "_valid_props")
+    __slots__ = (
+        "handler",
+        "frame_max",
+        "max_body",
+        "stopped",
+        "_buf",
+        "_need",
+        "_content",
+        "_valid_props",
+    )
 
     def __init__(
         self, handler: FrameHandler, frame_max: int, max_body: int = 128 * 1024 * 1024
@@ -253,7 +262,12 @@ class FrameReader:
         try:
             decode_properties(props_raw)
         except DecodeError as e:
-            raise FrameError(FRAME_ERROR, f"cannot decode content header properties on channel {channel}: {e}", 60, 40)
+            raise FrameError(
+                FRAME_ERROR,
+                f"cannot decode content header properties on channel {channel}: {e}",
+                60,
+                40,
+            )
         if len(self._valid_props) >= 256:
             self._valid_props.clear()
         self._valid_props.add(props_raw)

@@ -51,9 +51,22 @@ class Recorder:
     def on_method(self, channel, payload):
         self.events.append(("method", channel, bytes(payload)))
 
-    def on_publish(self, channel, exchange, routing_key, mandatory, immediate, route_raw, props_raw, body):
-        self.events.append(("publish", channel, exchange, routing_key, mandatory, immediate,
-                            bytes(route_raw), bytes(props_raw), bytes(body)))
+    def on_publish(
+        self, channel, exchange, routing_key, mandatory, immediate, route_raw, props_raw, body
+    ):
+        self.events.append(
+            (
+                "publish",
+                channel,
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+                bytes(route_raw),
+                bytes(props_raw),
+                bytes(body),
+            )
+        )
 
     def on_heartbeat(self):
         self.events.append(("heartbeat",))
@@ -89,7 +102,11 @@ frame_maxes = st.sampled_from([4096, 8192, 131072])
 
 
 @FUZZ
-@given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 5000), max_size=20), frame_max=frame_maxes)
+@given(
+    data=st.binary(max_size=3000),
+    cuts=st.lists(st.integers(0, 5000), max_size=20),
+    frame_max=frame_maxes,
+)
 def test_reader_arbitrary_bytes_raise_only_frame_error(data, cuts, frame_max):
     reader = FrameReader(Recorder(), frame_max)
     _feed_all(reader, _split(data, cuts))
@@ -103,7 +120,9 @@ _frame_like = st.builds(
     st.one_of(
         st.binary(max_size=64),
         st.builds(lambda tail: b"\x00\x3c\x00\x28" + tail, st.binary(max_size=40)),  # publish-ish
-        st.builds(lambda tail: struct.pack(">HHQ", 60, 0, len(tail)) + tail, st.binary(max_size=20)),  # header-ish
+        st.builds(
+            lambda tail: struct.pack(">HHQ", 60, 0, len(tail)) + tail, st.binary(max_size=20)
+        ),  # header-ish
     ),
     st.sampled_from([b"\xce", b"\xce", b"\xce", b"\x00"]),
 )
@@ -121,9 +140,15 @@ def test_reader_frame_shaped_garbage_raises_only_frame_error(frames, cuts):
 _shortstr = st.text(max_size=20).filter(lambda s: len(s.encode()) <= 255)
 
 _control_methods = st.one_of(
-    st.builds(lambda q, d: spec.BY_NAME["queue.declare"](queue=q, durable=d), _shortstr, st.booleans()),
+    st.builds(
+        lambda q, d: spec.BY_NAME["queue.declare"](queue=q, durable=d), _shortstr, st.booleans()
+    ),
     st.builds(lambda n: spec.BY_NAME["basic.qos"](prefetch_count=n), st.integers(0, 65535)),
-    st.builds(lambda t, m: spec.BY_NAME["basic.ack"](delivery_tag=t, multiple=m), st.integers(0, 2**64 - 1), st.booleans()),
+    st.builds(
+        lambda t, m: spec.BY_NAME["basic.ack"](delivery_tag=t, multiple=m),
+        st.integers(0, 2**64 - 1),
+        st.booleans(),
+    ),
     st.just(spec.BY_NAME["channel.open"]()),
     st.just(spec.BY_NAME["confirm.select"]()),
 )
@@ -133,11 +158,18 @@ _control_methods = st.one_of(
 def _publish_frames(draw, channel: int, frame_max: int) -> list[bytes]:
     exchange = draw(_shortstr)
     rk = draw(_shortstr)
-    m = spec.BY_NAME["basic.publish"](exchange=exchange, routing_key=rk, mandatory=draw(st.booleans()),
-                                      immediate=draw(st.booleans()))
+    m = spec.BY_NAME["basic.publish"](
+        exchange=exchange,
+        routing_key=rk,
+        mandatory=draw(st.booleans()),
+        immediate=draw(st.booleans()),
+    )
     body = draw(st.binary(max_size=3 * frame_max) | st.just(b""))
     props = draw(st.sampled_from([b"\x00\x00", b"\x10\x00\x01", b"\x80\x00\x0atext/plain"]))
-    frames = [method_frame(channel, m), _frame(2, channel, struct.pack(">HHQ", 60, 0, len(body)) + props)]
+    frames = [
+        method_frame(channel, m),
+        _frame(2, channel, struct.pack(">HHQ", 60, 0, len(body)) + props),
+    ]
     chunk = draw(st.integers(1, frame_max - 8))
     for i in range(0, len(body), chunk):
         frames.append(_frame(3, channel, body[i : i + chunk]))
@@ -200,8 +232,12 @@ def test_reader_byte_at_a_time_gives_the_same_events(stream):
 
 
 @FUZZ
-@given(stream=valid_streams(), pos=st.integers(0, 10**6), byte=st.integers(0, 255),
-       cuts=st.lists(st.integers(0, 100000), max_size=10))
+@given(
+    stream=valid_streams(),
+    pos=st.integers(0, 10**6),
+    byte=st.integers(0, 255),
+    cuts=st.lists(st.integers(0, 100000), max_size=10),
+)
 def test_reader_mutated_valid_stream_raises_only_frame_error(stream, pos, byte, cuts):
     frame_max, data, _ = stream
     assume(data)
@@ -217,7 +253,11 @@ def test_reader_mutated_valid_stream_raises_only_frame_error(stream, pos, byte, 
 # ---------------------------------------------------------------------------------------------
 
 _keys = st.text(max_size=30).filter(lambda s: len(s.encode()) <= 255)
-_decimals = st.builds(lambda raw, scale: Decimal(raw).scaleb(-scale), st.integers(-(2**31), 2**31 - 1), st.integers(0, 9))
+_decimals = st.builds(
+    lambda raw, scale: Decimal(raw).scaleb(-scale),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(0, 9),
+)
 _scalars = st.one_of(
     st.text(max_size=50),
     st.booleans(),
@@ -245,7 +285,9 @@ tables = st.dictionaries(_keys, _values, max_size=10)
 def _same_types(a, b) -> bool:
     """Decoded values keep their Python type (and Int its wire letter), recursively."""
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_types(a[k], b[k]) for k in a)
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_types(a[k], b[k]) for k in a)
+        )
     if isinstance(a, (list, tuple)):
         return isinstance(b, list) and len(a) == len(b) and all(map(_same_types, a, b))
     if isinstance(a, Int):
@@ -323,26 +365,51 @@ HEADER = b"AMQP\x00\x00\x09\x01"
 def _good_frames(rng: random.Random) -> list[bytes]:
     """Valid frames a client could send on channel 1 once it is open."""
     body = rng.randbytes(rng.randint(0, 300))
-    props = rng.choice([
-        b"\x00\x00",
-        # content_type, headers, delivery_mode, user_id: mutations then hit the property decoder
-        b"\xa8\x10" + encode_shortstr("text/plain") + encode_table({"k": "v", "n": 1}) + b"\x02" + encode_shortstr("guest"),
-        b"\x20\x00" + encode_table({"x-match": "all", "nested": {"a": [1, 2.5, None]}}),
-    ])
+    props = rng.choice(
+        [
+            b"\x00\x00",
+            # content_type, headers, delivery_mode, user_id: mutations then hit the property decoder
+            b"\xa8\x10"
+            + encode_shortstr("text/plain")
+            + encode_table({"k": "v", "n": 1})
+            + b"\x02"
+            + encode_shortstr("guest"),
+            b"\x20\x00" + encode_table({"x-match": "all", "nested": {"a": [1, 2.5, None]}}),
+        ]
+    )
     publish = [
-        method_frame(1, spec.BY_NAME["basic.publish"](exchange=rng.choice(["", "amq.topic", "amq.direct", "nope"]),
-                                                      routing_key=rng.choice(["fuzz", "a.b", ""]))),
+        method_frame(
+            1,
+            spec.BY_NAME["basic.publish"](
+                exchange=rng.choice(["", "amq.topic", "amq.direct", "nope"]),
+                routing_key=rng.choice(["fuzz", "a.b", ""]),
+            ),
+        ),
         _frame(2, 1, struct.pack(">HHQ", 60, 0, len(body)) + props),
         _frame(3, 1, body) if body else b"",
     ]
     others = [
-        method_frame(1, spec.BY_NAME["queue.declare"](queue=f"fuzz-{rng.randint(0, 5)}", auto_delete=True)),
+        method_frame(
+            1, spec.BY_NAME["queue.declare"](queue=f"fuzz-{rng.randint(0, 5)}", auto_delete=True)
+        ),
         method_frame(1, spec.BY_NAME["basic.qos"](prefetch_count=rng.randint(0, 10))),
-        method_frame(1, spec.BY_NAME["exchange.declare"](exchange=f"fx-{rng.randint(0, 3)}", type=rng.choice(["topic", "direct", "bogus"]),
-                                                         auto_delete=True, arguments={"k": rng.random()})),
+        method_frame(
+            1,
+            spec.BY_NAME["exchange.declare"](
+                exchange=f"fx-{rng.randint(0, 3)}",
+                type=rng.choice(["topic", "direct", "bogus"]),
+                auto_delete=True,
+                arguments={"k": rng.random()},
+            ),
+        ),
         method_frame(1, spec.BY_NAME["basic.get"](queue=f"fuzz-{rng.randint(0, 5)}", no_ack=True)),
         method_frame(1, spec.BY_NAME["confirm.select"]()),
-        method_frame(1, spec.BY_NAME["basic.consume"](queue=f"fuzz-{rng.randint(0, 5)}", no_ack=rng.random() < 0.5)),
+        method_frame(
+            1,
+            spec.BY_NAME["basic.consume"](
+                queue=f"fuzz-{rng.randint(0, 5)}", no_ack=rng.random() < 0.5
+            ),
+        ),
         _frame(8, 0, b""),
     ]
     return [b"".join(publish)] * 3 + others
@@ -370,8 +437,14 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
         del f[rng.randrange(len(f)) :]
         frames = frames[: k + 1]
     elif op == 2 and len(f) >= 7:  # oversize / undersize the length field
-        struct.pack_into(">I", f, 3, rng.choice([0, 1, 2**31 - 1, 2**32 - 1, 131073,
-                                                 (len(f) - 8 + rng.randint(-3, 3)) & 0xFFFFFFFF]))
+        struct.pack_into(
+            ">I",
+            f,
+            3,
+            rng.choice(
+                [0, 1, 2**31 - 1, 2**32 - 1, 131073, (len(f) - 8 + rng.randint(-3, 3)) & 0xFFFFFFFF]
+            ),
+        )
     elif op == 3:  # insert random bytes
         i = rng.randrange(len(f) + 1)
         f[i:i] = rng.randbytes(rng.randint(1, 16))
@@ -384,7 +457,9 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
     elif op == 7 and len(f) > 8:  # cut the payload but keep the envelope valid
         payload = bytes(f[7:-1])
         payload = payload[: rng.randrange(len(payload) + 1)]
-        f = bytearray(struct.pack(">BHI", f[0], (f[1] << 8) | f[2], len(payload)) + payload + b"\xce")
+        f = bytearray(
+            struct.pack(">BHI", f[0], (f[1] << 8) | f[2], len(payload)) + payload + b"\xce"
+        )
     elif op == 8 and len(f) > 8:  # corrupt the payload but keep the envelope valid
         i = 7 + rng.randrange(len(f) - 8)
         f[i] = rng.randrange(256)
@@ -417,9 +492,15 @@ def _fuzz_connection(port: int, rng: random.Random, stats: collections.Counter) 
             drain(0.05)
             stats["raw"] += 1
             return
-        start_ok = method_frame(0, spec.BY_NAME["connection.start-ok"](
-            client_properties={"capabilities": {"authentication_failure_close": True}}, mechanism="PLAIN",
-            response=b"\x00guest\x00guest", locale="en_US"))
+        start_ok = method_frame(
+            0,
+            spec.BY_NAME["connection.start-ok"](
+                client_properties={"capabilities": {"authentication_failure_close": True}},
+                mechanism="PLAIN",
+                response=b"\x00guest\x00guest",
+                locale="en_US",
+            ),
+        )
         if mode == 1:  # a broken protocol header
             s.sendall(_mutate(rng, HEADER) + start_ok)
             drain(0.05)
@@ -431,10 +512,15 @@ def _fuzz_connection(port: int, rng: random.Random, stats: collections.Counter) 
             stats["handshake"] += 1
             return
         # The whole handshake pipelined in one write, then a burst of good and mutated frames.
-        s.sendall(HEADER + start_ok
-                  + method_frame(0, spec.BY_NAME["connection.tune-ok"](channel_max=16, frame_max=131072, heartbeat=0))
-                  + method_frame(0, spec.BY_NAME["connection.open"](virtual_host="/"))
-                  + method_frame(1, spec.BY_NAME["channel.open"]()))
+        s.sendall(
+            HEADER
+            + start_ok
+            + method_frame(
+                0, spec.BY_NAME["connection.tune-ok"](channel_max=16, frame_max=131072, heartbeat=0)
+            )
+            + method_frame(0, spec.BY_NAME["connection.open"](virtual_host="/"))
+            + method_frame(1, spec.BY_NAME["channel.open"]())
+        )
         good = _good_frames(rng)
         for _ in range(rng.randint(1, 40)):
             f = rng.choice(good)
@@ -530,16 +616,20 @@ def test_live_node_survives_fuzzing_and_loses_no_confirmed_message(make_node):
     assert not errors, (seed, errors)
     assert node.alive(), (seed, node.log())
     assert stats["frames"] > 200, stats  # the storm really happened
-    assert len(confirmed) == n_messages, f"{n_messages - len(confirmed)} publishes were nacked or returned (seed {seed})"
+    assert len(confirmed) == n_messages, (
+        f"{n_messages - len(confirmed)} publishes were nacked or returned (seed {seed})"
+    )
     counts = collections.Counter(received)
     dupes = {b: c for b, c in counts.items() if c > 1}
     assert not dupes, f"delivered more than once: {sorted(dupes)[:10]} (seed {seed})"
     missing = set(confirmed) - set(counts)
-    assert not missing, f"{len(missing)} confirmed messages never arrived, e.g. {sorted(missing)[:10]} (seed {seed})"
+    assert not missing, (
+        f"{len(missing)} confirmed messages never arrived, e.g. {sorted(missing)[:10]} (seed {seed})"
+    )
     assert set(counts) <= set(confirmed)
     log = node.log()
     tb = log.find("Traceback")
-    assert tb < 0, f"seed {seed}, stats {dict(stats)}:\n{log[max(0, tb - 300):tb + 3000]}"
+    assert tb < 0, f"seed {seed}, stats {dict(stats)}:\n{log[max(0, tb - 300) : tb + 3000]}"
     assert "internal error" not in log, f"seed {seed}:\n{log[-5000:]}"
 
     # And it still serves a fresh client.

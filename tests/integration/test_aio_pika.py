@@ -40,6 +40,7 @@ async def ready_count(channel, name: str) -> int:
 
 # -- the basics -------------------------------------------------------------------------------
 
+
 def test_robust_connect_declare_publish_confirm_consume_ack(node):
     async def main():
         connection = await aio_pika.connect_robust(node.url)
@@ -50,8 +51,13 @@ def test_robust_connect_declare_publish_confirm_consume_ack(node):
             queue = await channel.declare_queue(uid("aio-q"), auto_delete=True)
             for i in range(20):
                 confirmation = await channel.default_exchange.publish(
-                    Message(f"m{i}".encode(), message_id=str(i), content_type="text/plain",
-                            headers={"i": i}, delivery_mode=DeliveryMode.PERSISTENT),
+                    Message(
+                        f"m{i}".encode(),
+                        message_id=str(i),
+                        content_type="text/plain",
+                        headers={"i": i},
+                        delivery_mode=DeliveryMode.PERSISTENT,
+                    ),
                     routing_key=queue.name,
                 )
                 assert isinstance(confirmation, pspec.Basic.Ack)
@@ -60,7 +66,14 @@ def test_robust_connect_declare_publish_confirm_consume_ack(node):
             got = []
             async with queue.iterator() as it:
                 async for message in it:
-                    got.append((message.body, message.message_id, message.headers["i"], message.redelivered))
+                    got.append(
+                        (
+                            message.body,
+                            message.message_id,
+                            message.headers["i"],
+                            message.redelivered,
+                        )
+                    )
                     assert message.content_type == "text/plain"
                     assert message.delivery_mode == DeliveryMode.PERSISTENT
                     await message.ack()
@@ -102,6 +115,7 @@ def test_process_context_manager_acks(node):
 
 # -- ack / nack / reject ----------------------------------------------------------------------
 
+
 def test_nack_reject_requeue_and_redelivered(node):
     async def main():
         async with await aio_pika.connect_robust(node.url) as connection:
@@ -128,9 +142,15 @@ def test_nack_reject_requeue_and_redelivered(node):
                     await m.ack()
             # Requeued messages come back first (their original position), marked redelivered;
             # dropped ones never come back.
-            assert seen == [(b"nack-requeue", False), (b"nack-requeue", True),
-                            (b"reject-requeue", False), (b"reject-requeue", True),
-                            (b"nack-drop", False), (b"reject-drop", False), (b"ack", False)]
+            assert seen == [
+                (b"nack-requeue", False),
+                (b"nack-requeue", True),
+                (b"reject-requeue", False),
+                (b"reject-requeue", True),
+                (b"nack-drop", False),
+                (b"reject-drop", False),
+                (b"ack", False),
+            ]
             assert await queue.get(fail=False) is None
 
     run(main())
@@ -185,11 +205,14 @@ def test_consumer_nack_requeue_then_reject_drop(node):
 
 # -- routing ----------------------------------------------------------------------------------
 
+
 def test_topic_routing(node):
     async def main():
         async with await aio_pika.connect_robust(node.url) as connection:
             channel = await connection.channel()
-            ex = await channel.declare_exchange(uid("aio-topic"), ExchangeType.TOPIC, auto_delete=True)
+            ex = await channel.declare_exchange(
+                uid("aio-topic"), ExchangeType.TOPIC, auto_delete=True
+            )
             bindings = {
                 "all": "#",
                 "eu_any_depth": "eu.#",
@@ -202,9 +225,19 @@ def test_topic_routing(node):
                 q = await channel.declare_queue(uid(f"aio-{label}"), exclusive=True)
                 await q.bind(ex, routing_key=key)
                 queues[label] = q
-            keys = ["eu", "eu.orders", "eu.orders.created", "us.orders.created", "eu.a.b.c", "", "us"]
+            keys = [
+                "eu",
+                "eu.orders",
+                "eu.orders.created",
+                "us.orders.created",
+                "eu.a.b.c",
+                "",
+                "us",
+            ]
             for key in keys:
-                await ex.publish(Message(key.encode() or b"<empty>", message_id=key or "empty"), routing_key=key)
+                await ex.publish(
+                    Message(key.encode() or b"<empty>", message_id=key or "empty"), routing_key=key
+                )
 
             async def drain(q) -> list[str]:
                 out = []
@@ -214,7 +247,12 @@ def test_topic_routing(node):
 
             got = {label: await drain(q) for label, q in queues.items()}
             assert got["all"] == keys
-            assert got["eu_any_depth"] == ["eu", "eu.orders", "eu.orders.created", "eu.a.b.c"]  # '#' matches zero words
+            assert got["eu_any_depth"] == [
+                "eu",
+                "eu.orders",
+                "eu.orders.created",
+                "eu.a.b.c",
+            ]  # '#' matches zero words
             assert got["one_word_middle"] == ["eu.orders.created", "us.orders.created"]
             assert got["exact"] == ["eu.orders.created"]
             assert got["eu_two_words"] == ["eu.orders"]
@@ -226,8 +264,12 @@ def test_headers_and_fanout_routing(node):
     async def main():
         async with await aio_pika.connect_robust(node.url) as connection:
             channel = await connection.channel()
-            hx = await channel.declare_exchange(uid("aio-headers"), ExchangeType.HEADERS, auto_delete=True)
-            fx = await channel.declare_exchange(uid("aio-fanout"), ExchangeType.FANOUT, auto_delete=True)
+            hx = await channel.declare_exchange(
+                uid("aio-headers"), ExchangeType.HEADERS, auto_delete=True
+            )
+            fx = await channel.declare_exchange(
+                uid("aio-fanout"), ExchangeType.FANOUT, auto_delete=True
+            )
             q_any = await channel.declare_queue(uid("aio-any"), exclusive=True)
             q_all = await channel.declare_queue(uid("aio-all"), exclusive=True)
             await q_any.bind(hx, arguments={"x-match": "any", "a": "1", "b": "2"})
@@ -254,17 +296,23 @@ def test_headers_and_fanout_routing(node):
 
 # -- returns and errors -----------------------------------------------------------------------
 
+
 def test_mandatory_unroutable_raises_publish_error(node):
     async def main():
         async with await aio_pika.connect_robust(node.url) as connection:
             channel = await connection.channel(on_return_raises=True)
             with pytest.raises(PublishError) as ei:
                 await channel.default_exchange.publish(
-                    Message(b"lost", message_id=uid("mid")), routing_key=uid("nobody"), mandatory=True)
+                    Message(b"lost", message_id=uid("mid")),
+                    routing_key=uid("nobody"),
+                    mandatory=True,
+                )
             assert ei.value.frame.reply_code == 312
             # The channel stays usable.
             q = await channel.declare_queue(exclusive=True)
-            await channel.default_exchange.publish(Message(b"ok"), routing_key=q.name, mandatory=True)
+            await channel.default_exchange.publish(
+                Message(b"ok"), routing_key=q.name, mandatory=True
+            )
 
     run(main())
 
@@ -274,9 +322,12 @@ def test_mandatory_return_callback(node):
         async with await aio_pika.connect_robust(node.url) as connection:
             channel = await connection.channel()
             returned = asyncio.get_running_loop().create_future()
-            channel.return_callbacks.add(lambda ch, message: returned.done() or returned.set_result(message))
+            channel.return_callbacks.add(
+                lambda ch, message: returned.done() or returned.set_result(message)
+            )
             await channel.default_exchange.publish(
-                Message(b"back", message_id=uid("mid")), routing_key=uid("nobody"), mandatory=True)
+                Message(b"back", message_id=uid("mid")), routing_key=uid("nobody"), mandatory=True
+            )
             message = await returned
             assert message.body == b"back"
 
@@ -297,7 +348,9 @@ def test_passive_declare_missing_queue_404_and_channel_reopens(node):
 
 def test_server_named_queue(node):
     async def main():
-        async with await aio_pika.connect(node.url) as connection:  # a robust channel names queues itself
+        async with await aio_pika.connect(
+            node.url
+        ) as connection:  # a robust channel names queues itself
             channel = await connection.channel()
             q = await channel.declare_queue(exclusive=True)
             assert q.name.startswith("amq.gen-")
@@ -309,7 +362,10 @@ def test_server_named_queue(node):
 
 def test_exclusive_queue_locked_for_other_connection(node):
     async def main():
-        async with await aio_pika.connect_robust(node.url) as owner, await aio_pika.connect(node.url) as other:
+        async with (
+            await aio_pika.connect_robust(node.url) as owner,
+            await aio_pika.connect(node.url) as other,
+        ):
             q = await (await owner.channel()).declare_queue(uid("aio-excl"), exclusive=True)
             ch = await other.channel()
             with pytest.raises(aiormq.exceptions.ChannelLockedResource):
@@ -329,6 +385,7 @@ def test_wrong_password_refused(node):
 
 # -- prefetch and redelivery across connections -----------------------------------------------
 
+
 def test_prefetch_then_release_on_connection_close(node):
     async def main():
         publisher = await aio_pika.connect_robust(node.url)
@@ -337,7 +394,9 @@ def test_prefetch_then_release_on_connection_close(node):
             pch = await publisher.channel()
             queue = await pch.declare_queue(uid("aio-q"), auto_delete=False)
             for i in range(5):
-                await pch.default_exchange.publish(Message(f"m{i}".encode()), routing_key=queue.name)
+                await pch.default_exchange.publish(
+                    Message(f"m{i}".encode()), routing_key=queue.name
+                )
             cch = await consumer.channel()
             await cch.set_qos(prefetch_count=2)
             cq = await cch.get_queue(queue.name)
@@ -361,13 +420,20 @@ def test_prefetch_then_release_on_connection_close(node):
             for _ in range(5):
                 m = await queue.get(no_ack=True)
                 order.append((m.body, m.redelivered))
-            assert order == [(b"m0", True), (b"m1", True), (b"m2", False), (b"m3", False), (b"m4", False)]
+            assert order == [
+                (b"m0", True),
+                (b"m1", True),
+                (b"m2", False),
+                (b"m3", False),
+                (b"m4", False),
+            ]
             await queue.delete()
 
     run(main())
 
 
 # -- robust reconnection ----------------------------------------------------------------------
+
 
 def test_robust_connection_recovers_after_node_restart(make_node):
     n = make_node()

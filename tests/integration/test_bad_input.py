@@ -77,21 +77,36 @@ class Raw:
             assert ch == channel
         return m
 
-    def handshake(self, *, frame_max: int = 0, capabilities: dict | None = None,
-                  response: bytes = b"\x00guest\x00guest", open_vhost: bool = True):
+    def handshake(
+        self,
+        *,
+        frame_max: int = 0,
+        capabilities: dict | None = None,
+        response: bytes = b"\x00guest\x00guest",
+        open_vhost: bool = True,
+    ):
         self.send(HEADER)
         start = self.expect("connection.start", 0)
         assert b"PLAIN" in start.mechanisms.split(b" ")
         caps = {"authentication_failure_close": True, "publisher_confirms": True}
         if capabilities is not None:
             caps = capabilities
-        self.send(method(0, "connection.start-ok",
-                         client_properties={"product": "merpati-raw-test", "capabilities": caps},
-                         mechanism="PLAIN", response=response, locale="en_US"))
+        self.send(
+            method(
+                0,
+                "connection.start-ok",
+                client_properties={"product": "merpati-raw-test", "capabilities": caps},
+                mechanism="PLAIN",
+                response=response,
+                locale="en_US",
+            )
+        )
         tune = self.expect("connection.tune", 0)
         fm = frame_max or tune.frame_max
         self.frame_max = fm
-        self.send(method(0, "connection.tune-ok", channel_max=tune.channel_max, frame_max=fm, heartbeat=0))
+        self.send(
+            method(0, "connection.tune-ok", channel_max=tune.channel_max, frame_max=fm, heartbeat=0)
+        )
         if open_vhost:
             self.send(method(0, "connection.open", virtual_host="/"))
             self.expect("connection.open-ok", 0)
@@ -183,12 +198,15 @@ def node_survives(node):
 # -- protocol header -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("greeting", [
-    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"AMQP\x00\x00\x0a\x00",   # a version we do not speak (0-10)
-    b"AMQP\x01\x01\x00\x09",   # the pre-0-9-1 "AMQP 1 1 0 9" form
-    b"XXXXXXXX",
-])
+@pytest.mark.parametrize(
+    "greeting",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"AMQP\x00\x00\x0a\x00",  # a version we do not speak (0-10)
+        b"AMQP\x01\x01\x00\x09",  # the pre-0-9-1 "AMQP 1 1 0 9" form
+        b"XXXXXXXX",
+    ],
+)
 def test_wrong_protocol_header_gets_ours_and_close(raw, greeting):
     c = raw()
     c.send(greeting)
@@ -236,7 +254,11 @@ def test_frame_of_exactly_frame_max_is_accepted(raw):
     c.send(method(1, "confirm.select"))
     c.expect("confirm.select-ok", 1)
     data = b"x" * (4096 - 8)  # the largest body frame allowed
-    c.send(method(1, "basic.publish", exchange="", routing_key=q) + content_header(1, len(data)) + body(1, data))
+    c.send(
+        method(1, "basic.publish", exchange="", routing_key=q)
+        + content_header(1, len(data))
+        + body(1, data)
+    )
     ack = c.expect("basic.ack", 1)
     assert ack.delivery_tag == 1
     c.send(method(1, "basic.get", queue=q, no_ack=True))
@@ -264,8 +286,11 @@ def test_bad_frame_end_during_handshake_is_501(raw):
     c = raw()
     c.send(HEADER)
     c.expect("connection.start", 0)
-    ok = spec.encode_method(spec.BY_NAME["connection.start-ok"](
-        client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest", locale="en_US"))
+    ok = spec.encode_method(
+        spec.BY_NAME["connection.start-ok"](
+            client_properties={}, mechanism="PLAIN", response=b"\x00guest\x00guest", locale="en_US"
+        )
+    )
     c.send(frame(1, 0, ok, end=b"\xcf"))
     close = c.expect_connection_close()
     assert close.reply_code == 501, close
@@ -305,7 +330,11 @@ def test_method_on_a_channel_never_opened_is_504(raw):
 def test_publish_on_a_channel_never_opened_is_504(raw):
     c = raw()
     c.handshake()
-    c.send(method(3, "basic.publish", exchange="", routing_key="x") + content_header(3, 1) + body(3, b"x"))
+    c.send(
+        method(3, "basic.publish", exchange="", routing_key="x")
+        + content_header(3, 1)
+        + body(3, b"x")
+    )
     close = c.expect_connection_close()
     assert close.reply_code == 504, close
 
@@ -324,7 +353,11 @@ def test_content_body_longer_than_header_announced_closes_connection(raw):
     c = raw()
     c.handshake()
     c.open_channel(1)
-    c.send(method(1, "basic.publish", exchange="", routing_key="nowhere") + content_header(1, 5) + body(1, b"0123456789"))
+    c.send(
+        method(1, "basic.publish", exchange="", routing_key="nowhere")
+        + content_header(1, 5)
+        + body(1, b"0123456789")
+    )
     close = c.expect_connection_close()
     assert close.reply_code in (501, 505), close
 
@@ -351,7 +384,10 @@ def test_method_where_content_header_expected_is_505(raw):
     c = raw()
     c.handshake()
     c.open_channel(1)
-    c.send(method(1, "basic.publish", exchange="", routing_key="x") + method(1, "basic.qos", prefetch_count=1))
+    c.send(
+        method(1, "basic.publish", exchange="", routing_key="x")
+        + method(1, "basic.qos", prefetch_count=1)
+    )
     close = c.expect_connection_close()
     assert close.reply_code == 505, close
 
@@ -360,7 +396,10 @@ def test_content_header_with_wrong_class_closes_with_5xx(raw):
     c = raw()
     c.handshake()
     c.open_channel(1)
-    c.send(method(1, "basic.publish", exchange="", routing_key="x") + frame(2, 1, struct.pack(">HHQ", 50, 0, 1) + b"\x00\x00"))
+    c.send(
+        method(1, "basic.publish", exchange="", routing_key="x")
+        + frame(2, 1, struct.pack(">HHQ", 50, 0, 1) + b"\x00\x00")
+    )
     close = c.expect_connection_close()
     assert 500 <= close.reply_code < 600, close
 
@@ -371,8 +410,11 @@ def test_malformed_properties_with_user_id_flag_is_a_frame_error_not_an_internal
     c = raw()
     c.handshake()
     c.open_channel(1)
-    c.send(method(1, "basic.publish", exchange="", routing_key="nowhere")
-           + content_header(1, 1, props=b"\x00\x10") + body(1, b"x"))
+    c.send(
+        method(1, "basic.publish", exchange="", routing_key="nowhere")
+        + content_header(1, 1, props=b"\x00\x10")
+        + body(1, b"x")
+    )
     close = c.expect_connection_close()
     assert close.reply_code in (501, 502), close
 
@@ -387,9 +429,12 @@ def test_malformed_properties_never_reach_a_consumer(raw, node):
     c = raw()
     c.handshake()
     c.open_channel(1)
-    c.send(method(1, "basic.publish", exchange="", routing_key=q)
-           + content_header(1, 3, props=b"\x80\x00") + body(1, b"bad")
-           + method(1, "basic.qos", prefetch_count=1))
+    c.send(
+        method(1, "basic.publish", exchange="", routing_key=q)
+        + content_header(1, 3, props=b"\x80\x00")
+        + body(1, b"bad")
+        + method(1, "basic.qos", prefetch_count=1)
+    )
     _, reply = c.read_method()
     assert reply.NAME == "connection.close", f"the publish was accepted (got {reply.NAME})"
     assert reply.reply_code in (501, 502), reply
@@ -416,7 +461,9 @@ def test_truncated_method_arguments_are_501(raw):
     c = raw()
     c.handshake()
     c.open_channel(1)
-    full = spec.encode_method(spec.BY_NAME["queue.declare"](queue="some-queue-name", arguments={"x-max-length": 10}))
+    full = spec.encode_method(
+        spec.BY_NAME["queue.declare"](queue="some-queue-name", arguments={"x-max-length": 10})
+    )
     c.send(frame(1, 1, full[:12]))
     close = c.expect_connection_close()
     assert close.reply_code == 501, close
@@ -426,7 +473,9 @@ def test_truncated_basic_publish_is_501(raw):
     c = raw()
     c.handshake()
     c.open_channel(1)
-    full = spec.encode_method(spec.BY_NAME["basic.publish"](exchange="amq.direct", routing_key="rk"))
+    full = spec.encode_method(
+        spec.BY_NAME["basic.publish"](exchange="amq.direct", routing_key="rk")
+    )
     c.send(frame(1, 1, full[:8]))
     close = c.expect_connection_close()
     assert close.reply_code == 501, close
@@ -446,7 +495,9 @@ def test_field_table_with_bad_type_letter_is_a_5xx_close(raw):
     c.handshake()
     c.open_channel(1)
     table = b"\x01kZ"  # key "k", unknown type letter 'Z'
-    payload = struct.pack(">HHH", 50, 10, 0) + b"\x01q" + b"\x00" + struct.pack(">I", len(table)) + table
+    payload = (
+        struct.pack(">HHH", 50, 10, 0) + b"\x01q" + b"\x00" + struct.pack(">I", len(table)) + table
+    )
     c.send(frame(1, 1, payload))
     close = c.expect_connection_close()
     assert close.reply_code in (501, 502), close
@@ -469,9 +520,16 @@ def test_bad_password_with_authentication_failure_close_is_403_naming_user_not_p
     c.send(HEADER)
     c.expect("connection.start", 0)
     secret = "hunter2-" + uuid.uuid4().hex[:6]
-    c.send(method(0, "connection.start-ok",
-                  client_properties={"capabilities": {"authentication_failure_close": True}},
-                  mechanism="PLAIN", response=b"\x00guest\x00" + secret.encode(), locale="en_US"))
+    c.send(
+        method(
+            0,
+            "connection.start-ok",
+            client_properties={"capabilities": {"authentication_failure_close": True}},
+            mechanism="PLAIN",
+            response=b"\x00guest\x00" + secret.encode(),
+            locale="en_US",
+        )
+    )
     close = c.expect_connection_close()
     assert close.reply_code == 403, close
     assert (close.class_id, close.method_id) == (10, 11)
@@ -484,9 +542,16 @@ def test_unknown_user_with_authentication_failure_close_is_403(raw, node):
     c = raw()
     c.send(HEADER)
     c.expect("connection.start", 0)
-    c.send(method(0, "connection.start-ok",
-                  client_properties={"capabilities": {"authentication_failure_close": True}},
-                  mechanism="PLAIN", response=b"\x00nobody-here\x00pw-do-not-log", locale="en_US"))
+    c.send(
+        method(
+            0,
+            "connection.start-ok",
+            client_properties={"capabilities": {"authentication_failure_close": True}},
+            mechanism="PLAIN",
+            response=b"\x00nobody-here\x00pw-do-not-log",
+            locale="en_US",
+        )
+    )
     close = c.expect_connection_close()
     assert close.reply_code == 403, close
     assert "nobody-here" in close.reply_text
@@ -498,8 +563,16 @@ def test_bad_password_without_the_capability_just_closes_the_socket(raw):
     c = raw()
     c.send(HEADER)
     c.expect("connection.start", 0)
-    c.send(method(0, "connection.start-ok", client_properties={}, mechanism="PLAIN",
-                  response=b"\x00guest\x00wrong", locale="en_US"))
+    c.send(
+        method(
+            0,
+            "connection.start-ok",
+            client_properties={},
+            mechanism="PLAIN",
+            response=b"\x00guest\x00wrong",
+            locale="en_US",
+        )
+    )
     rest = c.assert_eof()
     assert rest == b"", "no connection.tune (or anything else) may follow a failed login"
 
@@ -515,9 +588,16 @@ def test_unsupported_mechanism_is_refused(raw):
     c = raw()
     c.send(HEADER)
     c.expect("connection.start", 0)
-    c.send(method(0, "connection.start-ok",
-                  client_properties={"capabilities": {"authentication_failure_close": True}},
-                  mechanism="EXTERNAL", response=b"", locale="en_US"))
+    c.send(
+        method(
+            0,
+            "connection.start-ok",
+            client_properties={"capabilities": {"authentication_failure_close": True}},
+            mechanism="EXTERNAL",
+            response=b"",
+            locale="en_US",
+        )
+    )
     close = c.expect_connection_close()
     assert close.reply_code in (403, 504, 530), close
 
@@ -543,10 +623,20 @@ def test_tune_ok_frame_max_above_server_max_is_530(raw):
     c = raw()
     c.send(HEADER)
     c.expect("connection.start", 0)
-    c.send(method(0, "connection.start-ok", client_properties={}, mechanism="PLAIN",
-                  response=b"\x00guest\x00guest", locale="en_US"))
+    c.send(
+        method(
+            0,
+            "connection.start-ok",
+            client_properties={},
+            mechanism="PLAIN",
+            response=b"\x00guest\x00guest",
+            locale="en_US",
+        )
+    )
     tune = c.expect("connection.tune", 0)
-    c.send(method(0, "connection.tune-ok", channel_max=0, frame_max=tune.frame_max + 1, heartbeat=0))
+    c.send(
+        method(0, "connection.tune-ok", channel_max=0, frame_max=tune.frame_max + 1, heartbeat=0)
+    )
     close = c.expect_connection_close()
     assert close.reply_code == 530, close
 

@@ -24,17 +24,37 @@ def worker(node, tmp_path_factory):
     log = open(log_path, "wb")  # noqa: SIM115 - held open for the worker's lifetime
     env = {**os.environ, "MERPATI_TEST_BROKER_URL": url, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.integration.celery_app", "worker", "--pool=solo",
-         "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"],
-        cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.integration.celery_app",
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "info",
+        ],
+        cwd=str(ROOT),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
     try:
         while b"ready." not in log_path.read_bytes():
             if proc.poll() is not None:
-                pytest.fail(f"celery worker exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+                pytest.fail(
+                    f"celery worker exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
+                )
             if time.monotonic() > deadline:
-                pytest.fail(f"celery worker not ready in 60s:\n{log_path.read_text(errors='replace')}")
+                pytest.fail(
+                    f"celery worker not ready in 60s:\n{log_path.read_text(errors='replace')}"
+                )
             time.sleep(0.1)
         yield proc, log_path
     finally:

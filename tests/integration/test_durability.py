@@ -18,8 +18,11 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
 def _conn(n: NodeProcess) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", n.port, connection_attempts=3,
-                                                             retry_delay=0.2, socket_timeout=5))
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(
+            "127.0.0.1", n.port, connection_attempts=3, retry_delay=0.2, socket_timeout=5
+        )
+    )
 
 
 def _restart(n: NodeProcess, sig: int = signal.SIGKILL) -> None:
@@ -183,7 +186,11 @@ def test_crash_ledger_random_kill_points(node_proc):
     ch = conn.channel()
     remaining = [b for b, _ in _drain(ch, queue)]
     assert len(remaining) == len(set(remaining)), "a message was duplicated within the queue"
-    invented = set(remaining) - confirmed - {b"r%d-%d" % (r, i) for r in range(6) for i in range(published)}
+    invented = (
+        set(remaining)
+        - confirmed
+        - {b"r%d-%d" % (r, i) for r in range(6) for i in range(published)}
+    )
     assert not invented
     lost = confirmed - acked - acked_unsure - set(remaining)
     assert not lost, f"{len(lost)} confirmed, unacked messages lost, e.g. {sorted(lost)[:5]}"
@@ -231,7 +238,9 @@ def test_foreign_sqlite_file_refuses_to_start(tmp_path):
     data = n.dir / "data"
     data.mkdir(parents=True)
     db = sqlite3.connect(data / "messages.db")
-    db.execute("CREATE TABLE queues (qid INTEGER PRIMARY KEY, vhost TEXT, name TEXT, durable INT, delivered INT)")
+    db.execute(
+        "CREATE TABLE queues (qid INTEGER PRIMARY KEY, vhost TEXT, name TEXT, durable INT, delivered INT)"
+    )
     db.execute("INSERT INTO queues VALUES (1, '/', 'q', 1, 0)")
     db.commit()
     db.close()

@@ -66,7 +66,9 @@ def test_connection_reports_server_properties(conn):
 def test_direct_exchange_publish_confirm_consume_ack(conn):
     ex = Exchange(_name("kx-direct"), type="direct", durable=False, auto_delete=True)
     q = Queue(_name("kq-direct"), exchange=ex, routing_key="rk", durable=False, auto_delete=False)
-    other = Queue(_name("kq-other"), exchange=ex, routing_key="other", durable=False, auto_delete=False)
+    other = Queue(
+        _name("kq-other"), exchange=ex, routing_key="other", durable=False, auto_delete=False
+    )
     channel = conn.channel()
     q(channel).declare()
     other(channel).declare()
@@ -80,8 +82,14 @@ def test_direct_exchange_publish_confirm_consume_ack(conn):
     received = []
 
     def on_message(body, message):
-        received.append((body, message.headers, message.delivery_info["routing_key"],
-                         message.delivery_info["exchange"]))
+        received.append(
+            (
+                body,
+                message.headers,
+                message.delivery_info["routing_key"],
+                message.delivery_info["exchange"],
+            )
+        )
         message.ack()
 
     with Consumer(channel, queues=[q], callbacks=[on_message], accept=["json"]):
@@ -107,7 +115,13 @@ def test_topic_exchange_routing(conn):
     for q in (q_star, q_hash):
         q(channel).declare()
     producer = Producer(channel, exchange=ex, serializer="json")
-    keys = ["orders.eu.created", "orders.eu.deleted", "orders", "orders.a.b.created", "billing.eu.created"]
+    keys = [
+        "orders.eu.created",
+        "orders.eu.deleted",
+        "orders",
+        "orders.a.b.created",
+        "billing.eu.created",
+    ]
     for k in keys:
         producer.publish({"k": k}, routing_key=k)
 
@@ -118,10 +132,13 @@ def test_topic_exchange_routing(conn):
             bucket.append(body["k"])
             both.append(body["k"])
             message.ack()
+
         return on_message
 
-    with Consumer(channel, queues=[q_star], callbacks=[cb(star)], accept=["json"]), \
-            Consumer(channel, queues=[q_hash], callbacks=[cb(hashed)], accept=["json"]):
+    with (
+        Consumer(channel, queues=[q_star], callbacks=[cb(star)], accept=["json"]),
+        Consumer(channel, queues=[q_hash], callbacks=[cb(hashed)], accept=["json"]),
+    ):
         _drain(conn, both, 5)
         _assert_no_more(conn, both)
     assert star == ["orders.eu.created"]
@@ -129,7 +146,9 @@ def test_topic_exchange_routing(conn):
 
 
 def test_reject_and_requeue(conn):
-    q = Queue(_name("kq-reject"), exchange=Exchange("", type="direct"), auto_delete=False, durable=False)
+    q = Queue(
+        _name("kq-reject"), exchange=Exchange("", type="direct"), auto_delete=False, durable=False
+    )
     channel = conn.channel()
     q(channel).declare()
     producer = Producer(channel, exchange=Exchange(""), routing_key=q.name, serializer="json")
@@ -164,7 +183,9 @@ def test_unacked_messages_return_when_channel_closes(node, conn):
     q(ch1).declare()
     Producer(ch1, exchange=Exchange(""), routing_key=q.name).publish("payload")
     got = []
-    with Consumer(ch1, queues=[q], callbacks=[lambda b, m: got.append(m)], accept=["json", "text/plain"]):
+    with Consumer(
+        ch1, queues=[q], callbacks=[lambda b, m: got.append(m)], accept=["json", "text/plain"]
+    ):
         _drain(conn, got, 1)
     assert got[0].delivery_info["redelivered"] is False
     ch1.close()  # never acked → released back to the queue
@@ -206,7 +227,12 @@ def test_simple_queue_get_nowait_uses_basic_get(node):
     with Connection(_url(node), transport_options={"confirm_publish": True}) as c:
         sq = c.SimpleQueue(name, queue_opts={"durable": False, "auto_delete": False})
         sq.put("hello", serializer="raw", content_type="text/plain")
-        sq.put(b"\x00\x01binary", serializer=None, content_type="application/data", content_encoding="binary")
+        sq.put(
+            b"\x00\x01binary",
+            serializer=None,
+            content_type="application/data",
+            content_encoding="binary",
+        )
         m1 = sq.get_nowait()
         assert m1.payload == "hello"
         m1.ack()
@@ -224,7 +250,9 @@ def test_publish_to_missing_exchange_is_channel_error_404(conn):
     from amqp.exceptions import NotFound
 
     channel = conn.channel()
-    producer = Producer(channel, exchange=Exchange(_name("missing"), type="direct"), auto_declare=False)
+    producer = Producer(
+        channel, exchange=Exchange(_name("missing"), type="direct"), auto_declare=False
+    )
     with pytest.raises(NotFound) as ei:
         producer.publish("x", routing_key="k")
     assert ei.value.code == 404

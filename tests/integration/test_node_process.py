@@ -16,10 +16,20 @@ import pytest
 from tests.support.node import NodeProcess, free_port
 
 
-def _params(port: int, user: str = "guest", password: str = "guest", vhost: str = "/", host: str = "127.0.0.1") -> pika.ConnectionParameters:
+def _params(
+    port: int,
+    user: str = "guest",
+    password: str = "guest",
+    vhost: str = "/",
+    host: str = "127.0.0.1",
+) -> pika.ConnectionParameters:
     return pika.ConnectionParameters(
-        host=host, port=port, virtual_host=vhost, credentials=pika.PlainCredentials(user, password),
-        connection_attempts=1, socket_timeout=5,
+        host=host,
+        port=port,
+        virtual_host=vhost,
+        credentials=pika.PlainCredentials(user, password),
+        connection_attempts=1,
+        socket_timeout=5,
     )
 
 
@@ -44,13 +54,15 @@ def test_sigterm_closes_clients_with_320_and_exits_cleanly(make_node):
 
 
 def test_config_file_users_and_vhosts(make_node):
-    n = make_node(config="""
+    n = make_node(
+        config="""
 vhosts = ["/", "orders"]
 [[users]]
 name = "app"
 password = "s3cret"
 vhosts = ["orders"]
-""")
+"""
+    )
     conn = pika.BlockingConnection(_params(n.port, "app", "s3cret", "orders"))
     ch = conn.channel()
     q = ch.queue_declare("", exclusive=True).method.queue
@@ -61,7 +73,9 @@ vhosts = ["orders"]
     # The user has no permissions on "/": connection.open is refused with 530.
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as info:
         pika.BlockingConnection(_params(n.port, "app", "s3cret", "/"))
-    assert "(530)" in str(info.value) and "access to vhost '/' refused for user 'app'" in str(info.value)
+    assert "(530)" in str(info.value) and "access to vhost '/' refused for user 'app'" in str(
+        info.value
+    )
     # guest is not created when the file names users.
     with pytest.raises(pika.exceptions.ProbableAuthenticationError):
         pika.BlockingConnection(_params(n.port))
@@ -69,11 +83,21 @@ vhosts = ["orders"]
 
 def test_environment_variables_configure_the_node(tmp_path):
     port = free_port()
-    env = {**os.environ, "MERPATI_AMQP_PORT": str(port), "MERPATI_BIND": "127.0.0.1",
-           "MERPATI_DATA_DIR": str(tmp_path / "d"), "MERPATI_DEFAULT_USER": "envuser",
-           "MERPATI_DEFAULT_PASS": "envpass", "MERPATI_LOG_LEVEL": "debug"}
-    proc = subprocess.Popen([sys.executable, "-m", "node", "server"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "MERPATI_AMQP_PORT": str(port),
+        "MERPATI_BIND": "127.0.0.1",
+        "MERPATI_DATA_DIR": str(tmp_path / "d"),
+        "MERPATI_DEFAULT_USER": "envuser",
+        "MERPATI_DEFAULT_PASS": "envpass",
+        "MERPATI_LOG_LEVEL": "debug",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "server"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 15
         lines = []
@@ -95,11 +119,19 @@ def test_environment_variables_configure_the_node(tmp_path):
 def test_bad_configuration_is_reported(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("amqp-port = 'many'\n")
-    out = subprocess.run([sys.executable, "-m", "node", "server", "--config", str(bad)], capture_output=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "server", "--config", str(bad)],
+        capture_output=True,
+        timeout=30,
+    )
     assert out.returncode == 2
     assert b"invalid value" in out.stderr and b"amqp-port" in out.stderr
     bad.write_text("no-such-setting = 1\n")
-    out = subprocess.run([sys.executable, "-m", "node", "server", "--config", str(bad)], capture_output=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "server", "--config", str(bad)],
+        capture_output=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and b"unknown setting" in out.stderr
 
 
@@ -113,12 +145,19 @@ def _non_loopback_address() -> str | None:
         return None
 
 
-@pytest.mark.skipif(_non_loopback_address() is None, reason="this machine has no non-loopback IPv4 address")
+@pytest.mark.skipif(
+    _non_loopback_address() is None, reason="this machine has no non-loopback IPv4 address"
+)
 def test_guest_only_from_loopback(make_node):
     n = make_node("--bind", "0.0.0.0")
     addr = _non_loopback_address()
-    with pytest.raises((pika.exceptions.ProbableAccessDeniedError, pika.exceptions.ConnectionClosedByBroker,
-                        pika.exceptions.ProbableAuthenticationError)):
+    with pytest.raises(
+        (
+            pika.exceptions.ProbableAccessDeniedError,
+            pika.exceptions.ConnectionClosedByBroker,
+            pika.exceptions.ProbableAuthenticationError,
+        )
+    ):
         pika.BlockingConnection(_params(n.port, host=addr))
     # From loopback the same user is fine.
     pika.BlockingConnection(_params(n.port)).close()

@@ -52,12 +52,14 @@ class Script:
 
     def guard(self, fn):
         """Wrap a callback so an assertion error inside it fails the script instead of vanishing."""
+
         @functools.wraps(fn)
         def wrapper(*a, **kw):
             try:
                 return fn(*a, **kw)
             except BaseException as e:  # noqa: BLE001
                 self.fail(e)
+
         return wrapper
 
     # -- running ----------------------------------------------------------------------------
@@ -87,18 +89,26 @@ class Script:
     def run(self) -> Script:
         params = pika.URLParameters(self.node.url)
         if self.adapter == "select":
-            self.conn = pika.SelectConnection(params, on_open_callback=self._on_open,
-                                              on_open_error_callback=self._on_open_error,
-                                              on_close_callback=self._on_closed)
+            self.conn = pika.SelectConnection(
+                params,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+            )
             self.conn.ioloop.call_later(self.timeout, self._watchdog)
             self.conn.ioloop.start()
         else:
+
             async def main():
                 loop = asyncio.get_running_loop()
                 self._loop_future = loop.create_future()
-                self.conn = AsyncioConnection(params, on_open_callback=self._on_open,
-                                              on_open_error_callback=self._on_open_error,
-                                              on_close_callback=self._on_closed, custom_ioloop=loop)
+                self.conn = AsyncioConnection(
+                    params,
+                    on_open_callback=self._on_open,
+                    on_open_error_callback=self._on_open_error,
+                    on_close_callback=self._on_closed,
+                    custom_ioloop=loop,
+                )
                 handle = loop.call_later(self.timeout, self._watchdog)
                 await self._loop_future
                 handle.cancel()
@@ -115,6 +125,7 @@ class Script:
 
 
 # -- the basic lifecycle ----------------------------------------------------------------------
+
 
 def _lifecycle(s: Script, conn) -> None:
     """connect → channel → confirm.select → declare → publish N with confirms → consume → ack → verify empty."""
@@ -135,7 +146,9 @@ def _lifecycle(s: Script, conn) -> None:
         assert frame.method.message_count == 0 and frame.method.consumer_count == 0
         s.events.append("declared")
         for i in range(n):
-            ch.basic_publish("", q, f"m{i}".encode(), pika.BasicProperties(message_id=str(i), delivery_mode=2))
+            ch.basic_publish(
+                "", q, f"m{i}".encode(), pika.BasicProperties(message_id=str(i), delivery_mode=2)
+            )
 
     def on_confirm(frame):
         m = frame.method
@@ -148,8 +161,12 @@ def _lifecycle(s: Script, conn) -> None:
             consume(s.channel)
 
     def consume(ch):
-        ch.basic_qos(prefetch_count=3, callback=s.guard(
-            lambda _f: ch.basic_consume(q, s.guard(lambda c, m, p, b: on_message(c, m, p, b)))))
+        ch.basic_qos(
+            prefetch_count=3,
+            callback=s.guard(
+                lambda _f: ch.basic_consume(q, s.guard(lambda c, m, p, b: on_message(c, m, p, b)))
+            ),
+        )
 
     def on_message(ch, method, props, body):
         state["received"].append((body, props.message_id, method.redelivered))
@@ -189,18 +206,33 @@ def test_asyncio_connection_lifecycle(node):
 
 # -- returns, cancels, broker-closed channels -------------------------------------------------
 
+
 def test_mandatory_return_arrives_before_confirm(node):
     order = []
 
     def start(s, conn):
         def on_channel(ch):
-            ch.add_on_return_callback(s.guard(
-                lambda c, method, props, body: order.append(("return", method.reply_code, body))))
-            ch.confirm_delivery(s.guard(on_confirm), callback=s.guard(
-                lambda _f: ch.basic_publish("amq.direct", uid("nobody"), b"bounce", mandatory=True)))
+            ch.add_on_return_callback(
+                s.guard(
+                    lambda c, method, props, body: order.append(("return", method.reply_code, body))
+                )
+            )
+            ch.confirm_delivery(
+                s.guard(on_confirm),
+                callback=s.guard(
+                    lambda _f: ch.basic_publish(
+                        "amq.direct", uid("nobody"), b"bounce", mandatory=True
+                    )
+                ),
+            )
 
         def on_confirm(frame):
-            order.append(("ack" if isinstance(frame.method, pika.spec.Basic.Ack) else "nack", frame.method.delivery_tag))
+            order.append(
+                (
+                    "ack" if isinstance(frame.method, pika.spec.Basic.Ack) else "nack",
+                    frame.method.delivery_tag,
+                )
+            )
             s.done()
 
         conn.channel(on_open_callback=s.guard(on_channel))
@@ -221,7 +253,9 @@ def test_consumer_cancel_notification(node):
             ch.queue_declare(q, callback=s.guard(lambda _f: subscribe(ch)))
 
         def subscribe(ch):
-            got["tag"] = ch.basic_consume(q, lambda *a: None, callback=s.guard(lambda _f: delete_elsewhere()))
+            got["tag"] = ch.basic_consume(
+                q, lambda *a: None, callback=s.guard(lambda _f: delete_elsewhere())
+            )
 
         def delete_elsewhere():
             conn.channel(on_open_callback=s.guard(lambda ch2: ch2.queue_delete(q)))
@@ -247,8 +281,17 @@ def test_channel_closed_by_broker_keeps_connection(node):
         def on_channel_closed(ch, reason):
             seen["reason"] = reason
             # The connection is still usable.
-            conn.channel(on_open_callback=s.guard(lambda ch2: ch2.queue_declare(
-                "", exclusive=True, callback=s.guard(lambda f: (seen.setdefault("q", f.method.queue), s.done())))))
+            conn.channel(
+                on_open_callback=s.guard(
+                    lambda ch2: ch2.queue_declare(
+                        "",
+                        exclusive=True,
+                        callback=s.guard(
+                            lambda f: (seen.setdefault("q", f.method.queue), s.done())
+                        ),
+                    )
+                )
+            )
 
         conn.channel(on_open_callback=s.guard(on_channel))
 
@@ -266,13 +309,22 @@ def test_nack_requeue_redelivers_in_order(node):
         q = uid("nack-q")
 
         def on_channel(ch):
-            ch.confirm_delivery(lambda f: None, callback=s.guard(lambda _f: ch.queue_declare(
-                q, exclusive=True, callback=s.guard(lambda _f2: publish(ch)))))
+            ch.confirm_delivery(
+                lambda f: None,
+                callback=s.guard(
+                    lambda _f: ch.queue_declare(
+                        q, exclusive=True, callback=s.guard(lambda _f2: publish(ch))
+                    )
+                ),
+            )
 
         def publish(ch):
             for b in (b"a", b"b", b"c"):
                 ch.basic_publish("", q, b)
-            ch.basic_qos(prefetch_count=1, callback=s.guard(lambda _f: ch.basic_consume(q, s.guard(on_message))))
+            ch.basic_qos(
+                prefetch_count=1,
+                callback=s.guard(lambda _f: ch.basic_consume(q, s.guard(on_message))),
+            )
 
         def on_message(ch, method, props, body):
             got.append((body, method.redelivered))
@@ -297,7 +349,9 @@ def test_wrong_password_open_error(node):
         conn.ioloop.stop()
 
     params = pika.URLParameters(f"amqp://guest:bad@127.0.0.1:{node.port}/")
-    conn = pika.SelectConnection(params, on_open_callback=lambda c: c.ioloop.stop(), on_open_error_callback=on_error)
+    conn = pika.SelectConnection(
+        params, on_open_callback=lambda c: c.ioloop.stop(), on_open_error_callback=on_error
+    )
     conn.ioloop.call_later(5, conn.ioloop.stop)
     conn.ioloop.start()
     assert len(errors) == 1

@@ -19,6 +19,7 @@ import pytest
 
 # -- helpers ----------------------------------------------------------------------------------
 
+
 def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -73,6 +74,7 @@ def declare_queue(ch, name: str | None = None, **kw) -> str:
 
 
 # -- exchange types ---------------------------------------------------------------------------
+
 
 def test_default_exchange_routes_by_queue_name(ch):
     q = declare_queue(ch, auto_delete=False)
@@ -182,11 +184,11 @@ def test_headers_exchange_all_and_any(ch):
     def pub(body: bytes, headers: dict | None) -> None:
         ch.basic_publish(ex, "", body, pika.BasicProperties(headers=headers))
 
-    pub(b"both", {"format": "pdf", "type": "report"})     # all: yes, any: yes (format)
-    pub(b"fmt-only", {"format": "pdf"})                     # all: no,  any: yes
-    pub(b"log", {"format": "zip", "type": "log"})           # all: no,  any: yes (type)
-    pub(b"none", {"format": "zip", "type": "report2"})       # all: no,  any: no
-    pub(b"noheaders", None)                                 # neither
+    pub(b"both", {"format": "pdf", "type": "report"})  # all: yes, any: yes (format)
+    pub(b"fmt-only", {"format": "pdf"})  # all: no,  any: yes
+    pub(b"log", {"format": "zip", "type": "log"})  # all: no,  any: yes (type)
+    pub(b"none", {"format": "zip", "type": "report2"})  # all: no,  any: no
+    pub(b"noheaders", None)  # neither
     pub(b"extra", {"format": "pdf", "type": "report", "x": 1})  # all: yes, any: yes
     got_all = [get_body(ch, q_all) for _ in range(3)]
     got_any = [get_body(ch, q_any) for _ in range(5)]
@@ -245,6 +247,7 @@ def test_exchange_bind_to_missing_exchange_is_404(ch):
 
 # -- publisher confirms and returns -----------------------------------------------------------
 
+
 def test_publisher_confirms_ack(ch):
     q = declare_queue(ch, exclusive=True)
     ch.confirm_delivery()
@@ -277,8 +280,13 @@ def test_mandatory_unroutable_raises_with_confirms(ch):
 def test_mandatory_unroutable_on_return_callback(conn, ch):
     returned = []
     ch.add_on_return_callback(lambda c, method, props, body: returned.append((method, props, body)))
-    ch.basic_publish("", uid("no-such-queue"), b"back", pika.BasicProperties(message_id="m-1", headers={"h": "v"}),
-                     mandatory=True)
+    ch.basic_publish(
+        "",
+        uid("no-such-queue"),
+        b"back",
+        pika.BasicProperties(message_id="m-1", headers={"h": "v"}),
+        mandatory=True,
+    )
     assert drain(conn, lambda: returned)
     method, props, body = returned[0]
     assert (method.reply_code, method.reply_text, body) == (312, "NO_ROUTE", b"back")
@@ -297,12 +305,19 @@ def test_publish_to_missing_exchange_closes_channel_404(conn):
 
 # -- basic.get --------------------------------------------------------------------------------
 
+
 def test_basic_get_and_get_empty(ch):
     q = declare_queue(ch, exclusive=True)
     assert ch.basic_get(q) == (None, None, None)
     ch.confirm_delivery()
-    props = pika.BasicProperties(content_type="text/plain", delivery_mode=2, priority=3,
-                                 correlation_id="c1", reply_to="r", headers={"n": 7, "s": "str"})
+    props = pika.BasicProperties(
+        content_type="text/plain",
+        delivery_mode=2,
+        priority=3,
+        correlation_id="c1",
+        reply_to="r",
+        headers={"n": 7, "s": "str"},
+    )
     ch.basic_publish("", q, b"first", props)
     ch.basic_publish("", q, b"second")
     method, p, body = ch.basic_get(q, auto_ack=False)
@@ -310,7 +325,13 @@ def test_basic_get_and_get_empty(ch):
     assert method.message_count == 1
     assert method.redelivered is False
     assert method.exchange == "" and method.routing_key == q
-    assert (p.content_type, p.delivery_mode, p.priority, p.correlation_id, p.reply_to) == ("text/plain", 2, 3, "c1", "r")
+    assert (p.content_type, p.delivery_mode, p.priority, p.correlation_id, p.reply_to) == (
+        "text/plain",
+        2,
+        3,
+        "c1",
+        "r",
+    )
     assert p.headers == {"n": 7, "s": "str"}
     ch.basic_ack(method.delivery_tag)
     method, _, body = ch.basic_get(q, auto_ack=True)
@@ -327,6 +348,7 @@ def test_large_message_spans_frames(ch):
 
 
 # -- ack / nack / reject ----------------------------------------------------------------------
+
 
 def test_ack_removes_message(conn, ch):
     q = declare_queue(ch, exclusive=True)
@@ -446,6 +468,7 @@ def test_consumer_ack_nack_reject_redelivered_flag(conn, ch):
 
 # -- prefetch ---------------------------------------------------------------------------------
 
+
 def test_prefetch_count_limits_unacked_deliveries(conn, ch):
     q = declare_queue(ch, exclusive=True)
     for i in range(6):
@@ -546,6 +569,7 @@ def test_raising_prefetch_releases_more(conn, ch):
 
 # -- queue semantics --------------------------------------------------------------------------
 
+
 def test_server_named_queue(conn, ch):
     r = ch.queue_declare("", exclusive=True)
     name = r.method.queue
@@ -632,7 +656,9 @@ def test_exclusive_queue_deleted_when_owner_connection_dies(node):
             except pex.ChannelClosedByBroker as e:
                 assert e.reply_code == 404
                 break
-            assert time.monotonic() < deadline, "exclusive queue survived its owner's lost connection"
+            assert time.monotonic() < deadline, (
+                "exclusive queue survived its owner's lost connection"
+            )
             observer.process_data_events(time_limit=0.05)
     finally:
         observer.close()
@@ -677,11 +703,14 @@ def test_passive_declare_missing_exchange_is_404(conn, ch):
     assert ei.value.reply_code == 404
 
 
-@pytest.mark.parametrize("change", [
-    {"durable": True},
-    {"auto_delete": True},
-    {"arguments": {"x-max-length": 10}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"durable": True},
+        {"auto_delete": True},
+        {"arguments": {"x-max-length": 10}},
+    ],
+)
 def test_inequivalent_queue_redeclare_is_406(conn, change):
     ch = conn.channel()
     q = uid("q")
@@ -782,6 +811,7 @@ def test_auto_delete_exchange_deleted_with_last_binding(conn, ch):
 
 # -- consumers: cancel notification, release on close/loss ------------------------------------
 
+
 def test_consumer_cancel_notification_on_queue_delete(conn, ch):
     q = declare_queue(ch)
     cancelled = []
@@ -826,7 +856,9 @@ def test_unacked_released_on_connection_loss(node, conn):
     # Abrupt loss: no connection.close, the TCP stream just ends.
     victim._impl._transport._sock.shutdown(socket.SHUT_RDWR)
     redelivered = []
-    ch.basic_consume(q, lambda c, m, p, b: (redelivered.append((b, m.redelivered)), c.basic_ack(m.delivery_tag)))
+    ch.basic_consume(
+        q, lambda c, m, p, b: (redelivered.append((b, m.redelivered)), c.basic_ack(m.delivery_tag))
+    )
     assert drain(conn, lambda: len(redelivered) == 3)
     assert redelivered == [(b"m1", True), (b"m2", True), (b"m3", True)]
     try:
@@ -873,6 +905,7 @@ def test_round_robin_between_consumers(conn):
 
 # -- basic.recover ----------------------------------------------------------------------------
 
+
 def test_basic_recover_requeue_true(conn, ch):
     q = declare_queue(ch, exclusive=True)
     ch.basic_publish("", q, b"m1")
@@ -882,7 +915,12 @@ def test_basic_recover_requeue_true(conn, ch):
     assert drain(conn, lambda: len(got) == 2)
     ch.basic_recover(requeue=True)
     assert drain(conn, lambda: len(got) == 4)
-    assert [(b, r) for b, r, _ in got] == [(b"m1", False), (b"m2", False), (b"m1", True), (b"m2", True)]
+    assert [(b, r) for b, r, _ in got] == [
+        (b"m1", False),
+        (b"m2", False),
+        (b"m1", True),
+        (b"m2", True),
+    ]
     # The old delivery tags are void; the new ones settle.
     ch.basic_ack(got[3][2], multiple=True)
     settle_in(conn)
@@ -890,6 +928,7 @@ def test_basic_recover_requeue_true(conn, ch):
 
 
 # -- transactions -----------------------------------------------------------------------------
+
 
 def test_tx_commit_and_rollback_publishes(conn):
     ch = conn.channel()
@@ -938,6 +977,7 @@ def test_tx_commit_without_select_is_406(conn):
 
 # -- connection-level -------------------------------------------------------------------------
 
+
 def test_wrong_password_is_access_refused(node):
     params = pika.URLParameters(f"amqp://guest:wrong@127.0.0.1:{node.port}/")
     with pytest.raises(pex.ProbableAuthenticationError) as ei:
@@ -962,8 +1002,14 @@ def test_unknown_vhost_is_530(node):
 def test_server_properties_and_capabilities(conn):
     props = conn._impl.server_properties
     caps = props["capabilities"]
-    for cap in ("publisher_confirms", "exchange_exchange_bindings", "basic.nack", "consumer_cancel_notify",
-                "authentication_failure_close", "per_consumer_qos"):
+    for cap in (
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ):
         assert caps.get(cap) is True, cap
     assert conn.publisher_confirms_supported
     assert conn.consumer_cancel_notify_supported
@@ -1008,9 +1054,9 @@ def _read_frame(sock: socket.socket, buf: bytearray) -> tuple[int, int, bytes] |
             return None
         buf.extend(data)
     ftype, channel, size = struct.unpack(">BHI", bytes(buf[:7]))
-    payload = bytes(buf[7:7 + size])
+    payload = bytes(buf[7 : 7 + size])
     assert buf[7 + size] == 0xCE
-    del buf[:8 + size]
+    del buf[: 8 + size]
     return ftype, channel, payload
 
 
@@ -1021,8 +1067,13 @@ def raw_handshake(port: int, heartbeat: int) -> tuple[socket.socket, bytearray, 
     sock.sendall(b"AMQP\x00\x00\x09\x01")
     ftype, _, payload = _read_frame(sock, buf)
     assert ftype == 1 and payload[:4] == b"\x00\x0a\x00\x0a"  # connection.start
-    start_ok = (b"\x00\x0a\x00\x0b" + struct.pack(">I", 0) + _shortstr("PLAIN")
-                + _longstr(b"\x00guest\x00guest") + _shortstr("en_US"))
+    start_ok = (
+        b"\x00\x0a\x00\x0b"
+        + struct.pack(">I", 0)
+        + _shortstr("PLAIN")
+        + _longstr(b"\x00guest\x00guest")
+        + _shortstr("en_US")
+    )
     sock.sendall(_frame(1, 0, start_ok))
     ftype, _, payload = _read_frame(sock, buf)
     assert payload[:4] == b"\x00\x0a\x00\x1e"  # connection.tune
@@ -1081,28 +1132,61 @@ def test_heartbeat_keeps_talking_client_alive(make_node):
 
 # -- more of what clients rely on -------------------------------------------------------------
 
+
 def test_message_properties_and_header_types_roundtrip(ch):
     import datetime
     import decimal
 
     q = declare_queue(ch, exclusive=True)
     headers = {
-        "str": "text", "int": 7, "neg": -3, "big": 2**40, "bool": True, "false": False,
-        "decimal": decimal.Decimal("3.14"), "none": None, "bytes": b"\x00\x01raw",
-        "list": [1, "two", [3]], "table": {"nested": {"deep": "yes"}, "n": 1},
+        "str": "text",
+        "int": 7,
+        "neg": -3,
+        "big": 2**40,
+        "bool": True,
+        "false": False,
+        "decimal": decimal.Decimal("3.14"),
+        "none": None,
+        "bytes": b"\x00\x01raw",
+        "list": [1, "two", [3]],
+        "table": {"nested": {"deep": "yes"}, "n": 1},
         "ts": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
     }
     props = pika.BasicProperties(
-        content_type="application/json", content_encoding="gzip", headers=headers, delivery_mode=2, priority=9,
-        correlation_id="corr", reply_to="reply-q", expiration="60000", message_id="mid", timestamp=1700000000,
-        type="kind", user_id="guest", app_id="tests", cluster_id="cid",
+        content_type="application/json",
+        content_encoding="gzip",
+        headers=headers,
+        delivery_mode=2,
+        priority=9,
+        correlation_id="corr",
+        reply_to="reply-q",
+        expiration="60000",
+        message_id="mid",
+        timestamp=1700000000,
+        type="kind",
+        user_id="guest",
+        app_id="tests",
+        cluster_id="cid",
     )
     ch.confirm_delivery()
     ch.basic_publish("", q, b"{}", props)
     _, p, body = ch.basic_get(q, auto_ack=True)
     assert body == b"{}"
-    for field in ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id", "reply_to",
-                  "expiration", "message_id", "timestamp", "type", "user_id", "app_id", "cluster_id"):
+    for field in (
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+        "cluster_id",
+    ):
         assert getattr(p, field) == getattr(props, field), field
     assert p.headers == headers
 
@@ -1159,7 +1243,9 @@ def test_nack_requeue_goes_to_another_consumer(conn):
 
     def on_a(c, m, p, body):
         got.append(("a", body, m.redelivered))
-        c.basic_nack(m.delivery_tag, requeue=True) if not m.redelivered else c.basic_ack(m.delivery_tag)
+        c.basic_nack(m.delivery_tag, requeue=True) if not m.redelivered else c.basic_ack(
+            m.delivery_tag
+        )
 
     def on_b(c, m, p, body):
         got.append(("b", body, m.redelivered))
@@ -1201,7 +1287,9 @@ def test_auto_delete_queue_deleted_when_consumer_connection_lost(node, conn):
         except pex.ChannelClosedByBroker as e:
             assert e.reply_code == 404
             break
-        assert time.monotonic() < deadline, "auto-delete queue survived its consumer's lost connection"
+        assert time.monotonic() < deadline, (
+            "auto-delete queue survived its consumer's lost connection"
+        )
         conn.process_data_events(time_limit=0.05)
     try:
         victim.close()
@@ -1236,14 +1324,18 @@ def test_unacked_released_when_consumer_process_killed(node, conn, tmp_path):
         ch.basic_publish("", q, f"m{i}".encode())
     script = tmp_path / "consumer.py"
     script.write_text(_CONSUMER_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), node.url, q, "3"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), node.url, q, "3"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "got 3"
         assert ch.queue_declare(q, passive=True).method.message_count == 0
         proc.kill()
         proc.wait(5)
         got = []
-        ch.basic_consume(q, lambda c, m, p, b: (got.append((b, m.redelivered)), c.basic_ack(m.delivery_tag)))
+        ch.basic_consume(
+            q, lambda c, m, p, b: (got.append((b, m.redelivered)), c.basic_ack(m.delivery_tag))
+        )
         assert drain(conn, lambda: len(got) == 3)
         assert got == [(b"m0", True), (b"m1", True), (b"m2", True)]
     finally:
@@ -1377,8 +1469,12 @@ def test_consumer_priority_higher_priority_consumer_served_first(conn):
     q = declare_queue(setup, exclusive=True)
     low, high = conn.channel(), conn.channel()
     got = []
-    low.basic_consume(q, lambda c, m, p, b: got.append("low"), auto_ack=True, arguments={"x-priority": 0})
-    high.basic_consume(q, lambda c, m, p, b: got.append("high"), auto_ack=True, arguments={"x-priority": 10})
+    low.basic_consume(
+        q, lambda c, m, p, b: got.append("low"), auto_ack=True, arguments={"x-priority": 0}
+    )
+    high.basic_consume(
+        q, lambda c, m, p, b: got.append("high"), auto_ack=True, arguments={"x-priority": 10}
+    )
     for _ in range(10):
         setup.basic_publish("", q, b"x")
     assert drain(conn, lambda: len(got) == 10)
@@ -1402,14 +1498,16 @@ def test_consumer_priority_falls_back_when_high_is_full(conn):
 
 
 def test_user_without_vhost_permission_is_530(make_node):
-    n = make_node(config="""
+    n = make_node(
+        config="""
 vhosts = ["/", "orders"]
 [[users]]
 name = "app"
 password = "s3cret"
 tags = []
 vhosts = ["orders"]
-""")
+"""
+    )
     ok = pika.BlockingConnection(pika.URLParameters(f"amqp://app:s3cret@127.0.0.1:{n.port}/orders"))
     ok.close()
     with pytest.raises(pex.ProbableAccessDeniedError) as ei:

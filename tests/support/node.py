@@ -21,7 +21,9 @@ def free_port() -> int:
 class NodeProcess:
     """One node process on loopback; `extra` flags and a TOML `config` text are optional."""
 
-    def __init__(self, *extra: str, config: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *extra: str, config: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.raft_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="merpati-test-"))
@@ -36,9 +38,23 @@ class NodeProcess:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 15.0) -> NodeProcess:
-        args = [sys.executable, "-m", "node", "server", "--amqp-port", str(self.port), "--bind", "127.0.0.1",
-                "--data-dir", str(self.dir / "data"), "--node-id", f"test@{self.port}",
-                "--raft-port", str(self.raft_port), *self.extra]
+        args = [
+            sys.executable,
+            "-m",
+            "node",
+            "server",
+            "--amqp-port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--node-id",
+            f"test@{self.port}",
+            "--raft-port",
+            str(self.raft_port),
+            *self.extra,
+        ]
         if self.config is not None:
             cfg = self.dir / "merpati.toml"
             cfg.write_text(self.config)
@@ -47,8 +63,13 @@ class NodeProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=Path(__file__).resolve().parents[2])
+        self.proc = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
