@@ -14,6 +14,7 @@ Errors: `FrameError` (malformed input) and `ConnectionError091` close the connec
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from typing import Any, Protocol
@@ -380,11 +381,19 @@ class Connection091:
     def _connection_method(self, m: Any) -> None:
         name = m.NAME
         if name == "connection.close":
-            self.send_method(0, spec.ConnectionCloseOk())
             self.state = "closed"
             self.reader.stopped = True
-            self._teardown()
-            self.shell.close()
+            deleting = self._teardown()
+
+            def close_ok(_: object = None) -> None:
+                self.send_method(0, spec.ConnectionCloseOk())
+                self.shell.close()
+
+            if deleting:
+                # close-ok once its exclusive queues are gone, so the client sees them gone.
+                asyncio.gather(*deleting, return_exceptions=True).add_done_callback(close_ok)
+            else:
+                close_ok()
         elif name == "connection.update-secret":
             self.send_method(0, spec.ConnectionUpdateSecretOk())
         elif name == "connection.close-ok":
@@ -555,7 +564,9 @@ class Connection091:
         self.reader.stopped = True
         self._teardown()
 
-    def _teardown(self) -> None:
+    def _teardown(self) -> list[asyncio.Future]:
+        """Release everything the connection holds; returns the pending exclusive-queue deletes."""
+        deleting: list[asyncio.Future] = []
         channels = list(self.channels.values())
         self.channels.clear()
         for ch in channels:
@@ -571,6 +582,8 @@ class Connection091:
                 if self.broker.state.queue(self.vhost, name) is not None:
                     fut = self.broker.propose(cmds.DeleteQueue(self.vhost, name))
                     fut.add_done_callback(lambda f: f.exception())
+                    deleting.append(fut)
+        return deleting
 
     # -- timers and flow ----------------------------------------------------------------------
 
