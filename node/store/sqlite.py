@@ -38,7 +38,22 @@ from typing import Any
 
 log = logging.getLogger("merpati.store")
 
-FORMAT = "merpati-store-1"
+FORMAT = "merpati-store-2"
+
+# A message's row id packs its queue and sequence number: (qid << SEQ_BITS) | seq. One integer key
+# keeps rows in a plain rowid table (compact for large bodies, unlike WITHOUT ROWID) and in
+# (queue, seq) order, so a queue is one id range.
+SEQ_BITS = 40
+SEQ_MASK = (1 << SEQ_BITS) - 1
+
+
+def _lo(qid: int) -> int:
+    return qid << SEQ_BITS
+
+
+def _hi(qid: int) -> int:
+    return (qid + 1) << SEQ_BITS
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,15 +66,18 @@ CREATE TABLE IF NOT EXISTS queues (
     UNIQUE (vhost, name)
 );
 CREATE TABLE IF NOT EXISTS messages (
-    qid INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY,
     transient INTEGER NOT NULL,
     route BLOB NOT NULL,
     props BLOB NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (qid, seq)
-) WITHOUT ROWID;
+    body BLOB NOT NULL
+);
 """
+
+
+def _seqs(rows: list[tuple]) -> list[tuple]:
+    """Rows keyed by packed id -> rows keyed by the queue's sequence number."""
+    return [(r[0] & SEQ_MASK, r[1], r[2], r[3], r[4]) for r in rows]
 
 
 class StoreError(Exception):
@@ -71,8 +89,8 @@ class _Batch:
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
-        self.inserts: dict[tuple[int, int], tuple] = {}
-        self.deletes: list[tuple[int, int]] = []
+        self.inserts: dict[int, tuple] = {}  # packed id -> row
+        self.deletes: list[tuple[int]] = []
         self.delivered: dict[int, int] = {}
         self.queues: list[tuple[int, str, str, int]] = []
         self.drops: list[int] = []
@@ -162,9 +180,8 @@ class SQLiteStore:
             # Transient messages and non-durable queues do not survive a restart.
             conn.execute("BEGIN")
             conn.execute("DELETE FROM messages WHERE transient = 1")
-            conn.execute(
-                "DELETE FROM messages WHERE qid IN (SELECT qid FROM queues WHERE durable = 0)"
-            )
+            for (qid,) in conn.execute("SELECT qid FROM queues WHERE durable = 0").fetchall():
+                conn.execute("DELETE FROM messages WHERE id >= ? AND id < ?", (_lo(qid), _hi(qid)))
             conn.execute("DELETE FROM queues WHERE durable = 0")
             conn.execute("COMMIT")
             queues = conn.execute(
@@ -200,14 +217,15 @@ class SQLiteStore:
 
     def load_head(self, qid: int, limit: int) -> tuple[list[tuple], int, int]:
         """(first `limit` rows as (seq, transient, route, props, body), total count, max seq)."""
-        count, max_seq = self._reader.execute(
-            "SELECT count(*), coalesce(max(seq), 0) FROM messages WHERE qid = ?", (qid,)
+        count, max_id = self._reader.execute(
+            "SELECT count(*), coalesce(max(id), 0) FROM messages WHERE id >= ? AND id < ?",
+            (_lo(qid), _hi(qid)),
         ).fetchone()
         rows = self._reader.execute(
-            "SELECT seq, transient, route, props, body FROM messages WHERE qid = ? ORDER BY seq LIMIT ?",
-            (qid, limit),
+            "SELECT id, transient, route, props, body FROM messages WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (_lo(qid), _hi(qid), limit),
         ).fetchall()
-        return rows, count, max_seq
+        return _seqs(rows), count, max_id & SEQ_MASK
 
     def forget_queues_except(self, keep: set[tuple[str, str]]) -> None:
         """Drop stored queues the metadata no longer has (deleted while the node was down)."""
@@ -239,15 +257,17 @@ class SQLiteStore:
         self, qid: int, seq: int, transient: bool, route: bytes, props: bytes, body: bytes
     ) -> int:
         """Store a message; returns the epoch whose commit makes it durable."""
-        self._batch.inserts[(qid, seq)] = (qid, seq, 1 if transient else 0, route, props, body)
+        key = (qid << SEQ_BITS) | seq
+        self._batch.inserts[key] = (key, 1 if transient else 0, route, props, body)
         if not self._scheduled:
             self._touch()
         return self._batch.epoch
 
     def delete(self, qid: int, seq: int) -> None:
         batch = self._batch
-        if batch.inserts.pop((qid, seq), None) is None:
-            batch.deletes.append((qid, seq))
+        key = (qid << SEQ_BITS) | seq
+        if batch.inserts.pop(key, None) is None:
+            batch.deletes.append((key,))
             if not self._scheduled:
                 self._touch()
 
@@ -260,7 +280,8 @@ class SQLiteStore:
 
     def drop_queue(self, qid: int) -> None:
         batch = self._batch
-        for key in [k for k in batch.inserts if k[0] == qid]:
+        lo, hi = _lo(qid), _hi(qid)
+        for key in [k for k in batch.inserts if lo <= k < hi]:
             del batch.inserts[key]
         batch.drops.append(qid)
         for key, value in list(self._qids.items()):
@@ -271,7 +292,8 @@ class SQLiteStore:
     def purge_after(self, qid: int, seq: int) -> None:
         """Delete every stored message of the queue with a sequence number above `seq`."""
         batch = self._batch
-        for key in [k for k in batch.inserts if k[0] == qid and k[1] > seq]:
+        lo, hi = _lo(qid) | seq, _hi(qid)
+        for key in [k for k in batch.inserts if lo < k < hi]:
             del batch.inserts[key]
         batch.purges.append((qid, seq))
         self._touch()
@@ -283,9 +305,9 @@ class SQLiteStore:
         self._submit()
         self._inbox.put(
             _Read(
-                "SELECT seq, transient, route, props, body FROM messages WHERE qid = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (qid, after_seq, limit),
-                callback,
+                "SELECT id, transient, route, props, body FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?",
+                (_lo(qid) | after_seq, _hi(qid), limit),
+                lambda rows: callback(_seqs(rows)),
             )
         )
 
@@ -405,7 +427,7 @@ class SQLiteStore:
         rows = 0
         for b in batches:
             for qid in b.drops:
-                conn.execute("DELETE FROM messages WHERE qid = ?", (qid,))
+                conn.execute("DELETE FROM messages WHERE id >= ? AND id < ?", (_lo(qid), _hi(qid)))
                 conn.execute("DELETE FROM queues WHERE qid = ?", (qid,))
             if b.queues:
                 # REPLACE: a queue deleted and declared again under the same name gets a new qid.
@@ -415,11 +437,11 @@ class SQLiteStore:
                 )
             if b.inserts:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)", b.inserts.values()
+                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", b.inserts.values()
                 )
                 rows += len(b.inserts)
             if b.deletes:
-                conn.executemany("DELETE FROM messages WHERE qid = ? AND seq = ?", b.deletes)
+                conn.executemany("DELETE FROM messages WHERE id = ?", b.deletes)
                 rows += len(b.deletes)
             if b.delivered:
                 conn.executemany(
@@ -427,7 +449,10 @@ class SQLiteStore:
                     [(seq, qid) for qid, seq in b.delivered.items()],
                 )
             if b.purges:
-                conn.executemany("DELETE FROM messages WHERE qid = ? AND seq > ?", b.purges)
+                conn.executemany(
+                    "DELETE FROM messages WHERE id > ? AND id < ?",
+                    [(_lo(qid) | seq, _hi(qid)) for qid, seq in b.purges],
+                )
         conn.execute("COMMIT")
         self.commits += 1
         self.committed_rows += rows
@@ -442,7 +467,7 @@ def _merge(batches: list[_Batch]) -> _Batch:
         out.queues.extend(b.queues)
         inserts.update(b.inserts)
         for key in b.deletes:
-            if inserts.pop(key, None) is None:
+            if inserts.pop(key[0], None) is None:
                 out.deletes.append(key)
         for qid, seq in b.delivered.items():
             if out.delivered.get(qid, 0) < seq:
