@@ -99,6 +99,24 @@ class Unbind:
 
 
 @dataclass(frozen=True)
+class SetPolicy:
+    """A RabbitMQ-style policy: `definition` keys without the x- prefix ("max-length", ...)."""
+
+    vhost: str
+    name: str
+    pattern: str
+    definition: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    apply_to: str = "all"  # queues | exchanges | all
+
+
+@dataclass(frozen=True)
+class ClearPolicy:
+    vhost: str
+    name: str
+
+
+@dataclass(frozen=True)
 class NodeStarted:
     """A node (re)started: what did not survive its restart goes (transient queues it led,
     exclusive queues of its connections, and — when it is the only member — transient exchanges)."""
@@ -120,5 +138,7 @@ Command = (
     | DeleteQueue
     | Bind
     | Unbind
+    | SetPolicy
+    | ClearPolicy
     | NodeStarted
 )

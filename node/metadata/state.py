@@ -78,12 +78,40 @@ class Permission:
 
 
 @dataclass
+class Policy:
+    name: str
+    pattern: str
+    definition: dict[str, Any]
+    priority: int
+    apply_to: str
+
+    def matches(self, name: str) -> bool:
+        import re
+
+        try:
+            return re.search(self.pattern, name) is not None
+        except re.error:
+            return False
+
+
+@dataclass
 class VHost:
     name: str
     exchanges: dict[str, Exchange] = field(default_factory=dict)
     queues: dict[str, QueueDef] = field(default_factory=dict)
     # destination -> binding identities pointing at it, to drop them with the destination.
     bindings_to: dict[Destination, set[tuple]] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+
+    def policy_for(self, kind: str, name: str) -> Policy | None:
+        """The policy that applies to a queue or exchange: the highest priority match wins."""
+        best = None
+        for p in self.policies.values():
+            if p.apply_to not in ("all", kind + "s"):
+                continue
+            if p.matches(name) and (best is None or p.priority > best.priority):
+                best = p
+        return best
 
 
 def _describe(value: Any) -> str:
@@ -249,6 +277,29 @@ class MetadataState:
             if source is not None:
                 self._remove_binding(vh, source, ident)
         vh.bindings_to.pop(dest, None)
+        return "deleted"
+
+    def _apply_SetPolicy(self, cmd: c.SetPolicy) -> Any:
+        vh = self._vhost(cmd.vhost)
+        import re
+
+        try:
+            re.compile(cmd.pattern)
+        except re.error as e:
+            raise MetadataError(PRECONDITION_FAILED, f"invalid policy pattern {cmd.pattern!r}: {e}")
+        if cmd.apply_to not in ("queues", "exchanges", "all"):
+            raise MetadataError(
+                PRECONDITION_FAILED, f"invalid apply-to {cmd.apply_to!r}: queues, exchanges or all"
+            )
+        vh.policies[cmd.name] = Policy(
+            cmd.name, cmd.pattern, dict(cmd.definition), cmd.priority, cmd.apply_to
+        )
+        return "ok"
+
+    def _apply_ClearPolicy(self, cmd: c.ClearPolicy) -> Any:
+        vh = self._vhost(cmd.vhost)
+        if vh.policies.pop(cmd.name, None) is None:
+            raise MetadataError(NOT_FOUND, f"no policy '{cmd.name}' in vhost '{cmd.vhost}'")
         return "deleted"
 
     def _apply_NodeStarted(self, cmd: c.NodeStarted) -> Any:
