@@ -18,11 +18,16 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .core.deadletter import dead_lettered, is_cycle
+from .core.delayed import DelayedMessages, pseudo_queue
 from .core.message import Message
 from .core.queue import LocalQueue, MemoryBudget, QueueHandle
+from .core.queue_args import QueueOptions, effective_arguments
+from .core.queue_args import parse as parse_queue_args
 from .metadata import commands as cmds
 from .metadata.log import LocalLog, MetadataLog
 from .metadata.state import MetadataError, MetadataState, QueueDef
+from .metrics.counters import NodeCounters
 from .routing.exchange import Exchange
 
 log = logging.getLogger("merpati.broker")
@@ -70,6 +75,7 @@ class Broker:
         self.incarnation = secrets.token_hex(4)
         self.store = store
         self.budget = MemoryBudget(memory_budget) if memory_budget else None
+        self.delayed: dict[tuple[str, str], DelayedMessages] = {}
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
         self.loopback_users = set(loopback_users)
@@ -79,12 +85,16 @@ class Broker:
         self._regex_cache: dict[str, re.Pattern] = {}
         self.alarm_listeners: list[Callable[[bool], None]] = []
         self.blocked = False
+        # Plain integers the hot path bumps; exported at scrape time (node.metrics).
+        self.counters = NodeCounters()
         self.metadata.subscribe(self._on_applied)
 
     # -- metadata -----------------------------------------------------------------------------
 
     def propose(self, cmd: cmds.Command) -> asyncio.Future:
-        return self.metadata.propose(cmd)
+        fut = self.metadata.propose(cmd)
+        self.counters.time_proposal(fut)
+        return fut
 
     def _on_applied(self, cmd: cmds.Command, result: Any) -> None:
         if isinstance(result, MetadataError):
@@ -103,6 +113,12 @@ class Broker:
             q = self.queues.get(cmd.vhost, {}).pop(cmd.name, None)
             if isinstance(q, LocalQueue):
                 q.delete("queue deleted")
+        elif isinstance(cmd, (cmds.SetPolicy, cmds.ClearPolicy)):
+            self._reapply_policies(cmd.vhost)
+        elif isinstance(cmd, cmds.DeleteExchange):
+            holder = self.delayed.pop((cmd.vhost, cmd.name), None)
+            if holder is not None:
+                holder.drop()
         elif isinstance(cmd, cmds.NodeStarted):
             for vhost, names in (result or {}).items():
                 for name in names:
@@ -124,10 +140,64 @@ class Broker:
             qdef.arguments,
             store=self.store,
             budget=self.budget,
+            options=self._queue_options(qdef.vhost, qdef.name, qdef.arguments),
         )
         q.on_unused = self._queue_unused
+        q.dead_letter = self._dead_letter
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
         return q
+
+    def _queue_options(self, vhost: str, name: str, arguments: dict[str, Any]) -> QueueOptions:
+        vh = self.state.vhosts.get(vhost)
+        policy = vh.policy_for("queue", name) if vh is not None else None
+        return parse_queue_args(effective_arguments(arguments, policy.definition if policy else None))
+
+    def _reapply_policies(self, vhost: str) -> None:
+        vh = self.state.vhosts.get(vhost)
+        if vh is None:
+            return
+        for name, q in self.queues.get(vhost, {}).items():
+            qdef = vh.queues.get(name)
+            if isinstance(q, LocalQueue) and qdef is not None:
+                q.configure(self._queue_options(vhost, name, qdef.arguments))
+
+    # -- dead-lettering, alternate exchanges, delayed delivery --------------------------------
+
+    def _dead_letter(self, q: LocalQueue, msg: Message, reason: str) -> None:
+        """A message leaves `q` (rejected, expired, maxlen, delivery_limit): to its DLX if any."""
+        dlx = q.options.dlx
+        if dlx is None:
+            return
+        vh = self.state.vhosts.get(q.vhost)
+        ex = vh.exchanges.get(dlx) if vh is not None else None
+        if ex is None:
+            return  # RabbitMQ drops what goes to a missing dead-letter exchange, and so do we
+        out = dead_lettered(msg, q.name, reason, dlx, q.options.dlrk)
+        first = True
+        for target in self.route(q.vhost, ex, out):
+            if is_cycle(out, target.name):
+                log.debug("dead-letter cycle: message from %s not re-queued to %s", q.name, target.name)
+                continue
+            target.enqueue(out if first else out.copy())
+            first = False
+
+    def delay(self, vhost: str, exchange: Exchange, msg: Message, delay_ms: int) -> int:
+        holder = self.delayed.get((vhost, exchange.name))
+        if holder is None:
+            holder = self.delayed[(vhost, exchange.name)] = DelayedMessages(
+                vhost, exchange.name, exchange.durable, self.store, self._deliver_delayed
+            )
+        return holder.add(msg, delay_ms)
+
+    def _deliver_delayed(self, vhost: str, exchange: str, msg: Message) -> None:
+        vh = self.state.vhosts.get(vhost)
+        ex = vh.exchanges.get(exchange) if vh is not None else None
+        if ex is None:
+            return
+        first = True
+        for q in self.route(vhost, ex, msg):
+            q.enqueue(msg if first else msg.copy())
+            first = False
 
     def recover(self, stored: dict[tuple[str, str], tuple[int, bool, int]]) -> int:
         """Create the queues this node leads from metadata; refill durable ones from the store.
@@ -140,6 +210,15 @@ class Broker:
         keep: set[tuple[str, str]] = set()
         for vhost, vh in self.state.vhosts.items():
             self.queues.setdefault(vhost, {})
+            for ex in vh.exchanges.values():
+                info = stored.get((vhost, pseudo_queue(ex.name)))
+                if ex.type == "x-delayed-message" and info is not None and self.store is not None:
+                    holder = DelayedMessages(vhost, ex.name, ex.durable, self.store, self._deliver_delayed)
+                    rows, count, _max_seq, _size = self.store.load_head(info[0], 1 << 62)
+                    holder.recover(rows)
+                    self.delayed[(vhost, ex.name)] = holder
+                    keep.add((vhost, pseudo_queue(ex.name)))
+                    total += count
             for name, qdef in vh.queues.items():
                 if qdef.leader != self.node_id or name in self.queues[vhost]:
                     continue
@@ -148,8 +227,8 @@ class Broker:
                 info = stored.get((vhost, name))
                 if info is not None and qdef.durable and self.store is not None:
                     qid, _durable, delivered = info
-                    rows, count, max_seq = self.store.load_head(qid, PAGE_SIZE)
-                    q.recover(rows, count, max_seq, delivered)
+                    rows, count, max_seq, size = self.store.load_head(qid, PAGE_SIZE)
+                    q.recover(rows, count, max_seq, delivered, size)
                     total += count
         if self.store is not None:
             self.store.forget_queues_except(keep)
@@ -169,7 +248,32 @@ class Broker:
     # -- routing ------------------------------------------------------------------------------
 
     def route(self, vhost: str, exchange: Exchange, msg: Message) -> list[QueueHandle]:
-        """The queues a message published to `exchange` reaches (exchange-to-exchange included)."""
+        """The queues a message published to `exchange` reaches (exchange-to-exchange included);
+        when none, those its alternate exchange (argument or policy) reaches."""
+        out = self._route(vhost, exchange, msg)
+        if out or not exchange.name:
+            return out
+        seen = {exchange.name}
+        while True:
+            ae = exchange.arguments.get("alternate-exchange")
+            if ae is None:
+                vh = self.state.vhosts[vhost]
+                policy = vh.policy_for("exchange", exchange.name) if vh.policies else None
+                ae = policy.definition.get("alternate-exchange") if policy is not None else None
+            if isinstance(ae, bytes):
+                ae = ae.decode("utf-8", "replace")
+            if not ae or ae in seen:
+                return out
+            seen.add(ae)
+            nxt = self.state.vhosts[vhost].exchanges.get(ae)
+            if nxt is None:
+                return out
+            out = self._route(vhost, nxt, msg)
+            if out:
+                return out
+            exchange = nxt
+
+    def _route(self, vhost: str, exchange: Exchange, msg: Message) -> list[QueueHandle]:
         vqueues = self.queues[vhost]
         if not exchange.name:
             q = vqueues.get(msg.routing_key)

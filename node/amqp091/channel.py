@@ -27,7 +27,7 @@ from ..core.outcome import ACCEPTED, REJECTED, RELEASED
 from ..core.queue import LocalQueue, QueueHandle
 from ..metadata import commands as cmds
 from ..metadata.state import MetadataError
-from ..routing.exchange import EXCHANGE_TYPES
+from ..routing.exchange import DELAYABLE_TYPES, EXCHANGE_TYPES
 from ..routing.headers import HeadersError, HeadersMatcher
 from . import render, spec
 from .codec import as_int, encode_shortstr
@@ -132,7 +132,11 @@ class Consumer091:
     def deliver(self, queue: QueueHandle, msg: Message) -> bool:
         ch = self.channel
         conn = ch.conn
+        counters = ch.counters
+        if msg.redelivered:
+            counters.redelivered += 1
         if self.no_ack:
+            counters.delivered_autoack += 1
             conn.send(
                 render.deliver(
                     ch.number,
@@ -146,6 +150,7 @@ class Consumer091:
                 )
             )
             return False
+        counters.delivered_ack += 1
         ch.delivery_tag = tag = ch.delivery_tag + 1
         ch.unacked[tag] = (queue, msg, self)
         self.unacked += 1
@@ -179,6 +184,7 @@ class Channel:
     def __init__(self, conn: Connection091, number: int) -> None:
         self.conn = conn
         self.broker = conn.broker
+        self.counters = conn.broker.counters
         self.number = number
         self.is_open = True
         self.closing = False
@@ -332,6 +338,15 @@ class Channel:
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
         if m.type not in EXCHANGE_TYPES:
             raise ConnectionError091(COMMAND_INVALID, f"invalid exchange type '{m.type}'")
+        if m.type == "x-delayed-message":
+            delayed_type = (m.arguments or {}).get("x-delayed-type")
+            if isinstance(delayed_type, bytes):
+                delayed_type = delayed_type.decode("utf-8", "replace")
+            if delayed_type not in DELAYABLE_TYPES:
+                raise ChannelError(
+                    PRECONDITION_FAILED,
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                )
         if state.exchange(self.vhost, name) is None:
             # Redeclaring an existing amq.* exchange equivalently is allowed, as in RabbitMQ.
             self._check_name("exchange", name)
@@ -501,6 +516,8 @@ class Channel:
         if m.nowait:
             return
         q = self.broker.queue(self.vhost, name)
+        if isinstance(q, LocalQueue):
+            q.touch()
         messages, consumers = q.stats() if q is not None else (0, 0)
         self.send_method(
             spec.QueueDeclareOk(queue=name, message_count=messages, consumer_count=consumers)
@@ -614,11 +631,17 @@ class Channel:
         self.broker.check(self.user, self.vhost, "read", "queue", name)
         msg = q.get(not m.no_ack)
         if msg is None:
+            self.counters.get_empty += 1
             self.send_method(spec.BasicGetEmpty())
             return
         tag = self.next_tag()
+        if msg.redelivered:
+            self.counters.redelivered += 1
         if not m.no_ack:
+            self.counters.get_ack += 1
             self.unacked[tag] = (q, msg, None)
+        else:
+            self.counters.get_autoack += 1
         remaining = q.stats()[0]
         self.conn.send(
             render.get_ok(
@@ -685,6 +708,7 @@ class Channel:
             if entry is None:
                 raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {m.delivery_tag}")
             q, msg, consumer = entry
+            self.counters.acked += 1
             q.settle(msg, ACCEPTED)
             if consumer is not None:
                 consumer.unacked -= 1
@@ -692,7 +716,9 @@ class Channel:
                 if self.global_prefetch:
                     self.kick_consumers()
             return
-        self._settle(self._take(m.delivery_tag, True), ACCEPTED)
+        entries = self._take(m.delivery_tag, True)
+        self.counters.acked += len(entries)
+        self._settle(entries, ACCEPTED)
 
     def _basic_reject(self, m: Any) -> None:
         self._reject(m.delivery_tag, False, m.requeue)
@@ -819,6 +845,7 @@ class Channel:
                 )
         msg = Message(exchange, routing_key, route_raw, props_raw, body)
         msg.publisher = self.conn
+        self.counters.published += 1
         if self.confirm:
             self.publish_seq += 1
         if self.tx is not None:
@@ -846,9 +873,17 @@ class Channel:
         return ex
 
     def _route(self, ex: Any, msg: Message, mandatory: bool, seq: int) -> None:
-        queues = self.broker.route(self.vhost, ex, msg)
-        if not queues:
+        epoch = 0
+        if ex.type == "x-delayed-message" and (delay := _delay_of(msg)) > 0:
+            # Held by the exchange until due (and stored, if persistent to a durable exchange).
+            queues: list[QueueHandle] = []
+            epoch = self.broker.delay(self.vhost, ex, msg, delay)
+            mandatory = False
+        else:
+            queues = self.broker.route(self.vhost, ex, msg)
+        if not queues and not epoch:
             if mandatory:
+                self.counters.unroutable_returned += 1
                 self.conn.send(
                     render.basic_return(
                         self.number,
@@ -860,10 +895,14 @@ class Channel:
                         self.conn.frame_max,
                     )
                 )
-        epoch = 0
+            else:
+                self.counters.unroutable_dropped += 1
+        rejected = False
         if len(queues) == 1:
             q = queues[0]
             epoch = q.enqueue(msg)
+            if epoch < 0:
+                rejected, epoch = True, 0
             if q.congested:
                 q.block_publisher(self.conn)
         elif queues:
@@ -872,18 +911,27 @@ class Channel:
                 e = q.enqueue(msg if first else msg.copy())
                 if e > epoch:
                     epoch = e
+                elif e < 0:
+                    rejected = True  # x-overflow reject-publish: the publisher gets a nack
                 first = False
                 if q.congested:
                     q.block_publisher(self.conn)
         if epoch > self.tx_epoch:
             self.tx_epoch = epoch
         if seq:
-            if epoch or self.pending:
+            if rejected:
+                if self.pending:
+                    self.pending.append((seq, -1))  # nacked in order, after what precedes it
+                else:
+                    self.flush_confirms()
+                    self.conn.send(render.basic_nack(self.number, seq, False))
+            elif epoch or self.pending:
                 # The confirm waits for the store commit that holds the message (group commit).
                 self.pending.append((seq, epoch))
                 if epoch:
                     self.broker.store.watchers.add(self)
             else:
+                self.counters.confirmed += 1
                 self.ack_upto = seq
                 self.conn.confirm_dirty.add(self)
 
@@ -894,10 +942,11 @@ class Channel:
             pending.clear()
         while pending and pending[0][1] <= committed:
             seq, epoch = pending.popleft()
-            if epoch in failed:
+            if epoch < 0 or epoch in failed:
                 self.flush_confirms()
                 self.conn.send(render.basic_nack(self.number, seq, False))
             else:
+                self.counters.confirmed += 1
                 self.ack_upto = seq
         if self.ack_upto:
             self.conn.confirm_dirty.add(self)
@@ -947,6 +996,13 @@ class Channel:
         self.pending.clear()
         if self.broker.store is not None:
             self.broker.store.watchers.discard(self)
+
+
+def _delay_of(msg: Message) -> int:
+    """The x-delay header of a message to an x-delayed-message exchange, in ms (0: none)."""
+    value = msg.headers().get("x-delay")
+    delay = as_int(value) if value is not None else None
+    return delay if delay is not None and delay > 0 else 0
 
 
 def _settled(fut: asyncio.Future) -> asyncio.Future:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from typing import Any, Protocol
 
 from .. import __version__
@@ -123,6 +124,7 @@ class Connection091:
         self.recv_activity = False
         self.send_activity = False
         self.silent_ticks = 0
+        self.opened_at = 0.0  # wall-clock time of connection.open (management API)
 
     # -- output -------------------------------------------------------------------------------
 
@@ -372,6 +374,8 @@ class Connection091:
         self.vhost = vhost
         self.state = "running"
         self.broker.connections.add(self)
+        self.broker.counters.connections_opened += 1
+        self.opened_at = time.time()
         self.send_method(0, spec.ConnectionOpenOk())
         if self.broker.blocked:
             self.on_alarm(True)
@@ -425,6 +429,7 @@ class Connection091:
                     CHANNEL_ERROR, f"second 'channel.open' seen on channel {number}", 20, 10
                 )
             self.channels[number] = Channel(self, number)
+            self.broker.counters.channels_opened += 1
             self.send_method(number, spec.ChannelOpenOk())
             return
         if ch is None:

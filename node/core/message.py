@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..amqp091.codec import DecodeError, encode_shortstr
-from ..amqp091.properties import FLAG_HEADERS, decode_properties, delivery_mode, flags_of
+from ..amqp091.properties import (
+    FLAG_HEADERS,
+    FLAG_PRIORITY,
+    decode_properties,
+    delivery_mode,
+    flags_of,
+)
 
 
 class Message:
@@ -29,6 +35,11 @@ class Message:
         "delivery_count",
         "publisher",
         "stored",
+        "expires",
+        "queued",
+        "dead",
+        "excluded",
+        "annotations",
     )
 
     def __init__(
@@ -56,6 +67,11 @@ class Message:
         self.publisher: object | None = None
         # True once the message has a row in the store (persistent, or paged out).
         self.stored = False
+        self.expires = 0.0  # wall-clock deadline (TTL), 0 = none
+        self.queued = False  # in its queue's ready list (not delivered)
+        self.dead = False  # left the ready list from the middle (expired): skip it there
+        self.excluded: set[int] | None = None  # consumers it is undeliverable to (1.0 modified)
+        self.annotations: dict[str, Any] | None = None  # message-annotations merged by modified
 
     @classmethod
     def from_stored(cls, route_raw: bytes, props_raw: bytes, body: bytes) -> Message:
@@ -97,7 +113,18 @@ class Message:
         m.delivery_count = 0
         m.publisher = self.publisher
         m.stored = False
+        m.expires = 0.0
+        m.queued = False
+        m.dead = False
+        m.excluded = None
+        m.annotations = self.annotations
         return m
+
+    @property
+    def priority(self) -> int:
+        if not flags_of(self.props_raw) & FLAG_PRIORITY:
+            return 0
+        return self.properties.get("priority") or 0
 
     @property
     def size(self) -> int:

@@ -25,6 +25,7 @@ class Modified:
     delivery_failed: bool = False
     undeliverable_here: bool = False
     annotations: dict[str, Any] = field(default_factory=dict)
+    consumer: Any = None  # the consumer `undeliverable_here` refers to
 
 
 ACCEPTED = Outcome.ACCEPTED

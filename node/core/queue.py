@@ -14,13 +14,18 @@ a heap keyed by it, ahead of everything never delivered (which is necessarily yo
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..amqp091.properties import FLAG_EXPIRATION, flags_of
 from .message import Message
 from .outcome import Modified, Outcome
+from .queue_args import QueueOptions, parse
+from .ready import FifoReady, PriorityReady
 
 # Flow control: a queue whose consumers are held back by their connections' output (not by their
 # prefetch) and whose backlog passes FLOW_HIGH stops its publishers' reading until it is back under
@@ -96,35 +101,7 @@ class QueueHandle(Protocol):
 
 
 class LocalQueue:
-    __slots__ = (
-        "vhost",
-        "name",
-        "durable",
-        "exclusive_owner",
-        "auto_delete",
-        "arguments",
-        "_ready",
-        "_requeued",
-        "_seq",
-        "_consumers",
-        "unacked",
-        "deleted",
-        "had_consumers",
-        "_levels",
-        "on_unused",
-        "dead_letter",
-        "_dispatching",
-        "congested",
-        "_blocked",
-        "store",
-        "qid",
-        "budget",
-        "_paged",
-        "_cursor",
-        "_paging_in",
-        "_delivered_before",
-        "deleting",
-    )
+    """A queue led by this node: memory + store (see the module docstring)."""
 
     def __init__(
         self,
@@ -136,6 +113,7 @@ class LocalQueue:
         arguments: dict[str, Any] | None = None,
         store: Any = None,
         budget: MemoryBudget | None = None,
+        options: QueueOptions | None = None,
     ) -> None:
         self.vhost = vhost
         self.name = name
@@ -143,8 +121,6 @@ class LocalQueue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self._ready: deque[Message] = deque()
-        self._requeued: list[tuple[int, Message]] = []
         self._seq = 0
         self._consumers: deque[Consumer] = deque()
         self.unacked = 0
@@ -152,9 +128,9 @@ class LocalQueue:
         self.had_consumers = False
         # Consumers grouped by priority, highest first; None while all share one priority.
         self._levels: list[deque[Consumer]] | None = None
-        # Called when an auto-delete queue loses its last consumer.
+        # Called when an auto-delete queue loses its last consumer, or an x-expires queue expires.
         self.on_unused: Callable[[LocalQueue], None] | None = None
-        # Called with a rejected message (dead-lettering lands here with queue arguments).
+        # Called with a message leaving for a dead-letter exchange: (queue, message, reason).
         self.dead_letter: Callable[[LocalQueue, Message, str], None] | None = None
         self._dispatching = False
         self.congested = False
@@ -164,46 +140,93 @@ class LocalQueue:
         self.qid = store.queue_id(vhost, name, durable) if store is not None else 0
         self.budget = budget
         self._paged = 0  # messages only in the store, all younger than anything in memory
+        self._paged_bytes = 0
         self._cursor = 0  # highest seq held in memory or paged in: the next page starts after it
         self._paging_in = False
         self._delivered_before = (
             0  # after recovery: seqs up to this were delivered before the crash
         )
+        self.deleting: Any = None  # the pending delete of an auto-delete queue (a future)
+        # Queue features (TTL, limits, priorities, single active consumer, delivery limit).
+        self._ready: FifoReady | PriorityReady = FifoReady()
+        self._ready_bytes = 0
+        self._expiry: list[tuple[float, int, Message]] = []
+        self._expiry_timer: Any = None
+        self._unused_timer: Any = None
+        self.configure(options or parse(self.arguments))
+
+    def configure(self, options: QueueOptions) -> None:
+        """Apply options (at creation, and again when a policy changes)."""
+        self.options = options
+        self._features = bool(
+            options.message_ttl is not None or options.limited or options.delivery_limit is not None
+        )
+        self._sac = options.single_active_consumer
+        if options.max_priority and not isinstance(self._ready, PriorityReady):
+            old = list(self._ready)
+            self._ready = PriorityReady(options.max_priority)
+            for m in old:
+                self._ready.append(m)
+        self._arm_unused()
+        if options.limited:
+            self._enforce_limits()
 
     # -- publishing ---------------------------------------------------------------------------
 
     def enqueue(self, msg: Message) -> int:
-        """Take a message; returns 0 when it is safe now, else the store epoch that makes it so."""
+        """Take a message: 0 when it is safe now, a store epoch when that commit makes it safe,
+        REJECTED when the queue refuses it (x-overflow reject-publish)."""
+        if self._features and self.options.limited and self.options.overflow != "drop-head":
+            if self._full_for(msg):
+                if self.options.overflow == "reject-publish-dlx" and self.dead_letter is not None:
+                    self.dead_letter(self, msg, "maxlen")
+                return REJECTED
         self._seq += 1
         seq = msg.seq = self._seq
         epoch = 0
         store = self.store
+        if self._features or (msg.props_raw and msg.props_raw[0] & 1):  # 0x0100: expiration
+            self._set_expiry(msg)
         if store is not None and self.durable and msg.persistent:
-            epoch = store.append(self.qid, seq, False, msg.route_raw, msg.props_raw, msg.body)
+            epoch = store.append(
+                self.qid, seq, False, msg.route_raw, msg.props_raw, msg.body, msg.expires
+            )
             msg.stored = True
         consumers = self._consumers
-        if consumers and not self._ready and not self._requeued and not self._paged:
-            if len(consumers) == 1 and self._levels is None:
-                c = consumers[0]
-                if c.can_take():
-                    self._hand(c, msg)
-                    return epoch
-            else:
-                c = self._pick()
-                if c is not None:
-                    self._hand(c, msg)
-                    return epoch
+        if consumers and not self._ready and not self._paged:
+            c = consumers[0] if len(consumers) == 1 and self._levels is None else self._pick()
+            if c is not None and c.can_take():
+                self._hand(c, msg)
+                return epoch
+        if msg.expires and msg.expires <= _now():
+            # x-message-ttl 0 (or an expiration already past): only an immediate delivery counts.
+            self._expire(msg)
+            return epoch
         budget = self.budget
-        if store is not None and budget is not None and (self._paged or budget.used > budget.limit):
+        if (
+            store is not None
+            and budget is not None
+            and (self._paged or budget.used > budget.limit)
+            and not isinstance(self._ready, PriorityReady)
+        ):
             # Over the memory budget: the message lives only in the store until paged back in.
             if not msg.stored:
-                store.append(self.qid, seq, True, msg.route_raw, msg.props_raw, msg.body)
+                store.append(
+                    self.qid, seq, True, msg.route_raw, msg.props_raw, msg.body, msg.expires
+                )
             self._paged += 1
-            return epoch
-        self._ready.append(msg)
-        self._cursor = seq
-        if budget is not None:
-            budget.used += len(msg.body) + MESSAGE_OVERHEAD
+            self._paged_bytes += len(msg.body)
+        else:
+            msg.queued = True
+            self._ready.append(msg)
+            self._ready_bytes += len(msg.body)
+            self._cursor = seq
+            if budget is not None:
+                budget.used += len(msg.body) + MESSAGE_OVERHEAD
+            if msg.expires:
+                self._watch_expiry(msg)
+        if self._features and self.options.limited:
+            self._enforce_limits()
         if consumers and len(self._ready) > FLOW_HIGH and not self.congested:
             self.congested = any(c.backpressured() for c in consumers)
         return epoch
@@ -230,6 +253,19 @@ class LocalQueue:
         if self.budget is not None:
             self.budget.used -= len(msg.body) + MESSAGE_OVERHEAD
 
+    def _pop(self) -> Message | None:
+        """The next ready message, with expired ones dropped or dead-lettered on the way."""
+        while True:
+            msg = self._ready.pop()
+            if msg is None:
+                return None
+            msg.queued = False
+            self._ready_bytes -= len(msg.body)
+            if msg.expires and msg.expires <= _now():
+                self._expire(msg)
+                continue
+            return msg
+
     def block_publisher(self, publisher: FlowControlled) -> None:
         if publisher not in self._blocked:
             self._blocked.add(publisher)
@@ -248,6 +284,109 @@ class LocalQueue:
             for publisher in blocked:
                 publisher.flow_unblocked(self)
 
+    # -- TTL, length limits, queue expiry -------------------------------------------------------
+
+    def _set_expiry(self, msg: Message) -> None:
+        ttl = self.options.message_ttl
+        if flags_of(msg.props_raw) & FLAG_EXPIRATION:
+            try:
+                own = int(msg.properties.get("expiration") or "")
+            except ValueError:
+                own = None
+            if own is not None and own >= 0 and (ttl is None or own < ttl):
+                ttl = own
+        if ttl is not None and not msg.expires:
+            msg.expires = _now() + ttl / 1000.0
+
+    def _watch_expiry(self, msg: Message) -> None:
+        heap = self._expiry
+        heapq.heappush(heap, (msg.expires, msg.seq, msg))
+        if heap[0][2] is msg:
+            self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if not self._expiry or self.deleted:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._expiry[0][0] - _now())
+        self._expiry_timer = loop.call_later(delay, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Timer: every message whose deadline passed leaves now, wherever it is in the queue."""
+        self._expiry_timer = None
+        heap = self._expiry
+        now = _now()
+        while heap and heap[0][0] <= now:
+            _, _, msg = heapq.heappop(heap)
+            if msg.queued and not msg.dead:
+                self._ready.kill(msg)
+                msg.queued = False
+                self._ready_bytes -= len(msg.body)
+                self._expire(msg)
+        self._arm_expiry()
+        self._check_flow()
+
+    def _expire(self, msg: Message) -> None:
+        self._remove(msg, "expired")
+
+    def _remove(self, msg: Message, reason: str) -> None:
+        """A message leaves without delivery: dropped, or dead-lettered in the same store batch."""
+        self._forget(msg)
+        if msg.stored:
+            self.store.delete(self.qid, msg.seq)
+        if self.dead_letter is not None:
+            self.dead_letter(self, msg, reason)
+
+    def _full_for(self, msg: Message) -> bool:
+        o = self.options
+        if o.max_length is not None and self.message_count >= o.max_length:
+            return True
+        return (
+            o.max_length_bytes is not None
+            and self._ready_bytes + self._paged_bytes + len(msg.body) > o.max_length_bytes
+        )
+
+    def _enforce_limits(self) -> None:
+        """drop-head: the oldest ready messages leave (dead-lettered with reason maxlen)."""
+        o = self.options
+        while (o.max_length is not None and self.message_count > o.max_length) or (
+            o.max_length_bytes is not None
+            and self._ready_bytes + self._paged_bytes > o.max_length_bytes
+        ):
+            msg = self._ready.pop()
+            if msg is None:
+                break
+            msg.queued = False
+            self._ready_bytes -= len(msg.body)
+            self._remove(msg, "maxlen")
+
+    def _arm_unused(self) -> None:
+        """x-expires: a queue with no consumers and no basic.get for that long is deleted."""
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
+            self._unused_timer = None
+        expires = self.options.expires
+        if expires is None or self._consumers or self.deleted:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._unused_timer = loop.call_later(expires / 1000.0, self._unused_expired)
+
+    def _unused_expired(self) -> None:
+        self._unused_timer = None
+        if not self._consumers and not self.deleted and self.on_unused is not None:
+            self.on_unused(self)
+
+    def touch(self) -> None:
+        """The queue was used (declared, basic.get): restart its x-expires clock."""
+        if self.options.expires is not None:
+            self._arm_unused()
+
     # -- consuming ----------------------------------------------------------------------------
 
     @property
@@ -257,10 +396,17 @@ class LocalQueue:
     def has_exclusive_consumer(self) -> bool:
         return any(c.exclusive for c in self._consumers)
 
+    def active_consumer(self) -> Consumer | None:
+        """With single active consumer: the one that receives (the earliest subscribed)."""
+        return self._consumers[0] if self._sac and self._consumers else None
+
     def subscribe(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
-        self._levels = _levels_of(self._consumers)
+        self._levels = None if self._sac else _levels_of(self._consumers)
         self.had_consumers = True
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
+            self._unused_timer = None
         self.kick()
 
     def unsubscribe(self, consumer: Consumer) -> None:
@@ -268,12 +414,20 @@ class LocalQueue:
             self._consumers.remove(consumer)
         except ValueError:
             return
-        self._levels = _levels_of(self._consumers)
+        self._levels = None if self._sac else _levels_of(self._consumers)
         self._check_flow()
-        if not self._consumers and self.auto_delete and self.on_unused is not None:
-            self.on_unused(self)
+        if not self._consumers:
+            if self.auto_delete and self.on_unused is not None:
+                self.on_unused(self)
+                return
+            self._arm_unused()
+        if self._sac:
+            self.kick()  # the next consumer becomes the active one
 
     def _pick(self) -> Consumer | None:
+        if self._sac:
+            c = self._consumers[0]
+            return c if c.can_take() else None
         levels = self._levels
         if levels is None:
             consumers = self._consumers
@@ -299,12 +453,20 @@ class LocalQueue:
         self._dispatching = True
         try:
             ready = self._ready
-            requeued = self._requeued
-            while (ready or requeued) and self._consumers:
+            while ready and self._consumers:
                 c = self._pick()
                 if c is None:
-                    return
-                msg = heapq.heappop(requeued)[1] if requeued else ready.popleft()
+                    break
+                msg = self._pop()
+                if msg is None:
+                    break
+                if msg.excluded is not None and id(c) in msg.excluded:
+                    c = self._other_consumer(msg)
+                    if c is None:
+                        msg.queued = True
+                        ready.requeue(msg)
+                        self._ready_bytes += len(msg.body)
+                        break
                 self._hand(c, msg)
         finally:
             self._dispatching = False
@@ -313,14 +475,19 @@ class LocalQueue:
             if self.congested:
                 self._check_flow()
 
+    def _other_consumer(self, msg: Message) -> Consumer | None:
+        """A consumer with room that the message was not declared undeliverable to."""
+        for c in self._consumers:
+            if id(c) not in msg.excluded and c.can_take():  # type: ignore[operator]
+                return c
+        return None
+
     def get(self, ack_required: bool) -> Message | None:
+        self.touch()
         if self._paged and len(self._ready) < PAGE_LOW:
             self._page_in()
-        if self._requeued:
-            msg = heapq.heappop(self._requeued)[1]
-        elif self._ready:
-            msg = self._ready.popleft()
-        else:
+        msg = self._pop()
+        if msg is None:
             return None
         if ack_required:
             self.unacked += 1
@@ -349,24 +516,39 @@ class LocalQueue:
             self._paged = len(rows)
         budget = self.budget
         ready = self._ready
-        for seq, _transient, route, props, body in rows:
+        now = _now()
+        for seq, _transient, route, props, body, expires in rows:
             msg = Message.from_stored(route, props, body)
             msg.seq = seq
             msg.stored = True
             msg.redelivered = seq <= self._delivered_before
-            ready.append(msg)
+            msg.expires = expires / 1000.0 if expires else 0.0
+            self._paged_bytes -= len(body)
             if budget is not None:
                 budget.used += len(body) + MESSAGE_OVERHEAD
+            if msg.expires and msg.expires <= now:
+                self._expire(msg)
+                continue
+            msg.queued = True
+            ready.append(msg)
+            self._ready_bytes += len(body)
+            if msg.expires:
+                self._watch_expiry(msg)
         if rows:
             self._cursor = rows[-1][0]
         self._paged -= len(rows)
+        if not self._paged:
+            self._paged_bytes = 0
         self.kick()
 
-    def recover(self, rows: list[tuple], count: int, max_seq: int, delivered: int) -> None:
+    def recover(
+        self, rows: list[tuple], count: int, max_seq: int, delivered: int, paged_bytes: int = 0
+    ) -> None:
         """Load what the store kept (startup): the head in memory, the rest left paged."""
         self._seq = max(self._seq, max_seq)
         self._delivered_before = delivered
         self._paged = count
+        self._paged_bytes = paged_bytes
         self._cursor = 0
         self._paged_in(rows)
 
@@ -377,19 +559,41 @@ class LocalQueue:
             self._forget(msg)
             return
         self.unacked -= 1
-        if outcome is Outcome.ACCEPTED or outcome is Outcome.REJECTED:
+        if outcome is Outcome.ACCEPTED:
             self._forget(msg)
             if msg.stored:
                 self.store.delete(self.qid, msg.seq)
-            if outcome is Outcome.REJECTED and self.dead_letter is not None:
-                self.dead_letter(self, msg, "rejected")
+            return
+        if outcome is Outcome.REJECTED:
+            self._remove(msg, "rejected")
             return
         # released / modified: back to its original position.
-        msg.redelivered = True
-        if modified is not None and modified.delivery_failed:
-            msg.delivery_count += 1
-        heapq.heappush(self._requeued, (msg.seq, msg))
+        if modified is not None:
+            if modified.delivery_failed:
+                msg.delivery_count += 1
+                limit = self.options.delivery_limit
+                if limit is not None and msg.delivery_count > limit:
+                    self._remove(msg, "delivery_limit")
+                    return
+            if modified.undeliverable_here and modified.consumer is not None:
+                if msg.excluded is None:
+                    msg.excluded = set()
+                msg.excluded.add(id(modified.consumer))
+            if modified.annotations:
+                msg.annotations = {**(msg.annotations or {}), **modified.annotations}
+        self._requeue(msg)
         self.kick()
+
+    def _requeue(self, msg: Message) -> None:
+        msg.redelivered = True
+        if msg.expires and msg.expires <= _now():
+            self._expire(msg)
+            return
+        msg.queued = True
+        self._ready.requeue(msg)
+        self._ready_bytes += len(msg.body)
+        if msg.expires:
+            self._watch_expiry(msg)
 
     def release_many(self, msgs: list[Message]) -> None:
         """Release several deliveries at once (channel close), dispatching once at the end."""
@@ -399,34 +603,40 @@ class LocalQueue:
             return
         for msg in msgs:
             self.unacked -= 1
-            msg.redelivered = True
-            heapq.heappush(self._requeued, (msg.seq, msg))
+            self._requeue(msg)
         self.kick()
 
     # -- management ---------------------------------------------------------------------------
 
     def purge(self) -> int:
         n = self.message_count
-        dropped = list(self._ready) + [m for _, m in self._requeued]
+        dropped = list(self._ready)
         self._ready.clear()
-        self._requeued.clear()
+        self._ready_bytes = 0
+        self._expiry.clear()
         for msg in dropped:
+            msg.queued = False
             self._forget(msg)
             if msg.stored:
                 self.store.delete(self.qid, msg.seq)
         if self._paged:
             self.store.purge_after(self.qid, self._cursor)
             self._paged = 0
+            self._paged_bytes = 0
         self._check_flow()
         return n
 
     def stats(self) -> tuple[int, int]:
         """(messages ready, consumers)."""
-        return len(self._ready) + len(self._requeued) + self._paged, len(self._consumers)
+        return len(self._ready) + self._paged, len(self._consumers)
 
     @property
     def message_count(self) -> int:
-        return len(self._ready) + len(self._requeued) + self._paged
+        return len(self._ready) + self._paged
+
+    @property
+    def message_bytes(self) -> int:
+        return self._ready_bytes + self._paged_bytes
 
     def delete(self, reason: str) -> int:
         """Mark deleted, cancel consumers, drop messages; returns the number of ready messages."""
@@ -434,10 +644,11 @@ class LocalQueue:
         self.deleted = True
         for msg in self._ready:
             self._forget(msg)
-        for _, msg in self._requeued:
-            self._forget(msg)
         self._ready.clear()
-        self._requeued.clear()
+        self._expiry.clear()
+        for timer in (self._expiry_timer, self._unused_timer):
+            if timer is not None:
+                timer.cancel()
         self._paged = 0
         if self.store is not None:
             self.store.drop_queue(self.qid)
@@ -448,6 +659,13 @@ class LocalQueue:
             c.cancelled(self, reason)
         self._check_flow()
         return n
+
+
+REJECTED = -1
+
+
+def _now() -> float:
+    return time.time()
 
 
 def _levels_of(consumers: deque[Consumer]) -> list[deque[Consumer]] | None:

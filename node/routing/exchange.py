@@ -9,7 +9,9 @@ from ..amqp091.codec import encode_table
 from .headers import HeadersMatcher
 from .topic import TopicMatcher
 
-EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers", "x-delayed-message")
+# The types an x-delayed-message exchange may route with once a message's delay is over.
+DELAYABLE_TYPES = ("direct", "fanout", "topic", "headers")
 
 # A binding destination: ("q", queue name) or ("e", exchange name).
 Destination = tuple[str, str]
@@ -46,6 +48,7 @@ class Exchange:
         "internal",
         "arguments",
         "bindings",
+        "kind",
         "_direct",
         "_fanout",
         "_topic",
@@ -64,6 +67,13 @@ class Exchange:
     ) -> None:
         if type not in EXCHANGE_TYPES:
             raise ValueError(f"unknown exchange type {type!r}")
+        kind = type
+        if type == "x-delayed-message":
+            # As the RabbitMQ plugin: routing follows x-delayed-type once the delay is over.
+            delayed = (arguments or {}).get("x-delayed-type")
+            kind = delayed.decode() if isinstance(delayed, bytes) else delayed
+            if kind not in DELAYABLE_TYPES:
+                raise ValueError("Invalid argument, 'x-delayed-type' must be an existing exchange type")
         self.name = name
         self.type = type
         self.durable = durable
@@ -73,15 +83,16 @@ class Exchange:
         self.bindings: dict[tuple, Binding] = {}
         self._direct: dict[str, dict[Destination, int]] = {}
         self._fanout: dict[Destination, int] = {}
-        self._topic = TopicMatcher() if type == "topic" else None
-        self._headers = HeadersMatcher() if type == "headers" else None
+        self.kind = kind  # the matcher in use (x-delayed-type for a delayed exchange)
+        self._topic = TopicMatcher() if kind == "topic" else None
+        self._headers = HeadersMatcher() if kind == "headers" else None
         # Bound once so routing pays no type dispatch per message.
         self.route = {
             "direct": self._route_direct,
             "fanout": self._route_fanout,
             "topic": self._route_topic,
             "headers": self._route_headers,
-        }[type]
+        }[kind]
 
     def add_binding(self, binding: Binding) -> bool:
         """Add a binding; False when an identical one exists already."""
@@ -92,10 +103,10 @@ class Exchange:
             HeadersMatcher.validate(binding.arguments)  # raises before anything is recorded
         self.bindings[ident] = binding
         dest = binding.destination
-        if self.type == "direct":
+        if self.kind == "direct":
             dests = self._direct.setdefault(binding.routing_key, {})
             dests[dest] = dests.get(dest, 0) + 1
-        elif self.type == "fanout":
+        elif self.kind == "fanout":
             self._fanout[dest] = self._fanout.get(dest, 0) + 1
         elif self._topic is not None:
             self._topic.add(binding.routing_key, dest)
@@ -108,13 +119,13 @@ class Exchange:
         if binding is None:
             return None
         dest = binding.destination
-        if self.type == "direct":
+        if self.kind == "direct":
             dests = self._direct.get(binding.routing_key)
             if dests is not None:
                 _decrement(dests, dest)
                 if not dests:
                     del self._direct[binding.routing_key]
-        elif self.type == "fanout":
+        elif self.kind == "fanout":
             _decrement(self._fanout, dest)
         elif self._topic is not None:
             self._topic.remove(binding.routing_key, dest)

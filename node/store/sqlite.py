@@ -32,13 +32,16 @@ import logging
 import queue as queue_mod
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..metrics.counters import Histogram
+
 log = logging.getLogger("merpati.store")
 
-FORMAT = "merpati-store-2"
+FORMAT = "merpati-store-3"
 
 # A message's row id packs its queue and sequence number: (qid << SEQ_BITS) | seq. One integer key
 # keeps rows in a plain rowid table (compact for large bodies, unlike WITHOUT ROWID) and in
@@ -68,6 +71,7 @@ CREATE TABLE IF NOT EXISTS queues (
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
     transient INTEGER NOT NULL,
+    expires INTEGER NOT NULL,  -- TTL / delayed-delivery deadline, ms since the epoch (0 = none)
     route BLOB NOT NULL,
     props BLOB NOT NULL,
     body BLOB NOT NULL
@@ -77,7 +81,7 @@ CREATE TABLE IF NOT EXISTS messages (
 
 def _seqs(rows: list[tuple]) -> list[tuple]:
     """Rows keyed by packed id -> rows keyed by the queue's sequence number."""
-    return [(r[0] & SEQ_MASK, r[1], r[2], r[3], r[4]) for r in rows]
+    return [(r[0] & SEQ_MASK, r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
 class StoreError(Exception):
@@ -146,6 +150,10 @@ class SQLiteStore:
         self.last_error: str | None = None
         self.commits = 0
         self.committed_rows = 0
+        # Commit latency and rows per commit, as plain numbers the writer thread updates and the
+        # metrics exporter reads.
+        self.commit_latency = Histogram()
+        self.commit_rows = Histogram((1, 10, 100, 1000, 10000, 100000))
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -215,17 +223,18 @@ class SQLiteStore:
 
     # -- recovery (startup only, before the writer runs) ------------------------------------------
 
-    def load_head(self, qid: int, limit: int) -> tuple[list[tuple], int, int]:
-        """(first `limit` rows as (seq, transient, route, props, body), total count, max seq)."""
-        count, max_id = self._reader.execute(
-            "SELECT count(*), coalesce(max(id), 0) FROM messages WHERE id >= ? AND id < ?",
+    def load_head(self, qid: int, limit: int) -> tuple[list[tuple], int, int, int]:
+        """(first `limit` rows as (seq, transient, route, props, body, expires), total count,
+        max seq, total body bytes)."""
+        count, max_id, size = self._reader.execute(
+            "SELECT count(*), coalesce(max(id), 0), coalesce(sum(length(body)), 0) FROM messages WHERE id >= ? AND id < ?",
             (_lo(qid), _hi(qid)),
         ).fetchone()
         rows = self._reader.execute(
-            "SELECT id, transient, route, props, body FROM messages WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            "SELECT id, transient, route, props, body, expires FROM messages WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
             (_lo(qid), _hi(qid), limit),
         ).fetchall()
-        return _seqs(rows), count, max_id & SEQ_MASK
+        return _seqs(rows), count, max_id & SEQ_MASK, size
 
     def forget_queues_except(self, keep: set[tuple[str, str]]) -> None:
         """Drop stored queues the metadata no longer has (deleted while the node was down)."""
@@ -254,11 +263,20 @@ class SQLiteStore:
             self._loop.call_soon(self._submit)
 
     def append(
-        self, qid: int, seq: int, transient: bool, route: bytes, props: bytes, body: bytes
+        self,
+        qid: int,
+        seq: int,
+        transient: bool,
+        route: bytes,
+        props: bytes,
+        body: bytes,
+        expires: float = 0.0,
     ) -> int:
         """Store a message; returns the epoch whose commit makes it durable."""
         key = (qid << SEQ_BITS) | seq
-        self._batch.inserts[key] = (key, 1 if transient else 0, route, props, body)
+        self._batch.inserts[key] = (
+            key, 1 if transient else 0, route, props, body, int(expires * 1000) if expires else 0
+        )
         if not self._scheduled:
             self._touch()
         return self._batch.epoch
@@ -305,7 +323,7 @@ class SQLiteStore:
         self._submit()
         self._inbox.put(
             _Read(
-                "SELECT id, transient, route, props, body FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?",
+                "SELECT id, transient, route, props, body, expires FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?",
                 (_lo(qid) | after_seq, _hi(qid), limit),
                 lambda rows: callback(_seqs(rows)),
             )
@@ -423,6 +441,7 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
         if len(batches) > 1 and not any(b.drops or b.purges for b in batches):
             batches = [_merge(batches)]
+        started = time.perf_counter()
         conn.execute("BEGIN")
         rows = 0
         for b in batches:
@@ -437,7 +456,8 @@ class SQLiteStore:
                 )
             if b.inserts:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", b.inserts.values()
+                    "INSERT OR REPLACE INTO messages (id, transient, route, props, body, expires) VALUES (?, ?, ?, ?, ?, ?)",
+                    b.inserts.values(),
                 )
                 rows += len(b.inserts)
             if b.deletes:
@@ -456,6 +476,8 @@ class SQLiteStore:
         conn.execute("COMMIT")
         self.commits += 1
         self.committed_rows += rows
+        self.commit_latency.observe(time.perf_counter() - started)
+        self.commit_rows.observe(rows)
 
 
 def _merge(batches: list[_Batch]) -> _Batch:

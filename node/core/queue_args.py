@@ -1,0 +1,98 @@
+"""Queue options from x-arguments and policies, as RabbitMQ reads them.
+
+A policy's definition uses the names without the `x-` prefix ("max-length"); a queue's own
+arguments override the policy's, as in RabbitMQ (for the numeric limits RabbitMQ takes the smaller
+of the two; this is documented there for max-length and message-ttl and done here the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..amqp091.codec import as_int
+
+# Policy key -> queue argument.
+POLICY_KEYS = {
+    "message-ttl": "x-message-ttl",
+    "expires": "x-expires",
+    "max-length": "x-max-length",
+    "max-length-bytes": "x-max-length-bytes",
+    "overflow": "x-overflow",
+    "dead-letter-exchange": "x-dead-letter-exchange",
+    "dead-letter-routing-key": "x-dead-letter-routing-key",
+    "delivery-limit": "x-delivery-limit",
+}
+# Limits where RabbitMQ applies the stricter of policy and argument.
+_MIN_OF_BOTH = (
+    "x-message-ttl",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-expires",
+    "x-delivery-limit",
+)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    message_ttl: int | None = None  # ms
+    expires: int | None = None  # ms of disuse before the queue is deleted
+    max_length: int | None = None
+    max_length_bytes: int | None = None
+    overflow: str = "drop-head"
+    dlx: str | None = None
+    dlrk: str | None = None
+    max_priority: int | None = None
+    single_active_consumer: bool = False
+    delivery_limit: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_length is not None or self.max_length_bytes is not None
+
+
+def effective_arguments(
+    arguments: dict[str, Any], policy_definition: dict[str, Any] | None
+) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key, value in (policy_definition or {}).items():
+        arg = POLICY_KEYS.get(key)
+        if arg is not None:
+            merged[arg] = value
+    for key, value in arguments.items():
+        if key in _MIN_OF_BOTH and key in merged:
+            a, b = as_int(value), as_int(merged[key])
+            if a is not None and b is not None:
+                merged[key] = min(a, b)
+                continue
+        merged[key] = value
+    return merged
+
+
+def parse(arguments: dict[str, Any]) -> QueueOptions:
+    def num(key: str) -> int | None:
+        v = arguments.get(key)
+        return as_int(v) if v is not None else None
+
+    sac = arguments.get("x-single-active-consumer")
+    max_priority = num("x-max-priority")
+    return QueueOptions(
+        message_ttl=num("x-message-ttl"),
+        expires=num("x-expires"),
+        max_length=num("x-max-length"),
+        max_length_bytes=num("x-max-length-bytes"),
+        overflow=_text(arguments.get("x-overflow")) or "drop-head",
+        dlx=_text(arguments.get("x-dead-letter-exchange")),
+        dlrk=_text(arguments.get("x-dead-letter-routing-key")),
+        max_priority=min(max_priority, 255) if max_priority else None,
+        single_active_consumer=sac is True,
+        delivery_limit=num("x-delivery-limit"),
+    )
