@@ -26,6 +26,9 @@ class UserConfig:
 @dataclass
 class Config:
     amqp_port: int = 5672
+    # Prometheus /metrics and the management HTTP API (RabbitMQ's ports); 0 disables a listener.
+    metrics_port: int = 15692
+    management_port: int = 15672
     bind: str = "0.0.0.0"
     data_dir: str = "./data"
     node_id: str = ""
@@ -63,6 +66,8 @@ class Config:
 # The settings that are flags (and therefore environment variables), with their help text.
 FLAGS: dict[str, str] = {
     "amqp_port": "AMQP listener port",
+    "metrics_port": "Prometheus /metrics port, 0 disables",
+    "management_port": "management HTTP API port, 0 disables",
     "bind": "address to listen on",
     "data_dir": "directory for the node's data",
     "node_id": "this node's id (default merpati@HOSTNAME)",
@@ -173,6 +178,9 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
     cfg.users = users
     if not (0 < cfg.amqp_port < 65536):
         raise ConfigError(f"amqp-port {cfg.amqp_port} is not a TCP port")
+    for name in ("metrics_port", "management_port"):
+        if not (0 <= getattr(cfg, name) < 65536):
+            raise ConfigError(f"{name.replace('_', '-')} {getattr(cfg, name)} is not a TCP port")
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
     if cfg.store_sync.lower() not in ("full", "normal"):

@@ -44,6 +44,14 @@ class Node:
         self.store: SQLiteStore | None = None
         self.metadata: Any = None
         self._servers: list[asyncio.base_events.Server] = []
+        # Observability and operator listeners (node.metrics, node.management): aiohttp runners.
+        self._http_runners: list[Any] = []
+        # (protocol, address, port) of every listener, for the management API's overview.
+        self.listeners: list[tuple[str, str, int]] = []
+        self.queue_churn: Any = None
+        self.cluster_name = self.node_id
+        self.cluster_id = ""
+        self.started_at = 0.0
 
     async def _bootstrap(self, first_boot: bool) -> None:
         """Propose the configured vhosts and users (idempotent commands).
@@ -122,6 +130,9 @@ class Node:
         )
         self._servers.append(server)
         addrs = ", ".join(_fmt(s.getsockname()) for s in server.sockets)
+        for sock in server.sockets:
+            self.listeners.append(("amqp", *sock.getsockname()[:2]))
+        await self._start_http(data_dir)
         log.info(
             "Merpati node %s ready: AMQP 0-9-1 on %s (data in %s, %d messages recovered)",
             self.node_id,
@@ -130,6 +141,46 @@ class Node:
             recovered,
         )
         self._memory_task = asyncio.create_task(self._watch_memory())
+
+    async def _start_http(self, data_dir: Path) -> None:
+        """Start the Prometheus and management HTTP listeners (a port of 0 disables one)."""
+        import time
+        import uuid
+
+        from .metrics.collector import QueueChurn
+
+        cfg = self.config
+        self.started_at = time.time()
+        id_file = data_dir / "cluster_id"
+        if not id_file.exists():
+            id_file.write_text(f"merpati-{uuid.uuid4()}\n")
+        self.cluster_id = id_file.read_text().strip()
+        assert self.broker is not None
+        self.queue_churn = QueueChurn()
+        self.broker.metadata.subscribe(self.queue_churn.on_applied)
+        apps: list[tuple[str, str, Any, int]] = []
+        if cfg.metrics_port:
+            from .metrics.server import metrics_app
+
+            apps.append(("Prometheus metrics", "http/prometheus", metrics_app(self), cfg.metrics_port))
+        if cfg.management_port:
+            from .management.app import management_app
+
+            apps.append(("management API", "http", management_app(self), cfg.management_port))
+        if not apps:
+            return
+        from aiohttp import web
+
+        for what, protocol, app, port in apps:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            self._http_runners.append(runner)
+            site = web.TCPSite(runner, host=cfg.bind, port=port, reuse_address=True, backlog=128)
+            await site.start()
+            socks = [sn for sn in runner.addresses if isinstance(sn, tuple)]
+            for sn in socks:
+                self.listeners.append((protocol, sn[0], sn[1]))
+            log.info("%s on %s", what, ", ".join(_fmt(sn) for sn in socks))
 
     async def _watch_memory(self) -> None:
         limit = self.config.memory_high_watermark * _physical_memory()
@@ -164,6 +215,9 @@ class Node:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        for runner in self._http_runners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runner.cleanup(), 2.0)
         if self.store is not None:
             # Commits what the last loop turns gathered, then stops the writer.
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)

@@ -26,6 +26,9 @@ class NodeProcess:
     ) -> None:
         self.port = free_port()
         self.raft_port = free_port()
+        # Free ports for the HTTP listeners too, so parallel nodes never clash on 15672/15692.
+        self.metrics_port = free_port()
+        self.management_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="merpati-test-"))
         self.extra = list(extra)
         self.config = config
@@ -53,6 +56,10 @@ class NodeProcess:
             f"test@{self.port}",
             "--raft-port",
             str(self.raft_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--management-port",
+            str(self.management_port),
             *self.extra,
         ]
         if self.config is not None:
@@ -78,6 +85,14 @@ class NodeProcess:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"node did not become ready in {timeout}s:\n{self.log()}")
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
