@@ -1,0 +1,153 @@
+"""The management HTTP API's shell: aiohttp app, basic auth with Merpati users, errors as JSON.
+
+Who may do what, as RabbitMQ's user tags say: `administrator` may do everything; `monitoring`
+reads everything; `policymaker` also manages policies of its vhosts; `management` reads the vhosts
+it has permissions in. Users without any of these tags cannot use the API (401, as RabbitMQ).
+The routes and their handlers live in `api.py`; export/import of definitions in `definitions.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..broker import AuthError
+from ..metadata.state import MetadataError
+
+if TYPE_CHECKING:
+    from ..server import Node
+
+MGMT_TAGS = {"administrator", "monitoring", "policymaker", "management"}
+USER_KEY = "merpati.user"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.error = error
+        self.reason = reason
+
+
+def bad_request(reason: str) -> ApiError:
+    return ApiError(400, "bad_request", reason)
+
+
+def not_found(reason: str = "Not Found") -> ApiError:
+    return ApiError(404, "Object Not Found", reason)
+
+
+def not_authorised(reason: str) -> ApiError:
+    return ApiError(401, "not_authorised", reason)
+
+
+def from_metadata_error(e: MetadataError) -> ApiError:
+    if e.code == 404:
+        return not_found(e.text)
+    if e.code == 403:
+        return not_authorised(e.text)
+    return bad_request(e.text)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(data), content_type="application/json", charset="utf-8"
+    )
+
+
+def _error_response(e: ApiError) -> web.Response:
+    resp = json_response({"error": e.error, "reason": e.reason}, e.status)
+    if e.status == 401:
+        resp.headers["WWW-Authenticate"] = 'Basic realm="RabbitMQ Management"'
+    return resp
+
+
+class Caller:
+    """The authenticated user of a request."""
+
+    def __init__(self, name: str, tags: tuple[str, ...]) -> None:
+        self.name = name
+        self.tags = set(tags)
+
+    @property
+    def is_admin(self) -> bool:
+        return "administrator" in self.tags
+
+    @property
+    def sees_all(self) -> bool:
+        return bool(self.tags & {"administrator", "monitoring"})
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return remote is not None and remote.startswith("/")  # unix socket
+
+
+def authenticate(node: Node, request: web.Request) -> Caller:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        raise not_authorised("Login failed")
+    try:
+        user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise not_authorised("Login failed")
+    broker = node.broker
+    try:
+        broker.authenticate(user, password, _loopback(request.remote))
+    except AuthError:
+        raise not_authorised("Login failed")
+    tags = broker.state.users[user].tags
+    if not MGMT_TAGS & set(tags):
+        raise not_authorised("Not management user")
+    return Caller(user, tags)
+
+
+def management_app(node: Node) -> web.Application:
+    from .api import ManagementApi
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            if node.broker is None:
+                raise ApiError(503, "not_ready", "node is starting")
+            if request.path.startswith("/api/"):
+                request[USER_KEY] = authenticate(node, request)
+            return await handler(request)
+        except ApiError as e:
+            return _error_response(e)
+        except MetadataError as e:
+            return _error_response(from_metadata_error(e))
+        except web.HTTPNotFound:
+            return _error_response(not_found())
+        except web.HTTPMethodNotAllowed:
+            return _error_response(ApiError(405, "method_not_allowed", "Method Not Allowed"))
+
+    app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
+    ManagementApi(node).register(app.router)
+    return app
+
+
+def caller(request: web.Request) -> Caller:
+    return request[USER_KEY]  # type: ignore[no-any-return]
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise bad_request(f"body is not valid JSON: {e}")
+    if not isinstance(body, dict):
+        raise bad_request("body must be a JSON object")
+    return body

@@ -1,0 +1,251 @@
+"""Definitions export and import in RabbitMQ's format (`rabbitmqctl export_definitions`).
+
+Users keep their password hashes: Merpati stores RabbitMQ's salted SHA-256 form, so definitions
+move between Merpati and RabbitMQ (3.6+, `rabbit_password_hashing_sha256`) both ways. Exclusive
+queues, the default exchange and the `amq.*` exchanges are not exported, as in RabbitMQ.
+Import applies vhosts, users, permissions, policies, exchanges, queues, then bindings, each as a
+metadata command; what already exists equivalently is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..metadata import commands as cmds
+from ..metadata.state import MetadataError
+from .app import bad_request
+from .views import jsonable
+
+if TYPE_CHECKING:
+    from ..server import Node
+
+SHA256 = "rabbit_password_hashing_sha256"
+
+
+def _system_exchange(name: str) -> bool:
+    return not name or name.startswith("amq.")
+
+
+def export(node: Node, only_vhost: str | None = None) -> dict[str, Any]:
+    state = node.broker.state
+    vhosts = [only_vhost] if only_vhost is not None else sorted(state.vhosts)
+    queues, exchanges, bindings, policies = [], [], [], []
+    for vhost in vhosts:
+        vh = state.vhosts[vhost]
+        for name in sorted(vh.queues):
+            q = vh.queues[name]
+            if q.exclusive_owner is not None:
+                continue
+            queues.append(
+                {
+                    "name": name,
+                    "vhost": vhost,
+                    "durable": q.durable,
+                    "auto_delete": q.auto_delete,
+                    "arguments": jsonable(q.arguments or {}),
+                }
+            )
+        for name in sorted(vh.exchanges):
+            ex = vh.exchanges[name]
+            if _system_exchange(name):
+                continue
+            exchanges.append(
+                {
+                    "name": name,
+                    "vhost": vhost,
+                    "type": ex.type,
+                    "durable": ex.durable,
+                    "auto_delete": ex.auto_delete,
+                    "internal": ex.internal,
+                    "arguments": jsonable(ex.arguments or {}),
+                }
+            )
+        for name in sorted(vh.exchanges):
+            for b in vh.exchanges[name].bindings.values():
+                kind, dest = b.destination
+                if kind == "q" and (vh.queues.get(dest) is None or vh.queues[dest].exclusive_owner):
+                    continue
+                bindings.append(
+                    {
+                        "source": b.source,
+                        "vhost": vhost,
+                        "destination": dest,
+                        "destination_type": "queue" if kind == "q" else "exchange",
+                        "routing_key": b.routing_key,
+                        "arguments": jsonable(b.arguments or {}),
+                    }
+                )
+        for name in sorted(vh.policies):
+            p = vh.policies[name]
+            policies.append(
+                {
+                    "vhost": vhost,
+                    "name": name,
+                    "pattern": p.pattern,
+                    "apply-to": p.apply_to,
+                    "definition": jsonable(p.definition),
+                    "priority": p.priority,
+                }
+            )
+    head = {
+        "rabbit_version": __version__,
+        "rabbitmq_version": __version__,
+        "product_name": "Merpati",
+        "product_version": __version__,
+    }
+    if only_vhost is not None:
+        for item in queues + exchanges + bindings + policies:
+            item.pop("vhost", None)
+        return head | {
+            "parameters": [],
+            "policies": policies,
+            "queues": queues,
+            "exchanges": exchanges,
+            "bindings": bindings,
+        }
+    return head | {
+        "users": [
+            {
+                "name": u.name,
+                "password_hash": u.password_hash,
+                "hashing_algorithm": SHA256,
+                "tags": list(u.tags),
+                "limits": {},
+            }
+            for _, u in sorted(state.users.items())
+        ],
+        "vhosts": [
+            {"name": v, "limits": [], "metadata": {"description": "", "tags": []}} for v in vhosts
+        ],
+        "permissions": [
+            {"user": u, "vhost": v, "configure": p.configure, "write": p.write, "read": p.read}
+            for (u, v), p in sorted(state.permissions.items())
+        ],
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": policies,
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    }
+
+
+def _list(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = body.get(key) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise bad_request(f"'{key}' must be a list of objects")
+    return items
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(t.strip() for t in value.split(",") if t.strip())
+    return tuple(str(t) for t in value or ())
+
+
+def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) -> list[Any]:
+    """The metadata commands that import `body` (raises ApiError for malformed input)."""
+    from ..broker import hash_password
+
+    out: list[Any] = []
+    leader = node.broker.node_id
+
+    def vh(item: dict[str, Any]) -> str:
+        return only_vhost if only_vhost is not None else str(item.get("vhost", "/"))
+
+    try:
+        if only_vhost is None:
+            for v in _list(body, "vhosts"):
+                out.append(cmds.AddVhost(str(v["name"])))
+            for u in _list(body, "users"):
+                if "password_hash" in u:
+                    algo = u.get("hashing_algorithm", SHA256)
+                    if algo != SHA256:
+                        raise bad_request(
+                            f"user '{u['name']}': unsupported hashing_algorithm '{algo}'"
+                        )
+                    pw_hash = str(u["password_hash"])
+                else:
+                    pw_hash = hash_password(str(u.get("password", "")))
+                out.append(cmds.PutUser(str(u["name"]), pw_hash, _tags(u.get("tags"))))
+            for p in _list(body, "permissions"):
+                out.append(
+                    cmds.SetPermissions(
+                        str(p["user"]),
+                        str(p["vhost"]),
+                        str(p.get("configure", ".*")),
+                        str(p.get("write", ".*")),
+                        str(p.get("read", ".*")),
+                    )
+                )
+        for p in _list(body, "policies"):
+            out.append(
+                cmds.SetPolicy(
+                    vh(p),
+                    str(p["name"]),
+                    str(p["pattern"]),
+                    dict(p.get("definition") or {}),
+                    int(p.get("priority", 0)),
+                    str(p.get("apply-to", "all")),
+                )
+            )
+        for e in _list(body, "exchanges"):
+            if _system_exchange(str(e["name"])):
+                continue
+            out.append(
+                cmds.DeclareExchange(
+                    vh(e),
+                    str(e["name"]),
+                    str(e.get("type", "direct")),
+                    bool(e.get("durable", True)),
+                    bool(e.get("auto_delete", False)),
+                    bool(e.get("internal", False)),
+                    dict(e.get("arguments") or {}),
+                )
+            )
+        for q in _list(body, "queues"):
+            out.append(
+                cmds.DeclareQueue(
+                    vh(q),
+                    str(q["name"]),
+                    bool(q.get("durable", True)),
+                    None,
+                    bool(q.get("auto_delete", False)),
+                    dict(q.get("arguments") or {}),
+                    leader,
+                )
+            )
+        for b in _list(body, "bindings"):
+            kind = "q" if b.get("destination_type", "queue") == "queue" else "e"
+            out.append(
+                cmds.Bind(
+                    vh(b),
+                    str(b["source"]),
+                    kind,
+                    str(b["destination"]),
+                    str(b.get("routing_key", "")),
+                    dict(b.get("arguments") or {}),
+                )
+            )
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad_request(f"malformed definitions: {type(e).__name__}: {e}")
+    return out
+
+
+async def import_(
+    node: Node,
+    body: dict[str, Any],
+    only_vhost: str | None,
+    propose: Callable[[Any], Awaitable[Any]],
+) -> int:
+    """Apply the definitions; returns the number of commands. Stops at the first failure."""
+    todo = commands(node, body, only_vhost)
+    for cmd in todo:
+        try:
+            await propose(cmd)
+        except MetadataError as e:
+            raise bad_request(f"{type(cmd).__name__} {getattr(cmd, 'name', '')}: {e.text}")
+    return len(todo)
