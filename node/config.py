@@ -52,6 +52,8 @@ class Config:
     store_sync: str = "full"
     # Largest size of the message store file, bytes (0 = no limit); publishes beyond it are nacked.
     store_max_bytes: int = 0
+    # AMQP 1.0: offer SASL ANONYMOUS (and accept clients without SASL) as the default user.
+    amqp10_anonymous: bool = False
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -86,6 +88,7 @@ FLAGS: dict[str, str] = {
     "message_memory_budget": "bytes of messages kept in memory before paging to the store",
     "store_sync": "message store durability: full (fsync every commit) or normal",
     "store_max_bytes": "largest message store size in bytes, 0 = unlimited",
+    "amqp10_anonymous": "AMQP 1.0: allow SASL ANONYMOUS as the default user (true/false)",
 }
 
 

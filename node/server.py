@@ -13,6 +13,7 @@ from typing import Any
 
 from .amqp091.connection import Settings
 from .amqp091.transport import AMQPProtocol
+from .amqp10.connection import Settings10
 from .broker import Broker, hash_password
 from .config import Config
 from .metadata import commands as cmds
@@ -40,6 +41,8 @@ class Node:
             heartbeat=config.heartbeat,
             max_message_size=config.max_message_size,
         )
+        # The listener sniffs the protocol header; AMQP 1.0 connections read their settings here.
+        self.settings.amqp10 = Settings10.from_config(config)  # type: ignore[attr-defined]
         self.broker: Broker | None = None
         self.store: SQLiteStore | None = None
         self.metadata: Any = None

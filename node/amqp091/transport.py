@@ -1,4 +1,9 @@
-"""The asyncio shell around `Connection091`: socket events in, buffered writes out, timers."""
+"""The asyncio shell around `Connection091`: socket events in, buffered writes out, timers.
+
+One listener serves both protocols: the first bytes (the 8-byte protocol header) pick the
+connection: `AMQP 0 0 9 1` (or anything unknown) → `Connection091`, `AMQP 3 1 0 0` (SASL) and
+`AMQP 0 1 0 0` → `node.amqp10.Connection10`, which speaks to this shell through the same methods.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.conn: Connection091 | None = None
+        self.conn: Any = None  # Connection091 or Connection10, once the header has arrived
+        self._sniffed = b""
         self._heartbeat: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -37,14 +43,16 @@ class AMQPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.conn = Connection091(self.broker, self, peer, is_loopback(peer), self.settings)
         # A client that never completes the handshake must not hold a socket forever.
         self._close_timer = self.loop.call_later(10.0, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        assert conn is not None
+        if conn is None:
+            conn = self._sniff(data)
+            if conn is None:
+                return
+            data, self._sniffed = self._sniffed, b""
         conn.data_received(data)
         self.flush()
         if conn.heartbeat and self._heartbeat is None and conn.state == "running":
@@ -106,9 +114,26 @@ class AMQPProtocol(asyncio.Protocol):
 
     def _handshake_timeout(self) -> None:
         self._close_timer = None
-        if self.conn is not None and self.conn.state != "running":
-            log.info("connection from %s: handshake timeout", self.conn.peer)
+        if self.conn is None or self.conn.state != "running":
+            peer = self.conn.peer if self.conn is not None else None
+            log.info("connection from %s: handshake timeout", peer)
             self._close_now()
+
+    def _sniff(self, data: bytes) -> Any:
+        """Pick the protocol from the header's first bytes (None: wait for more of them)."""
+        buf = self._sniffed = self._sniffed + data
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        if len(buf) < 6 and b"AMQP".startswith(buf[:4]) and (len(buf) < 5 or buf[4] in (0, 3)):
+            return None
+        if buf[:4] == b"AMQP" and (buf[4] == 3 or (buf[4] == 0 and buf[5] == 1)):
+            from ..amqp10.connection import Connection10, Settings10
+
+            settings10 = getattr(self.settings, "amqp10", None) or Settings10()
+            self.conn = Connection10(self.broker, self, peer, is_loopback(peer), settings10)
+        else:
+            self.conn = Connection091(self.broker, self, peer, is_loopback(peer), self.settings)
+        return self.conn
 
     def set_reading(self, on: bool) -> None:
         if self.transport is None or self._closed:

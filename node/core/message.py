@@ -40,6 +40,7 @@ class Message:
         "dead",
         "excluded",
         "annotations",
+        "amqp10",
     )
 
     def __init__(
@@ -72,6 +73,7 @@ class Message:
         self.dead = False  # left the ready list from the middle (expired): skip it there
         self.excluded: set[int] | None = None  # consumers it is undeliverable to (1.0 modified)
         self.annotations: dict[str, Any] | None = None  # message-annotations merged by modified
+        self.amqp10: tuple | None = None  # its AMQP 1.0 encoding around the body (node.amqp10)
 
     @classmethod
     def from_stored(cls, route_raw: bytes, props_raw: bytes, body: bytes) -> Message:
@@ -118,6 +120,7 @@ class Message:
         m.dead = False
         m.excluded = None
         m.annotations = self.annotations
+        m.amqp10 = self.amqp10
         return m
 
     @property
