@@ -1,4 +1,5 @@
-"""The `merpati` command: `merpati server` runs a node."""
+"""The `merpati` command: `merpati server` runs a node; `merpati ctl` operates one over its
+management API (node/ctl.py); `merpati perf` is a load tool (node/perf.py)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,33 @@ def raft_metadata(cfg: Config, data_dir: Path) -> object:
     )
 
 
+# Commands with their own argument parsers, handed everything after their name.
+TOOLS = {
+    "ctl": "operate a node over its management API (rabbitmqctl's commands)",
+    "perf": "load test a broker (PerfTest-like: producers, consumers, rates, latency)",
+}
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    if name == "ctl":
+        from .ctl import main as ctl_main
+
+        return ctl_main(argv)
+    from .perf import main as perf_main
+
+    return perf_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return _run_tool(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="merpati", description="Merpati, a clustered AMQP broker")
     parser.add_argument("--version", action="version", version=f"merpati {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _server_parser(sub)
+    for name, help_text in TOOLS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)
 
     if args.command == "server":
