@@ -62,12 +62,14 @@ def dead_lettered(msg: Message, queue: str, reason: str, dlx: str, dlrk: str | N
         msg.body,
     )
     out.publisher = msg.publisher
+    out.deaths = deaths  # spares is_cycle decoding the headers just encoded
     return out
 
 
 def is_cycle(msg: Message, target_queue: str) -> bool:
     """RabbitMQ's rule: a cycle unless some death on the way back was a rejection."""
-    for d in msg.headers().get("x-death") or []:
+    deaths = msg.deaths if msg.deaths is not None else msg.headers().get("x-death") or []
+    for d in deaths:
         if not isinstance(d, dict):
             continue
         if _text(d.get("reason")) == "rejected":

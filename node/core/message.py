@@ -41,6 +41,7 @@ class Message:
         "excluded",
         "annotations",
         "amqp10",
+        "deaths",
     )
 
     def __init__(
@@ -73,6 +74,7 @@ class Message:
         self.dead = False  # left the ready list from the middle (expired): skip it there
         self.excluded: set[int] | None = None  # consumers it is undeliverable to (1.0 modified)
         self.annotations: dict[str, Any] | None = None  # message-annotations merged by modified
+        self.deaths: list[dict[str, Any]] | None = None  # x-death as built by dead-lettering
         self.amqp10: tuple | None = None  # its AMQP 1.0 encoding around the body (node.amqp10)
 
     @classmethod

@@ -301,7 +301,10 @@ class LocalQueue:
     def _watch_expiry(self, msg: Message) -> None:
         heap = self._expiry
         heapq.heappush(heap, (msg.expires, msg.seq, msg))
-        if heap[0][2] is msg:
+        if heap[0][2] is msg and (
+            self._expiry_timer is None
+            or self._expiry_timer.when() - EXPIRY_SLACK > _loop_deadline(msg.expires)
+        ):
             self._arm_expiry()
 
     def _arm_expiry(self) -> None:
@@ -311,7 +314,9 @@ class LocalQueue:
         if not self._expiry or self.deleted:
             return
         loop = asyncio.get_running_loop()
-        delay = max(0.0, self._expiry[0][0] - _now())
+        # Fire on a 5 ms grid: deadlines close together expire in one timer callback instead of
+        # one each (thousands a second with staggered TTLs), at most 5 ms late.
+        delay = max(0.0, self._expiry[0][0] - _now()) + EXPIRY_SLACK
         self._expiry_timer = loop.call_later(delay, self._expire_due)
 
     def _expire_due(self) -> None:
@@ -662,10 +667,16 @@ class LocalQueue:
 
 
 REJECTED = -1
+EXPIRY_SLACK = 0.005
 
 
 def _now() -> float:
     return time.time()
+
+
+def _loop_deadline(wall: float) -> float:
+    """A wall-clock deadline on the event loop's clock (what TimerHandle.when() returns)."""
+    return asyncio.get_running_loop().time() + (wall - time.time())
 
 
 def _levels_of(consumers: deque[Consumer]) -> list[deque[Consumer]] | None:
