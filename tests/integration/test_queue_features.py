@@ -391,3 +391,70 @@ def test_dead_lettering_of_persistent_messages_survives_a_crash(make_node):
     assert count(ch, "dlq-c") == 50
     assert count(ch, "work-c") == 1
     conn.close()
+
+
+def ctl(node, *args: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "ctl", "--port", str(node.management_port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_policy_applies_to_matching_queues_and_arguments_override(node):
+    conn = connect(node.port)
+    ch = conn.channel()
+    prefix = uid("pol")
+    ctl(node, "set_policy", prefix, f"^{prefix}\\.", '{"max-length": 2}', "--apply-to", "queues")
+    try:
+        ch.queue_declare(f"{prefix}.limited")
+        ch.queue_declare(f"{prefix}.own", arguments={"x-max-length": 1})
+        ch.queue_declare(f"other-{prefix}")
+        for q in (f"{prefix}.limited", f"{prefix}.own", f"other-{prefix}"):
+            for i in range(4):
+                ch.basic_publish("", q, b"%d" % i)
+        assert count(ch, f"{prefix}.limited") == 2
+        assert count(ch, f"{prefix}.own") == 1  # the stricter queue argument wins, as in RabbitMQ
+        assert count(ch, f"other-{prefix}") == 4
+        # A policy change applies to existing queues at once.
+        ctl(
+            node, "set_policy", prefix, f"^{prefix}\\.", '{"max-length": 1}', "--apply-to", "queues"
+        )
+        deadline = time.monotonic() + 3
+        while count(ch, f"{prefix}.limited") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count(ch, f"{prefix}.limited") == 1
+    finally:
+        ctl(node, "clear_policy", prefix)
+        conn.close()
+
+
+def test_policy_dead_letter_exchange_and_ttl(node):
+    conn = connect(node.port)
+    ch = conn.channel()
+    prefix = uid("polttl")
+    dlx, dlq = uid("pdlx"), uid("pdlq")
+    ch.exchange_declare(dlx, "fanout")
+    ch.queue_declare(dlq)
+    ch.queue_bind(dlq, dlx)
+    ctl(
+        node,
+        "set_policy",
+        prefix,
+        f"^{prefix}",
+        f'{{"message-ttl": 100, "dead-letter-exchange": "{dlx}"}}',
+    )
+    try:
+        ch.queue_declare(prefix)
+        ch.basic_publish("", prefix, b"by-policy")
+        _, props, body = wait_get(ch, dlq)
+        assert body == b"by-policy" and props.headers["x-death"][0]["reason"] == "expired"
+    finally:
+        ctl(node, "clear_policy", prefix)
+        conn.close()
