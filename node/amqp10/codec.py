@@ -668,3 +668,37 @@ _ENCODERS: dict[type, Any] = {
 
 def symbol_array(items: list[str]) -> Array:
     return Array(0xA3, [Symbol(s) for s in items])
+
+
+# -- skipping (for fast paths that only need a value's extent) ------------------------------------
+
+_FIXED_WIDTH = {
+    **{c: 0 for c in (0x40, 0x41, 0x42, 0x43, 0x44, 0x45)},
+    **{c: 1 for c in (0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56)},
+    **{c: 2 for c in (0x60, 0x61)},
+    **{c: 4 for c in (0x70, 0x71, 0x72, 0x73, 0x74)},
+    **{c: 8 for c in (0x80, 0x81, 0x82, 0x83, 0x84)},
+    **{c: 16 for c in (0x94, 0x98)},
+}
+
+
+def skip(buf: bytes, off: int) -> int:
+    """The offset after the value at `off`, without decoding it (its contents are not checked)."""
+    try:
+        code = buf[off]
+        if code == 0:
+            return skip(buf, skip(buf, off + 1))
+        w = _FIXED_WIDTH.get(code)
+        if w is not None:
+            end = off + 1 + w
+        elif code in (0xA0, 0xA1, 0xA3, 0xC0, 0xC1, 0xE0):
+            end = off + 2 + buf[off + 1]
+        elif code in (0xB0, 0xB1, 0xB3, 0xD0, 0xD1, 0xF0):
+            end = off + 5 + _I(buf, off + 1)[0]
+        else:
+            raise DecodeError(f"unknown type code 0x{code:02x}")
+    except (IndexError, struct.error, RecursionError):
+        raise DecodeError("value runs past the end of its frame") from None
+    if end > len(buf):
+        raise DecodeError("value runs past the end of its frame")
+    return end

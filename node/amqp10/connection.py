@@ -353,7 +353,8 @@ class Connection10:
         state = self.state
         if state == "running":
             if body[:3] == b"\x00\x53\x14":
-                perf, off = P.decode_body(body)
+                fast = P.fast_transfer(body)
+                perf, off = fast if fast is not None else P.decode_body(body)
                 s = self.sessions.get(channel)
                 if s is None:
                     if channel in self.ending:

@@ -42,6 +42,7 @@ from .codec import (
     _enc_map,
     decode,
     encode,
+    skip,
 )
 from .performatives import descriptor_code
 
@@ -285,6 +286,79 @@ def to_core(p: Parsed, payload: bytes) -> tuple[bytes, bytes, tuple]:
     props_raw = encode_properties(props)
     cache = (_header(durable, priority, ttl, 0), durable, priority, ttl, pre, wrap, post)
     return props_raw, body, cache
+
+
+class Converted:
+    """A published message converted for the core, plus what routing needs from it."""
+
+    __slots__ = ("props_raw", "body", "cache", "to", "subject", "user_id")
+
+    def __init__(
+        self, props_raw: bytes, body: bytes, cache: tuple, to: Any, subject: Any, user_id: Any
+    ) -> None:
+        self.props_raw = props_raw
+        self.body = body
+        self.cache = cache
+        self.to = to
+        self.subject = subject
+        self.user_id = user_id
+
+
+# Conversions by the bytes before the body: publishers repeat their sections, so most messages
+# convert by one lookup. Only prefixes that were fully decoded (validated) are stored.
+_prefix_cache: dict[bytes, tuple] = {}
+PREFIX_CACHE_MAX = 512
+
+
+def convert(payload: bytes) -> Converted:
+    """Decode and convert a transferred message; raises DecodeError if it is malformed."""
+    fast = _fast_split(payload)
+    if fast is not None:
+        body_start, data_start, body_end = fast
+        prefix = payload[:body_start]
+        hit = _prefix_cache.get(prefix)
+        if hit is not None:
+            props_raw, cache, to, subject, user_id = hit
+            return Converted(props_raw, payload[data_start:body_end], cache, to, subject, user_id)
+    p = parse(payload)
+    props_raw, body, cache = to_core(p, payload)
+    pr = p.properties
+    to, subject, user_id = _field(pr, 2), _field(pr, 3), _field(pr, 1)
+    if fast is not None and len(prefix) <= 1024:
+        if len(_prefix_cache) >= PREFIX_CACHE_MAX:
+            _prefix_cache.clear()
+        _prefix_cache[prefix] = (props_raw, cache, to, subject, user_id)
+    return Converted(props_raw, body, cache, to, subject, user_id)
+
+
+def _fast_split(payload: bytes) -> tuple[int, int, int] | None:
+    """(body section start, body bytes start, end) for `[sections] data` messages, else None."""
+    n = len(payload)
+    off = 0
+    try:
+        while off < n:
+            if payload[off] != 0 or payload[off + 1] != 0x53:
+                return None
+            code = payload[off + 2]
+            if code == DATA:
+                t = payload[off + 3]
+                if t == 0xA0:
+                    start = off + 5
+                    end = start + payload[off + 4]
+                elif t == 0xB0:
+                    start = off + 8
+                    end = start + int.from_bytes(payload[off + 4 : off + 8], "big")
+                else:
+                    return None
+                if end != n:
+                    return None  # more sections follow (several data sections, a footer)
+                return off, start, end
+            if not HEADER <= code <= APP_PROPS:
+                return None
+            off = skip(payload, off + 3)
+    except (IndexError, DecodeError):
+        return None
+    return None
 
 
 # -- 0-9-1 → 1.0 ----------------------------------------------------------------------------------

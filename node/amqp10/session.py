@@ -17,6 +17,7 @@ The v1 forms /amq/queue/NAME, /queue/NAME, /exchange/NAME[/KEY] and /topic/KEY a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from collections import deque
@@ -30,7 +31,7 @@ from ..metadata.state import MetadataError
 from . import performatives as P
 from .codec import DecodeError
 from .errors import LinkError10, SessionError10
-from .message import parse, payload_parts, to_core
+from .message import convert, payload_parts
 
 if TYPE_CHECKING:
     from .connection import Connection10
@@ -45,6 +46,10 @@ OUTGOING_WINDOW = 2**31 - 1
 # Link credit granted to publishers, topped up when half is used.
 PUBLISH_CREDIT = 1000
 HANDLE_MAX = 2**16 - 1
+# Credit flow: publishers wait for credit while a queue they feed holds more than this many
+# messages that its consumers are draining; checked again every HOLD_RECHECK seconds.
+HOLD_BACKLOG = 2000
+HOLD_RECHECK = 0.002
 MASK = 0xFFFFFFFF
 
 _pB = struct.Struct(">B").pack
@@ -763,6 +768,8 @@ class ReceiverLink:
         "_parts",
         "_size",
         "_ex_cache",
+        "_queues",
+        "_hold",
     )
 
     def __init__(self, session: Session, a: Any, exchange: str | None, key: str | None) -> None:
@@ -781,15 +788,52 @@ class ReceiverLink:
         self._parts: list[bytes] = []
         self._size = 0
         self._ex_cache: dict[str, Any] = {}
+        self._queues: list[Any] = []  # where the last message went (credit flow)
+        self._hold: Any = None  # the timer of withheld credit
 
     def maybe_grant(self, force: bool = False) -> None:
-        if self.detached or self.conn.blocked:
+        if self.detached or self.conn.blocked or self._hold is not None:
             return
         if force or self.credit <= PUBLISH_CREDIT // 2:
             if self.credit == PUBLISH_CREDIT:
                 return
+            q = self._backlogged()
+            if q is not None:
+                self._hold_credit(q, q.message_count)
+                return
             self.credit = PUBLISH_CREDIT
             self.session.flow(self)
+
+    # Credit flow: while a queue this link feeds has a backlog that its consumers are draining,
+    # new credit waits until the backlog is down again, so that a publisher cannot take the
+    # node's whole CPU from the consumers of what it publishes. A backlog nobody drains (no
+    # consumers, or stalled ones) never holds a publisher back: the queue is then just storage.
+
+    def _backlogged(self) -> Any:
+        for q in self._queues:
+            if getattr(q, "message_count", 0) > HOLD_BACKLOG and q.stats()[1]:
+                return q
+        return None
+
+    def _hold_credit(self, q: Any, before: int) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._hold = loop.call_later(HOLD_RECHECK, self._recheck, q, before)
+
+    def _recheck(self, q: Any, before: int) -> None:
+        self._hold = None
+        if self.detached:
+            return
+        now = q.message_count
+        if now > HOLD_BACKLOG and now < before and q.stats()[1] and not q.deleted:
+            self._hold_credit(q, now)
+            return
+        if not self.conn.blocked and self.credit < PUBLISH_CREDIT:
+            self.credit = PUBLISH_CREDIT
+            self.session.flow(self)
+            self.conn.flush_soon()
 
     def on_flow(self, f: Any) -> None:
         if f.delivery_count is not None:
@@ -861,15 +905,14 @@ class ReceiverLink:
         conn = self.conn
         broker = conn.broker
         try:
-            parsed = parse(payload)
-            props_raw, body, cache = to_core(parsed, payload)
+            conv = convert(payload)
         except DecodeError as e:
             self._reject(did, settled, "amqp:decode-error", f"malformed message: {e}")
             return
         exchange = self.exchange
         key = self.key
         if exchange is None:
-            to = parsed.properties[2] if parsed.properties and len(parsed.properties) > 2 else None
+            to = conv.to
             if not isinstance(to, str):
                 self._reject(
                     did,
@@ -884,9 +927,7 @@ class ReceiverLink:
                 self._reject(did, settled, "amqp:invalid-field", f"bad 'to' address '{to}': {e}")
                 return
         if key is None:
-            subject = (
-                parsed.properties[3] if parsed.properties and len(parsed.properties) > 3 else None
-            )
+            subject = conv.subject
             key = subject if isinstance(subject, str) else ""
         if len(key.encode("utf-8")) > 255:
             self._reject(did, settled, "amqp:invalid-field", "routing key longer than 255 bytes")
@@ -923,19 +964,20 @@ class ReceiverLink:
             if len(self._ex_cache) > 64:
                 self._ex_cache.clear()
             self._ex_cache[exchange] = ex
-        pr = parsed.properties
-        if pr and len(pr) > 1 and isinstance(pr[1], bytes) and pr[1] != conn.user.encode("utf-8"):
+        uid = conv.user_id
+        if isinstance(uid, bytes) and uid != conn.user.encode("utf-8"):
             self._reject(
                 did,
                 settled,
                 "amqp:precondition-failed",
-                f"user-id property set to '{pr[1].decode('utf-8', 'replace')}' but authenticated user was '{conn.user}'",
+                f"user-id property set to '{uid.decode('utf-8', 'replace')}' but authenticated user was '{conn.user}'",
             )
             return
-        msg = Message(exchange, key, None, props_raw, body)
+        msg = Message(exchange, key, None, conv.props_raw, conv.body)
         msg.publisher = conn
-        msg.amqp10 = cache
+        msg.amqp10 = conv.cache
         queues = broker.route(vhost, ex, msg)
+        self._queues = queues
         if not queues:
             if not settled:
                 session.settle_incoming(did, P.Released())
@@ -972,3 +1014,7 @@ class ReceiverLink:
     def teardown(self) -> None:
         self.detached = True
         self._reset()
+        self._queues = []
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
