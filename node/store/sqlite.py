@@ -2,10 +2,11 @@
 
 Theory of operation. The event loop never waits for SQLite. Everything a queue asks of the store
 during one turn of the loop (appends, deletes, delivery marks, queue drops) lands in one open batch,
-numbered by `epoch`. At the end of the turn the batch goes to the writer thread; the writer folds
-every batch waiting for it into a single transaction, commits it (one fsync for all of them), and
-wakes the loop once with the highest epoch committed. A publisher confirm that depends on epoch E
-goes out when `committed >= E`: that is the whole contract between queues and front ends.
+which takes a token from the node's `ConfirmLedger` (node.core.ledger) when it first holds a
+message. At the end of the turn the batch goes to the writer thread; the writer folds every batch
+waiting for it into a single transaction, commits it (one fsync for all of them), and wakes the
+loop once to resolve their tokens. A publisher confirm that depends on token T goes out when
+`ledger.committed >= T`: that is the whole contract between queues and front ends.
 
 A message appended and deleted within the same open batch (a consumer acked it before the commit)
 never touches the disk. Deletes that fail (disk full) are carried into the next batch, so an acked
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..core.ledger import ConfirmLedger
 from ..metrics.counters import Histogram
 
 log = logging.getLogger("merpati.store")
@@ -130,13 +132,19 @@ class CommitWatcher:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, synchronous: str = "FULL", max_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "FULL",
+        max_bytes: int = 0,
+        ledger: ConfirmLedger | None = None,
+    ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.max_bytes = max_bytes
-        self.epoch = 1  # the open batch
-        self.committed = 0  # highest epoch known committed (or failed)
-        self._batch = _Batch(1)
+        # Publisher confirms wait on ledger tokens; a batch takes one when it first holds a message.
+        self.ledger = ledger if ledger is not None else ConfirmLedger()
+        self._batch = _Batch(0)
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
@@ -144,9 +152,6 @@ class SQLiteStore:
         self._qids: dict[tuple[str, str], int] = {}
         self._durable: dict[int, bool] = {}
         self._next_qid = 0
-        self.watchers: set[CommitWatcher] = set()
-        self._waiters: list[tuple[int, asyncio.Future]] = []
-        self.failed_epochs: set[int] = set()
         self.last_error: str | None = None
         self.commits = 0
         self.committed_rows = 0
@@ -272,14 +277,17 @@ class SQLiteStore:
         body: bytes,
         expires: float = 0.0,
     ) -> int:
-        """Store a message; returns the epoch whose commit makes it durable."""
+        """Store a message; returns the ledger token whose commit makes it durable."""
         key = (qid << SEQ_BITS) | seq
         self._batch.inserts[key] = (
             key, 1 if transient else 0, route, props, body, int(expires * 1000) if expires else 0
         )
         if not self._scheduled:
             self._touch()
-        return self._batch.epoch
+        batch = self._batch
+        if not batch.epoch:
+            batch.epoch = self.ledger.allocate()
+        return batch.epoch
 
     def delete(self, qid: int, seq: int) -> None:
         batch = self._batch
@@ -329,35 +337,29 @@ class SQLiteStore:
             )
         )
 
+    @property
+    def committed(self) -> int:
+        return self.ledger.committed
+
+    @property
+    def watchers(self) -> set:
+        return self.ledger.watchers
+
     def wait(self, epoch: int) -> asyncio.Future:
-        """A future resolved when `epoch` is committed (failed with StoreError if it failed)."""
-        assert self._loop is not None
-        fut = self._loop.create_future()
-        if epoch <= self.committed:
-            if epoch in self.failed_epochs:
-                fut.set_exception(StoreError(self.last_error or "store write failed"))
-            else:
-                fut.set_result(None)
-        else:
-            self._waiters.append((epoch, fut))
-        return fut
+        """A future resolved when ledger token `epoch` is committed (fails if its write failed)."""
+        return self.ledger.wait(epoch)
 
     def _submit(self) -> None:
         self._scheduled = False
         batch = self._batch
         if batch.empty():
             return
-        self.epoch += 1
-        self._batch = _Batch(self.epoch)
+        self._batch = _Batch(0)
         self._inbox.put(batch)
 
-    def _on_commit(self, epoch: int, failed: list[_Batch], error: str | None) -> None:
-        """In the loop: epochs up to `epoch` are settled (committed, or failed if listed)."""
-        failed_epochs: frozenset[int] = frozenset()
+    def _on_commit(self, epochs: list[int], failed: list[_Batch], error: str | None) -> None:
+        """In the loop: the batches holding these ledger tokens are committed (or all failed)."""
         if failed:
-            self.last_error = error
-            failed_epochs = frozenset(b.epoch for b in failed)
-            self.failed_epochs |= failed_epochs
             # Deletes, delivery marks and queue drops are retried: acked messages must not return.
             retry = self._batch
             for b in failed:
@@ -371,20 +373,8 @@ class SQLiteStore:
             if not retry.empty():
                 assert self._loop is not None
                 self._loop.call_later(0.5, self._touch)
-        self.committed = epoch
-        for watcher in list(self.watchers):
-            watcher.store_committed(epoch, failed_epochs)
-        if self._waiters:
-            keep = []
-            for e, fut in self._waiters:
-                if e > epoch:
-                    keep.append((e, fut))
-                elif not fut.done():
-                    if e in self.failed_epochs:
-                        fut.set_exception(StoreError(error or "store write failed"))
-                    else:
-                        fut.set_result(None)
-            self._waiters = keep
+        if epochs:
+            self.ledger.resolve(epochs, ok=not failed, error=error)
 
     # -- the writer thread --------------------------------------------------------------------
 
@@ -434,7 +424,7 @@ class SQLiteStore:
                 except sqlite3.Error:
                     pass
             loop.call_soon_threadsafe(
-                self._on_commit, batches[-1].epoch, batches if error else [], error
+                self._on_commit, [b.epoch for b in batches if b.epoch], batches if error else [], error
             )
         conn.close()
 
@@ -483,7 +473,7 @@ class SQLiteStore:
 def _merge(batches: list[_Batch]) -> _Batch:
     """Fold batches into one; a message inserted by one and deleted by a later one (published,
     delivered and acked while the previous commit was on disk) is written by neither."""
-    out = _Batch(batches[-1].epoch)
+    out = _Batch(0)  # its tokens are resolved by the caller from the original batches
     inserts = out.inserts
     for b in batches:
         out.queues.extend(b.queues)
