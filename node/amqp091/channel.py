@@ -518,10 +518,20 @@ class Channel:
         q = self.broker.queue(self.vhost, name)
         if isinstance(q, LocalQueue):
             q.touch()
-        messages, consumers = q.stats() if q is not None else (0, 0)
-        self.send_method(
-            spec.QueueDeclareOk(queue=name, message_count=messages, consumer_count=consumers)
-        )
+
+        def reply(stats: tuple[int, int]) -> None:
+            self.send_method(
+                spec.QueueDeclareOk(queue=name, message_count=stats[0], consumer_count=stats[1])
+            )
+
+        # A queue on another node answers asynchronously (a future).
+        self._maybe_await(q.stats() if q is not None else (0, 0), reply, m)
+
+    def _maybe_await(self, value: Any, then: Callable[[Any], None], method: Any) -> None:
+        if isinstance(value, asyncio.Future):
+            self._await(value, then, method)
+        else:
+            then(value)
 
     def _existing_queue(self, name: str) -> QueueHandle:
         qdef = self.broker.state.queue(self.vhost, name)
@@ -535,8 +545,9 @@ class Channel:
         name = self._queue_name(m.queue)
         q = self._existing_queue(name)
         self.broker.check(self.user, self.vhost, "read", "queue", name)
-        n = q.purge()
-        self._reply(m.nowait, spec.QueuePurgeOk(message_count=n))
+        self._maybe_await(
+            q.purge(), lambda n: self._reply(m.nowait, spec.QueuePurgeOk(message_count=n)), m
+        )
 
     def _queue_delete(self, m: Any) -> None:
         name = self._queue_name(m.queue)
@@ -547,7 +558,9 @@ class Channel:
             return
         q = self._existing_queue(name)
         self.broker.check(self.user, self.vhost, "configure", "queue", name)
-        messages, consumers = q.stats()
+        self._maybe_await(q.stats(), lambda stats: self._delete_queue(m, name, *stats), m)
+
+    def _delete_queue(self, m: Any, name: str, messages: int, consumers: int) -> None:
         if m.if_unused and consumers:
             raise ChannelError(
                 PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' in use"
@@ -629,7 +642,14 @@ class Channel:
         name = self._queue_name(m.queue)
         q = self._existing_queue(name)
         self.broker.check(self.user, self.vhost, "read", "queue", name)
-        msg = q.get(not m.no_ack)
+        got = q.get(not m.no_ack)
+        if isinstance(got, asyncio.Future):
+            # A queue on another node: the future gives (message or None, messages remaining).
+            self._await(got, lambda r: self._got(q, m, r[0], r[1]), m)
+            return
+        self._got(q, m, got, None)
+
+    def _got(self, q: QueueHandle, m: Any, msg: Message | None, remaining: int | None) -> None:
         if msg is None:
             self.counters.get_empty += 1
             self.send_method(spec.BasicGetEmpty())
@@ -642,7 +662,8 @@ class Channel:
             self.unacked[tag] = (q, msg, None)
         else:
             self.counters.get_autoack += 1
-        remaining = q.stats()[0]
+        if remaining is None:
+            remaining = q.stats()[0]
         self.conn.send(
             render.get_ok(
                 self.number,
