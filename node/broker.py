@@ -76,6 +76,9 @@ class Broker:
         self.store = store
         self.budget = MemoryBudget(memory_budget) if memory_budget else None
         self.delayed: dict[tuple[str, str], DelayedMessages] = {}
+        # In a cluster: makes the QueueHandle of a queue led by another node (cluster wiring sets
+        # it; the broker never knows how a remote queue is reached).
+        self.remote_queue_factory: Callable[[QueueDef], QueueHandle] | None = None
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
         self.loopback_users = set(loopback_users)
@@ -101,18 +104,19 @@ class Broker:
             return
         if isinstance(cmd, cmds.AddVhost):
             self.queues.setdefault(cmd.name, {})
-        elif (
-            isinstance(cmd, cmds.DeclareQueue)
-            and result == "created"
-            and cmd.leader == self.node_id
-        ):
+        elif isinstance(cmd, cmds.DeclareQueue) and result == "created":
             qdef = self.state.queue(cmd.vhost, cmd.name)
             assert qdef is not None
-            self._create_queue(qdef)
+            if cmd.leader == self.node_id:
+                self._create_queue(qdef)
+            elif self.remote_queue_factory is not None:
+                self.queues.setdefault(qdef.vhost, {})[qdef.name] = self.remote_queue_factory(qdef)
         elif isinstance(cmd, cmds.DeleteQueue):
             q = self.queues.get(cmd.vhost, {}).pop(cmd.name, None)
             if isinstance(q, LocalQueue):
                 q.delete("queue deleted")
+            elif q is not None:
+                q.delete("queue deleted")  # a remote handle: cancels its consumers here
         elif isinstance(cmd, (cmds.SetPolicy, cmds.ClearPolicy)):
             self._reapply_policies(cmd.vhost)
         elif isinstance(cmd, cmds.DeleteExchange):
@@ -220,7 +224,11 @@ class Broker:
                     keep.add((vhost, pseudo_queue(ex.name)))
                     total += count
             for name, qdef in vh.queues.items():
-                if qdef.leader != self.node_id or name in self.queues[vhost]:
+                if name in self.queues[vhost]:
+                    continue
+                if qdef.leader != self.node_id:
+                    if self.remote_queue_factory is not None:
+                        self.queues[vhost][name] = self.remote_queue_factory(qdef)
                     continue
                 q = self._create_queue(qdef)
                 keep.add((vhost, name))

@@ -14,6 +14,7 @@ holds the ledger back.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from typing import Protocol
 
 
@@ -30,6 +31,7 @@ class ConfirmLedger:
         self._next = 1
         self.committed = 0
         self._open: set[int] = set()
+        self._order: list[int] = []  # heap of tokens handed out; resolved ones dropped lazily
         self.failed: set[int] = set()
         self.last_error: str | None = None
         self.watchers: set[LedgerWatcher] = set()
@@ -39,6 +41,7 @@ class ConfirmLedger:
         token = self._next
         self._next += 1
         self._open.add(token)
+        heapq.heappush(self._order, token)
         return token
 
     def resolve(self, tokens: list[int], ok: bool, error: str | None = None) -> None:
@@ -48,7 +51,10 @@ class ConfirmLedger:
                 self.failed.add(token)
         if not ok:
             self.last_error = error
-        committed = min(self._open) - 1 if self._open else self._next - 1
+        order = self._order
+        while order and order[0] not in self._open:
+            heapq.heappop(order)
+        committed = order[0] - 1 if order else self._next - 1
         if committed <= self.committed and ok:
             return
         self.committed = max(self.committed, committed)
