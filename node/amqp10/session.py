@@ -135,6 +135,7 @@ class Session:
         self.broker = conn.broker
         self.channel = channel
         self.links: dict[int, Any] = {}
+        self.refused: set[int] = set()  # handles of refused attaches, until the client detaches
         self.senders: list[SenderLink] = []
         # Our outgoing side.
         self.next_outgoing_id = 0
@@ -243,7 +244,7 @@ class Session:
             self.flow()
 
     def on_attach(self, a: Any) -> None:
-        if a.handle in self.links:
+        if a.handle in self.links or a.handle in self.refused:
             raise SessionError10("amqp:session:handle-in-use", f"handle {a.handle} is in use")
         if a.handle > self.handle_max:
             raise SessionError10(
@@ -269,6 +270,7 @@ class Session:
 
     def _refuse(self, a: Any, condition: str, description: str) -> None:
         """The spec's refusal: an attach with a null terminus, then a detach with the error."""
+        self.refused.add(a.handle)
         reply = P.Attach(
             name=a.name,
             handle=a.handle,
@@ -452,6 +454,9 @@ class Session:
                 link.queue.kick()
 
     def on_detach(self, d: Any) -> None:
+        if d.handle in self.refused:
+            self.refused.discard(d.handle)  # the answer to our refusal: the handle is free
+            return
         link = self._link(d.handle, "detach")
         del self.links[d.handle]
         if d.error is not None:

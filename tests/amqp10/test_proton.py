@@ -1,0 +1,379 @@
+"""AMQP 1.0 with the real python-qpid-proton client: addresses, settlement, outcomes, flow,
+large messages, interop with 0-9-1, durability and bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pika
+import pytest
+
+proton = pytest.importorskip("proton", reason="python-qpid-proton is not installed")
+
+from proton import Delivery, Message  # noqa: E402
+from proton.handlers import MessagingHandler  # noqa: E402
+from proton.reactor import AtMostOnce, Container  # noqa: E402
+from proton import ConnectionException  # noqa: E402
+from proton.utils import LinkDetached, SendException  # noqa: E402
+
+from node.amqp10 import performatives as P  # noqa: E402
+
+from ._support import RawClient, blocking, channel091, frame, queue_count  # noqa: E402
+
+
+def _queue(node, name=None, **kw):
+    name = name or f"q-{uuid.uuid4().hex[:8]}"
+    conn, ch = channel091(node)
+    ch.queue_declare(name, **kw)
+    conn.close()
+    return name
+
+
+def test_send_and_receive_on_queue_address(node):
+    q = _queue(node)
+    c = blocking(node)
+    s = c.create_sender(f"/queues/{q}")
+    for i in range(5):
+        s.send(Message(body=f"m{i}"))
+    r = c.create_receiver(f"/queues/{q}")
+    got = []
+    for _ in range(5):
+        got.append(r.receive(timeout=5).body)
+        r.accept()
+    c.close()
+    assert got == [f"m{i}" for i in range(5)]
+    assert queue_count(node, q) == 0
+
+
+def test_pre_settled_both_ways(node):
+    q = _queue(node)
+    c = blocking(node)
+    s = c.create_sender(f"/queues/{q}", options=AtMostOnce())
+    for i in range(3):
+        s.send(Message(body=i))
+    r = c.create_receiver(f"/queues/{q}", options=AtMostOnce())
+    got = [r.receive(timeout=5).body for _ in range(3)]
+    c.close()
+    assert got == [0, 1, 2]
+    assert queue_count(node, q) == 0
+
+
+def test_exchange_targets_and_anonymous_relay(node):
+    q = _queue(node)
+    conn, ch = channel091(node)
+    ch.queue_bind(q, "amq.direct", routing_key="k1")
+    ch.queue_bind(q, "amq.topic", routing_key="a.*")
+    conn.close()
+    c = blocking(node)
+    c.create_sender("/exchanges/amq.direct/k1").send(Message(body="direct"))
+    c.create_sender("/exchanges/amq.topic").send(Message(body="topic", subject="a.b"))
+    c.create_sender(None).send(Message(body="relay", address=f"/queues/{q}"))
+    # Unroutable: released, which the blocking sender reports as a failed send.
+    with pytest.raises(SendException):
+        c.create_sender("/exchanges/amq.direct/nowhere").send(Message(body="lost"))
+    r = c.create_receiver(f"/queues/{q}")
+    got = []
+    for _ in range(3):
+        got.append(r.receive(timeout=5).body)
+        r.accept()
+    c.close()
+    assert sorted(got) == ["direct", "relay", "topic"]
+
+
+def test_missing_nodes_detach_with_not_found(node):
+    c = blocking(node)
+    with pytest.raises(LinkDetached) as e:
+        c.create_sender("/queues/no-such-queue")
+    assert "amqp:not-found" in str(e.value)
+    with pytest.raises(LinkDetached) as e:
+        c.create_receiver("/queues/no-such-queue")
+    assert "amqp:not-found" in str(e.value)
+    with pytest.raises(LinkDetached) as e:
+        c.create_sender("/exchanges/no-such-exchange/k")
+    assert "amqp:not-found" in str(e.value)
+    # The connection is still usable.
+    q = _queue(node)
+    c.create_sender(f"/queues/{q}").send(Message(body="still fine"))
+    c.close()
+
+
+def test_four_outcomes_on_queue_state(node):
+    dlq = _queue(node)
+    args = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}
+    c = blocking(node)
+
+    def one(body):
+        q = _queue(node, arguments=args)
+        c.create_sender(f"/queues/{q}").send(Message(body=body))
+        r = c.create_receiver(f"/queues/{q}", credit=1)
+        m = r.receive(timeout=5)
+        assert m.body == body and m.delivery_count == 0
+        return q, r
+
+    q, r = one("accept-me")
+    r.accept()  # accepted: gone
+    r.close()
+    assert queue_count(node, q) == 0
+
+    q, r = one("reject-me")
+    r.reject()  # rejected: dead-lettered (dropped without a DLX)
+    r.close()
+    assert queue_count(node, q) == 0
+    assert queue_count(node, dlq) == 1
+
+    q, r = one("release-me")
+    r.release(delivered=False)  # released: requeued, delivery count not charged
+    m = r.receive(timeout=5)
+    assert m.body == "release-me" and m.delivery_count == 0
+    r.accept()
+    r.close()
+    assert queue_count(node, q) == 0
+
+    q, r = one("modify-me")
+    d = r.fetcher.unsettled[0]
+    d.local.failed = True
+    d.local.annotations = {proton.symbol("x-opt-note"): "tried"}
+    r.settle(Delivery.MODIFIED)  # modified, delivery-failed: count charged, annotations merged
+    m = r.receive(timeout=5)
+    assert m.body == "modify-me" and m.delivery_count == 1
+    assert m.annotations.get("x-opt-note") == "tried"
+    r.release(delivered=False)
+    r.close()
+    assert queue_count(node, q) == 1
+    c.close()
+
+
+def test_modified_undeliverable_here_goes_to_another_link(node):
+    q = _queue(node)
+    c = blocking(node)
+    c.create_sender(f"/queues/{q}").send(Message(body="picky"))
+    r1 = c.create_receiver(f"/queues/{q}", credit=1)
+    assert r1.receive(timeout=5).body == "picky"
+    r2 = c.create_receiver(f"/queues/{q}", credit=1, name="second")
+    d = r1.fetcher.unsettled[0]
+    d.local.undeliverable = True
+    r1.settle(Delivery.MODIFIED)
+    m = r2.receive(timeout=5)
+    assert m.body == "picky"
+    r2.accept()
+    c.close()
+
+
+class _Drainer(MessagingHandler):
+    def __init__(self, url_, address, n):
+        super().__init__(prefetch=0, auto_accept=True)
+        self.url, self.address, self.n = url_, address, n
+        self.got = []
+        self.drained = None
+
+    def on_start(self, event):
+        conn = event.container.connect(self.url, allowed_mechs="PLAIN")
+        self.receiver = event.container.create_receiver(conn, self.address)
+        self.receiver.drain(self.n)
+
+    def on_message(self, event):
+        self.got.append(event.message.body)
+
+    def on_link_flow(self, event):
+        if self.receiver.credit == 0 and not self.receiver.draining() and self.drained is None:
+            self.drained = self.receiver.credit
+            event.connection.close()
+
+
+def test_credit_and_drain(node):
+    q = _queue(node)
+    c = blocking(node)
+    s = c.create_sender(f"/queues/{q}")
+    for i in range(3):
+        s.send(Message(body=i))
+    c.close()
+    h = _Drainer(f"amqp://guest:guest@127.0.0.1:{node.port}", f"/queues/{q}", 10)
+    t = threading.Thread(target=Container(h).run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert h.got == [0, 1, 2]
+    assert h.drained == 0
+
+
+def test_large_multi_frame_messages(node):
+    q = _queue(node)
+    c = blocking(node)
+    body = bytes(range(256)) * 4096 * 3  # 3 MiB: many frames of 128 KiB each way
+    c.create_sender(f"/queues/{q}").send(Message(body=body))
+    r = c.create_receiver(f"/queues/{q}")
+    m = r.receive(timeout=10)
+    r.accept()
+    c.close()
+    assert m.body == body
+
+
+def test_properties_from_091_to_10(node):
+    q = _queue(node)
+    conn, ch = channel091(node)
+    ch.basic_publish(
+        "",
+        q,
+        b"from 0-9-1",
+        pika.BasicProperties(
+            content_type="text/plain",
+            content_encoding="utf-8",
+            correlation_id="corr-1",
+            reply_to="replies",
+            message_id="urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66",
+            priority=5,
+            delivery_mode=2,
+            expiration="60000",
+            headers={"h-str": "v", "h-int": 7, "x-opt-ann": "a"},
+        ),
+    )
+    conn.close()
+    c = blocking(node)
+    r = c.create_receiver(f"/queues/{q}")
+    m = r.receive(timeout=5)
+    r.accept()
+    c.close()
+    assert m.body == b"from 0-9-1"
+    assert m.content_type == "text/plain" and m.content_encoding == "utf-8"
+    assert m.correlation_id == "corr-1" and m.reply_to == "replies"
+    assert m.id == uuid.UUID("6e8bc430-9c3a-11d9-9669-0800200c9a66")
+    assert m.priority == 5 and m.durable and m.ttl == 60
+    assert m.properties == {"h-str": "v", "h-int": 7}
+    assert m.annotations["x-opt-ann"] == "a"
+
+
+def test_properties_from_10_to_091(node):
+    q = _queue(node)
+    c = blocking(node)
+    c.create_sender(f"/queues/{q}").send(
+        Message(
+            body=b"from 1.0",
+            inferred=True,  # a data section (proton sends bytes as an amqp-value otherwise)
+            content_type="application/octet-stream",
+            content_encoding="gzip",
+            correlation_id="corr-2",
+            reply_to="/queues/replies",
+            id="msg-2",
+            priority=6,
+            durable=True,
+            ttl=30,
+            properties={"k": "v", "n": 3},
+        )
+    )
+    c.close()
+    conn, ch = channel091(node)
+    method, props, body = ch.basic_get(q, auto_ack=True)
+    conn.close()
+    assert body == b"from 1.0"
+    assert props.content_type == "application/octet-stream" and props.content_encoding == "gzip"
+    assert props.correlation_id == "corr-2" and props.reply_to == "/queues/replies"
+    assert props.message_id == "msg-2" and props.priority == 6 and props.delivery_mode == 2
+    assert props.expiration == "30000"
+    assert props.headers == {"k": "v", "n": 3}
+
+
+def test_amqp_value_body_to_091(node):
+    q = _queue(node)
+    c = blocking(node)
+    c.create_sender(f"/queues/{q}").send(Message(body={"a": 1}))
+    c.close()
+    conn, ch = channel091(node)
+    _m, props, body = ch.basic_get(q, auto_ack=True)
+    conn.close()
+    assert props.type == "amqp-1.0" and body.startswith(b"\x00\x53\x77")
+
+
+def test_persistent_message_survives_restart(make_node):
+    n = make_node()
+    q = _queue(n, durable=True)
+    c = blocking(n)
+    c.create_sender(f"/queues/{q}").send(Message(body="kept", durable=True, properties={"p": 1}))
+    c.close()
+    n.stop()
+    n.start()
+    c = blocking(n)
+    r = c.create_receiver(f"/queues/{q}")
+    m = r.receive(timeout=5)
+    r.accept()
+    c.close()
+    assert m.body == "kept" and m.durable and m.properties == {"p": 1}
+
+
+def test_vhost_from_hostname_and_bad_login(make_node):
+    n = make_node(
+        config='vhosts = ["/", "other"]\n[[users]]\nname = "guest"\npassword = "guest"\nvhosts = ["/", "other"]\n'
+    )
+    conn = pika.BlockingConnection(
+        pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{n.port}/other")
+    )
+    conn.channel().queue_declare("in-other")
+    conn.close()
+    c = blocking(n, virtual_host="vhost:other")
+    c.create_sender("/queues/in-other").send(Message(body="x"))
+    c.close()
+    with pytest.raises(ConnectionException):
+        blocking(n, virtual_host="vhost:missing")
+    from proton.utils import BlockingConnection
+
+    with pytest.raises(ConnectionException):
+        BlockingConnection(
+            f"amqp://guest:wrong@127.0.0.1:{n.port}", timeout=5, allowed_mechs="PLAIN"
+        )
+
+
+def test_anonymous_only_when_configured(make_node, node):
+    from proton.utils import BlockingConnection
+
+    with pytest.raises(ConnectionException):
+        BlockingConnection(f"amqp://127.0.0.1:{node.port}", timeout=5, allowed_mechs="ANONYMOUS")
+    n = make_node("--amqp10-anonymous", "true")
+    q = _queue(n)
+    c = BlockingConnection(f"amqp://127.0.0.1:{n.port}", timeout=5, allowed_mechs="ANONYMOUS")
+    c.create_sender(f"/queues/{q}").send(Message(body="anon"))
+    c.close()
+
+
+def test_bad_frames_close_with_amqp_errors_and_spare_others(node):
+    q = _queue(node)
+    watcher = blocking(node)
+    wr = watcher.create_receiver(f"/queues/{q}")
+
+    raw = RawClient(node)
+    raw.login()
+    raw.sock.sendall(b"\x00\x00\x00\x0c\x02\x00\x00\x00\x00\x53\x10\xff")  # junk performative
+    close = raw.until(P.Close)
+    assert close.error.condition == "amqp:decode-error"
+    assert raw.closed()
+
+    raw = RawClient(node)
+    raw.login()
+    raw.sock.sendall(b"\x00\x10\x00\x00\x02\x00\x00\x00")  # 1 MiB frame header > max-frame-size
+    close = raw.until(P.Close)
+    assert close.error.condition == "amqp:connection:framing-error"
+
+    raw = RawClient(node)
+    raw.login()
+    raw.begin()
+    raw.sock.sendall(frame(0, P.Transfer(handle=7, delivery_id=0, delivery_tag=b"t"), b"x"))
+    end = raw.until(P.End)
+    assert end.error.condition == "amqp:session:unattached-handle"
+    raw.close()
+
+    raw = RawClient(node)
+    raw.sock.sendall(b"AMQP\x00\x01\x00\x00")  # no SASL, not configured for anonymous
+    assert raw.read_exact(8) == b"AMQP\x00\x01\x00\x00"
+    close = raw.until(P.Close)
+    assert close.error.condition == "amqp:unauthorized-access"
+    raw.close()
+
+    # The node and the other connection are unaffected.
+    blocking(node).create_sender(f"/queues/{q}").send(Message(body="after"))
+    deadline = time.monotonic() + 5
+    got = []
+    while time.monotonic() < deadline and "after" not in got:
+        got.append(wr.receive(timeout=5).body)
+        wr.accept()
+    assert "after" in got
+    watcher.close()
