@@ -12,10 +12,13 @@ import pytest
 
 proton = pytest.importorskip("proton", reason="python-qpid-proton is not installed")
 
-from proton import Delivery, Message  # noqa: E402
+from proton import (  # noqa: E402
+    ConnectionException,  # noqa: E402
+    Delivery,
+    Message,
+)
 from proton.handlers import MessagingHandler  # noqa: E402
 from proton.reactor import AtMostOnce, Container  # noqa: E402
-from proton import ConnectionException  # noqa: E402
 from proton.utils import LinkDetached, SendException  # noqa: E402
 
 from node.amqp10 import performatives as P  # noqa: E402
