@@ -79,6 +79,9 @@ class Broker:
         # In a cluster: makes the QueueHandle of a queue led by another node (cluster wiring sets
         # it; the broker never knows how a remote queue is reached).
         self.remote_queue_factory: Callable[[QueueDef], QueueHandle] | None = None
+        # Chooses the leader node of a new queue (exclusive -> this node); the cluster replaces it.
+        self.place_queue: Callable[[bool], str] = lambda exclusive: self.node_id
+        self.cluster: Any = None
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
         self.loopback_users = set(loopback_users)

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from pathlib import Path
 
 from . import __version__
 from .config import FLAGS, Config, ConfigError, load
@@ -24,17 +23,11 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         )
 
 
-def raft_metadata(cfg: Config, data_dir: Path) -> object:
-    """The metadata log of a node: Raft (pysyncobj), a one-member cluster for a single node."""
-    from cluster.raft_log import RaftLog
+def cluster_plan(cfg: Config) -> object:
+    """How this node takes part in the cluster (a one-member one without --peers)."""
+    from cluster.plan import ClusterPlan
 
-    port = cfg.resolved_raft_port()
-    return RaftLog(
-        data_dir / "raft",
-        f"127.0.0.1:{port}",
-        bind_address=f"127.0.0.1:{port}",
-        password=cfg.cluster_secret or None,
-    )
+    return ClusterPlan.from_config(cfg)
 
 
 # Commands with their own argument parsers, handed everything after their name.
@@ -83,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop  # type: ignore[import-not-found]
         except ImportError:
             uvloop = None
-        node = Node(cfg, metadata_factory=raft_metadata)
+        try:
+            plan = cluster_plan(cfg)
+        except ValueError as e:
+            print(f"merpati: {e}", file=sys.stderr)
+            return 2
+        node = Node(cfg, cluster=plan)
         try:
             if uvloop is not None:
                 uvloop.run(node.run())

@@ -46,6 +46,9 @@ class Config:
     cluster_port: int = 25672
     raft_port: int = 0
     cluster_secret: str = ""
+    cluster_secret_file: str = ""
+    # Every member as node-id=host:cluster-port,... (this node included), or dns:NAME:PORT.
+    peers: str = ""
     # Bytes of message data kept in memory before queues page messages out to the store.
     message_memory_budget: int = 128 * 1024 * 1024
     # SQLite synchronous mode of the message store: FULL (fsync per commit) or NORMAL.
@@ -85,6 +88,8 @@ FLAGS: dict[str, str] = {
     "cluster_port": "port for traffic between nodes (gRPC)",
     "raft_port": "Raft port for metadata (default: cluster port + 1)",
     "cluster_secret": "shared secret of the cluster's nodes (required off loopback)",
+    "cluster_secret_file": "file holding the cluster secret",
+    "peers": "cluster members: node-id=host:cluster-port,... (this node included) or dns:NAME:PORT",
     "message_memory_budget": "bytes of messages kept in memory before paging to the store",
     "store_sync": "message store durability: full (fsync every commit) or normal",
     "store_max_bytes": "largest message store size in bytes, 0 = unlimited",

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,12 @@ class StartupError(Exception):
     """The node cannot start; the message says why (and names the file at fault)."""
 
 
-MetadataFactory = Callable[[Config, Path], Any]
-
-
 class Node:
-    def __init__(self, config: Config, metadata_factory: MetadataFactory | None = None) -> None:
+    def __init__(self, config: Config, cluster: Any = None) -> None:
         self.config = config
         self.node_id = config.resolved_node_id()
-        self.metadata_factory = metadata_factory
+        # cluster.plan.ClusterPlan (Raft metadata, placement, forwarding); None: a LocalLog node.
+        self.cluster = cluster
         self.settings = Settings(
             frame_max=config.frame_max,
             channel_max=config.channel_max,
@@ -101,10 +98,7 @@ class Node:
             raise StartupError(str(e)) from None
         self.store.start(loop)
 
-        if self.metadata_factory is not None:
-            self.metadata = self.metadata_factory(cfg, data_dir)
-        else:
-            self.metadata = LocalLog()
+        self.metadata = self.cluster.metadata(data_dir) if self.cluster is not None else LocalLog()
         self.broker = Broker(
             self.node_id,
             self.metadata,
@@ -113,14 +107,16 @@ class Node:
             memory_budget=cfg.message_memory_budget,
         )
         self.broker.alarm_listeners.append(self._on_alarm)
-        starter = getattr(self.metadata, "start", None)
-        if starter is not None:
+        only_member = True
+        if self.cluster is not None:
+            only_member = not self.cluster.clustered
+            await self.cluster.attach(self)
             try:
-                await starter(timeout=60.0)
+                await self.cluster.wait_for_majority(self.metadata.start)
             except Exception as e:  # the log names the file or setting at fault
                 raise StartupError(f"metadata log: {e}") from None
         first_boot = not self.broker.state.users
-        await self.broker.propose(cmds.NodeStarted(self.node_id, only_member=True))
+        await self.broker.propose(cmds.NodeStarted(self.node_id, only_member=only_member))
         await self._bootstrap(first_boot)
         recovered = self.broker.recover(stored)
 
@@ -224,6 +220,8 @@ class Node:
         if self.store is not None:
             # Commits what the last loop turns gathered, then stops the writer.
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+        if self.cluster is not None:
+            await self.cluster.detach()
         stopper = getattr(self.metadata, "stop", None)
         if stopper is not None:
             stopper()

@@ -496,7 +496,7 @@ class Channel:
             self.conn.id if m.exclusive else None,
             m.auto_delete,
             args,
-            self.broker.node_id,
+            self.broker.place_queue(m.exclusive),
         )
 
         def done(result: Any) -> None:

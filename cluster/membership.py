@@ -1,0 +1,152 @@
+"""Who is in the cluster: the `--peers` forms, the Raft addresses, liveness, queue placement.
+
+`--peers` names every member, the node's own entry included, in one of two forms:
+
+    n1=10.0.0.1:25672,n2=10.0.0.2:25672,n3=10.0.0.3:25672    node-id=host:cluster-port, comma-separated
+    dns:merpati-headless.default.svc.cluster.local:25672      every address the name resolves to
+
+With the DNS form (a Kubernetes headless service), each address is turned back into its host name
+(the pod's stable DNS name) and the node id is that name's first label ("merpati-0"), which is what
+a StatefulSet gives its pods; a node's own id must be among them.
+
+The Raft port of every member is its cluster port plus the same offset (`--raft-port` minus
+`--cluster-port`, 1 by default). pysyncobj identifies members by address, so every node must spell
+every address the same way: they all come from this one list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+
+class PeersError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Member:
+    node_id: str
+    host: str
+    cluster_port: int
+    raft_port: int
+
+    @property
+    def cluster_address(self) -> str:
+        return f"{self.host}:{self.cluster_port}"
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.host}:{self.raft_port}"
+
+
+def _port(text: str, where: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise PeersError(f"{where}: port {text!r} is not a number")
+    if not 0 < port < 65536:
+        raise PeersError(f"{where}: port {port} is not a TCP port")
+    return port
+
+
+def parse_peers(spec: str, raft_offset: int) -> list[Member]:
+    spec = spec.strip()
+    if spec.startswith("dns:"):
+        _, _, rest = spec.partition(":")
+        name, sep, port_text = rest.rpartition(":")
+        if not sep or not name:
+            raise PeersError(f"peers {spec!r}: the DNS form is dns:NAME:PORT")
+        return resolve_dns(name, _port(port_text, f"peers {spec!r}"), raft_offset)
+    members = []
+    seen: set[str] = set()
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        node_id, eq, address = entry.partition("=")
+        host, colon, port_text = address.rpartition(":")
+        if not eq or not node_id or not colon or not host:
+            raise PeersError(f"peers entry {entry!r}: expected node-id=host:cluster-port")
+        if node_id in seen:
+            raise PeersError(f"peers: node id {node_id!r} appears twice")
+        seen.add(node_id)
+        port = _port(port_text, f"peers entry {entry!r}")
+        members.append(Member(node_id, host.strip("[]"), port, port + raft_offset))
+    if not members:
+        raise PeersError("peers: no members given")
+    return members
+
+
+def resolve_dns(name: str, port: int, raft_offset: int) -> list[Member]:
+    try:
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise PeersError(f"peers dns:{name}:{port}: cannot resolve: {e}")
+    members = {}
+    for info in infos:
+        ip = info[4][0]
+        try:
+            host = socket.gethostbyaddr(ip)[0]
+        except OSError:
+            host = ip
+        node_id = host.split(".")[0]
+        members[node_id] = Member(node_id, host, port, port + raft_offset)
+    return sorted(members.values(), key=lambda m: m.node_id)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Membership:
+    """The configured members, this node among them, and who is reachable now."""
+
+    def __init__(self, members: list[Member], node_id: str) -> None:
+        by_id = {m.node_id: m for m in members}
+        if node_id not in by_id:
+            raise PeersError(
+                f"this node's id {node_id!r} is not among the peers ({', '.join(by_id)}); "
+                "name every member, this node included"
+            )
+        self.members = by_id
+        self.me = by_id[node_id]
+        self.status: Any = None  # callable returning the Raft status (set by the wiring)
+
+    @property
+    def others(self) -> list[Member]:
+        return [m for m in self.members.values() if m is not self.me]
+
+    def live(self) -> set[str]:
+        """Node ids this node can reach now (itself included), from the Raft connections."""
+        alive = {self.me.node_id}
+        status = self.status() if self.status is not None else {}
+        for m in self.others:
+            if status.get(f"partner_node_status_server_{m.raft_address}") == 2:
+                alive.add(m.node_id)
+        return alive
+
+    def leader_node(self) -> str | None:
+        status = self.status() if self.status is not None else {}
+        leader = status.get("leader")
+        for m in self.members.values():
+            if leader is not None and str(leader) == m.raft_address:
+                return m.node_id
+        return None
+
+
+def place_queue(state: Any, live: set[str], local: str, exclusive: bool) -> str:
+    """The leader for a new queue: this node for an exclusive queue (it lives and dies with its
+    connection), else the live member leading the fewest queues (ties: this node, then by id)."""
+    if exclusive or len(live) <= 1:
+        return local
+    counts = dict.fromkeys(live, 0)
+    for vh in state.vhosts.values():
+        for q in vh.queues.values():
+            if q.leader in counts:
+                counts[q.leader] += 1
+    return min(sorted(counts), key=lambda n: (counts[n], n != local))
