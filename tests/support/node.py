@@ -40,7 +40,7 @@ class NodeProcess:
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 15.0) -> NodeProcess:
+    def start(self, timeout: float = 15.0, wait: bool = True) -> NodeProcess:
         args = [
             sys.executable,
             "-m",
@@ -77,11 +77,19 @@ class NodeProcess:
             env=env,
             cwd=Path(__file__).resolve().parents[2],
         )
+        self._offset = offset
+        if not wait:
+            return self
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 15.0) -> NodeProcess:
+        """Wait for this run's ready line (or fail with the log if the process exits)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            if b" ready: " in self.log_path.read_bytes()[offset:]:
+            if b" ready: " in self.log_path.read_bytes()[self._offset :]:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"node did not become ready in {timeout}s:\n{self.log()}")

@@ -1,0 +1,67 @@
+"""Three real node processes on loopback forming one cluster."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.support.node import NodeProcess
+
+
+def _port_pair() -> int:
+    """A free port P with P+1 free too (cluster port and Raft port)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+class Cluster:
+    def __init__(self, size: int = 3) -> None:
+        self.ports = {f"n{i + 1}": _port_pair() for i in range(size)}
+        self.peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.ports.items())
+        self.nodes = {
+            n: NodeProcess(
+                "--node-id",
+                n,
+                "--cluster-port",
+                str(p),
+                "--raft-port",
+                str(p + 1),
+                "--peers",
+                self.peers,
+            )
+            for n, p in self.ports.items()
+        }
+
+    def start(self) -> Cluster:
+        # Start order does not matter: each waits for a majority; start all, then wait for all.
+        for n in self.nodes.values():
+            n.start(timeout=0, wait=False)
+        for n in self.nodes.values():
+            n.wait_ready(timeout=60)
+        return self
+
+    def stop(self) -> None:
+        for n in self.nodes.values():
+            n.stop()
+
+    def __getitem__(self, name: str) -> NodeProcess:
+        return self.nodes[name]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster().start()
+    yield c
+    c.stop()
