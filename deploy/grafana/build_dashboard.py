@@ -109,7 +109,7 @@ def build() -> dict:
         ),
         stat("Connections", f"sum(rabbitmq_connections{JOIN})", 12),
         stat("Channels", f"sum(rabbitmq_channels{JOIN})", 15),
-        stat("Queues", f"max(rabbitmq_queues{JOIN})", 18),
+        stat("Queues", f"sum(rabbitmq_queues{JOIN})", 18),
         stat("Nodes", 'count(rabbitmq_identity_info{rabbitmq_cluster="$rabbitmq_cluster"})', 21),
     ]
     advance(4)

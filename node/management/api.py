@@ -8,6 +8,7 @@ publish) go through the `QueueHandle` seam. Vhost names are percent-encoded in p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from .views import (
     jsonable,
     message_json,
     props_key,
+    queue_figures,
     queue_json,
     vhost_bindings,
 )
@@ -212,11 +214,10 @@ class ManagementApi:
         ready = unacked = nqueues = 0
         for vhost in self._visible_vhosts(request):
             for qdef in self.state.vhosts[vhost].queues.values():
-                q = self.broker.queue(vhost, qdef.name)
+                r, u, _c = await queue_figures(self.broker.queue(vhost, qdef.name))
                 nqueues += 1
-                if q is not None:
-                    ready += q.stats()[0]
-                    unacked += getattr(q, "unacked", 0)
+                ready += r
+                unacked += u
         return json_response(
             {
                 "management_version": __version__,
@@ -495,7 +496,7 @@ class ManagementApi:
         out = []
         for vhost in self._visible_vhosts(request):
             vh = self.state.vhosts[vhost]
-            out += [queue_json(self.node, vhost, vh.queues[n]) for n in sorted(vh.queues)]
+            out += [await queue_json(self.node, vhost, vh.queues[n]) for n in sorted(vh.queues)]
         return json_response(out)
 
     def _queue(self, request: web.Request, write: bool = False) -> tuple[str, Any]:
@@ -508,7 +509,7 @@ class ManagementApi:
 
     async def queue(self, request: web.Request) -> web.Response:
         vhost, qdef = self._queue(request)
-        return json_response(queue_json(self.node, vhost, qdef))
+        return json_response(await queue_json(self.node, vhost, qdef))
 
     async def queue_put(self, request: web.Request) -> web.Response:
         vhost = self._vhost(request, write=True)
@@ -537,13 +538,11 @@ class ManagementApi:
 
     async def queue_delete(self, request: web.Request) -> web.Response:
         vhost, qdef = self._queue(request, write=True)
-        q = self.broker.queue(vhost, qdef.name)
-        if q is not None:
-            messages, consumers = q.stats()
-            if _flag(request, "if-unused") and consumers:
-                raise bad_request(f"queue '{qdef.name}' in vhost '{vhost}' in use")
-            if _flag(request, "if-empty") and (messages or getattr(q, "unacked", 0)):
-                raise bad_request(f"queue '{qdef.name}' in vhost '{vhost}' not empty")
+        messages, unacked, consumers = await queue_figures(self.broker.queue(vhost, qdef.name))
+        if _flag(request, "if-unused") and consumers:
+            raise bad_request(f"queue '{qdef.name}' in vhost '{vhost}' in use")
+        if _flag(request, "if-empty") and (messages or unacked):
+            raise bad_request(f"queue '{qdef.name}' in vhost '{vhost}' not empty")
         await self._propose(cmds.DeleteQueue(vhost, qdef.name))
         return _no_content()
 
@@ -553,7 +552,9 @@ class ManagementApi:
         self.broker.check(who.name, vhost, "read", "queue", qdef.name)
         q = self.broker.queue(vhost, qdef.name)
         if q is not None:
-            q.purge()
+            purged = q.purge()
+            if isinstance(purged, asyncio.Future):  # a queue on another node
+                await purged
         return _no_content()
 
     async def queue_get(self, request: web.Request) -> web.Response:
@@ -585,10 +586,12 @@ class ManagementApi:
         taken = []
         for _ in range(max(0, count)):
             msg = q.get(True)
+            if isinstance(msg, asyncio.Future):  # a queue on another node: (message, remaining)
+                msg = (await msg)[0]
             if msg is None:
                 break
             taken.append(msg)
-        remaining = q.stats()[0]
+        remaining = (await queue_figures(q))[0]
         out = []
         for i, msg in enumerate(taken):
             out.append(message_json(msg, remaining + len(taken) - i - 1, encoding, truncate))
@@ -693,13 +696,12 @@ class ManagementApi:
 
     # -- vhosts -------------------------------------------------------------------------------
 
-    def _vhost_json(self, vhost: str) -> dict[str, Any]:
+    async def _vhost_json(self, vhost: str) -> dict[str, Any]:
         ready = unacked = 0
         for qdef in self.state.vhosts[vhost].queues.values():
-            q = self.broker.queue(vhost, qdef.name)
-            if q is not None:
-                ready += q.stats()[0]
-                unacked += getattr(q, "unacked", 0)
+            r, u, _c = await queue_figures(self.broker.queue(vhost, qdef.name))
+            ready += r
+            unacked += u
         return {
             "name": vhost,
             "description": "",
@@ -714,10 +716,12 @@ class ManagementApi:
         }
 
     async def vhosts(self, request: web.Request) -> web.Response:
-        return json_response([self._vhost_json(v) for v in sorted(self._visible_vhosts(request))])
+        return json_response(
+            [await self._vhost_json(v) for v in sorted(self._visible_vhosts(request))]
+        )
 
     async def vhost(self, request: web.Request) -> web.Response:
-        return json_response(self._vhost_json(self._vhost(request)))
+        return json_response(await self._vhost_json(self._vhost(request)))
 
     async def vhost_put(self, request: web.Request) -> web.Response:
         self._admin(request)

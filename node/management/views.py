@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import decimal
@@ -41,11 +42,21 @@ def jsonable(value: Any) -> Any:
 # -- queues -----------------------------------------------------------------------------------
 
 
-def queue_json(node: Node, vhost: str, qdef: Any) -> dict[str, Any]:
+async def queue_figures(q: Any) -> tuple[int, int, int]:
+    """(ready, unacked, consumers) of a queue handle; a queue on another node answers with a
+    future (the QueueHandle seam), a local one at once."""
+    if q is None:
+        return 0, 0, 0
+    stats = q.stats()
+    if isinstance(stats, asyncio.Future):
+        stats = await stats
+    return stats[0], getattr(q, "unacked", 0), stats[1]
+
+
+async def queue_json(node: Node, vhost: str, qdef: Any) -> dict[str, Any]:
     broker = node.broker
     q = broker.queue(vhost, qdef.name)
-    ready, consumers = q.stats() if q is not None else (0, 0)
-    unacked = getattr(q, "unacked", 0) if q is not None else 0
+    ready, unacked, consumers = await queue_figures(q)
     vh = broker.state.vhosts.get(vhost)
     policy = vh.policy_for("queue", qdef.name) if vh is not None else None
     args = qdef.arguments or {}

@@ -199,7 +199,13 @@ class NodeCollector:
         conns = list(broker.connections)
         channels = [ch for conn in conns for ch in conn.channels.values() if ch.is_open]
         consumers = sum(len(ch.consumers) for ch in channels)
-        nqueues = sum(len(vh.queues) for vh in broker.state.vhosts.values())
+        # Queues this node leads, as RabbitMQ counts queues per node (dashboards sum over nodes).
+        nqueues = sum(
+            1
+            for vh in broker.state.vhosts.values()
+            for q in vh.queues.values()
+            if q.leader == broker.node_id
+        )
         yield _gauge("rabbitmq_connections", "Connections currently open", len(conns))
         yield _gauge("rabbitmq_channels", "Channels currently open", len(channels))
         yield _gauge("rabbitmq_consumers", "Consumers currently connected", consumers)
@@ -418,15 +424,19 @@ class NodeCollector:
 
 
 def queue_rows(broker: Any) -> Iterator[tuple[str, str, int, int, int]]:
-    """(vhost, name, ready, unacked, consumers) of every queue this node can see."""
+    """(vhost, name, ready, unacked, consumers) of every queue this node leads."""
     for vhost, vh in broker.state.vhosts.items():
         local = broker.queues.get(vhost, {})
-        for name in vh.queues:
+        for name, qdef in vh.queues.items():
+            # Each node exports the queues it leads (as RabbitMQ's nodes export the queues they
+            # host), so summing over a cluster's nodes counts every queue once.
             q = local.get(name)
-            if q is None:
-                yield vhost, name, 0, 0, 0
+            if q is None or qdef.leader != broker.node_id:
                 continue
-            ready, consumers = q.stats()
+            stats = q.stats()
+            if not isinstance(stats, tuple):
+                continue
+            ready, consumers = stats
             yield vhost, name, ready, getattr(q, "unacked", 0), consumers
 
 
