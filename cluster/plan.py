@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from node.metadata.commands import MoveQueue, NodeJoined, NodeLeft
+
 from .membership import Member, Membership, PeersError, is_loopback, parse_peers, place_queue
 
 log = logging.getLogger("merpati.cluster")
@@ -67,6 +69,7 @@ class ClusterPlan:
             partners=[m.raft_address for m in self.membership.others],
             bind_address=f"{self.bind_host}:{me.raft_port}",
             password=self.secret,
+            dynamic_membership=self.clustered,
         )
         self.membership.status = self.metadata_log.status
         return self.metadata_log
@@ -104,6 +107,78 @@ class ClusterPlan:
                 task.result()
                 return
             log.warning("waiting for a majority of the cluster (%s) to elect a Raft leader", others)
+
+    async def announce(self, broker: Any) -> None:
+        """Record this node (and the configured peers) in the replicated membership."""
+        me = self.membership.me
+        if broker.state.members.get(me.node_id) != (me.cluster_address, me.raft_address):
+            await broker.propose(NodeJoined(me.node_id, me.cluster_address, me.raft_address))
+
+    async def add_node(self, broker: Any, node_id: str, cluster_address: str) -> None:
+        """`merpati ctl add_node`: a new member joins Raft, then the metadata names it."""
+        host, _, port = cluster_address.rpartition(":")
+        offset = self.membership.me.raft_port - self.membership.me.cluster_port
+        member = Member(node_id, host, int(port), int(port) + offset)
+        await self.metadata_log.change_membership("add", member.raft_address)
+        await broker.propose(NodeJoined(node_id, member.cluster_address, member.raft_address))
+
+    async def remove_node(self, broker: Any, node_id: str) -> None:
+        member = self.membership.members.get(node_id)
+        if member is None:
+            raise PeersError(f"no node '{node_id}' in the cluster")
+        await self.metadata_log.change_membership("remove", member.raft_address)
+        await broker.propose(NodeLeft(node_id))
+
+    def membership_changed(self, cmd: Any, result: Any) -> None:
+        """A NodeJoined/NodeLeft was applied (on every node): update peers and forwarding."""
+        m = self.membership
+        if isinstance(cmd, NodeJoined):
+            host, _, port = cmd.cluster_address.rpartition(":")
+            raft_port = int(cmd.raft_address.rpartition(":")[2])
+            if cmd.node_id != m.me.node_id:
+                m.members[cmd.node_id] = Member(cmd.node_id, host, int(port), raft_port)
+                if self.forwarding is not None and result == "joined":
+                    self.forwarding.add_peer(cmd.node_id, cmd.cluster_address)
+        elif isinstance(cmd, NodeLeft) and cmd.node_id != m.me.node_id:
+            m.members.pop(cmd.node_id, None)
+            if self.forwarding is not None:
+                self.forwarding.remove_peer(cmd.node_id)
+
+    async def rebalance(self, broker: Any) -> list[tuple[str, str, str, str]]:
+        """Move leaders of idle queues (no messages, no consumers) from the busiest live nodes to
+        the least busy until the spread is even; returns the moves (vhost, queue, from, to)."""
+        live = sorted(self.membership.live())
+        queues = [(vh.name, q) for vh in broker.state.vhosts.values() for q in vh.queues.values()]
+        counts = {n: 0 for n in live}
+        for _, q in queues:
+            if q.leader in counts:
+                counts[q.leader] += 1
+        total = sum(counts.values())
+        if len(live) < 2 or not total:
+            return []
+        target = -(-total // len(live))  # ceiling
+        moves = []
+        for vhost, q in sorted(queues, key=lambda e: (e[0], e[1].name)):
+            src = q.leader
+            if src not in counts or counts[src] <= target or q.exclusive_owner is not None:
+                continue
+            dst = min(live, key=lambda n: (counts[n], n))
+            if counts[src] - counts[dst] < 2:
+                continue  # moving would not even the spread
+            handle = broker.queue(vhost, q.name)
+            stats = handle.stats() if handle is not None else (1, 1)
+            if isinstance(stats, asyncio.Future):
+                try:
+                    stats = await stats
+                except Exception:
+                    continue
+            if stats != (0, 0):
+                continue  # only idle queues move: nothing in flight is put at risk
+            await broker.propose(MoveQueue(vhost, q.name, src, dst))
+            counts[src] -= 1
+            counts[dst] += 1
+            moves.append((vhost, q.name, src, dst))
+        return moves
 
     async def detach(self) -> None:
         if self.forwarding is not None:

@@ -435,6 +435,24 @@ class RaftLog:
             fut.set_exception(e)
         return fut
 
+    def change_membership(self, action: str, address: str) -> asyncio.Future:
+        """Add or remove a Raft member ("host:raft-port") through the log; resolves once the
+        change is committed. Needs dynamic_membership=True (one change at a time, as Raft says)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        if not self._running or self._sync is None:
+            fut.set_exception(RuntimeError("RaftLog is not started"))
+            return fut
+        self._pending.add(fut)
+        change = self._sync.addNodeToCluster if action == "add" else self._sync.removeNodeFromCluster
+        try:
+            change(address, callback=lambda res, err: self._post(self._resolve, fut, res, err))
+        except Exception as e:
+            self._pending.discard(fut)
+            fut.set_exception(e)
+        self._wake()
+        return fut
+
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self, timeout: float = 10.0) -> None:

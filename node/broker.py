@@ -120,6 +120,10 @@ class Broker:
                 q.delete("queue deleted")
             elif q is not None:
                 q.delete("queue deleted")  # a remote handle: cancels its consumers here
+        elif isinstance(cmd, cmds.MoveQueue) and result == "moved":
+            self._move_queue(cmd)
+        elif isinstance(cmd, (cmds.NodeJoined, cmds.NodeLeft)) and self.cluster is not None:
+            self.cluster.membership_changed(cmd, result)
         elif isinstance(cmd, (cmds.SetPolicy, cmds.ClearPolicy)):
             self._reapply_policies(cmd.vhost)
         elif isinstance(cmd, cmds.DeleteExchange):
@@ -153,6 +157,27 @@ class Broker:
         q.dead_letter = self._dead_letter
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
         return q
+
+    def _move_queue(self, cmd: cmds.MoveQueue) -> None:
+        """Leadership moved: the old leader hands what is still in memory to the new one."""
+        vq = self.queues.setdefault(cmd.vhost, {})
+        old = vq.pop(cmd.name, None)
+        qdef = self.state.queue(cmd.vhost, cmd.name)
+        if qdef is None:
+            return
+        new: QueueHandle | None = None
+        if cmd.to_node == self.node_id:
+            new = self._create_queue(qdef)
+        elif self.remote_queue_factory is not None:
+            new = vq[cmd.name] = self.remote_queue_factory(qdef)
+        if isinstance(old, LocalQueue):
+            leftovers = old.take_ready()
+            old.delete("queue moved to another node")
+            if new is not None:
+                for msg in leftovers:
+                    new.enqueue(msg.copy())
+        elif old is not None:
+            old.delete("queue moved to another node")
 
     def _queue_options(self, vhost: str, name: str, arguments: dict[str, Any]) -> QueueOptions:
         vh = self.state.vhosts.get(vhost)

@@ -115,6 +115,8 @@ class Node:
                 await self.cluster.wait_for_majority(self.metadata.start)
             except Exception as e:  # the log names the file or setting at fault
                 raise StartupError(f"metadata log: {e}") from None
+        if self.cluster is not None:
+            await self.cluster.announce(self.broker)
         first_boot = not self.broker.state.users
         await self.broker.propose(cmds.NodeStarted(self.node_id, only_member=only_member))
         await self._bootstrap(first_boot)

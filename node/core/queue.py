@@ -643,6 +643,18 @@ class LocalQueue:
     def message_bytes(self) -> int:
         return self._ready_bytes + self._paged_bytes
 
+    def take_ready(self) -> list[Message]:
+        """Remove and return the ready messages held in memory, in order (moving a queue)."""
+        out = []
+        while True:
+            msg = self._ready.pop()
+            if msg is None:
+                return out
+            msg.queued = False
+            self._ready_bytes -= len(msg.body)
+            self._forget(msg)
+            out.append(msg)
+
     def delete(self, reason: str) -> int:
         """Mark deleted, cancel consumers, drop messages; returns the number of ready messages."""
         n = self.message_count

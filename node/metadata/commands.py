@@ -117,6 +117,30 @@ class ClearPolicy:
 
 
 @dataclass(frozen=True)
+class NodeJoined:
+    """A member of the cluster and where its peers reach it (gRPC and Raft addresses)."""
+
+    node_id: str
+    cluster_address: str
+    raft_address: str
+
+
+@dataclass(frozen=True)
+class NodeLeft:
+    node_id: str
+
+
+@dataclass(frozen=True)
+class MoveQueue:
+    """Queue leadership moves from one node to another (rebalancing idle queues)."""
+
+    vhost: str
+    name: str
+    from_node: str
+    to_node: str
+
+
+@dataclass(frozen=True)
 class NodeStarted:
     """A node (re)started: what did not survive its restart goes (transient queues it led,
     exclusive queues of its connections, and — when it is the only member — transient exchanges)."""
@@ -140,5 +164,8 @@ Command = (
     | Unbind
     | SetPolicy
     | ClearPolicy
+    | NodeJoined
+    | NodeLeft
+    | MoveQueue
     | NodeStarted
 )

@@ -139,6 +139,8 @@ class MetadataState:
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
+        # Cluster members: node id -> (cluster address, raft address).
+        self.members: dict[str, tuple[str, str]] = {}
         self.applied = 0
 
     # -- queries ------------------------------------------------------------------------------
@@ -301,6 +303,27 @@ class MetadataState:
         if vh.policies.pop(cmd.name, None) is None:
             raise MetadataError(NOT_FOUND, f"no policy '{cmd.name}' in vhost '{cmd.vhost}'")
         return "deleted"
+
+    def _apply_NodeJoined(self, cmd: c.NodeJoined) -> Any:
+        known = self.members.get(cmd.node_id)
+        self.members[cmd.node_id] = (cmd.cluster_address, cmd.raft_address)
+        return "exists" if known == (cmd.cluster_address, cmd.raft_address) else "joined"
+
+    def _apply_NodeLeft(self, cmd: c.NodeLeft) -> Any:
+        if self.members.pop(cmd.node_id, None) is None:
+            raise MetadataError(NOT_FOUND, f"no node '{cmd.node_id}' in the cluster")
+        return "left"
+
+    def _apply_MoveQueue(self, cmd: c.MoveQueue) -> Any:
+        q = self.queue(cmd.vhost, cmd.name)
+        if q is None:
+            raise MetadataError(NOT_FOUND, f"no queue '{cmd.name}' in vhost '{cmd.vhost}'")
+        if q.leader != cmd.from_node:
+            raise MetadataError(PRECONDITION_FAILED, f"queue '{cmd.name}' is led by '{q.leader}', not '{cmd.from_node}'")
+        if q.exclusive_owner is not None:
+            raise MetadataError(PRECONDITION_FAILED, f"queue '{cmd.name}' is exclusive to a connection")
+        q.leader = cmd.to_node
+        return "moved"
 
     def _apply_NodeStarted(self, cmd: c.NodeStarted) -> Any:
         """Returns {vhost: [queue names removed]}."""
