@@ -1,0 +1,68 @@
+"""What both ends of forwarding share: call options, the cluster-secret token, error mapping."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import grpc
+
+from node.metadata.state import MetadataError
+
+# Messages may be as large as the node accepts (max_message_size); gRPC's default cap is 4 MiB.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+NODE_KEY = "merpati-node"
+AUTH_KEY = "merpati-auth"
+
+
+def auth_token(secret: str | bytes | None) -> str:
+    """The token a call carries: HMAC of a fixed label under the secret (not the secret itself)."""
+    if not secret:
+        return ""
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    return hmac.new(key, b"merpati-forwarding-v1", hashlib.sha256).hexdigest()
+
+
+def down_text(vhost: str, name: str, node: str) -> str:
+    return f"queue '{name}' in vhost '{vhost}' is on node '{node}', which is down"
+
+
+# gRPC status -> AMQP reply code, for errors a queue on another node answers with.
+_CODES = {
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.FAILED_PRECONDITION: 406,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 406,
+}
+
+
+def metadata_error(err: BaseException, vhost: str, name: str, node: str) -> MetadataError:
+    """The MetadataError a channel closes with when a call to the queue's node failed."""
+    if isinstance(err, MetadataError):
+        return err
+    if isinstance(err, grpc.aio.AioRpcError):
+        code = err.code()
+        if code in _CODES:
+            return MetadataError(_CODES[code], err.details() or str(code))
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return MetadataError(
+                404,
+                f"queue '{name}' in vhost '{vhost}' is on node '{node}', which refused this "
+                "node's cluster secret",
+            )
+    return MetadataError(404, down_text(vhost, name, node))

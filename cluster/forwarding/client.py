@@ -1,0 +1,314 @@
+"""The forwarding client: this node's link to one other node (`Peer`).
+
+Theory of operation: one grpc.aio channel per peer, one Publish stream per peer for every
+message this node forwards there, one Consume stream per remote subscription, unary calls for
+the rest.
+
+Publishing: `publish` turns a message into an entry of the pending batch and returns the ledger
+token its confirm waits for. The stream's request iterator wakes once per loop turn that added
+messages (and whenever a write has finished) and writes everything pending as one batch, so a
+burst of publishes read from client sockets in one turn costs one gRPC write, not one each. A
+fanout that hits several queues on the peer calls `publish` once per queue with copies sharing
+the body; the copy extends the last entry's queue list instead of sending the message again.
+Results come back per message id and resolve the tokens (out of order is fine: the ledger
+confirms in order).
+
+Health: a Ping every PING_INTERVAL, and any broken stream, decide whether the peer is up. When it
+goes down every token still in flight is resolved as failed (the publishers get basic.nack), and
+every remote queue on it hears `peer_down` (its consumers are cancelled, as RabbitMQ does when a
+queue's node goes away). While it is down, publishes are rejected at once; a successful Ping
+brings it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+
+from node.core.message import Message
+from node.core.queue import REJECTED
+from proto.merpati.v1 import forwarding_pb2 as pb
+from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
+
+from ._common import AUTH_KEY, CHANNEL_OPTIONS, NODE_KEY, auth_token
+
+log = logging.getLogger("merpati.forwarding")
+
+PING_INTERVAL = 1.0
+PING_TIMEOUT = 2.0
+RETRY_INTERVAL = 0.5
+CALL_TIMEOUT = 10.0
+# A batch is cut at this many messages or body bytes (the next write takes the rest).
+BATCH_MESSAGES = 2000
+BATCH_BYTES = 1 << 20
+# Back-pressure: publishers to this peer are paused above HIGH messages in flight, resumed below LOW.
+INFLIGHT_HIGH = 20_000
+INFLIGHT_LOW = 5_000
+
+UNKNOWN, UP, DOWN = "unknown", "up", "down"
+
+
+class Peer:
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        *,
+        local_node: str,
+        secret: str | bytes | None,
+        ledger: Any,
+        batch_messages: int = BATCH_MESSAGES,
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.local_node = local_node
+        self.ledger = ledger
+        self.batch_messages = batch_messages
+        self.metadata: tuple[tuple[str, str], ...] = ((NODE_KEY, local_node),)
+        token = auth_token(secret)
+        if token:
+            self.metadata += ((AUTH_KEY, token),)
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.ForwardingStub(self.channel)
+        self.state = UNKNOWN
+        self.reason = ""
+        self.queues: set[Any] = set()  # RemoteQueues led by this peer (told when it goes down)
+        # Publishing.
+        self._next_id = 1
+        self._pending: list[pb.PublishedMessage] = []
+        self._pending_bytes = 0
+        self._last: tuple[Any, ...] | None = None  # (body, props, route, vhost, entry, token)
+        self._inflight: dict[int, int] = {}  # message id -> ledger token
+        self._wake = asyncio.Event()
+        self._call: Any = None
+        self._reader: asyncio.Task | None = None
+        self._blocked: set[tuple[Any, Any]] = set()  # (publisher, queue) paused by congestion
+        self.congested = False
+        # Figures (the benchmark and the tests read them).
+        self.writes = 0
+        self.messages_sent = 0
+        self.closed = False
+        self._monitor = asyncio.ensure_future(self._watch())
+
+    # -- health ---------------------------------------------------------------------------------
+
+    @property
+    def down(self) -> bool:
+        return self.state == DOWN
+
+    async def _watch(self) -> None:
+        while not self.closed:
+            try:
+                resp = await self.stub.Ping(
+                    pb.PingRequest(node_id=self.local_node),
+                    metadata=self.metadata,
+                    timeout=PING_TIMEOUT,
+                )
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                self._went_down(f"{e.code().name}: {e.details()}")
+                await asyncio.sleep(RETRY_INTERVAL)
+                continue
+            except Exception as e:  # noqa: BLE001 - never let the monitor die
+                self._went_down(repr(e))
+                await asyncio.sleep(RETRY_INTERVAL)
+                continue
+            if resp.node_id and resp.node_id != self.node_id:
+                self._went_down(f"{self.address} answers as node '{resp.node_id}'")
+                await asyncio.sleep(PING_INTERVAL)
+                continue
+            if self.state != UP:
+                self._came_up()
+            await asyncio.sleep(PING_INTERVAL)
+
+    def _came_up(self) -> None:
+        if self.closed:
+            return
+        was = self.state
+        self.state = UP
+        self.reason = ""
+        self._open_publish()
+        if was == DOWN:
+            log.info("node %s (%s) is reachable again", self.node_id, self.address)
+
+    def _went_down(self, reason: str) -> None:
+        if self.state == DOWN:
+            return
+        if self.state == UP:
+            log.warning("node %s (%s) is down: %s", self.node_id, self.address, reason)
+        self.state = DOWN
+        self.reason = reason
+        self._close_publish()
+        self._fail_inflight(f"node '{self.node_id}' is down")
+        for q in list(self.queues):
+            q.peer_down(self)
+        self._update_congestion()
+
+    def stream_broke(self, reason: str) -> None:
+        """A stream to this peer failed: treat the peer as down until a Ping says otherwise."""
+        if not self.closed:
+            self._went_down(reason)
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    def publish(self, vhost: str, queue: str, msg: Message) -> int:
+        """Forward `msg` to `queue` on this peer; the ledger token its confirm waits for."""
+        if self.state == DOWN or self.closed:
+            return REJECTED
+        body = msg.body
+        last = self._last
+        if (
+            last is not None
+            and last[0] is body
+            and last[1] is msg.props_raw
+            and last[2] is msg.route_raw
+            and last[3] == vhost
+            and queue not in last[4].queues
+        ):
+            # Another queue of the same routing on this peer: the message travels once.
+            last[4].queues.append(queue)
+            return last[5]
+        mid = self._next_id
+        self._next_id = mid + 1
+        entry = pb.PublishedMessage(
+            id=mid,
+            vhost=vhost,
+            queues=[queue],
+            content=pb.Content(route=msg.route_raw, props=msg.props_raw, body=body),
+        )
+        token = self.ledger.allocate()
+        self._inflight[mid] = token
+        self._last = (body, msg.props_raw, msg.route_raw, vhost, entry, token)
+        pending = self._pending
+        if not pending:
+            self._wake.set()
+        pending.append(entry)
+        self._pending_bytes += len(body)
+        if not self.congested and len(self._inflight) > INFLIGHT_HIGH:
+            self.congested = True
+        return token
+
+    def block(self, publisher: Any, queue: Any) -> None:
+        key = (publisher, queue)
+        if key not in self._blocked:
+            self._blocked.add(key)
+            publisher.flow_blocked(queue)
+
+    def _update_congestion(self) -> None:
+        if self.congested and (len(self._inflight) < INFLIGHT_LOW or self.state == DOWN):
+            self.congested = False
+            blocked, self._blocked = self._blocked, set()
+            for publisher, queue in blocked:
+                publisher.flow_unblocked(queue)
+
+    def _open_publish(self) -> None:
+        if self._call is not None:
+            return
+        # A fresh wake-up event per stream: a stale generator of a broken stream never takes
+        # a batch meant for the new one.
+        self._wake = asyncio.Event()
+        self._call = self.stub.Publish(self._batches(self._wake), metadata=self.metadata)
+        self._reader = asyncio.ensure_future(self._read_results(self._call))
+        if self._pending:
+            self._wake.set()  # published while the peer's state was not known yet
+
+    def _close_publish(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+
+    async def _batches(self, wake: asyncio.Event) -> Any:
+        """The Publish stream's requests: everything pending at each wake-up, as few writes."""
+        limit = self.batch_messages
+        while True:
+            await wake.wait()
+            wake.clear()
+            while self._pending and wake is self._wake:
+                pending = self._pending
+                if len(pending) <= limit and self._pending_bytes <= BATCH_BYTES:
+                    batch = pending
+                    self._pending = []
+                    self._pending_bytes = 0
+                else:
+                    batch, size = _cut(pending, limit)
+                    self._pending = pending[len(batch) :]
+                    self._pending_bytes -= size
+                self._last = None
+                self.writes += 1
+                self.messages_sent += len(batch)
+                yield pb.PublishBatch(messages=batch)
+
+    async def _read_results(self, call: Any) -> None:
+        ledger = self.ledger
+        inflight = self._inflight
+        try:
+            async for res in call:
+                if res.confirmed:
+                    ledger.resolve([inflight.pop(i) for i in res.confirmed if i in inflight], True)
+                if res.rejected:
+                    tokens = [inflight.pop(i) for i in res.rejected if i in inflight]
+                    ledger.resolve(tokens, False, res.error or "rejected by the queue")
+                if self.congested:
+                    self._update_congestion()
+            reason = "publish stream ended"
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as e:
+            reason = f"{e.code().name}: {e.details()}"
+        if call is self._call:
+            self._call = None
+            self.stream_broke(reason)
+
+    def _fail_inflight(self, error: str) -> None:
+        self._pending = []
+        self._pending_bytes = 0
+        self._last = None
+        if self._inflight:
+            tokens = list(self._inflight.values())
+            self._inflight.clear()
+            self.ledger.resolve(tokens, False, error)
+
+    # -- unary calls ----------------------------------------------------------------------------
+
+    async def call(self, name: str, request: Any) -> Any:
+        method = getattr(self.stub, name)
+        return await method(request, metadata=self.metadata, timeout=CALL_TIMEOUT)
+
+    def consume(self, requests: Any) -> Any:
+        return self.stub.Consume(requests, metadata=self.metadata)
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._monitor.cancel()
+        self._close_publish()
+        self._fail_inflight(f"node '{self.node_id}' was removed from the cluster")
+        for q in list(self.queues):
+            q.peer_down(self)
+        self._update_congestion()
+        with contextlib.suppress(Exception):
+            await self.channel.close(grace=None)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._monitor
+
+
+def _cut(pending: list[pb.PublishedMessage], limit: int) -> tuple[list, int]:
+    size = 0
+    n = 0
+    for entry in pending:
+        if n >= limit or (n and size + len(entry.content.body) > BATCH_BYTES):
+            break
+        size += len(entry.content.body)
+        n += 1
+    return pending[:n], size

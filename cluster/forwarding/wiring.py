@@ -1,0 +1,125 @@
+"""Wiring forwarding into a node: the server on the cluster port, a client per peer, and the
+broker's `remote_queue_factory`.
+
+    handle = await start_forwarding(broker, node_id="n1", bind_host="0.0.0.0",
+                                    cluster_port=25672, peers={"n2": "10.0.0.2:25672"},
+                                    secret="...")
+    handle.add_peer("n3", "10.0.0.3:25672")   # membership changed
+    handle.remove_peer("n2")
+    await handle.stop()
+
+Call it after the broker exists and before `broker.recover(...)` (which makes the handles of
+queues led by other nodes through the factory), on the loop the node runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .client import Peer
+from .remote_queue import RemoteQueue
+from .server import ForwardingServer
+
+log = logging.getLogger("merpati.forwarding")
+
+
+class Forwarding:
+    """The running forwarding layer of one node (what `start_forwarding` returns)."""
+
+    def __init__(
+        self,
+        broker: Any,
+        node_id: str,
+        secret: str | bytes | None,
+        batch_messages: int | None = None,
+    ) -> None:
+        self.broker = broker
+        self.node_id = node_id
+        self.secret = secret
+        self.server = ForwardingServer(broker, node_id, secret)
+        self.peers: dict[str, Peer] = {}
+        self.port = 0
+        self._batch_messages = batch_messages
+        self._closing: set[asyncio.Task] = set()
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    def peer(self, node_id: str) -> Peer | None:
+        return self.peers.get(node_id)
+
+    def add_peer(self, node_id: str, address: str) -> None:
+        """Start talking to `node_id` at host:port (replaces an earlier address)."""
+        if node_id == self.node_id:
+            return
+        old = self.peers.get(node_id)
+        if old is not None:
+            if old.address == address:
+                return
+            self.remove_peer(node_id)
+        kwargs = {} if self._batch_messages is None else {"batch_messages": self._batch_messages}
+        self.peers[node_id] = Peer(
+            node_id,
+            address,
+            local_node=self.node_id,
+            secret=self.secret,
+            ledger=self.broker.store.ledger,
+            **kwargs,
+        )
+        # Handles made before this peer was known find it now.
+        for vq in self.broker.queues.values():
+            for q in vq.values():
+                if isinstance(q, RemoteQueue) and q.leader == node_id:
+                    q._attach()
+
+    def remove_peer(self, node_id: str) -> None:
+        """Stop talking to `node_id`: its queues here behave as if it were down."""
+        peer = self.peers.pop(node_id, None)
+        if peer is not None:
+            task = asyncio.ensure_future(peer.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def peer_state(self, node_id: str) -> str:
+        """'up', 'down', 'unknown' (not pinged yet) or 'absent' (not a peer)."""
+        peer = self.peers.get(node_id)
+        return peer.state if peer is not None else "absent"
+
+    # -- the broker seam ------------------------------------------------------------------------
+
+    def remote_queue(self, qdef: Any) -> RemoteQueue:
+        return RemoteQueue(qdef.vhost, qdef.name, qdef.leader, self)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        if self.broker.remote_queue_factory == self.remote_queue:
+            self.broker.remote_queue_factory = None
+        peers, self.peers = list(self.peers.values()), {}
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.server.stop()
+
+
+async def start_forwarding(
+    broker: Any,
+    *,
+    node_id: str,
+    bind_host: str,
+    cluster_port: int,
+    peers: dict[str, str],
+    secret: str | bytes | None = None,
+    batch_messages: int | None = None,
+) -> Forwarding:
+    """Serve this node's queues to the others on `cluster_port` (0: a free port, see `.port`),
+    connect to `peers` ({node id: "host:port"}; this node's own entry is skipped), and make the
+    broker reach queues led elsewhere through RemoteQueues."""
+    fw = Forwarding(broker, node_id, secret, batch_messages)
+    fw.port = await fw.server.start(bind_host, cluster_port)
+    broker.remote_queue_factory = fw.remote_queue
+    for peer_id, address in peers.items():
+        fw.add_peer(peer_id, address)
+    log.info("forwarding on %s:%d to %d peers", bind_host, fw.port, len(fw.peers))
+    return fw
