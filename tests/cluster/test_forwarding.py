@@ -159,12 +159,12 @@ async def until(cond: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def run(coro_fn: Any, tmp_path: Path, **kw: Any) -> Any:
+def run(coro_fn: Any, tmp_path: Path, runner: Any = asyncio.run, **kw: Any) -> Any:
     async def main() -> Any:
         async with Cluster(tmp_path, **kw) as c:
             return await asyncio.wait_for(coro_fn(c), 30)
 
-    return asyncio.run(main())
+    return runner(main())
 
 
 def msg(body: bytes, props: bytes = PERSISTENT, rk: str = "q") -> Message:
@@ -212,6 +212,26 @@ def test_publish_confirms_after_the_leaders_commit(tmp_path: Path) -> None:
         assert lq.stats() == (1, 0)
 
     run(body, tmp_path)
+
+
+def test_on_uvloop(tmp_path: Path) -> None:
+    """The node runs on uvloop (node/cli.py): grpc.aio must work there too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def body(c: Cluster) -> None:
+        assert "uvloop" in type(asyncio.get_running_loop()).__module__
+        await c.queue("q")
+        rq = c.a.broker.queue("/", "q")
+        token = rq.enqueue(msg(b"on uvloop"))
+        await asyncio.wait_for(c.a.store.ledger.wait(token), 5)
+        consumer = FakeConsumer("c")
+        rq.subscribe(consumer)
+        await until(lambda: len(consumer.got) == 1)
+        consumer.settle(rq, consumer.got[0], Outcome.ACCEPTED)
+        await until(lambda: c.b.broker.queue("/", "q").unacked == 0)
+        assert await rq.stats() == (0, 1)
+
+    run(body, tmp_path, runner=uvloop.run)
 
 
 def test_per_publisher_order_and_batching(tmp_path: Path) -> None:
