@@ -6,6 +6,8 @@ import asyncio
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from node.amqp10 import performatives as P
 from node.amqp10.codec import Symbol
@@ -48,6 +50,11 @@ def frames(data: bytes) -> list:
 def conn():
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    yield logged_in()
+    loop.close()
+
+
+def logged_in() -> Connection10:
     broker = Broker("n1")
     for cmd in (
         cmds.AddVhost("/"),
@@ -66,8 +73,7 @@ def conn():
     )
     c.take_output()
     assert c.state == "running"
-    yield c
-    loop.close()
+    return c
 
 
 def begin_attach(c: Connection10) -> P.Flow:
@@ -161,3 +167,21 @@ def test_idle_timeout(conn, monkeypatch):
     conn.heartbeat_tick()
     close = frames(conn.take_output())[-1]
     assert close.error.condition == "amqp:resource-limit-exceeded"
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(chunks=st.lists(st.binary(max_size=64), max_size=6), framed=st.booleans())
+def test_fuzzed_frames_after_login_fail_cleanly(conn, chunks, framed, caplog):
+    """Random bytes (raw, or wrapped in well-formed frame headers) never escape as exceptions."""
+    conn = logged_in()
+    conn.data_received(
+        frame(0, P.Begin(next_outgoing_id=0, incoming_window=10, outgoing_window=10))
+    )
+    for chunk in chunks:
+        if framed:
+            chunk = struct.pack(">IBBH", 8 + len(chunk), 2, 0, 0) + chunk
+        conn.data_received(chunk)
+        conn.take_output()
+    assert "internal error" not in caplog.text
