@@ -138,8 +138,7 @@ class Broker:
                         q.delete("transient queue of an earlier run")
         elif isinstance(cmd, cmds.DeleteVhost):
             for q in self.queues.pop(cmd.name, {}).values():
-                if isinstance(q, LocalQueue):
-                    q.delete("vhost deleted")
+                q.delete("vhost deleted")
 
     def _create_queue(self, qdef: QueueDef) -> LocalQueue:
         q = LocalQueue(

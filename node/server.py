@@ -219,11 +219,11 @@ class Node:
         for runner in self._http_runners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(runner.cleanup(), 2.0)
+        if self.cluster is not None:
+            await self.cluster.detach()  # forwarding streams end before the store closes
         if self.store is not None:
             # Commits what the last loop turns gathered, then stops the writer.
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)
-        if self.cluster is not None:
-            await self.cluster.detach()
         stopper = getattr(self.metadata, "stop", None)
         if stopper is not None:
             stopper()

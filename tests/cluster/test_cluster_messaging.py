@@ -1,0 +1,193 @@
+"""Messages across a three-node cluster: publish on one node, queue on another, consume on a third."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pika
+import pika.exceptions as pex
+import pytest
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def connect(node) -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", node.port, connection_attempts=5, retry_delay=0.3)
+    )
+
+
+def leader_of(cluster, queue: str) -> str:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "ctl",
+            "--port",
+            str(cluster["n1"].management_port),
+            "--formatter",
+            "json",
+            "list_queues",
+            "name",
+            "node",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    for row in json.loads(out.stdout):
+        if row["name"] == queue:
+            return row["node"]
+    raise AssertionError(f"queue {queue} not listed")
+
+
+def consume_n(conn, ch, queue: str, n: int, timeout: float = 10.0, ack: bool = True) -> list[bytes]:
+    got: list[bytes] = []
+
+    def on_message(c, method, props, body):
+        got.append(body)
+        if ack:
+            c.basic_ack(method.delivery_tag)
+
+    tag = ch.basic_consume(queue, on_message)
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    ch.basic_cancel(tag)
+    return got
+
+
+@pytest.mark.parametrize("kind", ["direct", "fanout", "topic", "headers"])
+def test_declare_on_n1_publish_on_n2_consume_on_n3(cluster, kind):
+    ex, queues = uid(kind), [uid("q") for _ in range(3)]
+    c1 = connect(cluster["n1"])
+    ch1 = c1.channel()
+    ch1.exchange_declare(ex, kind)
+    for q in queues:
+        ch1.queue_declare(q)
+        if kind == "headers":
+            ch1.queue_bind(q, ex, arguments={"x-match": "all", "k": "v"})
+        else:
+            ch1.queue_bind(q, ex, "a.b" if kind != "topic" else "a.*")
+    assert len({leader_of(cluster, q) for q in queues}) == 3, "placement should spread the queues"
+    c2 = connect(cluster["n2"])
+    ch2 = c2.channel()
+    ch2.confirm_delivery()
+    props = pika.BasicProperties(headers={"k": "v"}, delivery_mode=2)
+    for i in range(20):
+        ch2.basic_publish(ex, "a.b", b"%d" % i, props)  # confirmed, across nodes
+    c3 = connect(cluster["n3"])
+    ch3 = c3.channel()
+    ch3.basic_qos(prefetch_count=10)
+    for q in queues:
+        assert consume_n(c3, ch3, q, 20) == [b"%d" % i for i in range(20)]
+    for c in (c1, c2, c3):
+        c.close()
+
+
+def test_remote_consumer_nack_requeue_and_redelivery(cluster):
+    q = uid("remote-ack")
+    c1 = connect(cluster["n1"])
+    c1.channel().queue_declare(q)
+    leader = leader_of(cluster, q)
+    other = next(n for n in ("n1", "n2", "n3") if n != leader)
+    conn = connect(cluster[other])
+    ch = conn.channel()
+    ch.basic_publish("", q, b"one")
+    ch.basic_publish("", q, b"two")
+    seen = []
+
+    def on_message(c, method, props, body):
+        seen.append((body, method.redelivered))
+        if body == b"one" and not method.redelivered:
+            c.basic_nack(method.delivery_tag, requeue=True)
+        else:
+            c.basic_ack(method.delivery_tag)
+
+    ch.basic_qos(prefetch_count=1)
+    ch.basic_consume(q, on_message)
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert seen == [(b"one", False), (b"one", True), (b"two", False)]
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    conn.close()
+    c1.close()
+
+
+def test_remote_basic_get_and_purge(cluster):
+    q = uid("remote-get")
+    c1 = connect(cluster["n1"])
+    ch1 = c1.channel()
+    ch1.queue_declare(q)
+    leader = leader_of(cluster, q)
+    other = next(n for n in ("n1", "n2", "n3") if n != leader)
+    conn = connect(cluster[other])
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", q, b"%d" % i)
+    method, _, body = ch.basic_get(q, auto_ack=False)
+    assert body == b"0" and method.message_count == 2
+    ch.basic_ack(method.delivery_tag)
+    assert ch.queue_purge(q).method.message_count == 2
+    assert ch.basic_get(q)[0] is None
+    conn.close()
+    c1.close()
+
+
+def test_node_down_makes_its_queues_unavailable_then_they_return(cluster):
+    q = uid("on-n3")
+    # Declare from n3 until a queue lands on n3 (placement balances; try a few names).
+    c3 = connect(cluster["n3"])
+    ch3 = c3.channel()
+    for _ in range(6):
+        ch3.queue_declare(q, durable=True)
+        if leader_of(cluster, q) == "n3":
+            break
+        ch3.queue_delete(q)
+        q = uid("on-n3")
+    assert leader_of(cluster, q) == "n3"
+    ch3.confirm_delivery()
+    for i in range(5):
+        ch3.basic_publish("", q, b"%d" % i, pika.BasicProperties(delivery_mode=2))
+    c3.close()
+    cluster["n3"].stop(signal.SIGKILL)
+    conn = connect(cluster["n1"])
+    ch = conn.channel()
+    ch.confirm_delivery()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            ch.basic_publish("", q, b"while-down", pika.BasicProperties(delivery_mode=2))
+        except pex.NackError:
+            break  # the queue's node is down: the publisher is told
+        assert time.monotonic() < deadline, "publishes to a down node's queue were confirmed"
+        time.sleep(0.2)
+    with pytest.raises(pex.ChannelClosedByBroker) as info:
+        conn.channel().queue_declare(q, passive=True)
+    assert info.value.reply_code == 404 and "down" in info.value.reply_text
+    # The rest of the cluster keeps working.
+    other = uid("still-fine")
+    ch.queue_declare(other)
+    cluster["n3"].start(timeout=60)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            chx = conn.channel()
+            if chx.queue_declare(q, passive=True).method.message_count == 5:
+                break
+        except pex.ChannelClosedByBroker:
+            pass
+        assert time.monotonic() < deadline, "the queue did not come back with its messages"
+        time.sleep(0.3)
+    conn.close()
