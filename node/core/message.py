@@ -128,7 +128,8 @@ class Message:
     @property
     def priority(self) -> int:
         if not flags_of(self.props_raw) & FLAG_PRIORITY:
-            return 0
+            # AMQP 1.0 leaves the default priority (4) out of the header; 0-9-1's default is 0.
+            return 4 if self.amqp10 is not None else 0
         return self.properties.get("priority") or 0
 
     @property

@@ -380,3 +380,58 @@ def test_bad_frames_close_with_amqp_errors_and_spare_others(node):
         wr.accept()
     assert "after" in got
     watcher.close()
+
+
+def test_delivery_limit_counts_modified_delivery_failed(node):
+    """x-delivery-limit: past it, a message is dead-lettered (reason delivery_limit); the count is
+    the one modified(delivery-failed) charges, and released does not charge it."""
+    dlq = _queue(node)
+    q = _queue(
+        node,
+        arguments={
+            "x-delivery-limit": 2,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dlq,
+        },
+    )
+    c = blocking(node)
+    c.create_sender(f"/queues/{q}").send(Message(body="poison"))
+    r = c.create_receiver(f"/queues/{q}", credit=1)
+    m = r.receive(timeout=5)
+    r.release(delivered=False)  # not charged
+    m = r.receive(timeout=5)
+    assert m.delivery_count == 0
+    for expected in (1, 2):
+        d = r.fetcher.unsettled[0]
+        d.local.failed = True
+        r.settle(Delivery.MODIFIED)
+        m = r.receive(timeout=5)
+        assert m.delivery_count == expected
+    d = r.fetcher.unsettled[0]
+    d.local.failed = True
+    r.settle(Delivery.MODIFIED)  # third failure: over the limit of 2
+    r.close()
+    deadline = time.time() + 5
+    while queue_count(node, dlq) != 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert queue_count(node, dlq) == 1 and queue_count(node, q) == 0
+    conn, ch = channel091(node)
+    _, props, body = ch.basic_get(dlq, auto_ack=True)
+    assert props.headers["x-death"][0]["reason"] == "delivery_limit"
+    conn.close()
+    c.close()
+
+
+def test_amqp10_priority_reaches_a_priority_queue(node):
+    q = _queue(node, arguments={"x-max-priority": 9})
+    c = blocking(node)
+    s = c.create_sender(f"/queues/{q}")
+    for p in (1, 7, 4):
+        s.send(Message(body=f"p{p}", priority=p))
+    r = c.create_receiver(f"/queues/{q}")
+    got = []
+    for _ in range(3):
+        got.append(r.receive(timeout=5).body)
+        r.accept()
+    c.close()
+    assert got == ["p7", "p4", "p1"]
