@@ -133,13 +133,17 @@ def test_exchanges_bindings_and_listing(node):
     assert "api-x" in names and "amq.topic" in names
 
     # Listing connections, channels, consumers of a live client.
-    conn = pika.BlockingConnection(pika.URLParameters(node.url))
+    params = pika.URLParameters(node.url)
+    params.client_properties = {"connection_name": "mgmt-listing-test"}
+    conn = pika.BlockingConnection(params)
     ch = conn.channel()
     ch.basic_consume("api-bq", lambda *a: None, consumer_tag="api-ctag")
     ch.basic_publish("api-x", "a.b", b"via-binding")
     conn.process_data_events(time_limit=0.3)
     conns = call(base, "GET", "/api/connections")[1]
-    mine = [c for c in conns if c["user"] == "guest" and c["port"] == node.port]
+    mine = [
+        c for c in conns if c["client_properties"].get("connection_name") == "mgmt-listing-test"
+    ]
     assert mine and mine[0]["channels"] == 1 and mine[0]["protocol"] == "AMQP 0-9-1"
     chans = call(base, "GET", "/api/channels")[1]
     assert any(c["consumer_count"] == 1 for c in chans)
