@@ -84,6 +84,7 @@ import struct
 import threading
 import time
 import typing
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,15 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 
 from node.metadata.commands import Command
 from node.metadata.state import MetadataError, MetadataState
+
+# Proposals that fail for want of a leader are retried (same request id, applied at most once)
+# for this long, every _RETRY_DELAY; the recent request ids are remembered in the state.
+_RETRY_FOR = 30.0
+_RETRY_DELAY = 0.1
+_RECENT_REQUESTS = 10_000
+_RETRYABLE = frozenset(
+    {FAIL_REASON.MISSING_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.NOT_LEADER}
+)
 
 log = logging.getLogger("merpati.raft")
 
@@ -209,7 +219,9 @@ def _check_journal(path: Path) -> None:
         if kind == _REGULAR:
             try:
                 entry = pickle.loads(body[1:])
-                cmd = entry[1][0]
+                args = entry[1]
+                # apply_command(cmd) or apply_request(request_id, cmd)
+                cmd = args[1] if len(args) == 2 and isinstance(args[0], str) else args[0]
             except Exception as e:
                 raise RaftStorageError(
                     path, f"{where}: entry {idx} unreadable ({type(e).__name__}: {e})"
@@ -323,6 +335,27 @@ class _MetadataSyncObj(SyncObj):
         self._on_applied(cmd, result)
         return result
 
+    @replicated
+    def apply_request(self, request_id: str, cmd: Command) -> Any:
+        """Apply once per request id: a proposal retried after a leader change may already be in
+        the log, and must not apply twice (a second DeleteQueue would answer 404)."""
+        recent = self.__dict__.setdefault("_recent", {})
+        if request_id in recent:
+            return recent[request_id]
+        result = self._state.apply(cmd)
+        self._on_applied(cmd, result)
+        # Results are kept as plain tuples: they go into snapshots, and MetadataError does not
+        # survive pickling with its two arguments.
+        kept = (
+            ("err", result.code, result.text)
+            if isinstance(result, MetadataError)
+            else ("ok", result)
+        )
+        recent[request_id] = kept
+        if len(recent) > _RECENT_REQUESTS:
+            del recent[next(iter(recent))]
+        return kept
+
 
 def _is_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]")
@@ -422,9 +455,19 @@ class RaftLog:
         self._pending.add(fut)
         with self._count_lock:
             self._submitted += 1
+        self._submit(fut, uuid.uuid4().hex, cmd, time.monotonic() + _RETRY_FOR)
+        return fut
+
+    def _submit(self, fut: asyncio.Future, request_id: str, cmd: Command, deadline: float) -> None:
+        """Hand a proposal to pysyncobj; `_resolve` retries it (same id) across leader changes."""
+        assert self._sync is not None
         try:
-            self._sync.apply_command(
-                cmd, callback=lambda res, err: self._answered_in(fut, res, err)
+            self._sync.apply_request(
+                request_id,
+                cmd,
+                callback=lambda res, err: self._answered_in(
+                    fut, res, err, (request_id, cmd, deadline)
+                ),
             )
         except BlockingIOError:
             pass  # queued; only pysyncobj's wake-up pipe is full, so the raft thread is awake anyway
@@ -433,7 +476,6 @@ class RaftLog:
                 self._answered += 1
             self._pending.discard(fut)
             fut.set_exception(e)
-        return fut
 
     def change_membership(self, action: str, address: str) -> asyncio.Future:
         """Add or remove a Raft member ("host:raft-port") through the log; resolves once the
@@ -444,7 +486,9 @@ class RaftLog:
             fut.set_exception(RuntimeError("RaftLog is not started"))
             return fut
         self._pending.add(fut)
-        change = self._sync.addNodeToCluster if action == "add" else self._sync.removeNodeFromCluster
+        change = (
+            self._sync.addNodeToCluster if action == "add" else self._sync.removeNodeFromCluster
+        )
         try:
             change(address, callback=lambda res, err: self._post(self._resolve, fut, res, err))
         except Exception as e:
@@ -623,11 +667,11 @@ class RaftLog:
         if self._snapshot_sent:  # before that, replay: covered by the snapshot copy
             self._post(self._loop_applied, cmd, result)
 
-    def _answered_in(self, fut: asyncio.Future, result: Any, err: int) -> None:
+    def _answered_in(self, fut: asyncio.Future, result: Any, err: int, retry: Any = None) -> None:
         # Raft thread (or the loop thread, for a synchronous QUEUE_FULL).
         with self._count_lock:
             self._answered += 1
-        self._post(self._resolve, fut, result, err)
+        self._post(self._resolve, fut, result, err, retry)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -682,16 +726,38 @@ class RaftLog:
             except Exception:  # one broken listener must not stop the others or the log
                 log.exception("metadata listener failed on %r", cmd)
 
-    def _resolve(self, fut: asyncio.Future, result: Any, err: int) -> None:
-        self._pending.discard(fut)
+    def _resolve(self, fut: asyncio.Future, result: Any, err: int, retry: Any = None) -> None:
         if fut.done():
+            self._pending.discard(fut)
             return
+        if err in _RETRYABLE and retry is not None and self._running:
+            request_id, cmd, deadline = retry
+            if time.monotonic() < deadline:
+                # No leader, or it changed under the proposal: ask again once one is elected.
+                with self._count_lock:
+                    self._submitted += 1
+                assert self._loop is not None
+                self._loop.call_later(_RETRY_DELAY, self._retry, fut, request_id, cmd, deadline)
+                return
+        self._pending.discard(fut)
+        if isinstance(result, tuple) and len(result) >= 2 and result[0] in ("ok", "err"):
+            result = MetadataError(result[1], result[2]) if result[0] == "err" else result[1]
         if err != FAIL_REASON.SUCCESS:
             fut.set_exception(RaftProposalError(err))
         elif isinstance(result, MetadataError):
             fut.set_exception(result)
         else:
             fut.set_result(result)
+
+    def _retry(self, fut: asyncio.Future, request_id: str, cmd: Command, deadline: float) -> None:
+        if fut.done() or not self._running or self._sync is None:
+            with self._count_lock:
+                self._answered += 1
+            if not fut.done():
+                fut.set_exception(RaftProposalError("stopped"))
+            self._pending.discard(fut)
+            return
+        self._submit(fut, request_id, cmd, deadline)
 
 
 def _same_result(a: Any, b: Any) -> bool:
