@@ -116,17 +116,23 @@ class Membership:
         self.members = by_id
         self.me = by_id[node_id]
         self.status: Any = None  # callable returning the Raft status (set by the wiring)
+        self.peer_state: Any = None  # callable node_id -> forwarding link state (set by the wiring)
 
     @property
     def others(self) -> list[Member]:
         return [m for m in self.members.values() if m is not self.me]
 
     def live(self) -> set[str]:
-        """Node ids this node can reach now (itself included), from the Raft connections."""
+        """Node ids this node can reach now (itself included).
+
+        Raft followers do not talk to each other, so a Raft connection is not enough: the
+        forwarding link's health counts too (a peer not pinged yet counts as up)."""
         alive = {self.me.node_id}
         status = self.status() if self.status is not None else {}
         for m in self.others:
-            if status.get(f"partner_node_status_server_{m.raft_address}") == 2:
+            raft_up = status.get(f"partner_node_status_server_{m.raft_address}") == 2
+            link = self.peer_state(m.node_id) if self.peer_state is not None else None
+            if raft_up or link in ("up", "unknown"):
                 alive.add(m.node_id)
         return alive
 

@@ -96,6 +96,7 @@ class ClusterPlan:
             peers={m.node_id: m.cluster_address for m in membership.others},
             secret=self.secret,
         )
+        membership.peer_state = self.forwarding.peer_state
 
     async def wait_for_majority(self, start: Any) -> None:
         """Start the Raft log, saying in the log what it waits for while no majority answers."""

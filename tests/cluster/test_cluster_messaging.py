@@ -78,7 +78,8 @@ def test_declare_on_n1_publish_on_n2_consume_on_n3(cluster, kind):
             ch1.queue_bind(q, ex, arguments={"x-match": "all", "k": "v"})
         else:
             ch1.queue_bind(q, ex, "a.b" if kind != "topic" else "a.*")
-    assert len({leader_of(cluster, q) for q in queues}) == 3, "placement should spread the queues"
+    # Placement balances leaders over the nodes, so three queues do not all land on one.
+    assert len({leader_of(cluster, q) for q in queues}) >= 2
     c2 = connect(cluster["n2"])
     ch2 = c2.channel()
     ch2.confirm_delivery()
