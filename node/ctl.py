@@ -190,8 +190,9 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
 def cmd_cluster_status(c: Client, args: argparse.Namespace) -> int:
     nodes = c.get("/api/nodes")
     name = c.get("/api/cluster-name")["name"]
+    cluster = c.get("/api/overview").get("merpati_cluster") or {}
     if args.formatter == "json":
-        print(json.dumps({"cluster_name": name, "nodes": nodes}, indent=2))
+        print(json.dumps({"cluster_name": name, "nodes": nodes} | cluster, indent=2))
         return 0
     print(f"Cluster status of node {nodes[0]['name'] if nodes else '?'} ...")
     print(f"Cluster name: {name}")
@@ -202,6 +203,8 @@ def cmd_cluster_status(c: Client, args: argparse.Namespace) -> int:
     for n in nodes:
         if n.get("running"):
             print(f"  {n['name']}")
+    if cluster.get("raft_leader") is not None:
+        print(f"Metadata (Raft) leader: {cluster['raft_leader']} (term {cluster.get('raft_term')})")
     alarms = [n["name"] for n in nodes if n.get("mem_alarm") or n.get("disk_free_alarm")]
     print("Alarms:" + ("" if alarms else " (none)"))
     for a in alarms:

@@ -33,6 +33,7 @@ from .app import (
     read_json,
 )
 from .views import (
+    channel_count,
     channel_json,
     connection_json,
     connection_name,
@@ -40,6 +41,7 @@ from .views import (
     exchange_json,
     jsonable,
     message_json,
+    open_channels,
     props_key,
     queue_figures,
     queue_json,
@@ -210,7 +212,7 @@ class ManagementApi:
         node = self.node
         c = self.broker.counters
         conns = list(self.broker.connections)
-        channels = [ch for conn in conns for ch in conn.channels.values() if ch.is_open]
+        channels = [ch for conn in conns for ch in open_channels(conn)]
         ready = unacked = nqueues = 0
         for vhost in self._visible_vhosts(request):
             for qdef in self.state.vhosts[vhost].queues.values():
@@ -255,7 +257,7 @@ class ManagementApi:
                 },
                 "object_totals": {
                     "connections": len(conns),
-                    "channels": len(channels),
+                    "channels": sum(channel_count(c) for c in conns),
                     "consumers": sum(len(ch.consumers) for ch in channels),
                     "exchanges": sum(len(vh.exchanges) for vh in self.state.vhosts.values()),
                     "queues": nqueues,
@@ -269,6 +271,7 @@ class ManagementApi:
                     for p, ip, port in node.listeners
                 ],
                 "contexts": [],
+                "merpati_cluster": self.cluster_status(),
             }
         )
 
@@ -313,9 +316,40 @@ class ManagementApi:
             else None,
         }
 
+    def cluster_status(self) -> dict[str, Any]:
+        """Members, running nodes and the Raft leader: from the cluster plan when the node is
+        clustered (cluster.plan.ClusterPlan.status), else this node alone."""
+        plan = getattr(self.node, "cluster", None)
+        if plan is not None and hasattr(plan, "status"):
+            return jsonable(plan.status())
+        status_fn = getattr(self.broker.metadata, "status", None)
+        raft = status_fn() if status_fn is not None else {}
+        leader = raft.get("leader")
+        me = self.node.node_id
+        return {
+            "members": {me: ""},
+            "running": [me],
+            "raft_leader": me if leader is None or str(leader) == str(raft.get("self")) else None,
+            "raft_term": raft.get("raft_term"),
+            "commit_index": raft.get("commit_idx"),
+        }
+
     async def nodes(self, request: web.Request) -> web.Response:
-        # One node until the cluster exists (issue 4): then every member from the metadata.
-        return json_response([self._node_json()])
+        # Every member; this node with its figures, the others as the cluster plan knows them.
+        status = self.cluster_status()
+        out = [self._node_json()]
+        running = set(status.get("running") or ())
+        for name, address in sorted((status.get("members") or {}).items()):
+            if name != self.node.node_id:
+                out.append(
+                    {
+                        "name": name,
+                        "type": "disc",
+                        "running": name in running,
+                        "cluster_address": address,
+                    }
+                )
+        return json_response(out)
 
     async def node_detail(self, request: web.Request) -> web.Response:
         if request.match_info["node"] != self.node.node_id:
@@ -354,27 +388,20 @@ class ManagementApi:
         who = caller(request)
         if not who.is_admin and conn.user != who.name:
             raise not_authorised("Not administrator user")
-        reason = request.headers.get("X-Reason", "Closed via management plugin")
-        conn.close_connection(320, f"broker forced connection closure with reason '{reason}'")
+        conn.force_close(request.headers.get("X-Reason", "Closed via management plugin"))
         conn.flush_soon()
         return _no_content()
 
     async def channels(self, request: web.Request) -> web.Response:
         conns = [self._find_conn(request)] if "name" in request.match_info else self._conns(request)
-        out = [
-            channel_json(self.node, conn, ch)
-            for conn in conns
-            for _, ch in sorted(conn.channels.items())
-            if ch.is_open
-        ]
+        out = [channel_json(self.node, conn, ch) for conn in conns for ch in open_channels(conn)]
         return json_response(out)
 
     async def consumers(self, request: web.Request) -> web.Response:
         out = [
             consumer_json(self.node, conn, ch, c)
             for conn in self._conns(request)
-            for _, ch in sorted(conn.channels.items())
-            if ch.is_open
+            for ch in open_channels(conn)
             for c in ch.consumers.values()
         ]
         return json_response(out)
@@ -741,7 +768,7 @@ class ManagementApi:
         await self._propose(cmds.DeleteVhost(vhost))
         for conn in list(self.broker.connections):
             if conn.vhost == vhost:
-                conn.close_connection(320, f"vhost '{vhost}' is deleted")
+                conn.force_close(f"vhost '{vhost}' is deleted")
                 conn.flush_soon()
         return _no_content()
 
@@ -811,7 +838,7 @@ class ManagementApi:
         await self._propose(cmds.DeleteUser(user.name))
         for conn in list(self.broker.connections):
             if conn.user == user.name:
-                conn.close_connection(320, f"user '{user.name}' is deleted")
+                conn.force_close(f"user '{user.name}' is deleted")
                 conn.flush_soon()
         return _no_content()
 

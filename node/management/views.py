@@ -182,10 +182,29 @@ def _sockname(conn: Any) -> Any:
     return transport.get_extra_info("sockname")
 
 
+def open_channels(conn: Any) -> list[Any]:
+    """A 0-9-1 connection's open channels ([] for AMQP 1.0, whose sessions are not channels)."""
+    channels = getattr(conn, "channels", None)
+    if channels is None:
+        return []
+    return [ch for _, ch in sorted(channels.items()) if ch.is_open]
+
+
+def channel_count(conn: Any) -> int:
+    """Channels as RabbitMQ counts them: 0-9-1 channels, AMQP 1.0 sessions."""
+    sessions = getattr(conn, "sessions", None)
+    if sessions is not None and not hasattr(conn, "channels"):
+        return len(sessions)
+    return len(open_channels(conn))
+
+
 def connection_json(node: Node, conn: Any) -> dict[str, Any]:
     peer_host, peer_port = _addr(conn.peer)
     host, port = _addr(_sockname(conn))
-    props = conn.client_properties or {}
+    amqp10 = getattr(conn, "protocol", "") == "amqp10"
+    props = getattr(conn, "client_properties", None) or {}
+    if amqp10:
+        props = {"container_id": getattr(conn, "container_id", "")}
     return {
         "name": connection_name(conn),
         "node": node.node_id,
@@ -193,15 +212,15 @@ def connection_json(node: Node, conn: Any) -> dict[str, Any]:
         "user": conn.user,
         "user_who_performed_action": conn.user,
         "state": "blocked" if conn.blocked else "running",
-        "channels": sum(1 for ch in conn.channels.values() if ch.is_open),
+        "channels": channel_count(conn),
         "channel_max": conn.channel_max,
-        "frame_max": conn.frame_max,
+        "frame_max": getattr(conn, "frame_max", getattr(conn, "max_frame", 0)),
         "timeout": conn.heartbeat,
         "peer_host": peer_host,
         "peer_port": peer_port,
         "host": host,
         "port": port,
-        "protocol": "AMQP 0-9-1",
+        "protocol": "AMQP 1-0" if amqp10 else "AMQP 0-9-1",
         "type": "network",
         "ssl": False,
         "auth_mechanism": "PLAIN",

@@ -197,7 +197,13 @@ class NodeCollector:
         broker = self.node.broker
         c = broker.counters
         conns = list(broker.connections)
-        channels = [ch for conn in conns for ch in conn.channels.values() if ch.is_open]
+        channels = [
+            ch for conn in conns for ch in getattr(conn, "channels", {}).values() if ch.is_open
+        ]
+        # AMQP 1.0 sessions count as channels, as in RabbitMQ.
+        nchannels = len(channels) + sum(
+            len(getattr(conn, "sessions", ())) for conn in conns if not hasattr(conn, "channels")
+        )
         consumers = sum(len(ch.consumers) for ch in channels)
         # Queues this node leads, as RabbitMQ counts queues per node (dashboards sum over nodes).
         nqueues = sum(
@@ -207,7 +213,7 @@ class NodeCollector:
             if q.leader == broker.node_id
         )
         yield _gauge("rabbitmq_connections", "Connections currently open", len(conns))
-        yield _gauge("rabbitmq_channels", "Channels currently open", len(channels))
+        yield _gauge("rabbitmq_channels", "Channels currently open", nchannels)
         yield _gauge("rabbitmq_consumers", "Consumers currently connected", consumers)
         yield _gauge("rabbitmq_queues", "Queues available", nqueues)
         yield _counter(
@@ -226,7 +232,7 @@ class NodeCollector:
         yield _counter(
             "rabbitmq_channels_closed",
             "Total number of channels closed",
-            max(0, c.channels_opened - len(channels)),
+            max(0, c.channels_opened - nchannels),
         )
         churn = self.node.queue_churn
         if churn is not None:
@@ -529,7 +535,9 @@ class DetailedCollector:
                 labels=["connection"],
             )
             for conn in list(broker.connections):
-                ch.add_metric([conn.id], sum(1 for c in conn.channels.values() if c.is_open))
+                channels = getattr(conn, "channels", None)
+                n = sum(1 for c in channels.values() if c.is_open) if channels is not None else 0
+                ch.add_metric([conn.id], n)
             yield ch
         if "channel_queue_metrics" in fams:
             # Per-channel, per-queue counters are not kept (they would cost on the hot path).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pika
+import pytest
 
 from tests.support.http import call, q
 
@@ -306,3 +307,22 @@ def test_definitions_move_to_a_fresh_node(make_node):
     assert call(b.management_url, "GET", "/api/queues/defs/orders.q")[1]["messages"] == 1
     # Importing twice is harmless.
     assert call(b.management_url, "POST", "/api/definitions", exported)[0] == 204
+
+
+def test_amqp10_connections_are_listed_and_counted(node):
+    pytest.importorskip("proton")
+    from tests.amqp10._support import blocking
+    from tests.support.http import samples, scrape
+
+    assert call(node.management_url, "PUT", "/api/queues/%2F/amqp10-listed", {})[0] in (201, 204)
+    conn = blocking(node)
+    try:
+        conn.create_sender("/queues/amqp10-listed")
+        conns = call(node.management_url, "GET", "/api/connections")[1]
+        assert any(c["protocol"] == "AMQP 1-0" and c["channels"] >= 1 for c in conns)
+        assert call(node.management_url, "GET", "/api/channels")[0] == 200
+        assert call(node.management_url, "GET", "/api/overview")[0] == 200
+        s = samples(scrape(node.metrics_url))
+        assert s["rabbitmq_connections"] >= 1 and s["rabbitmq_channels"] >= 1
+    finally:
+        conn.close()
