@@ -83,9 +83,13 @@ vhosts = ["orders"]
 
 def test_environment_variables_configure_the_node(tmp_path):
     port = free_port()
+    metrics_port = free_port()
     env = {
         **os.environ,
         "MERPATI_AMQP_PORT": str(port),
+        # The HTTP listeners too: free ports, never the 15672/15692 defaults other nodes may hold.
+        "MERPATI_METRICS_PORT": str(metrics_port),
+        "MERPATI_MANAGEMENT_PORT": "0",
         "MERPATI_BIND": "127.0.0.1",
         "MERPATI_DATA_DIR": str(tmp_path / "d"),
         "MERPATI_DEFAULT_USER": "envuser",
@@ -107,6 +111,8 @@ def test_environment_variables_configure_the_node(tmp_path):
             if " ready: " in line:
                 break
         assert f"127.0.0.1:{port}" in "".join(lines)
+        assert f"Prometheus metrics on 127.0.0.1:{metrics_port}" in "".join(lines)
+        assert "management API on" not in "".join(lines)
         conn = pika.BlockingConnection(_params(port, "envuser", "envpass"))
         assert conn.is_open
         conn.close()
