@@ -353,6 +353,11 @@ class SQLiteStore:
         self._scheduled = False
         batch = self._batch
         if batch.empty():
+            if batch.epoch:
+                # Everything it held cancelled out (a message acked before its write): there is
+                # nothing to commit, and its confirms must not wait for some later write.
+                self._batch = _Batch(0)
+                self.ledger.resolve([batch.epoch], ok=True)
             return
         self._batch = _Batch(0)
         self._inbox.put(batch)

@@ -270,3 +270,33 @@ def test_paging_keeps_order_beyond_the_memory_budget(make_node):
             break
     assert got == list(range(count))
     conn.close()
+
+
+def test_confirm_when_an_autoack_consumer_takes_a_persistent_message_at_once(node_proc):
+    """Insert and delete cancel out in one store batch; the confirm must not wait for a later write."""
+    pub = _conn(node_proc)
+    ch = pub.channel()
+    ch.queue_declare("dur-autoack", durable=True)
+    sub = _conn(node_proc)
+    sub_ch = sub.channel()
+    got = []
+    sub_ch.basic_consume("dur-autoack", lambda c, m, p, b: got.append(b), auto_ack=True)
+    sub.process_data_events(time_limit=0.2)
+    ch.confirm_delivery()
+
+    def timeout(*_):
+        raise AssertionError("a publisher confirm never came")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(10)  # basic_publish waits for its confirm without a timeout of its own
+    try:
+        for i in range(20):
+            ch.basic_publish("", "dur-autoack", b"%d" % i, PERSISTENT)  # returns once confirmed
+            sub.process_data_events(time_limit=0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    deadline = time.monotonic() + 5
+    while len(got) < 20 and time.monotonic() < deadline:
+        sub.process_data_events(time_limit=0.05)
+    assert got == [b"%d" % i for i in range(20)]
