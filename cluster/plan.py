@@ -189,7 +189,13 @@ class ClusterPlan:
     def status(self) -> dict[str, Any]:
         m = self.membership
         raft = self.metadata_log.status() if self.metadata_log is not None else {}
+        leaders: dict[str, int] = dict.fromkeys(m.members, 0)
+        state = self.metadata_log.state if self.metadata_log is not None else None
+        for vh in state.vhosts.values() if state is not None else ():
+            for q in vh.queues.values():
+                leaders[q.leader] = leaders.get(q.leader, 0) + 1
         return {
+            "queue_leaders": leaders,
             "members": {n.node_id: n.cluster_address for n in m.members.values()},
             "running": sorted(m.live()),
             "raft_leader": m.leader_node(),

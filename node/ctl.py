@@ -186,7 +186,7 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-@command("cluster_status", "show the cluster's members (this node only until clustering lands)")
+@command("cluster_status", "show the cluster's members, the Raft leader and queue leaders per node")
 def cmd_cluster_status(c: Client, args: argparse.Namespace) -> int:
     nodes = c.get("/api/nodes")
     name = c.get("/api/cluster-name")["name"]
@@ -205,10 +205,47 @@ def cmd_cluster_status(c: Client, args: argparse.Namespace) -> int:
             print(f"  {n['name']}")
     if cluster.get("raft_leader") is not None:
         print(f"Metadata (Raft) leader: {cluster['raft_leader']} (term {cluster.get('raft_term')})")
+    if cluster.get("queue_leaders"):
+        print("Queue leaders per node:")
+        for node, count in sorted(cluster["queue_leaders"].items()):
+            print(f"  {node}: {count}")
     alarms = [n["name"] for n in nodes if n.get("mem_alarm") or n.get("disk_free_alarm")]
     print("Alarms:" + ("" if alarms else " (none)"))
     for a in alarms:
         print(f"  {a}")
+    return 0
+
+
+@command(
+    "add_node",
+    "add a node to the cluster (start it with --peers naming the members and itself)",
+    lambda p: (p.add_argument("node"), p.add_argument("address", help="host:cluster-port")),
+)
+def cmd_add_node(c: Client, args: argparse.Namespace) -> int:
+    c.call("POST", "/api/merpati/cluster/nodes", {"node": args.node, "address": args.address})
+    if not args.quiet:
+        print(f"Node {args.node} ({args.address}) added to the cluster")
+    return 0
+
+
+@command("remove_node", "remove a node from the cluster", lambda p: p.add_argument("node"))
+def cmd_remove_node(c: Client, args: argparse.Namespace) -> int:
+    c.call("DELETE", f"/api/merpati/cluster/nodes/{v(args.node)}")
+    if not args.quiet:
+        print(f"Node {args.node} removed from the cluster")
+    return 0
+
+
+@command("rebalance", "move leaders of idle queues to even the spread over the nodes")
+def cmd_rebalance(c: Client, args: argparse.Namespace) -> int:
+    moves = c.call("POST", "/api/merpati/cluster/rebalance", {})["moves"]
+    if args.formatter == "json":
+        print(json.dumps(moves, indent=2))
+        return 0
+    for m in moves:
+        print(f"{m['vhost']}\t{m['queue']}\t{m['from']} -> {m['to']}")
+    if not args.quiet:
+        print(f"{len(moves)} queue leader(s) moved")
     return 0
 
 

@@ -97,6 +97,10 @@ class ManagementApi:
         r.add_get("/api/extensions", self.extensions)
         r.add_get("/api/nodes", self.nodes)
         r.add_get("/api/nodes/{node}", self.node_detail)
+        # Merpati's cluster operations (no RabbitMQ equivalent over HTTP)
+        r.add_post("/api/merpati/cluster/nodes", self.cluster_add_node)
+        r.add_delete("/api/merpati/cluster/nodes/{node}", self.cluster_remove_node)
+        r.add_post("/api/merpati/cluster/rebalance", self.cluster_rebalance)
         # connections, channels, consumers
         r.add_get("/api/connections", self.connections)
         r.add_get("/api/vhosts/{vhost}/connections", self.connections)
@@ -273,6 +277,41 @@ class ManagementApi:
                 "contexts": [],
                 "merpati_cluster": self.cluster_status(),
             }
+        )
+
+    def _plan(self) -> Any:
+        plan = getattr(self.node, "cluster", None)
+        if plan is None:
+            raise bad_request("this node is not part of a cluster")
+        return plan
+
+    async def cluster_add_node(self, request: web.Request) -> web.Response:
+        """{"node": "n4", "address": "host:cluster-port"}: the node joins Raft and the metadata."""
+        self._admin(request)
+        body = await read_json(request)
+        node_id, address = body.get("node"), body.get("address")
+        if not isinstance(node_id, str) or not isinstance(address, str) or ":" not in address:
+            raise bad_request("expected {\"node\": ID, \"address\": \"host:cluster-port\"}")
+        try:
+            await self._plan().add_node(self.broker, node_id, address)
+        except ValueError as e:
+            raise bad_request(str(e))
+        return json_response({"node": node_id, "address": address}, status=201)
+
+    async def cluster_remove_node(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        try:
+            await self._plan().remove_node(self.broker, request.match_info["node"])
+        except ValueError as e:
+            raise not_found(str(e))
+        return web.Response(status=204)
+
+    async def cluster_rebalance(self, request: web.Request) -> web.Response:
+        """Move leaders of idle queues to even the spread over the live nodes."""
+        self._admin(request)
+        moves = await self._plan().rebalance(self.broker)
+        return json_response(
+            {"moves": [{"vhost": v, "queue": q, "from": a, "to": b} for v, q, a, b in moves]}
         )
 
     async def cluster_name(self, request: web.Request) -> web.Response:
@@ -558,7 +597,7 @@ class ManagementApi:
                 None,
                 _bool(body, "auto_delete", False),
                 args,
-                self.broker.node_id,
+                self.broker.place_queue(False),
             )
         )
         return web.Response(status=201 if result == "created" else 204)

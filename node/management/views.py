@@ -49,7 +49,10 @@ async def queue_figures(q: Any) -> tuple[int, int, int]:
         return 0, 0, 0
     stats = q.stats()
     if isinstance(stats, asyncio.Future):
-        stats = await stats
+        try:
+            stats = await stats
+        except Exception:  # its node is down or unreachable: listed, with no figures
+            return 0, 0, 0
     return stats[0], getattr(q, "unacked", 0), stats[1]
 
 

@@ -1,0 +1,150 @@
+"""Operating a cluster with `merpati ctl`: status, a node added while traffic flows, rebalance."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pika
+import pytest
+
+from tests.support.node import NodeProcess
+
+from .conftest import Cluster, _port_pair
+
+
+def ctl(node, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "ctl", "--port", str(node.management_port), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def connect(node) -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", node.port, connection_attempts=10, retry_delay=0.3)
+    )
+
+
+@pytest.fixture
+def fresh_cluster():
+    c = Cluster().start()
+    yield c
+    c.stop()
+    for n in c.nodes.values():
+        if n.alive():
+            n.stop(signal.SIGKILL)
+
+
+def test_cluster_status_shows_members_leader_and_queue_leaders(fresh_cluster):
+    conn = connect(fresh_cluster["n2"])
+    ch = conn.channel()
+    for i in range(3):
+        ch.queue_declare(f"status-{i}", durable=True)
+    conn.close()
+    status = json.loads(ctl(fresh_cluster["n3"], "--formatter", "json", "cluster_status"))
+    assert sorted(status["members"]) == ["n1", "n2", "n3"]
+    assert status["raft_leader"] in ("n1", "n2", "n3")
+    assert sum(status["queue_leaders"].values()) == 3
+    text = ctl(fresh_cluster["n1"], "cluster_status")
+    assert "Queue leaders per node:" in text and "Metadata (Raft) leader:" in text
+
+
+def test_node_added_while_traffic_flows(fresh_cluster):
+    pub = connect(fresh_cluster["n1"])
+    ch = pub.channel()
+    ch.queue_declare("traffic", durable=True)
+    ch.confirm_delivery()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    sent = [0]
+
+    def publish():
+        try:
+            while not stop.is_set():
+                ch.basic_publish(
+                    "", "traffic", b"%d" % sent[0], pika.BasicProperties(delivery_mode=2)
+                )
+                sent[0] += 1
+        except BaseException as e:  # recorded and asserted below
+            errors.append(e)
+
+    t = threading.Thread(target=publish)
+    t.start()
+    port = _port_pair()
+    peers = fresh_cluster.peers + f",n4=127.0.0.1:{port}"
+    n4 = NodeProcess(
+        "--node-id",
+        "n4",
+        "--cluster-port",
+        str(port),
+        "--raft-port",
+        str(port + 1),
+        "--peers",
+        peers,
+    )
+    n4.start(wait=False)
+    try:
+        ctl(fresh_cluster["n2"], "add_node", "n4", f"127.0.0.1:{port}")
+        n4.wait_ready(timeout=60)
+        # The new node serves clients with the cluster's metadata and reaches queues elsewhere.
+        c4 = connect(n4)
+        c4ch = c4.channel()
+        assert c4ch.queue_declare("traffic", passive=True).method.message_count > 0
+        c4ch.queue_declare("on-any-node", durable=True)
+        c4ch.basic_publish("", "on-any-node", b"hello from n4")
+        status = json.loads(ctl(n4, "--formatter", "json", "cluster_status"))
+        assert "n4" in status["members"]
+        c4.close()
+    finally:
+        stop.set()
+        t.join(10)
+        n4.stop()
+    assert not errors, errors
+    assert sent[0] > 0
+    c1 = connect(fresh_cluster["n1"])
+    assert c1.channel().queue_declare("traffic", passive=True).method.message_count == sent[0]
+    c1.close()
+
+
+def test_rebalance_moves_idle_queue_leaders(fresh_cluster):
+    fresh_cluster["n3"].stop(signal.SIGKILL)
+    conn = connect(fresh_cluster["n1"])
+    ch = conn.channel()
+    names = [f"pile-{i}" for i in range(6)]
+    for name in names:
+        ch.queue_declare(name, durable=True)
+    conn.close()
+    fresh_cluster["n3"].start(timeout=60)
+    before = json.loads(ctl(fresh_cluster["n1"], "--formatter", "json", "cluster_status"))[
+        "queue_leaders"
+    ]
+    assert before.get("n3", 0) == 0
+    deadline = time.monotonic() + 15
+    while True:
+        moves = json.loads(ctl(fresh_cluster["n1"], "--formatter", "json", "rebalance"))
+        if moves:
+            break
+        assert time.monotonic() < deadline, "rebalance moved nothing"
+        time.sleep(0.5)
+    after = json.loads(ctl(fresh_cluster["n1"], "--formatter", "json", "cluster_status"))[
+        "queue_leaders"
+    ]
+    assert after["n3"] >= 1 and max(after.values()) - min(after.values()) <= 1, after
+    # Moved queues work on their new node.
+    conn = connect(fresh_cluster["n2"])
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for name in names:
+        ch.basic_publish("", name, b"x")
+    for name in names:
+        assert ch.queue_declare(name, passive=True).method.message_count == 1
+    conn.close()
