@@ -19,6 +19,9 @@ from .membership import Member, Membership, PeersError, is_loopback, parse_peers
 
 log = logging.getLogger("merpati.cluster")
 
+# How long a starting node waits for its gRPC links to the other members before it serves clients.
+LINK_WAIT = 5.0
+
 
 class ClusterPlan:
     def __init__(self, membership: Membership, secret: str | None, bind_host: str) -> None:
@@ -42,7 +45,9 @@ class ClusterPlan:
             try:
                 secret = Path(cfg.cluster_secret_file).read_text().strip() or None
             except OSError as e:
-                raise PeersError(f"cannot read cluster-secret-file {cfg.cluster_secret_file}: {e.strerror}")
+                raise PeersError(
+                    f"cannot read cluster-secret-file {cfg.cluster_secret_file}: {e.strerror}"
+                )
         exposed = [m for m in membership.members.values() if not is_loopback(m.host)]
         if exposed and not secret:
             raise PeersError(
@@ -99,15 +104,33 @@ class ClusterPlan:
         membership.peer_state = self.forwarding.peer_state
 
     async def wait_for_majority(self, start: Any) -> None:
-        """Start the Raft log, saying in the log what it waits for while no majority answers."""
+        """Start the Raft log, saying in the log what it waits for while no majority answers;
+        then give the links to the other nodes a moment to come up, so the first messages this
+        node forwards do not find a peer that merely has not been pinged yet."""
         task = asyncio.ensure_future(start(timeout=3600.0))
         others = ", ".join(m.node_id for m in self.membership.others)
         while True:
             done, _ = await asyncio.wait({task}, timeout=5.0)
             if done:
                 task.result()
-                return
+                break
             log.warning("waiting for a majority of the cluster (%s) to elect a Raft leader", others)
+        if self.forwarding is None:
+            return
+        deadline = asyncio.get_running_loop().time() + LINK_WAIT
+        while asyncio.get_running_loop().time() < deadline:
+            if all(self.forwarding.peer_state(m.node_id) == "up" for m in self.membership.others):
+                return
+            await asyncio.sleep(0.05)
+        down = [
+            m.node_id
+            for m in self.membership.others
+            if self.forwarding.peer_state(m.node_id) != "up"
+        ]
+        log.warning(
+            "starting without links to %s (their queues are unavailable until they answer)",
+            ", ".join(down),
+        )
 
     async def announce(self, broker: Any) -> None:
         """Record this node (and the configured peers) in the replicated membership."""

@@ -37,6 +37,9 @@ from ._common import AUTH_KEY, NODE_KEY, SERVER_OPTIONS, auth_token
 
 log = logging.getLogger("merpati.forwarding")
 
+# How long a request for a queue this node does not know yet waits for the metadata to catch up.
+CATCH_UP = 2.0
+
 OUTCOMES = {
     pb.ACCEPTED: Outcome.ACCEPTED,
     pb.REJECTED: Outcome.REJECTED,
@@ -132,7 +135,24 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong or missing cluster secret")
         return node
 
+    async def catch_up(self, vhost: str, names: Any) -> None:
+        """Wait (briefly) for metadata this node has not applied yet: a queue declared through
+        another node is committed there first, and its first messages may arrive before the
+        declaration is applied here."""
+        deadline = None
+        while True:
+            vq = self.broker.queues.get(vhost) or {}
+            if all(name in vq for name in names):
+                return
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + CATCH_UP
+            elif loop.time() > deadline:
+                return  # deleted meanwhile, or never there: the caller answers for it
+            await asyncio.sleep(0.005)
+
     async def _local(self, context: grpc.aio.ServicerContext, ref: pb.QueueRef) -> LocalQueue:
+        await self.catch_up(ref.vhost, (ref.queue,))
         q = self.broker.queue(ref.vhost, ref.queue)
         if isinstance(q, LocalQueue) and not q.deleted:
             return q
@@ -272,6 +292,9 @@ class _PublishStream:
 
     async def read(self, request_iterator: Any) -> None:
         async for batch in request_iterator:
+            for m in batch.messages:
+                if not all(name in self.server.broker.queues.get(m.vhost, ()) for name in m.queues):
+                    await self.server.catch_up(m.vhost, m.queues)
             self.enqueue(batch)
             if self.blocked_by:
                 # A queue fed by this stream is congested: stop reading until it drains.

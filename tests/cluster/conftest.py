@@ -30,19 +30,26 @@ class Cluster:
     def __init__(self, size: int = 3) -> None:
         self.ports = {f"n{i + 1}": _port_pair() for i in range(size)}
         self.peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.ports.items())
-        self.nodes = {
-            n: NodeProcess(
-                "--node-id",
-                n,
-                "--cluster-port",
-                str(p),
-                "--raft-port",
-                str(p + 1),
-                "--peers",
-                self.peers,
-            )
-            for n, p in self.ports.items()
-        }
+        while True:
+            self.nodes = {
+                n: NodeProcess(
+                    "--node-id",
+                    n,
+                    "--cluster-port",
+                    str(p),
+                    "--raft-port",
+                    str(p + 1),
+                    "--peers",
+                    self.peers,
+                )
+                for n, p in self.ports.items()
+            }
+            # Ports are picked before anything binds them: no two listeners may share one.
+            taken = [p for p in self.ports.values()] + [p + 1 for p in self.ports.values()]
+            for node in self.nodes.values():
+                taken += [node.port, node.metrics_port, node.management_port]
+            if len(taken) == len(set(taken)):
+                break
 
     def start(self) -> Cluster:
         # Start order does not matter: each waits for a majority; start all, then wait for all.
