@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.support.node import NodeProcess
+from tests.support.node import NodeProcess, PortClash
 
 
 def _port_pair() -> int:
@@ -57,6 +57,8 @@ class Cluster:
             n.start(timeout=0, wait=False)
         for n in self.nodes.values():
             n.wait_ready(timeout=60)
+        for n in self.nodes.values():
+            n._started_once = True
         return self
 
     def stop(self) -> None:
@@ -67,8 +69,21 @@ class Cluster:
         return self.nodes[name]
 
 
+def start_cluster(size: int = 3) -> Cluster:
+    """A started cluster; ports taken by another process meanwhile mean new ports, not a failure."""
+    for attempt in range(3):
+        c = Cluster(size)
+        try:
+            return c.start()
+        except PortClash:
+            c.stop()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster().start()
+    c = start_cluster()
     yield c
     c.stop()

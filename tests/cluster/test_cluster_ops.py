@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.node import NodeProcess
 
-from .conftest import Cluster, _port_pair
+from .conftest import _port_pair, start_cluster
 
 
 def ctl(node, *args: str) -> str:
@@ -36,7 +36,7 @@ def connect(node) -> pika.BlockingConnection:
 
 @pytest.fixture
 def fresh_cluster():
-    c = Cluster().start()
+    c = start_cluster()
     yield c
     c.stop()
     for n in c.nodes.values():

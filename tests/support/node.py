@@ -18,6 +18,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PORT_CLASH = b"address already in use"
+
+
+class PortClash(RuntimeError):
+    """A port picked as free was taken before the node bound it (another process got there)."""
+
+
 class NodeProcess:
     """One node process on loopback; `extra` flags and a TOML `config` text are optional."""
 
@@ -35,12 +42,26 @@ class NodeProcess:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "node.log"
+        self._started_once = False
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 15.0, wait: bool = True) -> NodeProcess:
+        """Start the node; a first start whose free ports were taken meanwhile retries on others."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout, wait)
+            except PortClash:
+                if attempt == 2 or self._started_once:
+                    raise
+                self._log.close()
+                self.port, self.raft_port = free_port(), free_port()
+                self.metrics_port, self.management_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float, wait: bool) -> NodeProcess:
         args = [
             sys.executable,
             "-m",
@@ -80,7 +101,9 @@ class NodeProcess:
         self._offset = offset
         if not wait:
             return self
-        return self.wait_ready(timeout)
+        self.wait_ready(timeout)
+        self._started_once = True  # a restart keeps its ports: clients and peers know them
+        return self
 
     def wait_ready(self, timeout: float = 15.0) -> NodeProcess:
         """Wait for this run's ready line (or fail with the log if the process exits)."""
@@ -88,6 +111,8 @@ class NodeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if PORT_CLASH in self.log_path.read_bytes()[self._offset :]:
+                    raise PortClash(f"node exited: a port it was given is taken:\n{self.log()}")
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             if b" ready: " in self.log_path.read_bytes()[self._offset :]:
                 return self
