@@ -59,6 +59,13 @@ def test_dashboard_is_well_formed_and_uses_exported_metrics():
 @needs_promtool
 def test_promtool_checks_config_rules_and_alert_tests():
     r = subprocess.run(
+        [promtool, "check", "config", "prometheus-compose.yml"],
+        cwd=DEPLOY,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(
         [promtool, "check", "config", "prometheus.yml"], cwd=DEPLOY, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
@@ -148,3 +155,29 @@ def test_real_prometheus_scrapes_a_node(make_node, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_compose_file_names_three_clustered_nodes_and_existing_files():
+    """No Docker engine here: check the compose file's structure and the files it mounts."""
+    import json as _json
+
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    for node in ("n1", "n2", "n3"):
+        assert f"MERPATI_NODE_ID: {node}" in text
+    assert "MERPATI_PEERS: n1=n1:25672,n2=n2:25672,n3=n3:25672" in text
+    assert "MERPATI_CLUSTER_SECRET" in text
+    for path in (
+        "Dockerfile",
+        "prometheus-compose.yml",
+        "alerts.yml",
+        "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/merpati.yml",
+    ):
+        assert (DEPLOY / path).is_file(), path
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert (
+        "USER merpati" in dockerfile
+        and "HEALTHCHECK" in dockerfile
+        and 'ENTRYPOINT ["merpati", "server"]' in dockerfile
+    )
+    _json.loads((DEPLOY / "grafana" / "merpati-overview.json").read_text())
