@@ -1031,10 +1031,24 @@ class ManagementApi:
         return json_response({"status": "ok"})
 
     async def health_quorum_critical(self, request: web.Request) -> web.Response:
-        # Critical means: stopping this node would leave some replicated queue (or the metadata)
-        # without a majority. A single node has no replicas to lose, and RabbitMQ answers ok there
-        # too. CLUSTER: when issue 4 lands, compute it from queue placement and Raft membership
-        # (members whose loss leaves fewer than a majority of each queue's in-sync replicas).
+        """Critical: stopping this node would leave the metadata (Raft) without a majority.
+        Queues are not replicated yet, so the metadata is the only quorum there is; a single
+        node has none to lose, and RabbitMQ answers ok there too."""
+        plan = getattr(self.node, "cluster", None)
+        if plan is None or not plan.clustered:
+            return json_response({"status": "ok"})
+        members = plan.membership.members
+        live = plan.membership.live()
+        majority = len(members) // 2 + 1
+        if len(live) - 1 < majority:
+            return json_response(
+                {
+                    "status": "failed",
+                    "reason": f"stopping this node would leave {len(live) - 1} of {len(members)} "
+                    f"members running, fewer than the Raft majority of {majority}",
+                },
+                status=503,
+            )
         return json_response({"status": "ok"})
 
     async def health_vhosts(self, request: web.Request) -> web.Response:

@@ -148,3 +148,26 @@ def test_rebalance_moves_idle_queue_leaders(fresh_cluster):
     for name in names:
         assert ch.queue_declare(name, passive=True).method.message_count == 1
     conn.close()
+
+
+def test_node_is_quorum_critical_when_its_loss_breaks_the_raft_majority(fresh_cluster):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    def check(node) -> int:
+        req = urllib.request.Request(
+            node.management_url + "/api/health/checks/node-is-quorum-critical"
+        )
+        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+        try:
+            return urllib.request.urlopen(req, timeout=10).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert check(fresh_cluster["n1"]) == 200  # 3 of 3 up: losing one leaves a majority
+    fresh_cluster["n3"].stop(signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while check(fresh_cluster["n1"]) != 503:
+        assert time.monotonic() < deadline, "n1 never became quorum-critical with n3 down"
+        time.sleep(0.3)
