@@ -167,6 +167,7 @@ class NodeCollector:
         yield from self._process()
         yield from self._raft()
         yield from self._store()
+        yield from self._forwarding()
 
     def _identity(self) -> Iterator[Metric]:
         node = self.node
@@ -427,6 +428,61 @@ class NodeCollector:
         except OSError:
             size = 0
         yield _gauge("merpati_store_size_bytes", "Size of the message store file", size)
+
+    def _forwarding(self) -> Iterator[Metric]:
+        """Messages between nodes (cluster.forwarding): what this node sent and received."""
+        plan = getattr(self.node, "cluster", None)
+        fwd = getattr(plan, "forwarding", None) if plan is not None else None
+        if fwd is None:
+            return
+        server = fwd.server.counters
+        yield _counter(
+            "merpati_forwarding_received_batches",
+            "Publish batches received from other nodes",
+            server.publish_batches,
+        )
+        yield _counter(
+            "merpati_forwarding_received_messages",
+            "Messages received from other nodes",
+            server.publish_messages,
+        )
+        yield _counter(
+            "merpati_forwarding_received_bytes",
+            "Message body bytes received from other nodes",
+            server.publish_bytes,
+        )
+        yield _counter(
+            "merpati_forwarding_deliveries_sent",
+            "Deliveries streamed to consumers on other nodes",
+            server.deliveries,
+        )
+        sent = CounterMetricFamily(
+            "merpati_forwarding_sent_messages",
+            "Messages forwarded to another node",
+            labels=["peer"],
+        )
+        writes = CounterMetricFamily(
+            "merpati_forwarding_sent_batches",
+            "Publish batches (gRPC writes) to another node",
+            labels=["peer"],
+        )
+        up = GaugeMetricFamily(
+            "merpati_forwarding_peer_up", "Whether the link to a node is up", labels=["peer"]
+        )
+        inflight = GaugeMetricFamily(
+            "merpati_forwarding_unconfirmed",
+            "Forwarded messages awaiting the other node's confirm",
+            labels=["peer"],
+        )
+        for node_id, peer in fwd.peers.items():
+            sent.add_metric([node_id], getattr(peer, "messages_sent", 0))
+            writes.add_metric([node_id], getattr(peer, "writes", 0))
+            up.add_metric([node_id], 1 if getattr(peer, "state", "") == "up" else 0)
+            inflight.add_metric([node_id], len(getattr(peer, "_inflight", ())))
+        yield sent
+        yield writes
+        yield up
+        yield inflight
 
 
 def queue_rows(broker: Any) -> Iterator[tuple[str, str, int, int, int]]:

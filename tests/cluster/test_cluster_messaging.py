@@ -192,3 +192,38 @@ def test_node_down_makes_its_queues_unavailable_then_they_return(cluster):
         assert time.monotonic() < deadline, "the queue did not come back with its messages"
         time.sleep(0.3)
     conn.close()
+
+
+def test_forwarding_metrics_count_messages_between_nodes(cluster):
+    import urllib.request
+
+    q = uid("metered")
+    c1 = connect(cluster["n1"])
+    c1.channel().queue_declare(q)
+    leader = leader_of(cluster, q)
+    other = next(n for n in ("n1", "n2", "n3") if n != leader)
+    conn = connect(cluster[other])
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for _ in range(25):
+        ch.basic_publish("", q, b"x" * 10)
+    conn.close()
+    c1.close()
+
+    def scrape(node) -> dict[str, float]:
+        text = (
+            urllib.request.urlopen(cluster[node].metrics_url + "/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("merpati_forwarding_"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    sent = scrape(other)
+    assert sent[f'merpati_forwarding_sent_messages_total{{peer="{leader}"}}'] >= 25
+    assert sent[f'merpati_forwarding_peer_up{{peer="{leader}"}}'] == 1
+    assert scrape(leader)["merpati_forwarding_received_messages_total"] >= 25
