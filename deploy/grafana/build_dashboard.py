@@ -343,6 +343,44 @@ def build() -> dict:
         ),
     ]
     advance(8)
+    panels.append(row("Forwarding between nodes (merpati_*)"))
+    panels += [
+        series(
+            "Messages forwarded per second, by peer",
+            [
+                (
+                    f"sum by(rabbitmq_node, peer) (rate(merpati_forwarding_sent_messages_total[5m]){JOIN})",
+                    "{{rabbitmq_node}} -> {{peer}}",
+                ),
+            ],
+            0,
+            8,
+        ),
+        series(
+            "Messages per gRPC write (batching)",
+            [
+                (
+                    f"sum by(rabbitmq_node) (rate(merpati_forwarding_sent_messages_total[5m]){JOIN}) / sum by(rabbitmq_node) (rate(merpati_forwarding_sent_batches_total[5m]){JOIN})",
+                    "{{rabbitmq_node}}",
+                ),
+            ],
+            8,
+            8,
+        ),
+        series(
+            "Links up and forwards awaiting confirm",
+            [
+                (f"sum by(rabbitmq_node, peer) (merpati_forwarding_peer_up{JOIN})", "up {{rabbitmq_node}} -> {{peer}}"),
+                (
+                    f"sum by(rabbitmq_node, peer) (merpati_forwarding_unconfirmed{JOIN})",
+                    "unconfirmed {{rabbitmq_node}} -> {{peer}}",
+                ),
+            ],
+            16,
+            8,
+        ),
+    ]
+    advance(8)
     return {
         "__inputs": [
             {
