@@ -291,10 +291,14 @@ class _PublishStream:
         self.closed = False
 
     async def read(self, request_iterator: Any) -> None:
+        queues = self.server.broker.queues
         async for batch in request_iterator:
             for m in batch.messages:
-                if not all(name in self.server.broker.queues.get(m.vhost, ()) for name in m.queues):
-                    await self.server.catch_up(m.vhost, m.queues)
+                vq = queues.get(m.vhost)
+                for name in m.queues:
+                    if vq is None or name not in vq:
+                        await self.server.catch_up(m.vhost, m.queues)
+                        break
             self.enqueue(batch)
             if self.blocked_by:
                 # A queue fed by this stream is congested: stop reading until it drains.

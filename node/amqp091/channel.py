@@ -200,6 +200,7 @@ class Channel:
         self.ack_upto = 0  # highest publish seq confirmed and not yet acknowledged to the client
         # Publishes whose confirm waits for a store commit: (publish seq, store epoch), in order.
         self.pending: deque[tuple[int, int]] = deque()
+        self.watching = False  # registered with the ledger for commits
         self.tx_epoch = 0
         self.tx: list[Callable[[], None]] | None = None
         # Frames that arrived while a metadata command was in flight.
@@ -949,7 +950,8 @@ class Channel:
             elif epoch or self.pending:
                 # The confirm waits for the store commit that holds the message (group commit).
                 self.pending.append((seq, epoch))
-                if epoch:
+                if epoch and not self.watching:
+                    self.watching = True
                     self.broker.store.watchers.add(self)
             else:
                 self.counters.confirmed += 1
@@ -973,6 +975,7 @@ class Channel:
             self.conn.confirm_dirty.add(self)
             self.conn.flush_soon()
         if not pending:
+            self.watching = False
             self.broker.store.watchers.discard(self)
 
     def flush_confirms(self) -> None:
@@ -1015,6 +1018,7 @@ class Channel:
         self.release_all()
         self.conn.confirm_dirty.discard(self)
         self.pending.clear()
+        self.watching = False
         if self.broker.store is not None:
             self.broker.store.watchers.discard(self)
 
