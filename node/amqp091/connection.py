@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from .. import __version__
 from ..broker import AuthError, Broker
+from ..core.output import OutputBuffer
 from . import render, spec
 from .channel import Channel, ChannelError, ConnectionError091
 from .codec import DecodeError, decode_table
@@ -84,7 +85,7 @@ def _text(code: int, text: str) -> str:
     return f"{REPLY_NAMES.get(code, str(code))} - {text}"[:255]
 
 
-class Connection091:
+class Connection091(OutputBuffer):
     def __init__(
         self,
         broker: Broker,
@@ -105,14 +106,8 @@ class Connection091:
         self.heartbeat = 0
         self.reader = FrameReader(self, self.settings.frame_max, self.settings.max_message_size)
         self.channels: dict[int, Channel] = {}
-        self.out: list[bytes] = []
-        self.flush_scheduled = False
-        self.receiving = False
+        self.init_output()
         self.confirm_dirty: set[Channel] = set()
-        self.write_paused = False
-        self.out_bytes = 0  # bytes in `out`, bounded by channel.OUT_LIMIT for deliveries
-        self.starved = False  # a consumer was refused for want of output room
-        self._flow_blocked_by: set[object] = set()  # congested queues holding our reading
         self.user = ""
         self.vhost = ""
         self.client_properties: dict[str, Any] = {}
@@ -128,51 +123,24 @@ class Connection091:
 
     # -- output -------------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
-        self.out.append(data)
-        self.out_bytes += len(data)
-        if not self.receiving and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.shell.schedule_flush()
+    # OutputBuffer hooks: pending publisher confirms go out with each flush.
 
-    def flush_soon(self) -> None:
-        if self.out or self.confirm_dirty:
-            if not self.flush_scheduled:
-                self.flush_scheduled = True
-                self.shell.schedule_flush()
+    def _pending_output(self) -> bool:
+        return bool(self.confirm_dirty)
 
-    def take_output(self) -> bytes:
-        """Everything to write now (pending publisher confirms included)."""
-        self.flush_scheduled = False
+    def _flush_pending(self) -> None:
         if self.confirm_dirty:
             for ch in self.confirm_dirty:
                 ch.flush_confirms()
             self.confirm_dirty.clear()
-        out = self.out
-        if not out:
-            return b""
-        self.send_activity = True
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self.out_bytes = 0
-        return data
 
-    def after_write(self) -> None:
-        """Output went to the socket: consumers refused for want of room may take more now."""
-        if self.starved and not self.write_paused:
-            self.starved = False
-            for ch in list(self.channels.values()):
-                if ch.is_open:
-                    ch.kick_consumers()
+    def _kick_consumers(self) -> None:
+        for ch in list(self.channels.values()):
+            if ch.is_open:
+                ch.kick_consumers()
 
-    def flow_blocked(self, queue: object) -> None:
-        self._flow_blocked_by.add(queue)
-        self.shell.set_reading(False)
-
-    def flow_unblocked(self, queue: object) -> None:
-        self._flow_blocked_by.discard(queue)
-        if not self._flow_blocked_by and not self.blocked and self.state not in ("closed",):
-            self.shell.set_reading(True)
+    def _reading_held(self) -> bool:
+        return self.blocked
 
     def send_method(self, channel: int, method: Any) -> None:
         self.send(render.method_frame(channel, method))
@@ -628,13 +596,6 @@ class Connection091:
                 self.shell.set_reading(True)
             if self.capabilities.get("connection.blocked"):
                 self.send_method(0, spec.ConnectionUnblocked())
-
-    def writing_paused(self, paused: bool) -> None:
-        self.write_paused = paused
-        if not paused:
-            for ch in list(self.channels.values()):
-                if ch.is_open:
-                    ch.kick_consumers()
 
     def force_close(self, reason: str = "shutdown") -> None:
         self.close_connection(320, f"broker forced connection closure with reason '{reason}'")

@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..broker import AuthError, Broker
+from ..core.output import OutputBuffer
 from . import performatives as P
 from .codec import DecodeError, Symbol, symbol_array
 from .errors import ConnectionError10, LinkError10, SessionError10
@@ -86,7 +87,7 @@ def sasl_frame(body: bytes) -> bytes:
     return _frame_head.pack(8 + len(body), 2, 1, 0) + body
 
 
-class Connection10:
+class Connection10(OutputBuffer):
     def __init__(
         self,
         broker: Broker,
@@ -114,68 +115,35 @@ class Connection10:
         self.ending: set[int] = set()  # channels whose end we sent and await
         self._buf = bytearray()
         self._need = 0
-        self.out: list[bytes] = []
-        self.out_bytes = 0
-        self.flush_scheduled = False
-        self.receiving = False
+        self.init_output()
         self.dirty: set[Session] = set()
-        self.write_paused = False
-        self.starved = False
         self.blocked = False
-        self._flow_blocked_by: set[object] = set()
         self.exclusive_queues: set[str] = set()
         # Idle timeout: `heartbeat` is what the shell reads (it ticks every heartbeat/2 seconds).
         self.heartbeat = 0.0
         self.idle_in = 0.0  # seconds of silence from the peer we tolerate
         self.idle_out = 0.0  # the peer's idle timeout: we must send within half of it
         self.recv_activity = False
-        self.send_activity = False
         self.last_recv = time.monotonic()
         self.last_send = time.monotonic()
 
     # -- output -------------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
-        self.out.append(data)
-        self.out_bytes += len(data)
-        if not self.receiving and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.shell.schedule_flush()
-
     def send_frame(self, channel: int, perf: Any, payload: bytes = b"") -> None:
         self.send(frame(channel, perf.encode_amqp(), payload))
 
-    def flush_soon(self) -> None:
-        if (self.out or self.dirty) and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.shell.schedule_flush()
+    # OutputBuffer hooks: pending dispositions go out with each flush.
 
-    def take_output(self) -> bytes:
-        self.flush_scheduled = False
+    def _pending_output(self) -> bool:
+        return bool(self.dirty)
+
+    def _flush_pending(self) -> None:
         if self.dirty:
             for s in self.dirty:
                 s.flush_dispositions()
             self.dirty.clear()
-        out = self.out
-        if not out:
-            return b""
-        self.send_activity = True
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self.out_bytes = 0
-        return data
 
-    def after_write(self) -> None:
-        if self.starved and not self.write_paused:
-            self.starved = False
-            self._kick_all()
-
-    def writing_paused(self, paused: bool) -> None:
-        self.write_paused = paused
-        if not paused:
-            self._kick_all()
-
-    def _kick_all(self) -> None:
+    def _kick_consumers(self) -> None:
         for s in list(self.sessions.values()):
             s.kick_senders()
 
@@ -185,15 +153,6 @@ class Connection10:
             self.starved = True
             return False
         return True
-
-    def flow_blocked(self, queue: object) -> None:
-        self._flow_blocked_by.add(queue)
-        self.shell.set_reading(False)
-
-    def flow_unblocked(self, queue: object) -> None:
-        self._flow_blocked_by.discard(queue)
-        if not self._flow_blocked_by and self.state != "closed":
-            self.shell.set_reading(True)
 
     # -- input --------------------------------------------------------------------------------
 

@@ -595,9 +595,8 @@ class DetailedCollector:
                 n = sum(1 for c in channels.values() if c.is_open) if channels is not None else 0
                 ch.add_metric([conn.id], n)
             yield ch
-        if "channel_queue_metrics" in fams:
-            # Per-channel, per-queue counters are not kept (they would cost on the hot path).
-            pass
+        # "channel_queue_metrics" is not served: per-channel, per-queue counters would cost on
+        # the hot path, so none are kept.
 
 
 def _now() -> float:
