@@ -147,9 +147,12 @@ class Membership:
 
 def place_queue(state: Any, live: set[str], local: str, exclusive: bool) -> str:
     """The leader for a new queue: this node for an exclusive queue (it lives and dies with its
-    connection), else the live member leading the fewest queues (ties: this node, then by id)."""
+    connection), else the live member leading the fewest queues (ties: this node, then by id).
+    Draining members are skipped, unless every live member is draining."""
     if exclusive or len(live) <= 1:
         return local
+    draining = getattr(state, "draining", ())
+    live = (live - draining) or live
     counts = dict.fromkeys(live, 0)
     for vh in state.vhosts.values():
         for q in vh.queues.values():

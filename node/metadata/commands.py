@@ -132,12 +132,32 @@ class NodeLeft:
 
 @dataclass(frozen=True)
 class MoveQueue:
-    """Queue leadership moves from one node to another (rebalancing idle queues)."""
+    """Queue leadership moves from one node to another (rebalance, drain). The old leader then
+    hands its messages over and says so with QueueHandedOver; until then the queue lists it in
+    `handing_over`."""
 
     vhost: str
     name: str
     from_node: str
     to_node: str
+
+
+@dataclass(frozen=True)
+class QueueHandedOver:
+    """`node_id` holds no more messages of a queue it led before a MoveQueue."""
+
+    vhost: str
+    name: str
+    node_id: str
+
+
+@dataclass(frozen=True)
+class SetNodeDraining:
+    """A draining node gets no new queues (placement skips it). Cleared by draining=False or by
+    the node's next NodeStarted: a node that starts again is a normal member again."""
+
+    node_id: str
+    draining: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,5 +187,7 @@ Command = (
     | NodeJoined
     | NodeLeft
     | MoveQueue
+    | QueueHandedOver
+    | SetNodeDraining
     | NodeStarted
 )

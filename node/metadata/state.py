@@ -61,6 +61,10 @@ class QueueDef:
     auto_delete: bool
     arguments: dict[str, Any]
     leader: str
+    # Former leaders still handing their messages over to `leader` (MoveQueue adds one,
+    # QueueHandedOver removes it). A class-level default, so queues unpickled from a snapshot
+    # written before this field existed read it as empty.
+    handing_over: tuple[str, ...] = ()
 
 
 @dataclass
@@ -141,7 +145,14 @@ class MetadataState:
         self.permissions: dict[tuple[str, str], Permission] = {}
         # Cluster members: node id -> (cluster address, raft address).
         self.members: dict[str, tuple[str, str]] = {}
+        # Nodes being drained: placement gives them no new queues.
+        self.draining: set[str] = set()
         self.applied = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Snapshots written before a field existed restore without it.
+        self.__dict__.update(state)
+        self.__dict__.setdefault("draining", set())
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -312,6 +323,12 @@ class MetadataState:
     def _apply_NodeLeft(self, cmd: c.NodeLeft) -> Any:
         if self.members.pop(cmd.node_id, None) is None:
             raise MetadataError(NOT_FOUND, f"no node '{cmd.node_id}' in the cluster")
+        self.draining.discard(cmd.node_id)
+        # A removed node hands nothing over any more (what it still held stays on its disk).
+        for vh in self.vhosts.values():
+            for q in vh.queues.values():
+                if cmd.node_id in q.handing_over:
+                    q.handing_over = tuple(n for n in q.handing_over if n != cmd.node_id)
         return "left"
 
     def _apply_MoveQueue(self, cmd: c.MoveQueue) -> Any:
@@ -319,15 +336,48 @@ class MetadataState:
         if q is None:
             raise MetadataError(NOT_FOUND, f"no queue '{cmd.name}' in vhost '{cmd.vhost}'")
         if q.leader != cmd.from_node:
-            raise MetadataError(PRECONDITION_FAILED, f"queue '{cmd.name}' is led by '{q.leader}', not '{cmd.from_node}'")
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"queue '{cmd.name}' is led by '{q.leader}', not '{cmd.from_node}'",
+            )
         if q.exclusive_owner is not None:
-            raise MetadataError(PRECONDITION_FAILED, f"queue '{cmd.name}' is exclusive to a connection")
+            raise MetadataError(
+                PRECONDITION_FAILED, f"queue '{cmd.name}' is exclusive to a connection"
+            )
+        if cmd.to_node == cmd.from_node:
+            raise MetadataError(
+                PRECONDITION_FAILED, f"queue '{cmd.name}' is already led by '{cmd.to_node}'"
+            )
         q.leader = cmd.to_node
+        if cmd.from_node not in q.handing_over:
+            q.handing_over = (*q.handing_over, cmd.from_node)
         return "moved"
+
+    def _apply_QueueHandedOver(self, cmd: c.QueueHandedOver) -> Any:
+        q = self.queue(cmd.vhost, cmd.name)
+        if q is None:
+            raise MetadataError(NOT_FOUND, f"no queue '{cmd.name}' in vhost '{cmd.vhost}'")
+        if cmd.node_id not in q.handing_over:
+            return "absent"
+        q.handing_over = tuple(n for n in q.handing_over if n != cmd.node_id)
+        return "handed-over"
+
+    def _apply_SetNodeDraining(self, cmd: c.SetNodeDraining) -> Any:
+        if cmd.node_id not in self.members:
+            raise MetadataError(NOT_FOUND, f"no node '{cmd.node_id}' in the cluster")
+        if cmd.draining == (cmd.node_id in self.draining):
+            return "unchanged"
+        if cmd.draining:
+            self.draining.add(cmd.node_id)
+            return "draining"
+        self.draining.discard(cmd.node_id)
+        return "undrained"
 
     def _apply_NodeStarted(self, cmd: c.NodeStarted) -> Any:
         """Returns {vhost: [queue names removed]}."""
         removed: dict[str, list[str]] = {}
+        # A node that starts again takes new queues again (a drain is for one stop).
+        self.draining.discard(cmd.node_id)
         owner_prefix = cmd.node_id + "/"
         for vh in self.vhosts.values():
             for name, q in list(vh.queues.items()):

@@ -308,6 +308,93 @@ def test_bind_with_invalid_x_match_returns_an_error_and_leaves_no_binding():
     assert s.exchange(V, "h").bindings == {}
 
 
+# --- moving queues and draining nodes ----------------------------------------------------------
+
+
+def members(*cmds) -> MetadataState:
+    return fresh(
+        c.NodeJoined("n1", "h1:1", "h1:2"),
+        c.NodeJoined("n2", "h2:1", "h2:2"),
+        c.NodeJoined("n3", "h3:1", "h3:2"),
+        *cmds,
+    )
+
+
+def test_move_queue_records_the_old_leader_until_it_has_handed_over():
+    s = members(c.DeclareQueue(V, "q", durable=True, leader="n1"))
+    assert s.apply(c.MoveQueue(V, "q", "n1", "n2")) == "moved"
+    q = s.queue(V, "q")
+    assert (q.leader, q.handing_over) == ("n2", ("n1",))
+    # Moved on before n1 finished: both former leaders still hold messages.
+    assert s.apply(c.MoveQueue(V, "q", "n2", "n3")) == "moved"
+    assert q.handing_over == ("n1", "n2")
+    assert s.apply(c.QueueHandedOver(V, "q", "n1")) == "handed-over"
+    assert q.handing_over == ("n2",)
+    assert s.apply(c.QueueHandedOver(V, "q", "n1")) == "absent"  # a retried proposal
+    assert err(s.apply(c.QueueHandedOver(V, "nope", "n1"))).code == 404
+
+
+def test_move_queue_preconditions():
+    s = members(
+        c.DeclareQueue(V, "q", leader="n1"),
+        c.DeclareQueue(V, "x", exclusive_owner="n1/c", leader="n1"),
+    )
+    assert err(s.apply(c.MoveQueue(V, "q", "n2", "n3"))).code == 406  # not its leader
+    assert err(s.apply(c.MoveQueue(V, "q", "n1", "n1"))).code == 406  # nowhere to go
+    assert err(s.apply(c.MoveQueue(V, "x", "n1", "n2"))).code == 406  # exclusive
+    assert err(s.apply(c.MoveQueue(V, "nope", "n1", "n2"))).code == 404
+    assert s.queue(V, "q").handing_over == ()
+
+
+def test_node_left_stops_waiting_for_its_handovers():
+    s = members(c.DeclareQueue(V, "q", leader="n1"), c.MoveQueue(V, "q", "n1", "n2"))
+    s.apply(c.SetNodeDraining("n1"))
+    assert s.apply(c.NodeLeft("n1")) == "left"
+    assert s.queue(V, "q").handing_over == ()
+    assert "n1" not in s.draining
+
+
+def test_draining_flag_is_set_cleared_and_dropped_when_the_node_starts_again():
+    s = members()
+    assert s.apply(c.SetNodeDraining("n2")) == "draining"
+    assert s.apply(c.SetNodeDraining("n2", True)) == "unchanged"
+    assert s.draining == {"n2"}
+    assert s.apply(c.SetNodeDraining("n2", False)) == "undrained"
+    assert s.draining == set()
+    assert err(s.apply(c.SetNodeDraining("n9"))).code == 404
+    s.apply(c.SetNodeDraining("n3"))
+    s.apply(c.NodeStarted("n2", only_member=False))
+    assert s.draining == {"n3"}
+    s.apply(c.NodeStarted("n3", only_member=False))
+    assert s.draining == set()
+
+
+def test_state_pickled_before_draining_existed_loads_with_defaults():
+    import pickle
+
+    s = members(c.DeclareQueue(V, "q", leader="n1"))
+    del s.__dict__["draining"]
+    del s.queue(V, "q").__dict__["handing_over"]
+    restored = pickle.loads(pickle.dumps(s))
+    assert restored.draining == set()
+    assert restored.queue(V, "q").handing_over == ()
+    assert restored.apply(c.SetNodeDraining("n1")) == "draining"
+
+
+def test_placement_skips_draining_nodes():
+    from cluster.membership import place_queue
+
+    s = members(c.DeclareQueue(V, "a", leader="n2"), c.DeclareQueue(V, "b", leader="n3"))
+    live = {"n1", "n2", "n3"}
+    assert place_queue(s, live, "n2", False) == "n1"
+    s.apply(c.SetNodeDraining("n1"))
+    assert place_queue(s, live, "n1", False) == "n2"  # the least loaded that is not draining
+    assert place_queue(s, live, "n1", True) == "n1"  # exclusive queues stay with their connection
+    for n in ("n2", "n3"):
+        s.apply(c.SetNodeDraining(n))
+    assert place_queue(s, live, "n1", False) in live  # everyone draining: somewhere all the same
+
+
 # --- determinism -----------------------------------------------------------------------------
 
 NAMES = st.sampled_from(["a", "b", "c"])
@@ -335,6 +422,13 @@ command = st.one_of(
         st.sampled_from(["n1", "n2"]),
     ),
     st.builds(c.DeleteQueue, st.just(V), NAMES),
+    st.builds(
+        c.MoveQueue, st.just(V), NAMES, st.sampled_from(["n1", "n2"]), st.sampled_from(["n1", "n2"])
+    ),
+    st.builds(c.QueueHandedOver, st.just(V), NAMES, st.sampled_from(["n1", "n2"])),
+    st.builds(c.NodeJoined, st.sampled_from(["n1", "n2"]), st.just("h:1"), st.just("h:2")),
+    st.builds(c.SetNodeDraining, st.sampled_from(["n1", "n2"]), st.booleans()),
+    st.builds(c.NodeLeft, st.sampled_from(["n1", "n2"])),
     st.builds(
         c.Bind,
         st.just(V),
@@ -364,7 +458,14 @@ def snapshot(s: MetadataState):
                 for n, x in vh.exchanges.items()
             },
             {
-                n: (q.durable, q.exclusive_owner, q.auto_delete, q.arguments, q.leader)
+                n: (
+                    q.durable,
+                    q.exclusive_owner,
+                    q.auto_delete,
+                    q.arguments,
+                    q.leader,
+                    q.handing_over,
+                )
                 for n, q in vh.queues.items()
             },
             {d: sorted(map(repr, ids)) for d, ids in vh.bindings_to.items()},
@@ -386,6 +487,7 @@ def test_same_commands_give_the_same_results_and_state(cmds):
     rb = [outcome(b.apply(cmd)) for cmd in cmds]
     assert ra == rb
     assert snapshot(a) == snapshot(b)
+    assert a.draining == b.draining and a.draining <= set(a.members)
     assert a.applied == b.applied == len(cmds) + 1
     # Invariant: bindings_to indexes exactly the bindings held by the exchanges.
     for vh in a.vhosts.values():
