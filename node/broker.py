@@ -20,6 +20,8 @@ from typing import Any
 
 from .core.deadletter import dead_lettered, is_cycle
 from .core.delayed import DelayedMessages, pseudo_queue
+from .core.handover import WINDOW as HANDOVER_WINDOW
+from .core.handover import Handover
 from .core.message import Message
 from .core.queue import LocalQueue, MemoryBudget, QueueHandle
 from .core.queue_args import QueueOptions, effective_arguments
@@ -82,6 +84,14 @@ class Broker:
         # Chooses the leader node of a new queue (exclusive -> this node); the cluster replaces it.
         self.place_queue: Callable[[bool], str] = lambda exclusive: self.node_id
         self.cluster: Any = None
+        # Queues moved away whose messages are still on their way to the new leader.
+        self.handovers: set[Handover] = set()
+        self.handover_window = HANDOVER_WINDOW
+        # True for a queue's consumer that stands for one on another node (a forwarding stream):
+        # a handover leaves it to that node, which cancels it itself. The cluster wiring sets it.
+        self.forwarded_consumer: Callable[[Any], bool] = lambda consumer: False
+        self.recovered = False  # recover() ran: every queue this node leads exists
+        self._proposals: set[asyncio.Task] = set()
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
         self.loopback_users = set(loopback_users)
@@ -115,6 +125,7 @@ class Broker:
             elif self.remote_queue_factory is not None:
                 self.queues.setdefault(qdef.vhost, {})[qdef.name] = self.remote_queue_factory(qdef)
         elif isinstance(cmd, cmds.DeleteQueue):
+            self._abort_handovers(cmd.vhost, cmd.name)
             q = self.queues.get(cmd.vhost, {}).pop(cmd.name, None)
             if isinstance(q, LocalQueue):
                 q.delete("queue deleted")
@@ -137,6 +148,7 @@ class Broker:
                     if isinstance(q, LocalQueue):
                         q.delete("transient queue of an earlier run")
         elif isinstance(cmd, cmds.DeleteVhost):
+            self._abort_handovers(cmd.name, None)
             for q in self.queues.pop(cmd.name, {}).values():
                 q.delete("vhost deleted")
 
@@ -158,25 +170,86 @@ class Broker:
         return q
 
     def _move_queue(self, cmd: cmds.MoveQueue) -> None:
-        """Leadership moved: the old leader hands what is still in memory to the new one."""
+        """Leadership moved: the new leader's handle replaces the old one here, and the old
+        leader hands over everything it holds of the queue (node.core.handover)."""
         vq = self.queues.setdefault(cmd.vhost, {})
         old = vq.pop(cmd.name, None)
         qdef = self.state.queue(cmd.vhost, cmd.name)
         if qdef is None:
             return
-        new: QueueHandle | None = None
         if cmd.to_node == self.node_id:
-            new = self._create_queue(qdef)
+            self._create_queue(qdef)
         elif self.remote_queue_factory is not None:
-            new = vq[cmd.name] = self.remote_queue_factory(qdef)
+            vq[cmd.name] = self.remote_queue_factory(qdef)
         if isinstance(old, LocalQueue):
-            leftovers = old.take_ready()
-            old.delete("queue moved to another node")
-            if new is not None:
-                for msg in leftovers:
-                    new.enqueue(msg.copy())
+            self._hand_over(old, f"moved to node '{cmd.to_node}'")
         elif old is not None:
-            old.delete("queue moved to another node")
+            old.delete(f"queue moved to node '{cmd.to_node}'")  # cancels its consumers here
+        if cmd.from_node == self.node_id and not isinstance(old, LocalQueue) and self.recovered:
+            self._check_handed_over(cmd.vhost, cmd.name)  # nothing of it here
+
+    # -- handing moved queues over --------------------------------------------------------------
+
+    def _handover(self, vhost: str, name: str, store: Any, qid: int) -> Handover:
+        def resolve() -> QueueHandle | None:
+            return self.queue(vhost, name) if self.state.queue(vhost, name) else None
+
+        h = Handover(vhost, name, store, qid, resolve, self._handover_done, self.handover_window)
+        self.handovers.add(h)
+        return h
+
+    def _hand_over(self, q: LocalQueue, reason: str) -> None:
+        h = self._handover(q.vhost, q.name, q.store, q.qid)
+        h.take_queue(q, self.forwarded_consumer, reason)
+
+    def _abort_handovers(self, vhost: str, name: str | None) -> None:
+        for h in list(self.handovers):
+            if h.vhost == vhost and (name is None or h.name == name):
+                h.abort("the queue was deleted")
+
+    def _handover_done(self, h: Handover) -> None:
+        self.handovers.discard(h)
+        if not h.aborted:
+            log.info(
+                "queue '%s' in vhost '%s' handed over (%d messages)", h.name, h.vhost, h.moved
+            )
+            self._check_handed_over(h.vhost, h.name)
+
+    def _check_handed_over(self, vhost: str, name: str) -> None:
+        """Tell the cluster this node holds nothing more of a queue it led (QueueHandedOver),
+        once its last handover of it is done."""
+        qdef = self.state.queue(vhost, name)
+        if qdef is None or self.node_id not in qdef.handing_over:
+            return
+        if any(h.vhost == vhost and h.name == name for h in self.handovers):
+            return
+        task = asyncio.ensure_future(
+            self._propose_patiently(cmds.QueueHandedOver(vhost, name, self.node_id))
+        )
+        self._proposals.add(task)
+        task.add_done_callback(self._proposals.discard)
+
+    async def _propose_patiently(self, cmd: cmds.Command, attempts: int = 30) -> None:
+        """Propose, trying again while the metadata log cannot take it (no Raft leader)."""
+        for _ in range(attempts):
+            try:
+                await self.propose(cmd)
+                return
+            except MetadataError:
+                return  # applied with a verdict (e.g. the queue is gone): nothing to retry
+            except Exception as e:  # noqa: BLE001 - Raft unavailable or stopping
+                log.debug("%s not committed yet: %s", type(cmd).__name__, e)
+                await asyncio.sleep(1.0)
+
+    async def wait_handovers(self, timeout: float) -> bool:
+        """Wait (up to `timeout` s) until every handover is done; True when none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.handovers and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._proposals:
+            await asyncio.wait(set(self._proposals), timeout=max(0.1, deadline - loop.time()))
+        return not self.handovers
 
     def _queue_options(self, vhost: str, name: str, arguments: dict[str, Any]) -> QueueOptions:
         vh = self.state.vhosts.get(vhost)
@@ -265,8 +338,45 @@ class Broker:
                     rows, count, max_seq, size = self.store.load_head(qid, PAGE_SIZE)
                     q.recover(rows, count, max_seq, delivered, size)
                     total += count
+        total += self._recover_leftovers(stored, keep)
         if self.store is not None:
             self.store.forget_queues_except(keep)
+        self.recovered = True
+        for vhost, vh in self.state.vhosts.items():
+            for name, qdef in vh.queues.items():
+                if self.node_id in qdef.handing_over:
+                    self._check_handed_over(vhost, name)
+        return total
+
+    def _recover_leftovers(
+        self, stored: dict[tuple[str, str], tuple[int, bool, int]], keep: set[tuple[str, str]]
+    ) -> int:
+        """Stored rows of queues this node no longer leads (a crash cut a handover short, or the
+        move was applied while the node was down) go to the queue's leader now."""
+        from .store.sqlite import handover_name
+
+        total = 0
+        for (vhost, stored_name), (qid, durable, _delivered) in stored.items():
+            name, detached = handover_name(stored_name)
+            qdef = self.state.queue(vhost, name)
+            if qdef is None or not durable or self.store is None:
+                continue  # the queue is gone (forget_queues_except drops its rows)
+            if not detached and qdef.leader == self.node_id:
+                continue  # recovered as this node's queue above
+            count = self.store.load_head(qid, 0)[1]
+            keep.add((vhost, stored_name))
+            if not count:
+                self.store.drop_queue(qid)
+                continue
+            log.info(
+                "handing %d stored messages of queue '%s' in vhost '%s' to node %s",
+                count,
+                name,
+                vhost,
+                qdef.leader,
+            )
+            self._handover(vhost, name, self.store, qid).take_stored(count)
+            total += count
         return total
 
     def _queue_unused(self, q: LocalQueue) -> None:

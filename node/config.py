@@ -55,6 +55,9 @@ class Config:
     store_sync: str = "full"
     # Largest size of the message store file, bytes (0 = no limit); publishes beyond it are nacked.
     store_max_bytes: int = 0
+    # Messages a queue moving to another node (drain, rebalance) has forwarded and not yet seen
+    # confirmed, at most (node.core.handover).
+    handover_window: int = 1000
     # AMQP 1.0: offer SASL ANONYMOUS (and accept clients without SASL) as the default user.
     amqp10_anonymous: bool = False
     loopback_users: tuple[str, ...] = ("guest",)
@@ -93,6 +96,7 @@ FLAGS: dict[str, str] = {
     "message_memory_budget": "bytes of messages kept in memory before paging to the store",
     "store_sync": "message store durability: full (fsync every commit) or normal",
     "store_max_bytes": "largest message store size in bytes, 0 = unlimited",
+    "handover_window": "messages a queue moving to another node keeps unconfirmed at once",
     "amqp10_anonymous": "AMQP 1.0: allow SASL ANONYMOUS as the default user (true/false)",
 }
 
@@ -191,6 +195,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
             raise ConfigError(f"{name.replace('_', '-')} {getattr(cfg, name)} is not a TCP port")
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
+    if cfg.handover_window < 1:
+        raise ConfigError("handover-window must be at least 1")
     if cfg.store_sync.lower() not in ("full", "normal"):
         raise ConfigError(f"store-sync must be full or normal, not {cfg.store_sync!r}")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -21,6 +21,9 @@ from .store import SQLiteStore, StoreError
 
 log = logging.getLogger("merpati.server")
 
+# Seconds a stopping node waits for queue handovers still under way (see Node.stop).
+HANDOVER_GRACE = 10.0
+
 
 class StartupError(Exception):
     """The node cannot start; the message says why (and names the file at fault)."""
@@ -107,6 +110,7 @@ class Node:
             memory_budget=cfg.message_memory_budget,
         )
         self.broker.alarm_listeners.append(self._on_alarm)
+        self.broker.handover_window = cfg.handover_window
         only_member = True
         if self.cluster is not None:
             only_member = not self.cluster.clustered
@@ -210,6 +214,12 @@ class Node:
             any(c.state != "closed" for c in conns) and asyncio.get_running_loop().time() < deadline
         ):
             await asyncio.sleep(0.05)
+        if self.broker is not None and self.broker.handovers:
+            # Deliveries the closed connections released belong to queues moved away (a drain
+            # before this stop): give them a moment to reach their new leader. Whatever does not
+            # make it stays in the store and is handed over at the next start.
+            log.info("waiting for %d queue handover(s)", len(self.broker.handovers))
+            await self.broker.wait_handovers(HANDOVER_GRACE)
         task = getattr(self, "_memory_task", None)
         if task is not None:
             task.cancel()

@@ -147,6 +147,8 @@ class LocalQueue:
             0  # after recovery: seqs up to this were delivered before the crash
         )
         self.deleting: Any = None  # the pending delete of an auto-delete queue (a future)
+        # Leadership moved away: the node.core.handover.Handover that owns what is left.
+        self.handover: Any = None
         # Queue features (TTL, limits, priorities, single active consumer, delivery limit).
         self._ready: FifoReady | PriorityReady = FifoReady()
         self._ready_bytes = 0
@@ -516,8 +518,8 @@ class LocalQueue:
 
     def _paged_in(self, rows: list[tuple]) -> None:
         self._paging_in = False
-        if self.deleted:
-            return
+        if self.deleted or self.handover is not None:
+            return  # a handover reads the paged rows itself
         if len(rows) < PAGE_SIZE:
             # The store holds fewer than counted (a failed write): trust the store.
             self._paged = len(rows)
@@ -565,6 +567,9 @@ class LocalQueue:
         if self.deleted:
             self._forget(msg)
             return
+        if self.handover is not None:
+            self.handover.settled(msg, outcome, modified)
+            return
         self.unacked -= 1
         if outcome is Outcome.ACCEPTED:
             self._forget(msg)
@@ -608,6 +613,10 @@ class LocalQueue:
             for msg in msgs:
                 self._forget(msg)
             return
+        if self.handover is not None:
+            for msg in msgs:
+                self.handover.settled(msg, Outcome.RELEASED, None)
+            return
         for msg in msgs:
             self.unacked -= 1
             self._requeue(msg)
@@ -645,17 +654,36 @@ class LocalQueue:
     def message_bytes(self) -> int:
         return self._ready_bytes + self._paged_bytes
 
-    def take_ready(self) -> list[Message]:
-        """Remove and return the ready messages held in memory, in order (moving a queue)."""
-        out = []
+    def hand_over(self, handover: Any) -> tuple[list[Message], int, int, list[Consumer]]:
+        """Leadership moved to another node: stop being a queue and give up what it holds.
+
+        Returns (the ready messages in memory, in delivery order; the sequence number after which
+        the paged-out ones lie in the store; how many there are; the consumers, which the caller
+        tells). From now on settlements of deliveries made before go to `handover`, and the queue
+        never delivers, pages in or expires anything again. It is not `deleted`: a delivery
+        released later (a channel closing) must reach the handover, not be dropped."""
+        self.handover = handover
+        self.on_unused = None
+        for timer in (self._expiry_timer, self._unused_timer):
+            if timer is not None:
+                timer.cancel()
+        self._expiry_timer = self._unused_timer = None
+        self._expiry.clear()
+        ready = []
         while True:
-            msg = self._ready.pop()
+            msg = self._pop()  # expired ones leave as they would have here (dead-lettered)
             if msg is None:
-                return out
-            msg.queued = False
-            self._ready_bytes -= len(msg.body)
+                break
             self._forget(msg)
-            out.append(msg)
+            ready.append(msg)
+        paged, self._paged, self._paged_bytes = self._paged, 0, 0
+        consumers = list(self._consumers)
+        self._consumers.clear()
+        self._levels = None
+        # Publishers paused by this queue's congestion go on (to the new leader).
+        self.congested = True
+        self._check_flow()
+        return ready, self._cursor, paged, consumers
 
     def delete(self, reason: str) -> int:
         """Mark deleted, cancel consumers, drop messages; returns the number of ready messages."""

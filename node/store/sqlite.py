@@ -24,6 +24,11 @@ Schema: `queues(qid, vhost, name, durable, delivered)` — `delivered` is the hi
 handed to a consumer, so after a crash the messages at or below it come back marked redelivered.
 `messages(qid, seq, transient, route, props, body)` — `transient` rows (non-persistent messages
 paged out of memory, messages of non-durable queues) are deleted when the node starts.
+
+A queue whose leadership moved to another node keeps its rows until they are handed over
+(node.core.handover); `detach_queue` renames its row (HANDOVER_MARK and the qid appended to the
+name) so that the same name can get a new queue here meanwhile, and `handover_name` reads such a
+name back after a restart.
 """
 
 from __future__ import annotations
@@ -90,8 +95,18 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message names the file."""
 
 
+# A suffix, not a prefix: delayed-message pseudo queues (node.core.delayed) start with NUL too.
+HANDOVER_MARK = "\0handover\0"
+
+
+def handover_name(stored_name: str) -> tuple[str, bool]:
+    """(queue name, detached?) of a name in the queues table (see `detach_queue`)."""
+    name, mark, _ = stored_name.partition(HANDOVER_MARK)
+    return name, bool(mark)
+
+
 class _Batch:
-    __slots__ = ("epoch", "inserts", "deletes", "delivered", "queues", "drops", "purges")
+    __slots__ = ("epoch", "inserts", "deletes", "delivered", "queues", "drops", "purges", "renames")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -101,6 +116,7 @@ class _Batch:
         self.queues: list[tuple[int, str, str, int]] = []
         self.drops: list[int] = []
         self.purges: list[tuple[int, int]] = []
+        self.renames: list[tuple[str, int]] = []  # (new name, qid)
 
     def empty(self) -> bool:
         return not (
@@ -110,6 +126,7 @@ class _Batch:
             or self.queues
             or self.drops
             or self.purges
+            or self.renames
         )
 
 
@@ -315,6 +332,17 @@ class SQLiteStore:
                 del self._qids[key]
         self._touch()
 
+    def detach_queue(self, qid: int) -> None:
+        """The queue's rows stay (under qid) but its name is free for a new queue here: the
+        stored name gets HANDOVER_MARK and the qid appended, which a restart reads back with
+        `handover_name`."""
+        for key, value in list(self._qids.items()):
+            if value == qid:
+                del self._qids[key]
+                name = handover_name(key[1])[0]
+                self._batch.renames.append((f"{name}{HANDOVER_MARK}{qid}", qid))
+                self._touch()
+
     def purge_after(self, qid: int, seq: int) -> None:
         """Delete every stored message of the queue with a sequence number above `seq`."""
         batch = self._batch
@@ -375,6 +403,7 @@ class SQLiteStore:
                 retry.queues.extend(b.queues)
                 retry.drops.extend(b.drops)
                 retry.purges.extend(b.purges)
+                retry.renames.extend(b.renames)
             if not retry.empty():
                 assert self._loop is not None
                 self._loop.call_later(0.5, self._touch)
@@ -434,12 +463,15 @@ class SQLiteStore:
         conn.close()
 
     def _write(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
-        if len(batches) > 1 and not any(b.drops or b.purges for b in batches):
+        if len(batches) > 1 and not any(b.drops or b.purges or b.renames for b in batches):
             batches = [_merge(batches)]
         started = time.perf_counter()
         conn.execute("BEGIN")
         rows = 0
         for b in batches:
+            if b.renames:
+                # Before the inserts below: a new queue of the same name may follow in this batch.
+                conn.executemany("UPDATE queues SET name = ? WHERE qid = ?", b.renames)
             for qid in b.drops:
                 conn.execute("DELETE FROM messages WHERE id >= ? AND id < ?", (_lo(qid), _hi(qid)))
                 conn.execute("DELETE FROM queues WHERE qid = ?", (qid,))

@@ -1,0 +1,315 @@
+"""Handing a queue's messages to its new leader after its leadership moved (rebalance, drain).
+
+Theory of operation. When a MoveQueue takes a queue away from this node, its `LocalQueue` stops
+being a queue (`LocalQueue.hand_over`) and a `Handover` takes what it held:
+
+- the ready messages in memory, in their delivery order, then the ones paged out to the store,
+  read back a page at a time in sequence order (they are all younger than those in memory);
+- the deliveries made before the move and not settled yet. An ack deletes the message here; a
+  reject dead-letters it as the queue would have; a release (nack/reject with requeue, a channel
+  or link closing, the forwarding stream of a consumer on another node ending) sends it on like
+  the rest, behind what is already on its way.
+
+Each message goes to whatever handle the queue has now (`resolve`): normally the `RemoteQueue` of
+the new leader, whose `enqueue` returns a ConfirmLedger token resolved by that node's confirm,
+i.e. after its store commit for a persistent message of a durable queue. Only then is the message's
+row deleted here, so a crash at any point loses nothing: rows left behind are handed over again
+after the restart (`Broker.recover`), and the new leader may get some twice (at-least-once).
+
+At most `window` messages are unconfirmed at once, which bounds the memory a handover takes and
+the load it puts on the link. A refused or failed forward (the new leader down, the link broken)
+is tried again after RETRY seconds from the same message on; the order among messages is kept
+except around such a partial failure.
+
+The queue's store row is detached first (`SQLiteStore.detach_queue`): the same queue name may be
+created on this node again (moved back) while the old rows are still being handed over. When every
+message is confirmed and no delivery is outstanding, the row goes and `on_done` is called (the
+broker then proposes QueueHandedOver, which tells the cluster this node holds nothing of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .message import Message
+from .outcome import Modified, Outcome
+from .queue import REJECTED, LocalQueue, QueueHandle
+
+log = logging.getLogger("merpati.handover")
+
+# Messages forwarded and not yet confirmed by the new leader, at most (the node's
+# --handover-window setting overrides it).
+WINDOW = 1000
+# Rows read back from the store at a time.
+PAGE = 1000
+# Seconds before a refused or failed forward is tried again.
+RETRY = 1.0
+
+
+class Handover:
+    """What is left of one queue this node led, on its way to the queue's current leader."""
+
+    def __init__(
+        self,
+        vhost: str,
+        name: str,
+        store: Any,
+        qid: int,
+        resolve: Callable[[], QueueHandle | None],
+        on_done: Callable[[Handover], None],
+        window: int = WINDOW,
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.store = store
+        self.qid = qid
+        # The queue's handle now (None: the queue no longer exists, its messages go with it).
+        self.resolve = resolve
+        self.on_done = on_done
+        self.window = max(1, window)
+        self.ledger = store.ledger if store is not None else None
+        self.queue: LocalQueue | None = None  # None when handing over rows left by a crash
+        self._pending: deque[Message] = deque()  # to forward, in order
+        self._inflight: list[tuple[int, Message]] = []  # (ledger token, message), forwarded
+        self._unordered = False  # a token lower than the one before it went into _inflight
+        self._after = 0  # store rows with a higher sequence number are still to be read
+        self._more = False
+        self._unread = 0  # how many rows that is (as far as known)
+        self._reading = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._pump_scheduled = False
+        self.moved = 0  # confirmed by the new leader
+        self.done = False
+        self.aborted = False
+        self.last_error = ""
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def take_queue(
+        self, q: LocalQueue, left_to_their_node: Callable[[Any], bool], reason: str
+    ) -> None:
+        """Take over a LocalQueue whose leadership just moved away. Its consumers are cancelled
+        (basic.cancel with consumer_cancel_notify, as RabbitMQ does; an AMQP 1.0 link is
+        detached), except those standing for a consumer on another node: their node cancels
+        them when it applies the same MoveQueue, and their stream's end releases what they hold
+        to this handover, while acks sent before that still count."""
+        self.queue = q
+        ready, cursor, paged, consumers = q.hand_over(self)
+        self._pending.extend(ready)
+        self._after = cursor
+        self._unread = paged
+        self._more = paged > 0 and self.store is not None
+        if self.store is not None and q.qid:
+            self.store.detach_queue(q.qid)
+        for c in consumers:
+            if not left_to_their_node(c):
+                c.cancelled(q, reason)
+        self._pump()
+
+    def take_stored(self, count: int) -> None:
+        """Hand over the `count` rows a crash left in the store under `qid` (restart)."""
+        self._after = 0
+        self._unread = count
+        self._more = True
+        self.store.detach_queue(self.qid)
+        self._pump()
+
+    # -- progress -----------------------------------------------------------------------------
+
+    @property
+    def unacked(self) -> int:
+        """Deliveries made before the move that are not settled yet."""
+        return max(0, self.queue.unacked) if self.queue is not None else 0
+
+    @property
+    def remaining(self) -> int:
+        """Messages not yet confirmed by the new leader (deliveries outstanding not counted)."""
+        return len(self._pending) + len(self._inflight) + (self._unread if self._more else 0)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "vhost": self.vhost,
+            "queue": self.name,
+            "moved": self.moved,
+            "remaining": self.remaining,
+            "unacked": self.unacked,
+            "error": self.last_error,
+        }
+
+    # -- settlements of deliveries made before the move (LocalQueue forwards them) --------------
+
+    def settled(self, msg: Message, outcome: Outcome, modified: Modified | None) -> None:
+        q = self.queue
+        assert q is not None
+        q.unacked -= 1
+        if self.done:
+            q._forget(msg)  # aborted (queue deleted): nothing is kept
+        elif outcome is Outcome.ACCEPTED:
+            q._forget(msg)
+            if msg.stored and self.store is not None:
+                self.store.delete(self.qid, msg.seq)
+        elif outcome is Outcome.REJECTED:
+            q._remove(msg, "rejected")  # dead-lettered (or dropped) exactly as before the move
+        else:
+            # Released or modified: on to the new leader. (Its delivery count and the
+            # "undeliverable here" mark belong to this node's consumers and do not travel.)
+            q._forget(msg)
+            msg.redelivered = True
+            self._pending.append(msg)
+            self._schedule_pump()
+            return
+        self._check_done()
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    def _schedule_pump(self) -> None:
+        # Never forward from inside a ledger callback or a settlement: the caller may be in the
+        # middle of walking its own structures.
+        if not self._pump_scheduled and not self.done:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self.done or self._retry is not None:
+            return
+        target = self.resolve()
+        if target is None:
+            self.abort("the queue was deleted")
+            return
+        ledger = self.ledger
+        inflight = self._inflight
+        pending = self._pending
+        while len(inflight) < self.window:
+            if not pending:
+                if self._more and not self._reading:
+                    self._read()
+                break
+            msg = pending[0]
+            token = target.enqueue(msg.copy())
+            if token == REJECTED or token < 0:
+                self.last_error = f"the leader of queue '{self.name}' refused or cannot be reached"
+                self._retry_later()
+                break
+            pending.popleft()
+            if not token or ledger is None or token <= ledger.committed:
+                self._confirmed(msg)
+            else:
+                if inflight and token < inflight[-1][0]:
+                    self._unordered = True  # a store batch's token, older than a forward's
+                inflight.append((token, msg))
+        if inflight and ledger is not None:
+            ledger.watchers.add(self)
+        self._check_done()
+
+    def _read(self) -> None:
+        self._reading = True
+        self.store.page_in(self.qid, self._after, PAGE, self._rows)
+
+    def _rows(self, rows: list[tuple]) -> None:
+        self._reading = False
+        if self.done:
+            return
+        for seq, _transient, route, props, body, _expires in rows:
+            msg = Message.from_stored(route, props, body)
+            msg.seq = seq
+            msg.stored = True
+            self._pending.append(msg)
+        if rows:
+            self._after = rows[-1][0]
+        self._unread = max(0, self._unread - len(rows))
+        if len(rows) < PAGE:
+            self._more = False
+        self._pump()
+
+    # LedgerWatcher
+    def store_committed(self, committed: int, failed: frozenset[int]) -> None:
+        inflight = self._inflight
+        if not inflight:
+            return
+        if failed or self._unordered:
+            # Every failure is reported once: look at every entry, not just the front.
+            done = [e for e in inflight if e[0] <= committed]
+            if not done:
+                return
+            self._inflight = inflight = [e for e in inflight if e[0] > committed]
+            self._unordered = any(
+                inflight[i][0] < inflight[i - 1][0] for i in range(1, len(inflight))
+            )
+        else:
+            n = 0
+            while n < len(inflight) and inflight[n][0] <= committed:
+                n += 1
+            if not n:
+                return
+            done = inflight[:n]
+            del inflight[:n]
+        redo = []
+        for token, msg in done:
+            if token in failed:
+                redo.append(msg)
+            else:
+                self._confirmed(msg)
+        if not inflight and self.ledger is not None:
+            self.ledger.watchers.discard(self)
+        if redo:
+            self.last_error = (self.ledger.last_error if self.ledger else None) or "forward failed"
+            self._pending.extendleft(reversed(redo))
+            self._retry_later()
+        else:
+            self._schedule_pump()
+
+    def _confirmed(self, msg: Message) -> None:
+        """The new leader has it (committed, for a persistent message): it leaves this node."""
+        self.moved += 1
+        if msg.stored and self.store is not None:
+            self.store.delete(self.qid, msg.seq)
+
+    def _retry_later(self) -> None:
+        if self._retry is None and not self.done:
+            self._retry = asyncio.get_running_loop().call_later(RETRY, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._pump()
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def _check_done(self) -> None:
+        if (
+            self.done
+            or self._pending
+            or self._inflight
+            or self._more
+            or self._reading
+            or (self.queue is not None and self.queue.unacked > 0)
+        ):
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.ledger is not None:
+            self.ledger.watchers.discard(self)
+        if self.store is not None and self.qid:
+            self.store.drop_queue(self.qid)
+        self.on_done(self)
+
+    def abort(self, reason: str) -> None:
+        """The queue was deleted: what is left goes with it, as a deleted queue's messages do."""
+        if self.done:
+            return
+        log.info("handover of queue '%s' in vhost '%s' stopped: %s", self.name, self.vhost, reason)
+        self.aborted = True
+        self.last_error = reason
+        self._pending.clear()
+        self._inflight = []
+        self._more = False
+        self._finish()

@@ -1,0 +1,220 @@
+"""node.core.handover in one process: two brokers wired over gRPC (tests/cluster/test_forwarding.py's
+harness). Queue "q" is led by b, then moved to a; b hands over everything it held: ready messages,
+paged-out ones, deliveries still unsettled (local consumers and consumers on a), and what a crash
+left in its store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from cluster.forwarding.server import _RemoteConsumer
+from cluster.forwarding.wiring import start_forwarding
+from node.broker import Broker
+from node.core.outcome import Outcome
+from node.core.queue import LocalQueue, MemoryBudget
+from node.metadata import commands as cmds
+from node.metadata.log import LocalLog
+from node.store import SQLiteStore
+
+from .test_forwarding import TRANSIENT, Cluster, FakeConsumer, msg, run, until
+
+MOVE = cmds.MoveQueue("/", "q", "b", "a")
+
+
+def wire(c: Cluster) -> None:
+    for node in (c.a, c.b):
+        node.broker.forwarded_consumer = lambda consumer: isinstance(consumer, _RemoteConsumer)
+
+
+async def fill(c: Cluster, n: int, props: bytes | None = None) -> list[bytes]:
+    """n messages straight into b's queue, committed."""
+    lq = c.b.broker.queue("/", "q")
+    bodies = [b"m%05d" % i for i in range(n)]
+    token = 0
+    for body in bodies:
+        token = max(token, lq.enqueue(msg(body) if props is None else msg(body, props)))
+    await asyncio.wait_for(c.b.store.ledger.wait(token), 10)
+    return bodies
+
+
+async def drain_a(c: Cluster, expect: int) -> list[bytes]:
+    """Every message now in a's queue (the new leader), in delivery order."""
+    lq = c.a.broker.queue("/", "q")
+    assert isinstance(lq, LocalQueue)
+    consumer = FakeConsumer("check", prefetch=10**9)
+    lq.subscribe(consumer)
+    await until(lambda: len(consumer.got) >= expect, 15)
+    await asyncio.sleep(0.1)
+    return consumer.bodies()
+
+
+def stored_rows(store: SQLiteStore) -> int:
+    return store._reader.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+def test_ready_and_paged_messages_move_in_order_and_leave_the_old_store(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        c.b.broker.budget = MemoryBudget(20_000)  # a few hundred messages in memory, then paging
+        c.b.broker.handover_window = 50
+        await c.queue("q")
+        bodies = await fill(c, 3000)
+        lq = c.b.broker.queue("/", "q")
+        assert lq._paged > 1000, "the test needs paged-out messages"
+        await c.everywhere(MOVE)
+        await until(lambda: not c.b.broker.handovers, 20)
+        assert await drain_a(c, 3000) == bodies  # all of them, once, in order
+        await until(lambda: c.b.broker.state.queue("/", "q").handing_over == (), 5)
+        await until(lambda: stored_rows(c.b.store) == 0, 5)
+
+    run(body, tmp_path)
+
+
+def test_local_consumer_is_cancelled_and_its_deliveries_follow_the_queue(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        bodies = await fill(c, 20)
+        lq = c.b.broker.queue("/", "q")
+        consumer = FakeConsumer("local", prefetch=6)
+        lq.subscribe(consumer)
+        assert len(consumer.got) == 6
+        await c.everywhere(MOVE)
+        assert consumer.cancelled_with and "moved to node 'a'" in consumer.cancelled_with[0]
+        held = consumer.got
+        # The 14 ready ones go at once; the 6 delivered wait for their settlement.
+        await until(lambda: c.a.broker.queue("/", "q").stats()[0] == 14, 10)
+        assert c.b.broker.handovers, "done before the deliveries were settled"
+        consumer.settle(lq, held[0], Outcome.ACCEPTED)  # an ack after the move still counts
+        consumer.settle(lq, held[1], Outcome.ACCEPTED)
+        consumer.settle(lq, held[2], Outcome.RELEASED)  # a requeue goes to the new leader
+        consumer.settle(lq, held[3], Outcome.REJECTED)  # dropped (no dead-letter exchange)
+        lq.release_many([held[4], held[5]])  # the channel closes
+        await until(lambda: not c.b.broker.handovers, 10)
+        got = await drain_a(c, 17)
+        expected = set(bodies) - {held[i].body for i in (0, 1, 3)}
+        assert sorted(got) == sorted(expected)
+        await until(lambda: stored_rows(c.b.store) == 0, 5)
+
+    run(body, tmp_path)
+
+
+def test_deliveries_of_a_consumer_on_another_node_are_released_to_the_new_leader(
+    tmp_path: Path,
+) -> None:
+    for order in ("ab", "ba"):  # whichever node applies the move first
+
+        async def body(c: Cluster, order: str = order) -> None:
+            wire(c)
+            await c.queue("q")
+            bodies = await fill(c, 30)
+            rq = c.a.broker.queue("/", "q")
+            consumer = FakeConsumer("on-a", prefetch=8)
+            rq.subscribe(consumer)
+            await until(lambda: len(consumer.got) == 8)
+            await until(lambda: c.b.broker.queue("/", "q").unacked == 8)
+            for name in order:
+                await getattr(c, name).apply(MOVE)
+            await until(lambda: not c.b.broker.handovers, 10)
+            await until(lambda: bool(consumer.cancelled_with), 5)
+            assert sorted(await drain_a(c, 30)) == bodies  # the 8 held ones once, not lost
+
+        run(body, tmp_path / order)
+
+
+def test_a_crash_mid_handover_loses_nothing(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        bodies = await fill(c, 500)
+        await fill_transient(c)
+        # a cannot take messages yet: b's forwards fail and the rows stay.
+        port_b = int(c.a.fw.peers["b"].address.rpartition(":")[2])
+        await c.a.fw.server.stop()
+        await c.everywhere(MOVE)
+        await asyncio.sleep(0.5)
+        assert c.b.broker.handovers and stored_rows(c.b.store) >= 500
+        # b "crashes": its forwarding and store go away with the handover unfinished.
+        await c.b.fw.stop()
+        await asyncio.get_running_loop().run_in_executor(None, c.b.store.close)
+        for h in c.b.broker.handovers:  # the crashed process does nothing more
+            h.done = True
+        # a comes back; b restarts from its store and its (replayed) metadata.
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+        store = SQLiteStore(tmp_path / "b.db")
+        stored = store.open()
+        assert any("\0handover\0" in name for _vh, name in stored), stored
+        store.start(asyncio.get_running_loop())
+        log = LocalLog()
+        for cmd in (
+            cmds.AddVhost("/"),
+            cmds.DeclareQueue("/", "q", True, leader="b"),
+            MOVE,
+        ):
+            log.apply(cmd)
+        broker = Broker("b", log, store=store)
+        fw = await start_forwarding(
+            broker,
+            node_id="b",
+            bind_host="127.0.0.1",
+            cluster_port=port_b,
+            peers={"a": f"127.0.0.1:{c.a.fw.port}"},
+            secret=c.secret,
+        )
+        try:
+            assert broker.recover(stored) == 500  # the persistent ones (transient do not survive)
+            await until(lambda: not broker.handovers, 20)
+            got = await drain_a(c, 500)
+            assert set(got) >= set(bodies)  # at least once
+            assert broker.state.queue("/", "q").handing_over == ()
+            await until(lambda: stored_rows(store) == 0, 5)
+        finally:
+            await fw.stop()
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+
+    async def fill_transient(c: Cluster) -> None:
+        lq = c.b.broker.queue("/", "q")
+        for i in range(10):
+            lq.enqueue(msg(b"t%d" % i, TRANSIENT))
+
+    run(body, tmp_path)
+
+
+def test_a_queue_deleted_during_its_handover_takes_its_messages_along(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        await fill(c, 100)
+        await c.a.fw.server.stop()  # nothing can be handed over
+        await c.everywhere(MOVE)
+        await asyncio.sleep(0.2)
+        assert c.b.broker.handovers
+        await c.everywhere(cmds.DeleteQueue("/", "q"))
+        assert not c.b.broker.handovers
+        await until(lambda: stored_rows(c.b.store) == 0, 5)
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+
+    run(body, tmp_path)
+
+
+def test_moved_back_while_handing_over_gets_its_old_messages_locally(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        bodies = await fill(c, 50)
+        await c.a.fw.server.stop()
+        await c.everywhere(MOVE)
+        await asyncio.sleep(0.2)
+        await c.everywhere(cmds.MoveQueue("/", "q", "a", "b"))  # back before a got anything
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+        await until(lambda: not c.b.broker.handovers, 10)
+        lq = c.b.broker.queue("/", "q")
+        assert isinstance(lq, LocalQueue) and lq.handover is None
+        consumer = FakeConsumer("check", prefetch=1000)
+        lq.subscribe(consumer)
+        await until(lambda: len(consumer.got) >= 50)
+        assert sorted(consumer.bodies()) == sorted(bodies)
+
+    run(body, tmp_path)
