@@ -74,7 +74,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
         instr, _, args = ln.partition(" ")
         if instr.upper() == "FROM":
             stages.append([])
-        stages[-1].append((instr.upper(), args.strip()))
+        if stages:  # ARGs before the first FROM belong to no stage
+            stages[-1].append((instr.upper(), args.strip()))
     return stages[-1]
 
 
