@@ -190,7 +190,10 @@ class ClusterPlan:
             src = q.leader
             if src not in counts or counts[src] <= target or q.exclusive_owner is not None:
                 continue
-            dst = min(live, key=lambda n: (counts[n], n))
+            open_nodes = [n for n in live if n not in broker.state.draining]
+            if not open_nodes:
+                continue
+            dst = min(open_nodes, key=lambda n: (counts[n], n))
             if counts[src] - counts[dst] < 2:
                 continue  # moving would not even the spread
             handle = broker.queue(vhost, q.name)
@@ -207,6 +210,17 @@ class ClusterPlan:
             counts[dst] += 1
             moves.append((vhost, q.name, src, dst))
         return moves
+
+    async def drain(self, broker: Any, node_id: str, timeout: float) -> dict[str, Any]:
+        """`merpati ctl drain-node`: see cluster/drain.py."""
+        from .drain import drain_node
+
+        return await drain_node(broker, self, node_id, timeout)
+
+    async def undrain(self, broker: Any, node_id: str) -> dict[str, Any]:
+        from .drain import undrain_node
+
+        return await undrain_node(broker, self, node_id)
 
     async def detach(self) -> None:
         if self.forwarding is not None:
@@ -225,6 +239,7 @@ class ClusterPlan:
             "queue_leaders": leaders,
             "members": {n.node_id: n.cluster_address for n in m.members.values()},
             "running": sorted(m.live()),
+            "draining": sorted(state.draining) if state is not None else [],
             "raft_leader": m.leader_node(),
             "raft_term": raft.get("raft_term"),
             "commit_index": raft.get("commit_idx"),

@@ -205,6 +205,10 @@ def cmd_cluster_status(c: Client, args: argparse.Namespace) -> int:
             print(f"  {n['name']}")
     if cluster.get("raft_leader") is not None:
         print(f"Metadata (Raft) leader: {cluster['raft_leader']} (term {cluster.get('raft_term')})")
+    if cluster.get("draining"):
+        print("Draining Nodes (no new queues):")
+        for node in cluster["draining"]:
+            print(f"  {node}")
     if cluster.get("queue_leaders"):
         print("Queue leaders per node:")
         for node, count in sorted(cluster["queue_leaders"].items()):
@@ -246,6 +250,69 @@ def cmd_rebalance(c: Client, args: argparse.Namespace) -> int:
         print(f"{m['vhost']}\t{m['queue']}\t{m['from']} -> {m['to']}")
     if not args.quiet:
         print(f"{len(moves)} queue leader(s) moved")
+    return 0
+
+
+def _drain_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", help="the node to drain (default: the node ctl talks to)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the queues' messages to be handed over (default 60)",
+    )
+
+
+def _this_node(c: Client) -> str:
+    return str(c.get("/api/overview")["node"])
+
+
+@command(
+    "drain_node",
+    "give a node no new queues and move the queues it leads, with their messages, to the "
+    "other nodes (before stopping or removing it)",
+    _drain_setup,
+)
+def cmd_drain_node(c: Client, args: argparse.Namespace) -> int:
+    node = args.node or _this_node(c)
+    c.timeout = max(c.timeout, args.wait + 30)  # the node answers when the wait is over
+    if args.formatter != "json":
+        _say(args, f"Draining node {node} ...")
+    report = c.call("POST", f"/api/merpati/cluster/nodes/{v(node)}/drain", {"timeout": args.wait})
+    if args.formatter == "json":
+        print(json.dumps(report, indent=2))
+        return 0 if report["complete"] else 1
+    for m in report["moved"]:
+        print(f"moved\t{m['vhost']}\t{m['queue']}\t-> {m['to']}")
+    for m in report["pending"]:
+        left = ""
+        if "remaining" in m:
+            left = f"\t{m['remaining']} message(s) left, {m['unacked']} unacknowledged"
+            if m.get("error"):
+                left += f" ({m['error']})"
+        print(f"pending\t{m['vhost']}\t{m['queue']}\t-> {m['to']}{left}")
+    for m in report["not_moved"]:
+        print(f"kept\t{m['vhost']}\t{m['queue']}\t{m['reason']}")
+    if report.get("note"):
+        print(f"Note: {report['note']}")
+    _say(
+        args,
+        f"Node {node} is draining: {len(report['moved'])} queue(s) moved, "
+        f"{len(report['pending'])} still handing over, {len(report['not_moved'])} not moved"
+        + ("" if report["complete"] else f" after {args.wait:g} s"),
+    )
+    return 0 if report["complete"] else 1
+
+
+@command(
+    "undrain_node",
+    "let a drained node take new queues again (it also does when it starts again)",
+    lambda p: p.add_argument("--node", help="default: the node ctl talks to"),
+)
+def cmd_undrain_node(c: Client, args: argparse.Namespace) -> int:
+    node = args.node or _this_node(c)
+    c.call("POST", f"/api/merpati/cluster/nodes/{v(node)}/undrain", {})
+    _say(args, f"Node {node} takes new queues again")
     return 0
 
 

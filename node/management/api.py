@@ -101,6 +101,8 @@ class ManagementApi:
         r.add_post("/api/merpati/cluster/nodes", self.cluster_add_node)
         r.add_delete("/api/merpati/cluster/nodes/{node}", self.cluster_remove_node)
         r.add_post("/api/merpati/cluster/rebalance", self.cluster_rebalance)
+        r.add_post("/api/merpati/cluster/nodes/{node}/drain", self.cluster_drain)
+        r.add_post("/api/merpati/cluster/nodes/{node}/undrain", self.cluster_undrain)
         # connections, channels, consumers
         r.add_get("/api/connections", self.connections)
         r.add_get("/api/vhosts/{vhost}/connections", self.connections)
@@ -313,6 +315,31 @@ class ManagementApi:
         return json_response(
             {"moves": [{"vhost": v, "queue": q, "from": a, "to": b} for v, q, a, b in moves]}
         )
+
+    async def cluster_drain(self, request: web.Request) -> web.Response:
+        """{"timeout": seconds}: no new queues on the node, its queues (and their messages) moved
+        to the other nodes; answers when that is done or the timeout passed, with what moved
+        and what did not (cluster/drain.py)."""
+        self._admin(request)
+        body = await read_json(request)
+        timeout = body.get("timeout", 60)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise bad_request("timeout must be a number of seconds")
+        node = request.match_info["node"]
+        try:
+            report = await self._plan().drain(self.broker, node, float(timeout))
+        except ValueError as e:  # cluster.drain.DrainError: the drain cannot start
+            raise not_found(str(e)) if getattr(e, "status", 400) == 404 else bad_request(str(e))
+        return json_response(report)
+
+    async def cluster_undrain(self, request: web.Request) -> web.Response:
+        """The node takes new queues again (it also does after its next start)."""
+        self._admin(request)
+        try:
+            report = await self._plan().undrain(self.broker, request.match_info["node"])
+        except ValueError as e:
+            raise not_found(str(e)) if getattr(e, "status", 400) == 404 else bad_request(str(e))
+        return json_response(report)
 
     async def cluster_name(self, request: web.Request) -> web.Response:
         return json_response({"name": self.node.cluster_name})

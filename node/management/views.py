@@ -79,6 +79,8 @@ async def queue_json(node: Node, vhost: str, qdef: Any) -> dict[str, Any]:
         "node": qdef.leader,
         "leader": qdef.leader,
         "members": [qdef.leader],
+        # Former leaders still handing their messages over after a move (drain, rebalance).
+        "handing_over": list(qdef.handing_over),
         "state": "running",
         "type": jsonable(args.get("x-queue-type", "classic")),
         "messages": ready + unacked,

@@ -27,7 +27,7 @@ def _port_pair() -> int:
 
 
 class Cluster:
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, extra: tuple[str, ...] = ()) -> None:
         self.ports = {f"n{i + 1}": _port_pair() for i in range(size)}
         self.peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.ports.items())
         while True:
@@ -41,6 +41,7 @@ class Cluster:
                     str(p + 1),
                     "--peers",
                     self.peers,
+                    *extra,
                 )
                 for n, p in self.ports.items()
             }
@@ -69,10 +70,11 @@ class Cluster:
         return self.nodes[name]
 
 
-def start_cluster(size: int = 3) -> Cluster:
-    """A started cluster; ports taken by another process meanwhile mean new ports, not a failure."""
+def start_cluster(size: int = 3, extra: tuple[str, ...] = ()) -> Cluster:
+    """A started cluster (`extra`: more flags for every node); ports taken by another process
+    meanwhile mean new ports, not a failure."""
     for attempt in range(3):
-        c = Cluster(size)
+        c = Cluster(size, extra)
         try:
             return c.start()
         except PortClash:
