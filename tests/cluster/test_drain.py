@@ -258,3 +258,42 @@ def test_drain_of_a_single_node_says_there_is_no_other_node(make_node):
         n.management_url, "POST", f"/api/merpati/cluster/nodes/{q(f'test@{n.port}')}/drain", {}
     )
     assert status == 400 and "only node of the cluster" in body["reason"]
+
+
+def test_prestop_hook_drains_the_node_before_the_quorum_wait(budget_cluster):
+    """helm/merpati/files/probe.py prestop, with the environment the chart gives the pod."""
+    import os
+    from pathlib import Path
+
+    n1, n2 = budget_cluster["n1"], budget_cluster["n2"]
+    conn = connect(n2)
+    ch = conn.channel()
+    ch.queue_declare("work", durable=True)  # the first queue of a fresh cluster: led by n2
+    conn.close()
+    assert queue_info(n1, "work")["node"] == "n2"
+    publish(n2, "work", 300)
+    probe = Path(__file__).resolve().parents[2] / "helm" / "merpati" / "files" / "probe.py"
+    env = {
+        **os.environ,
+        "MERPATI_NODE_ID": "n2",
+        "MERPATI_MANAGEMENT_PORT": str(n2.management_port),
+        "MERPATI_CTL_USER": "guest",
+        "MERPATI_CTL_PASSWORD": "guest",
+        "MERPATI_PROBE_CLUSTERED": "true",
+        "PRESTOP_TIMEOUT": "30",
+    }
+    out = subprocess.run(
+        [sys.executable, str(probe), "prestop"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "drain: 1 queue(s) moved, 0 still handing over, 0 not moved" in out.stdout, out.stdout
+    info = queue_info(n1, "work")
+    assert info["node"] != "n2" and info["messages"] == 300 and info["handing_over"] == []
+    assert leaders(n1)["n2"] == 0
+    # The node then stops (the kubelet's SIGTERM) and starts again: it takes queues again.
+    n2.stop()
+    n2.start(timeout=60)
+    assert "Draining" not in ctl(n1, "cluster_status").stdout
+    assert sorted(consume_all(budget_cluster[info["node"]], "work")) == [
+        body_of(i) for i in range(300)
+    ]
