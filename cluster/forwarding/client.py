@@ -35,6 +35,7 @@ from proto.merpati.v1 import forwarding_pb2 as pb
 from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
 from ._common import AUTH_KEY, CHANNEL_OPTIONS, NODE_KEY, auth_token
+from .packing import MAX_QUEUES_PER_RECORD, Published, pack_published
 
 log = logging.getLogger("merpati.forwarding")
 
@@ -79,7 +80,7 @@ class Peer:
         self.queues: set[Any] = set()  # RemoteQueues led by this peer (told when it goes down)
         # Publishing.
         self._next_id = 1
-        self._pending: list[pb.PublishedMessage] = []
+        self._pending: list[Published] = []
         self._pending_bytes = 0
         self._last: tuple[Any, ...] | None = None  # (body, props, route, vhost, entry, token)
         self._inflight: dict[int, int] = {}  # message id -> ledger token
@@ -169,18 +170,14 @@ class Peer:
             and last[2] is msg.route_raw
             and last[3] == vhost
             and queue not in last[4].queues
+            and len(last[4].queues) < MAX_QUEUES_PER_RECORD
         ):
             # Another queue of the same routing on this peer: the message travels once.
             last[4].queues.append(queue)
             return last[5]
         mid = self._next_id
         self._next_id = mid + 1
-        entry = pb.PublishedMessage(
-            id=mid,
-            vhost=vhost,
-            queues=[queue],
-            content=pb.Content(route=msg.route_raw, props=msg.props_raw, body=body),
-        )
+        entry = Published(mid, vhost, [queue], msg.route_raw, msg.props_raw, body)
         token = self.ledger.allocate()
         self._inflight[mid] = token
         self._last = (body, msg.props_raw, msg.route_raw, vhost, entry, token)
@@ -244,7 +241,7 @@ class Peer:
                 self._last = None
                 self.writes += 1
                 self.messages_sent += len(batch)
-                yield pb.PublishBatch(messages=batch)
+                yield pb.PublishBatch(packed=pack_published(batch))
 
     async def _read_results(self, call: Any) -> None:
         ledger = self.ledger
@@ -303,12 +300,12 @@ class Peer:
             await self._monitor
 
 
-def _cut(pending: list[pb.PublishedMessage], limit: int) -> tuple[list, int]:
+def _cut(pending: list[Published], limit: int) -> tuple[list, int]:
     size = 0
     n = 0
     for entry in pending:
-        if n >= limit or (n and size + len(entry.content.body) > BATCH_BYTES):
+        if n >= limit or (n and size + len(entry.body) > BATCH_BYTES):
             break
-        size += len(entry.content.body)
+        size += len(entry.body)
         n += 1
     return pending[:n], size

@@ -30,6 +30,7 @@ from node.metadata.state import MetadataError
 from proto.merpati.v1 import forwarding_pb2 as pb
 
 from ._common import down_text, metadata_error
+from .packing import PackingError, unpack_deliveries
 
 # Credit for a consumer without a prefetch (no_ack, or prefetch 0), topped up on hand-off.
 DEFAULT_WINDOW = 256
@@ -314,13 +315,16 @@ class _Subscription:
             async for ev in call:
                 kind = ev.WhichOneof("kind")
                 if kind == "deliveries":
-                    self.buffer.extend(message_of(d) for d in ev.deliveries.deliveries)
+                    self.buffer.extend(unpack_deliveries(ev.deliveries))
                     self.drain()
                 elif kind == "cancelled":
                     reason = ev.cancelled or "queue deleted"
                     break
         except asyncio.CancelledError:
             return
+        except PackingError as e:
+            reason = f"node '{self.rq.leader}' sent a malformed delivery batch: {e}"
+            self.peer.stream_broke(reason)
         except grpc.aio.AioRpcError as e:
             if self.closed:
                 return

@@ -34,6 +34,7 @@ from proto.merpati.v1 import forwarding_pb2 as pb
 from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
 from ._common import AUTH_KEY, NODE_KEY, SERVER_OPTIONS, auth_token
+from .packing import PackingError, pack_deliveries, unpack_published
 
 log = logging.getLogger("merpati.forwarding")
 
@@ -293,13 +294,18 @@ class _PublishStream:
     async def read(self, request_iterator: Any) -> None:
         queues = self.server.broker.queues
         async for batch in request_iterator:
-            for m in batch.messages:
-                vq = queues.get(m.vhost)
-                for name in m.queues:
+            try:
+                records = list(unpack_published(batch.packed))
+            except PackingError as e:
+                log.warning("publish stream from %s: %s; closing it", self.node, e)
+                return  # the caller sees the stream end and fails what it had in flight
+            for _mid, vhost, names, _msg in records:
+                vq = queues.get(vhost)
+                for name in names:
                     if vq is None or name not in vq:
-                        await self.server.catch_up(m.vhost, m.queues)
+                        await self.server.catch_up(vhost, names)
                         break
-            self.enqueue(batch)
+            self.enqueue(records)
             if self.blocked_by:
                 # A queue fed by this stream is congested: stop reading until it drains.
                 self._resume = asyncio.get_running_loop().create_future()
@@ -310,24 +316,22 @@ class _PublishStream:
             log.debug("publish stream from %s ended: %s", self.node, task.exception())
         self.out.put_nowait(None)
 
-    def enqueue(self, batch: pb.PublishBatch) -> None:
+    def enqueue(self, records: list[tuple[int, str, list[str], Message]]) -> None:
         broker = self.server.broker
         counters = self.server.counters
         counters.publish_batches += 1
         confirmed: list[int] = []
         rejected: list[int] = []
         ledger = self.ledger
-        for m in batch.messages:
-            c = m.content
-            body = c.body
+        queues = broker.queues
+        for mid, vhost, names, msg in records:
             counters.publish_messages += 1
-            counters.publish_bytes += len(body)
-            msg = Message.from_stored(c.route, c.props, body)
-            vq = broker.queues.get(m.vhost)
+            counters.publish_bytes += len(msg.body)
+            vq = queues.get(vhost)
             epoch = 0
             refused = False
             first = True
-            for name in m.queues:
+            for name in names:
                 q = vq.get(name) if vq else None
                 if q is None:
                     continue  # deleted meanwhile: routed nowhere, as in RabbitMQ
@@ -340,11 +344,11 @@ class _PublishStream:
                 if getattr(q, "congested", False):
                     q.block_publisher(self)
             if refused:
-                rejected.append(m.id)
+                rejected.append(mid)
             elif epoch and ledger is not None and epoch > ledger.committed:
-                self.pending.append((m.id, epoch))
+                self.pending.append((mid, epoch))
             else:
-                confirmed.append(m.id)
+                confirmed.append(mid)
         if self.pending and ledger is not None:
             ledger.watchers.add(self)
         if confirmed or rejected:
@@ -406,7 +410,7 @@ class _RemoteConsumer:
         self.credit = 0
         self.held: dict[int, Message] = {}  # delivered, awaiting settlement, by queue seq
         self.out: asyncio.Queue = asyncio.Queue()
-        self._batch: list[pb.Delivery] = []
+        self._batch: list[Message] = []
         self._loop = asyncio.get_running_loop()
         self.subscribed = True
         self.closed = False
@@ -420,7 +424,7 @@ class _RemoteConsumer:
         batch = self._batch
         if not batch:
             self._loop.call_soon(self._flush)
-        batch.append(delivery_of(msg))
+        batch.append(msg)
         if self.no_ack:
             return False
         self.held[msg.seq] = msg
@@ -444,7 +448,7 @@ class _RemoteConsumer:
         self._batch = []
         self.server.counters.deliveries += len(batch)
         if not self.closed:
-            self.out.put_nowait(pb.ConsumeEvent(deliveries=pb.DeliveryBatch(deliveries=batch)))
+            self.out.put_nowait(pb.ConsumeEvent(deliveries=pack_deliveries(batch)))
 
     async def read(self, it: Any) -> None:
         async for req in it:

@@ -1,0 +1,177 @@
+"""The packed record formats of the two hot forwarding streams (sans-I/O).
+
+Why not one protobuf message per published message or delivery: building and reading nested
+protobuf objects cost about 6 µs per message to build and 2.5 µs to read, against 0.3 and 0.8 µs
+for these records, and those microseconds were most of what a message crossing nodes cost beyond
+a local one. The .proto keeps describing everything else; its `packed` bytes fields carry
+concatenated records in these formats (little-endian, no padding):
+
+publish record:   id u64 | props_len u32 | body_len u32 | route_len u16 | vhost_len u8 | n_queues u8
+                  | vhost | n_queues x (len u8 | queue name) | route | props | body
+delivery record:  seq u64 | props_len u32 | body_len u32 | route_len u16 | redelivered u8
+                  | delivery_count u32 | route | props | body
+
+`route` is the exchange and routing key as two AMQP 0-9-1 shortstrs and `props` the 0-9-1
+content-header property bytes, exactly as the node keeps them, so neither end decodes what it
+only passes along. Names are UTF-8 and at most 255 bytes, as AMQP shortstrs are; a batch names
+at most 255 queues per record (a fanout to more queues on one node takes several records).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from node.core.message import Message
+
+PUBLISH_HEAD = struct.Struct("<QIIHBB")
+DELIVERY_HEAD = struct.Struct("<QIIHBI")
+MAX_QUEUES_PER_RECORD = 255
+
+
+class PackingError(ValueError):
+    """A packed batch that does not parse: the stream carrying it is broken."""
+
+
+# -- publish -----------------------------------------------------------------------------------
+
+
+class Published:
+    """One message bound for one or more queues on the receiving node (the client's entry)."""
+
+    __slots__ = ("id", "vhost", "queues", "route", "props", "body")
+
+    def __init__(
+        self, id: int, vhost: str, queues: list[str], route: bytes, props: bytes, body: bytes
+    ) -> None:
+        self.id = id
+        self.vhost = vhost
+        self.queues = queues
+        self.route = route
+        self.props = props
+        self.body = body
+
+
+def pack_published(entries: list[Published]) -> bytes:
+    parts: list[bytes] = []
+    add = parts.append
+    pack = PUBLISH_HEAD.pack
+    # A batch mostly names the same few vhosts and queues: encode each once.
+    vhosts: dict[str, bytes] = {}
+    names: dict[str, bytes] = {}
+    for e in entries:
+        vhost = vhosts.get(e.vhost)
+        if vhost is None:
+            vhost = vhosts[e.vhost] = e.vhost.encode("utf-8")
+        queues = e.queues
+        add(pack(e.id, len(e.props), len(e.body), len(e.route), len(vhost), len(queues)))
+        add(vhost)
+        for q in queues:
+            qb = names.get(q)
+            if qb is None:
+                encoded = q.encode("utf-8")
+                qb = names[q] = bytes((len(encoded),)) + encoded
+            add(qb)
+        add(e.route)
+        add(e.props)
+        add(e.body)
+    return b"".join(parts)
+
+
+def unpack_published(data: bytes) -> Iterator[tuple[int, str, list[str], Message]]:
+    """(id, vhost, queue names, message) per record, in order."""
+    unpack = PUBLISH_HEAD.unpack_from
+    head = PUBLISH_HEAD.size
+    end = len(data)
+    off = 0
+    names: dict[bytes, str] = {}
+    routes: dict[bytes, tuple[str, str]] = {}
+    try:
+        while off < end:
+            mid, plen, blen, rlen, vlen, nq = unpack(data, off)
+            off += head
+            vb = data[off : off + vlen]
+            off += vlen
+            vhost = names.get(vb)
+            if vhost is None:
+                vhost = names[vb] = vb.decode("utf-8")
+            queues = []
+            for _ in range(nq):
+                qlen = data[off]
+                qb = data[off + 1 : off + 1 + qlen]
+                off += 1 + qlen
+                q = names.get(qb)
+                if q is None:
+                    q = names[qb] = qb.decode("utf-8")
+                queues.append(q)
+            route = data[off : off + rlen]
+            off += rlen
+            props = data[off : off + plen]
+            off += plen
+            body = data[off : off + blen]
+            off += blen
+            if off > end:
+                raise PackingError("a publish record runs past the end of its batch")
+            yield mid, vhost, queues, _message(route, props, body, routes)
+    except (struct.error, IndexError, UnicodeDecodeError) as e:
+        raise PackingError(f"malformed publish batch at byte {off}: {e}") from None
+
+
+# -- deliveries --------------------------------------------------------------------------------
+
+
+def pack_deliveries(msgs: list[Message]) -> bytes:
+    parts: list[bytes] = []
+    add = parts.append
+    pack = DELIVERY_HEAD.pack
+    for m in msgs:
+        route = m.route_raw
+        props = m.props_raw
+        body = m.body
+        add(pack(m.seq, len(props), len(body), len(route), m.redelivered, m.delivery_count))
+        add(route)
+        add(props)
+        add(body)
+    return b"".join(parts)
+
+
+def unpack_deliveries(data: bytes) -> list[Message]:
+    unpack = DELIVERY_HEAD.unpack_from
+    head = DELIVERY_HEAD.size
+    end = len(data)
+    off = 0
+    out = []
+    routes: dict[bytes, tuple[str, str]] = {}
+    try:
+        while off < end:
+            seq, plen, blen, rlen, redelivered, count = unpack(data, off)
+            off += head
+            route = data[off : off + rlen]
+            off += rlen
+            props = data[off : off + plen]
+            off += plen
+            body = data[off : off + blen]
+            off += blen
+            if off > end:
+                raise PackingError("a delivery record runs past the end of its batch")
+            msg = _message(route, props, body, routes)
+            msg.seq = seq
+            msg.redelivered = bool(redelivered)
+            msg.delivery_count = count
+            out.append(msg)
+    except (struct.error, IndexError, UnicodeDecodeError) as e:
+        raise PackingError(f"malformed delivery batch at byte {off}: {e}") from None
+    return out
+
+
+def _message(
+    route: bytes, props: bytes, body: bytes, routes: dict[bytes, tuple[str, str]]
+) -> Message:
+    names = routes.get(route)
+    if names is None:
+        elen = route[0]
+        names = routes[route] = (
+            route[1 : 1 + elen].decode("utf-8"),
+            route[2 + elen :].decode("utf-8"),
+        )
+    return Message(names[0], names[1], route, props, body)
