@@ -236,7 +236,7 @@ class Handover:
             done = [e for e in inflight if e[0] <= committed]
             if not done:
                 return
-            self._inflight = inflight = [e for e in inflight if e[0] > committed]
+            inflight[:] = [e for e in inflight if e[0] > committed]
             self._unordered = any(
                 inflight[i][0] < inflight[i - 1][0] for i in range(1, len(inflight))
             )
@@ -289,7 +289,30 @@ class Handover:
             or (self.queue is not None and self.queue.unacked > 0)
         ):
             return
-        self._finish()
+        if self.store is None or not self.qid:
+            self._finish()
+            return
+        # Before the queue's rows go: read what the store still holds of it (after the deletes
+        # asked so far). Counts can be off (a failed write, a failed read); the store cannot.
+        self._reading = True
+        self.store.page_in(self.qid, 0, PAGE, self._verified)
+
+    def _verified(self, rows: list[tuple]) -> None:
+        self._reading = False
+        if self.done:
+            return
+        if not rows:
+            self._finish()
+            return
+        log.warning(
+            "queue '%s' in vhost '%s': %d stored message(s) not handed over yet, sending them",
+            self.name,
+            self.vhost,
+            len(rows),
+        )
+        self._more = len(rows) == PAGE
+        self._after = rows[-1][0]
+        self._rows(rows)
 
     def _finish(self) -> None:
         self.done = True

@@ -218,3 +218,24 @@ def test_moved_back_while_handing_over_gets_its_old_messages_locally(tmp_path: P
         assert sorted(consumer.bodies()) == sorted(bodies)
 
     run(body, tmp_path)
+
+
+def test_rows_the_counts_missed_are_found_before_the_queue_row_goes(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        bodies = await fill(c, 10)  # all in memory: nothing counted as paged
+        lq = c.b.broker.queue("/", "q")
+        await c.a.fw.server.stop()
+        await c.everywhere(MOVE)
+        # A row the queue never counted (as after a failed write it did not know succeeded).
+        token = c.b.store.append(
+            lq.qid, 10_000, False, msg(b"stray").route_raw, msg(b"").props_raw, b"stray"
+        )
+        await asyncio.wait_for(c.b.store.ledger.wait(token), 5)
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+        await until(lambda: not c.b.broker.handovers, 15)
+        assert sorted(await drain_a(c, 11)) == sorted([*bodies, b"stray"])
+        await until(lambda: stored_rows(c.b.store) == 0, 5)
+
+    run(body, tmp_path)
