@@ -33,7 +33,7 @@ from ._common import down_text, metadata_error
 from .packing import PackingError, unpack_deliveries
 
 # Credit for a consumer without a prefetch (no_ack, or prefetch 0), topped up on hand-off.
-DEFAULT_WINDOW = 256
+DEFAULT_WINDOW = 2000
 
 PB_OUTCOME = {
     Outcome.ACCEPTED: pb.ACCEPTED,
@@ -295,6 +295,7 @@ class _Subscription:
                     priority=int(getattr(c, "priority", 0) or 0),
                     credit=self.window,
                     no_ack=self.no_ack,
+                    window=not self.on_settle,
                 )
             )
         )

@@ -407,6 +407,7 @@ class _RemoteConsumer:
         self.exclusive = sub.exclusive
         self.priority = sub.priority
         self.no_ack = sub.no_ack
+        self.window = sub.window
         self.credit = 0
         self.held: dict[int, Message] = {}  # delivered, awaiting settlement, by queue seq
         self.out: asyncio.Queue = asyncio.Queue()
@@ -438,7 +439,9 @@ class _RemoteConsumer:
             self.out.put_nowait(pb.ConsumeEvent(cancelled=reason))
 
     def backpressured(self) -> bool:
-        return False
+        # Out of window credit: the consumer's node has not handed on what it got (a prefetch
+        # running out is the consumer's own pace, not back-pressure).
+        return self.window and self.credit <= 0
 
     # the stream
     def _flush(self) -> None:

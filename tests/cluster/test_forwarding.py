@@ -358,6 +358,59 @@ def test_no_ack_consumer_gets_everything(tmp_path: Path) -> None:
     run(body, tmp_path)
 
 
+class StalledConsumer(FakeConsumer):
+    """A no-ack consumer whose node is behind: it takes nothing until `stalled` is cleared."""
+
+    stalled = True
+
+    def can_take(self) -> bool:
+        return not self.stalled
+
+
+def test_a_remote_consumer_whose_node_is_behind_paces_the_publishers(tmp_path: Path) -> None:
+    # Without this a fire-and-forget publisher on the consumer's node outran the queue's
+    # deliveries across the link, and the consumer was starved until publishing stopped.
+    async def body(c: Cluster) -> None:
+        await c.queue("q", durable=False)
+        lq = c.b.broker.queue("/", "q")
+        rq = c.a.broker.queue("/", "q")
+        consumer = StalledConsumer("c", no_ack=True)
+        rq.subscribe(consumer)
+        await until(lambda: lq.stats()[1] == 1)
+        n = 8000
+        for i in range(n):
+            rq.enqueue(msg(b"%d" % i, TRANSIENT))
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+        await until(lambda: lq.congested)
+        (remote,) = lq.consumers
+        assert remote.backpressured()
+        consumer.stalled = False
+        rq.kick()
+        await until(lambda: len(consumer.got) == n, 10)
+        assert consumer.bodies() == [b"%d" % i for i in range(n)]
+        assert not lq.congested
+
+    run(body, tmp_path)
+
+
+def test_a_prefetch_bound_remote_consumer_is_not_back_pressure(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        await c.queue("q", durable=False)
+        lq = c.b.broker.queue("/", "q")
+        rq = c.a.broker.queue("/", "q")
+        consumer = FakeConsumer("c", prefetch=10)  # never acks: its prefetch holds it back
+        rq.subscribe(consumer)
+        await until(lambda: lq.stats()[1] == 1)
+        for i in range(5000):
+            rq.enqueue(msg(b"%d" % i, TRANSIENT))
+        await until(lambda: lq.stats()[0] == 5000 - 10)
+        (remote,) = lq.consumers
+        assert not remote.backpressured() and not lq.congested
+
+    run(body, tmp_path)
+
+
 def test_stream_break_releases_deliveries_redelivered(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
         await c.queue("q", durable=False)
