@@ -16,6 +16,11 @@ i.e. after its store commit for a persistent message of a durable queue. Only th
 row deleted here, so a crash at any point loses nothing: rows left behind are handed over again
 after the restart (`Broker.recover`), and the new leader may get some twice (at-least-once).
 
+Nothing is forwarded before the new leader serves the queue (`_probe`: its `stats()` answers):
+a message that reached it before it applied the MoveQueue would be forwarded back here, and
+back again, each hop's confirm waiting for the next one's token in the node's ConfirmLedger,
+which confirms in order — a cycle that would hold up every confirm of this node.
+
 At most `window` messages are unconfirmed at once, which bounds the memory a handover takes and
 the load it puts on the link. A refused or failed forward (the new leader down, the link broken)
 is tried again after RETRY seconds from the same message on; the order among messages is kept
@@ -48,6 +53,8 @@ WINDOW = 1000
 PAGE = 1000
 # Seconds before a refused or failed forward is tried again.
 RETRY = 1.0
+# Seconds between asking whether the new leader serves the queue yet (see Handover._probe).
+PROBE_RETRY = 0.05
 
 
 class Handover:
@@ -82,6 +89,9 @@ class Handover:
         self._reading = False
         self._retry: asyncio.TimerHandle | None = None
         self._pump_scheduled = False
+        self._serving: QueueHandle | None = None  # the target known to serve the queue
+        self._probing = False
+        self._probe_delay = PROBE_RETRY
         self.moved = 0  # confirmed by the new leader
         self.done = False
         self.aborted = False
@@ -175,11 +185,14 @@ class Handover:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        if self.done or self._retry is not None:
+        if self.done or self._retry is not None or self._probing:
             return
         target = self.resolve()
         if target is None:
             self.abort("the queue was deleted")
+            return
+        if target is not self._serving and (self._pending or self._more):
+            self._probe(target)
             return
         ledger = self.ledger
         inflight = self._inflight
@@ -205,6 +218,33 @@ class Handover:
         if inflight and ledger is not None:
             ledger.watchers.add(self)
         self._check_done()
+
+    def _probe(self, target: QueueHandle) -> None:
+        """Forward to `target` only once it serves the queue (see the module docstring): a
+        remote handle's stats() fails until the leader there has a queue of its own."""
+        answer: Any = target.stats()
+        if not isinstance(answer, asyncio.Future):
+            self._serving = target  # a queue on this node (moved back here)
+            self._schedule_pump()
+            return
+        self._probing = True
+
+        def probed(fut: asyncio.Future) -> None:
+            self._probing = False
+            if self.done:
+                return
+            if fut.cancelled() or fut.exception() is not None:
+                error = "cancelled" if fut.cancelled() else fut.exception()
+                self.last_error = f"the new leader does not serve the queue yet: {error}"
+                self._retry_later(self._probe_delay)
+                self._probe_delay = min(RETRY, self._probe_delay * 2)
+                return
+            self._probe_delay = PROBE_RETRY
+            if self.resolve() is target:
+                self._serving = target
+            self._pump()
+
+        answer.add_done_callback(probed)
 
     def _read(self) -> None:
         self._reading = True
@@ -269,9 +309,9 @@ class Handover:
         if msg.stored and self.store is not None:
             self.store.delete(self.qid, msg.seq)
 
-    def _retry_later(self) -> None:
+    def _retry_later(self, delay: float = RETRY) -> None:
         if self._retry is None and not self.done:
-            self._retry = asyncio.get_running_loop().call_later(RETRY, self._retry_now)
+            self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
 
     def _retry_now(self) -> None:
         self._retry = None

@@ -239,3 +239,26 @@ def test_rows_the_counts_missed_are_found_before_the_queue_row_goes(tmp_path: Pa
         await until(lambda: stored_rows(c.b.store) == 0, 5)
 
     run(body, tmp_path)
+
+
+def test_nothing_is_forwarded_before_the_new_leader_serves_the_queue(tmp_path: Path) -> None:
+    """Forwarded to a before a applied the move, a message would come back to b (a's handle is
+    still b's queue), and the two confirms would wait for each other in b's ledger for ever."""
+
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        bodies = await fill(c, 20)
+        await c.b.apply(MOVE)  # the old leader applies the move first
+        await asyncio.sleep(0.5)
+        assert c.b.broker.handovers
+        assert c.a.fw.server.counters.publish_messages == 0
+        await c.a.apply(MOVE)
+        await until(lambda: not c.b.broker.handovers, 10)
+        assert sorted(await drain_a(c, 20)) == bodies
+        # b's confirms still flow.
+        await c.queue("other")
+        token = c.b.broker.queue("/", "other").enqueue(msg(b"x", rk="other"))
+        await asyncio.wait_for(c.b.store.ledger.wait(token), 5)
+
+    run(body, tmp_path)
