@@ -118,8 +118,23 @@ def is_persistent(raw: bytes) -> bool:
     return decode_properties(raw).get("delivery_mode") == 2
 
 
+_last_mode: tuple[bytes, int] = (b"", 0)
+
+
 def delivery_mode(raw: bytes) -> int:
     """The delivery-mode property (0 when absent), reading only what precedes it."""
+    global _last_mode
+    last = _last_mode
+    if raw is last[0]:
+        # The same property bytes object as last time (a publisher's repeated properties are
+        # shared): asked on every enqueue to a durable queue, so worth one identity check.
+        return last[1]
+    mode = _delivery_mode(raw)
+    _last_mode = (raw, mode)
+    return mode
+
+
+def _delivery_mode(raw: bytes) -> int:
     if len(raw) < 2:
         return 0
     flags = (raw[0] << 8) | raw[1]

@@ -310,14 +310,39 @@ _prefix_cache: dict[bytes, tuple] = {}
 PREFIX_CACHE_MAX = 512
 
 
+# The last prefix converted from the cache, with its conversion: a publisher's next message most
+# often repeats it, which a startswith and the data section's header confirm without walking the
+# sections again.
+_last: tuple[bytes, tuple] | None = None
+
+
 def convert(payload: bytes) -> Converted:
     """Decode and convert a transferred message; raises DecodeError if it is malformed."""
+    global _last
+    last = _last
+    if last is not None:
+        prefix = last[0]
+        at = len(prefix)
+        if payload.startswith(prefix) and payload[at : at + 3] == b"\x00\x53\x75":
+            n = len(payload)
+            t = payload[at + 3] if n > at + 4 else 0
+            if t == 0xA0:
+                start = at + 5
+                if start + payload[at + 4] == n:
+                    props_raw, cache, to, subject, user_id = last[1]
+                    return Converted(props_raw, payload[start:], cache, to, subject, user_id)
+            elif t == 0xB0 and n >= at + 8:
+                start = at + 8
+                if start + int.from_bytes(payload[at + 4 : start], "big") == n:
+                    props_raw, cache, to, subject, user_id = last[1]
+                    return Converted(props_raw, payload[start:], cache, to, subject, user_id)
     fast = _fast_split(payload)
     if fast is not None:
         body_start, data_start, body_end = fast
         prefix = payload[:body_start]
         hit = _prefix_cache.get(prefix)
         if hit is not None:
+            _last = (prefix, hit)
             props_raw, cache, to, subject, user_id = hit
             return Converted(props_raw, payload[data_start:body_end], cache, to, subject, user_id)
     p = parse(payload)
@@ -484,10 +509,13 @@ def _header(durable: bool, priority: Any, ttl: Any, delivery_count: int) -> byte
     return b"\x00\x53\x70\xc0" + _pB(len(body) + 1) + _pB(len(fields)) + body
 
 
+_SMALL_DATA = tuple(b"\x00\x53\x75\xa0" + bytes((n,)) for n in range(256))
+
+
 def data_section(body: bytes) -> bytes:
     n = len(body)
     if n < 256:
-        return b"\x00\x53\x75\xa0" + _pB(n)
+        return _SMALL_DATA[n]
     return b"\x00\x53\x75\xb0" + _pI(n)
 
 

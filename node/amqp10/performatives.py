@@ -401,12 +401,76 @@ class FastTransfer:
     __slots__ = ("handle", "delivery_id", "settled", "more", "aborted")
 
 
+# The fields after the delivery-tag (message-format, settled, more, ...) of transfers already
+# decoded, with the field count: a sender repeats them on every transfer of a link, so most
+# transfers decode the three leading fields by hand and the rest by one lookup.
+_tails: dict[bytes, tuple[int, Any, Any, Any]] = {}
+TAILS_MAX = 64
+
+
 def fast_transfer(body: bytes) -> tuple[FastTransfer, int] | None:
     """Decode a transfer whose fields are all in their usual small encodings, by hand.
 
     Returns None for anything unusual (a list32, a delivery state, a field of an unexpected
     type): the general decoder then handles it, and reports errors.
     """
+    try:
+        if body[3] != 0xC0:
+            return None
+        end = 5 + body[4]
+        count = body[5]
+        c = body[6]
+        if c == 0x52:
+            handle = body[7]
+            p = 8
+        elif c == 0x43:
+            handle = 0
+            p = 7
+        elif c == 0x70:
+            handle = int.from_bytes(body[7:11], "big")
+            p = 11
+        else:
+            return _fast_transfer(body)
+        c = body[p]
+        if c == 0x70:
+            did: Any = int.from_bytes(body[p + 1 : p + 5], "big")
+            p += 5
+        elif c == 0x52:
+            did = body[p + 1]
+            p += 2
+        elif c == 0x43:
+            did = 0
+            p += 1
+        else:
+            return _fast_transfer(body)
+        if body[p] != 0xA0:
+            return _fast_transfer(body)
+        p += 2 + body[p + 1]
+    except IndexError:
+        return None
+    if count < 3 or p > end or end > len(body):
+        return _fast_transfer(body)
+    tail = body[p:end]
+    hit = _tails.get(tail)
+    if hit is None or hit[0] != count:
+        decoded = _fast_transfer(body)
+        if decoded is not None and count <= 11:
+            if len(_tails) >= TAILS_MAX:
+                _tails.clear()
+            t = decoded[0]
+            _tails[tail] = (count, t.settled, t.more, t.aborted)
+        return decoded
+    t = FastTransfer()
+    t.handle = handle
+    t.delivery_id = did
+    t.settled = hit[1]
+    t.more = hit[2]
+    t.aborted = hit[3]
+    return t, end
+
+
+def _fast_transfer(body: bytes) -> tuple[FastTransfer, int] | None:
+    """fast_transfer's field-by-field decoding."""
     try:
         if body[3] != 0xC0:
             return None

@@ -24,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from ..amqp091.codec import encode_shortstr
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
 from ..core.queue import LocalQueue, QueueHandle
@@ -599,6 +600,10 @@ class SenderLink:
         "unsettled",
         "detached",
         "_tag_seq",
+        "_transfer_pack",
+        "_transfer_pre",
+        "_transfer_tail",
+        "_transfer_len",
     )
 
     def __init__(self, session: Session, a: Any, queue: QueueHandle) -> None:
@@ -617,6 +622,14 @@ class SenderLink:
         self.unsettled = 0
         self.detached = False
         self._tag_seq = 0
+        # A one-frame delivery's frame header and transfer performative in one pack: handle and
+        # settled are the link's own, the delivery-id is always a 4-byte uint and the tag 4 bytes.
+        fields = _uint(a.handle) + b"\x70"
+        pre = b"\x00\x53\x14\xc0" + _pB(len(fields) + 4 + 6 + 2 + 1) + b"\x05" + fields
+        self._transfer_pack = struct.Struct(f">IBBH{len(pre)}sI2sI2s").pack
+        self._transfer_pre = pre
+        self._transfer_tail = b"\x43" + (b"\x41" if self.presettled else b"\x42")
+        self._transfer_len = 8 + len(pre) + 4 + 2 + 4 + 2
 
     def available(self) -> int | None:
         stats = getattr(self.queue, "stats", None)
@@ -647,23 +660,34 @@ class SenderLink:
         parts = payload_parts(cache, msg.body, msg.delivery_count, msg.annotations)
         did = s.next_delivery_id
         s.next_delivery_id = (did + 1) & MASK
-        self._tag_seq += 1
-        tag = _pI(self._tag_seq & MASK)
+        tag_seq = self._tag_seq = (self._tag_seq + 1) & MASK
         settled = self.presettled
         self.credit -= 1
         self.delivery_count = (self.delivery_count + 1) & MASK
         size = 0
         for p in parts:
             size += len(p)
-        head = _transfer_head(self.handle, did, tag, settled, False)
-        room = conn.out_max_frame - 8 - len(head) - 8
-        if size <= room and s.remote_incoming_window > 0:
-            parts.insert(0, _frame_head(8 + len(head) + size, 2, 0, s.channel) + head)
+        total = self._transfer_len + size
+        if total <= conn.out_max_frame and s.remote_incoming_window > 0:
+            parts.insert(
+                0,
+                self._transfer_pack(
+                    total,
+                    2,
+                    0,
+                    s.channel,
+                    self._transfer_pre,
+                    did,
+                    b"\xa0\x04",
+                    tag_seq,
+                    self._transfer_tail,
+                ),
+            )
             conn.send(b"".join(parts))
             s.remote_incoming_window -= 1
             s.next_outgoing_id = (s.next_outgoing_id + 1) & MASK
         else:
-            self._send_multi(b"".join(parts), did, tag, settled)
+            self._send_multi(b"".join(parts), did, _pI(tag_seq), settled)
         if settled:
             return False
         s.unsettled[did] = (queue, msg, self)
@@ -773,6 +797,7 @@ class ReceiverLink:
         "_parts",
         "_size",
         "_ex_cache",
+        "_route",
         "_queues",
         "_hold",
     )
@@ -793,6 +818,9 @@ class ReceiverLink:
         self._parts: list[bytes] = []
         self._size = 0
         self._ex_cache: dict[str, Any] = {}
+        # (exchange, routing key, both as 0-9-1 shortstrs) of the last message: a link's
+        # messages mostly share it.
+        self._route: tuple[str, str, bytes] = ("", "", b"\x00\x00")
         self._queues: list[Any] = []  # where the last message went (credit flow)
         self._hold: Any = None  # the timer of withheld credit
 
@@ -853,6 +881,20 @@ class ReceiverLink:
 
     def on_transfer(self, t: Any, body: bytes, off: int) -> None:
         if self._cur_id is None:
+            did = t.delivery_id
+            if did is not None and not t.more and not t.aborted and self.credit > 0:
+                # A whole message in one frame, the usual case: no parts to gather.
+                self.credit -= 1
+                self.delivery_count = (self.delivery_count + 1) & MASK
+                if len(body) - off > self.conn.settings.max_message_size:
+                    raise LinkError10(
+                        "amqp:link:message-size-exceeded",
+                        "message larger than max-message-size "
+                        f"{self.conn.settings.max_message_size}",
+                    )
+                self._publish(did, bool(t.settled) or self.presettled, body[off:])
+                self.maybe_grant()
+                return
             if t.delivery_id is None:
                 raise LinkError10(
                     "amqp:invalid-field", "first transfer of a delivery without a delivery-id"
@@ -934,7 +976,8 @@ class ReceiverLink:
         if key is None:
             subject = conv.subject
             key = subject if isinstance(subject, str) else ""
-        if len(key.encode("utf-8")) > 255:
+        route = self._route
+        if route[1] != key and len(key.encode("utf-8")) > 255:
             self._reject(did, settled, "amqp:invalid-field", "routing key longer than 255 bytes")
             return
         vhost = conn.vhost
@@ -978,7 +1021,9 @@ class ReceiverLink:
                 f"user-id property set to '{uid.decode('utf-8', 'replace')}' but authenticated user was '{conn.user}'",
             )
             return
-        msg = Message(exchange, key, None, conv.props_raw, conv.body)
+        if route[0] != exchange or route[1] != key:
+            route = self._route = (exchange, key, encode_shortstr(exchange) + encode_shortstr(key))
+        msg = Message(exchange, key, route[2], conv.props_raw, conv.body)
         msg.publisher = conn
         msg.amqp10 = conv.cache
         queues = broker.route(vhost, ex, msg)
