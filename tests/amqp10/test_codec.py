@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -218,3 +219,25 @@ def test_amqp_value_body_travels_encoded():
     back = m.from_core(conv.props_raw, "", "q")
     parsed = m.parse(b"".join(m.payload_parts(back, conv.body, 0)))
     assert parsed.body_kind == m.VALUE
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"\x00\x53\x75" + encode(b"B" * 300),  # a long data section (vbin32)
+        b"\x00\x53\x75" + encode(b"xy") + b"\x00\x53\x75" + encode(b"z"),  # two data sections
+        b"\x00\x53\x75" + encode(b"xy") + b"\x00\x53\x78" + encode({"f": 1}),  # with a footer
+        b"\x00\x53\x77" + encode("a value"),  # amqp-value body
+    ],
+)
+def test_repeated_prefix_shortcut_agrees_with_a_full_conversion(after: bytes) -> None:
+    prefix = b"\x00\x53\x73" + encode(["mid", None, None, "subj"])
+    first = prefix + b"\x00\x53\x75" + encode(b"first")
+    m.convert(first)
+    m.convert(first)  # the prefix is now the last one converted
+    payload = prefix + after
+    fast = m.convert(payload)
+    m._last = None
+    m._prefix_cache.clear()
+    full = m.convert(payload)
+    assert (fast.props_raw, fast.body, fast.subject) == (full.props_raw, full.body, full.subject)
