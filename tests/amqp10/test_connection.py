@@ -112,6 +112,26 @@ def test_transfer_without_credit_detaches_the_link(conn):
     assert detach.error.condition == "amqp:link:transfer-limit-exceeded"
 
 
+@pytest.mark.parametrize("frames_of", [1, 3])
+def test_message_above_max_message_size_detaches_the_link(conn, frames_of):
+    conn.settings.max_message_size = 2000
+    begin_attach(conn)
+    payload = b"\x00\x53\x75\xb0" + (2500).to_bytes(4, "big") + b"z" * 2500
+    step = -(-len(payload) // frames_of)
+    chunks = [payload[i : i + step] for i in range(0, len(payload), step)]
+    for i, chunk in enumerate(chunks):
+        conn.data_received(
+            frame(
+                0,
+                P.Transfer(handle=0, delivery_id=0, delivery_tag=b"a", more=i < len(chunks) - 1),
+                chunk,
+            )
+        )
+    detach = [f for f in frames(conn.take_output()) if isinstance(f, P.Detach)][0]
+    assert detach.error.condition == "amqp:link:message-size-exceeded"
+    assert conn.broker.queue("/", "q").stats()[0] == 0
+
+
 def test_multi_frame_transfer_is_assembled(conn):
     begin_attach(conn)
     body = b"y" * 10000
