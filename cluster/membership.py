@@ -7,7 +7,10 @@
 
 With the DNS form (a Kubernetes headless service), each address is turned back into its host name
 (the pod's stable DNS name) and the node id is that name's first label ("merpati-0"), which is what
-a StatefulSet gives its pods; a node's own id must be among them.
+a StatefulSet gives its pods; a node's own id must be among them. A pod is in DNS only once it has
+an address, so a node started beside a pod still Pending would see too few members and could form
+a cluster of its own: `--peers-expected N` makes it wait until the name resolves to N members
+(`wait_for_members`).
 
 The Raft port of every member is its cluster port plus the same offset (`--raft-port` minus
 `--cluster-port`, 1 by default). pysyncobj identifies members by address, so every node must spell
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +96,47 @@ def resolve_dns(name: str, port: int, raft_offset: int) -> list[Member]:
         node_id = host.split(".")[0]
         members[node_id] = Member(node_id, host, port, port + raft_offset)
     return sorted(members.values(), key=lambda m: m.node_id)
+
+
+def wait_for_members(
+    spec: str,
+    raft_offset: int,
+    expected: int,
+    *,
+    interval: float = 1.0,
+    say_every: float = 10.0,
+    log: Any = None,
+    sleep: Any = time.sleep,
+    clock: Any = time.monotonic,
+) -> list[Member]:
+    """parse_peers, and for the DNS form, again until at least `expected` members resolve.
+
+    There is no deadline: until the missing pods have addresses the node must not form a
+    cluster, and the orchestrator's startup probe decides how long that may take."""
+    if not spec.strip().startswith("dns:") or expected <= 1:
+        return parse_peers(spec, raft_offset)
+    said = None
+    while True:
+        try:
+            members = parse_peers(spec, raft_offset)
+        except PeersError as e:
+            members, why = [], str(e)
+        else:
+            why = ""
+        if len(members) >= expected:
+            return members
+        now = clock()
+        if log is not None and (said is None or now - said >= say_every):
+            said = now
+            seen = ", ".join(m.node_id for m in members) or "none"
+            log.warning(
+                "waiting for the cluster's members in DNS: %d of %d seen (%s)%s",
+                len(members),
+                expected,
+                seen,
+                f"; {why}" if why else "",
+            )
+        sleep(interval)
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,14 @@ from typing import Any
 
 from node.metadata.commands import MoveQueue, NodeJoined, NodeLeft
 
-from .membership import Member, Membership, PeersError, is_loopback, parse_peers, place_queue
+from .membership import (
+    Member,
+    Membership,
+    PeersError,
+    is_loopback,
+    place_queue,
+    wait_for_members,
+)
 
 log = logging.getLogger("merpati.cluster")
 
@@ -36,7 +43,7 @@ class ClusterPlan:
         node_id = cfg.resolved_node_id()
         offset = cfg.resolved_raft_port() - cfg.cluster_port
         if cfg.peers:
-            members = parse_peers(cfg.peers, offset)
+            members = wait_for_members(cfg.peers, offset, cfg.peers_expected, log=log)
         else:
             members = [Member(node_id, "127.0.0.1", cfg.cluster_port, cfg.resolved_raft_port())]
         membership = Membership(members, node_id)

@@ -49,6 +49,8 @@ class Config:
     cluster_secret_file: str = ""
     # Every member as node-id=host:cluster-port,... (this node included), or dns:NAME:PORT.
     peers: str = ""
+    # With the DNS form: members the name must resolve to before this node starts (0 = any).
+    peers_expected: int = 0
     # Bytes of message data kept in memory before queues page messages out to the store.
     message_memory_budget: int = 128 * 1024 * 1024
     # SQLite synchronous mode of the message store: FULL (fsync per commit) or NORMAL.
@@ -93,6 +95,8 @@ FLAGS: dict[str, str] = {
     "cluster_secret": "shared secret of the cluster's nodes (required off loopback)",
     "cluster_secret_file": "file holding the cluster secret",
     "peers": "cluster members: node-id=host:cluster-port,... (this node included) or dns:NAME:PORT",
+    "peers_expected": "with --peers dns:NAME:PORT, wait until NAME resolves to at least this many "
+    "members before starting (a StatefulSet's replicas; 0 = take what DNS shows)",
     "message_memory_budget": "bytes of messages kept in memory before paging to the store",
     "store_sync": "message store durability: full (fsync every commit) or normal",
     "store_max_bytes": "largest message store size in bytes, 0 = unlimited",

@@ -147,6 +147,8 @@ def test_peers_from_headless_service_match_node_ids(helm):
         assert [m.node_id for m in members] == pods
         assert all(m.cluster_port == int(port) and m.raft_port == int(port) + 1 for m in members)
         assert members[0].host == f"{pods[0]}.mq-merpati-headless.mq.svc.cluster.local"
+        # Every pod waits for all of them in DNS before forming the cluster (no pod alone).
+        assert env(docs)["MERPATI_PEERS_EXPECTED"]["value"] == str(replicas)
 
 
 def test_headless_service_publishes_not_ready_addresses(helm):

@@ -1,0 +1,87 @@
+"""The --peers forms and the wait for members in DNS (cluster/membership.py)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from unittest import mock
+
+import pytest
+
+from cluster.membership import PeersError, parse_peers, wait_for_members
+
+SERVICE = "merpati-headless.mq.svc.cluster.local"
+
+
+class FakeDns:
+    """A headless service whose pods get addresses one lookup at a time (pods leaving Pending)."""
+
+    def __init__(self, pods_per_lookup: list[int]) -> None:
+        self.pods_per_lookup = pods_per_lookup
+        self.lookups = 0
+
+    def getaddrinfo(self, host: str, port: int, *args: object, **kw: object) -> list:
+        assert host == SERVICE
+        n = self.pods_per_lookup[min(self.lookups, len(self.pods_per_lookup) - 1)]
+        self.lookups += 1
+        if n == 0:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(2, 1, 6, "", (f"10.0.0.{i + 1}", port)) for i in range(n)]
+
+    def gethostbyaddr(self, ip: str) -> tuple:
+        i = int(ip.rsplit(".", 1)[1]) - 1
+        return (f"merpati-{i}.{SERVICE}", [], [ip])
+
+    def __enter__(self) -> FakeDns:
+        self._patches = [
+            mock.patch("socket.getaddrinfo", self.getaddrinfo),
+            mock.patch("socket.gethostbyaddr", self.gethostbyaddr),
+        ]
+        for p in self._patches:
+            p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self._patches:
+            p.stop()
+
+
+def test_dns_form_names_members_by_their_pod_names() -> None:
+    with FakeDns([3]):
+        members = parse_peers(f"dns:{SERVICE}:25672", 1)
+    assert [(m.node_id, m.cluster_port, m.raft_port) for m in members] == [
+        ("merpati-0", 25672, 25673),
+        ("merpati-1", 25672, 25673),
+        ("merpati-2", 25672, 25673),
+    ]
+    assert members[0].host == f"merpati-0.{SERVICE}"
+
+
+def test_waits_until_the_expected_members_resolve(caplog: pytest.LogCaptureFixture) -> None:
+    # A pod started beside others still Pending must not form a cluster of its own.
+    slept: list[float] = []
+    log = logging.getLogger("test.membership")
+    with FakeDns([0, 1, 1, 2, 3]) as dns, caplog.at_level(logging.WARNING):
+        members = wait_for_members(
+            f"dns:{SERVICE}:25672", 1, 3, log=log, sleep=slept.append, say_every=0
+        )
+    assert [m.node_id for m in members] == ["merpati-0", "merpati-1", "merpati-2"]
+    assert dns.lookups == 5 and len(slept) == 4
+    said = [r.getMessage() for r in caplog.records]
+    assert "0 of 3 seen (none); peers dns:" in said[0] and "cannot resolve" in said[0]
+    assert (
+        said[-1] == "waiting for the cluster's members in DNS: 2 of 3 seen (merpati-0, merpati-1)"
+    )
+
+
+def test_no_wait_without_an_expected_count_or_with_the_list_form() -> None:
+    with FakeDns([1]) as dns:
+        assert len(wait_for_members(f"dns:{SERVICE}:25672", 1, 0, sleep=pytest.fail)) == 1
+        assert dns.lookups == 1
+    members = wait_for_members("a=h1:1000,b=h2:1000", 1, 5, sleep=pytest.fail)
+    assert [m.node_id for m in members] == ["a", "b"]
+
+
+def test_list_form_errors_are_not_waited_on() -> None:
+    with pytest.raises(PeersError, match="expected node-id=host:cluster-port"):
+        wait_for_members("a=h1", 1, 3, sleep=pytest.fail)
