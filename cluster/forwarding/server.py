@@ -136,14 +136,22 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong or missing cluster secret")
         return node
 
+    def _current(self, vhost: str, name: str) -> bool:
+        """True when waiting cannot change what this node knows of the queue: it leads it, or it
+        has handed it over to another node (a caller still sending here is the one behind)."""
+        q = (self.broker.queues.get(vhost) or {}).get(name)
+        if isinstance(q, LocalQueue):
+            return True
+        qdef = self.broker.state.queue(vhost, name)
+        return qdef is not None and self.node_id in getattr(qdef, "handing_over", ())
+
     async def catch_up(self, vhost: str, names: Any) -> None:
         """Wait (briefly) for metadata this node has not applied yet: a queue declared through
-        another node is committed there first, and its first messages may arrive before the
-        declaration is applied here."""
+        another node, or moved here, is committed there first, and its first messages may
+        arrive before this node applied the declaration or the move."""
         deadline = None
         while True:
-            vq = self.broker.queues.get(vhost) or {}
-            if all(name in vq for name in names):
+            if all(self._current(vhost, name) for name in names):
                 return
             loop = asyncio.get_running_loop()
             if deadline is None:
@@ -302,7 +310,7 @@ class _PublishStream:
             for _mid, vhost, names, _msg in records:
                 vq = queues.get(vhost)
                 for name in names:
-                    if vq is None or name not in vq:
+                    if vq is None or not isinstance(vq.get(name), LocalQueue):
                         await self.server.catch_up(vhost, names)
                         break
             self.enqueue(records)
@@ -324,6 +332,7 @@ class _PublishStream:
         rejected: list[int] = []
         ledger = self.ledger
         queues = broker.queues
+        error = ""
         for mid, vhost, names, msg in records:
             counters.publish_messages += 1
             counters.publish_bytes += len(msg.body)
@@ -335,6 +344,16 @@ class _PublishStream:
                 q = vq.get(name) if vq else None
                 if q is None:
                     continue  # deleted meanwhile: routed nowhere, as in RabbitMQ
+                if not isinstance(q, LocalQueue):
+                    # Moved to another node. Never forward a forwarded message: two nodes with
+                    # different views of a move would pass it back and forth, each confirm
+                    # waiting (the ledger confirms in order) on the other's.
+                    refused = True
+                    error = (
+                        f"queue '{name}' in vhost '{vhost}' is no longer led by node "
+                        f"'{self.server.node_id}' (it moved to '{getattr(q, 'leader', '?')}')"
+                    )
+                    continue
                 e = q.enqueue(msg if first else msg.copy())
                 first = False
                 if e < 0:
@@ -352,7 +371,9 @@ class _PublishStream:
         if self.pending and ledger is not None:
             ledger.watchers.add(self)
         if confirmed or rejected:
-            self.out.put_nowait(pb.PublishResults(confirmed=confirmed, rejected=rejected))
+            self.out.put_nowait(
+                pb.PublishResults(confirmed=confirmed, rejected=rejected, error=error)
+            )
 
     # LedgerWatcher
     def store_committed(self, committed: int, failed: frozenset[int]) -> None:

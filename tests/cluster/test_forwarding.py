@@ -296,6 +296,30 @@ def test_rejected_publish_is_a_failed_token(tmp_path: Path) -> None:
     run(body, tmp_path)
 
 
+def test_a_message_for_a_queue_that_moved_is_rejected_not_forwarded_again(tmp_path: Path) -> None:
+    # b has applied the move of q to a, a has not: a still forwards q's messages to b. b must
+    # not send them back (a would forward them again, and the in-order confirms of both nodes
+    # would wait on each other for ever).
+    async def body(c: Cluster) -> None:
+        await c.queue("q", durable=False)
+        await c.b.apply(cmds.MoveQueue("/", "q", "b", "a"))
+        rq = c.a.broker.queue("/", "q")
+        assert isinstance(rq, RemoteQueue)
+        ledger = c.a.store.ledger
+        bounced = ledger.wait(rq.enqueue(msg(b"1", TRANSIENT)))
+        with pytest.raises(Exception, match="no longer led by node 'b'"):
+            await asyncio.wait_for(bounced, 5)
+        assert c.b.fw.server.counters.publish_messages == 1
+        assert c.a.fw.server.counters.publish_messages == 0  # never came back
+        # Once a applies the move too, its publishes stay local.
+        await c.a.apply(cmds.MoveQueue("/", "q", "b", "a"))
+        lq = c.a.broker.queue("/", "q")
+        assert isinstance(lq, LocalQueue)
+        await asyncio.wait_for(ledger.wait(lq.enqueue(msg(b"2", TRANSIENT))), 5)
+
+    run(body, tmp_path)
+
+
 # -- consuming -----------------------------------------------------------------------------------
 
 
