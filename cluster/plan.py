@@ -96,14 +96,14 @@ class ClusterPlan:
         if not self.clustered:
             return
         try:
-            from .forwarding.server import _RemoteConsumer
+            from .forwarding.server import RemoteConsumer
             from .forwarding.wiring import start_forwarding
         except ImportError:  # pragma: no cover - forwarding lands with the gRPC layer
             log.warning("gRPC forwarding is not available: queues on other nodes are unreachable")
             return
         # A queue's consumer that stands for one on another node: when the queue moves, that
         # node cancels it and the stream's end releases its deliveries to the handover.
-        broker.forwarded_consumer = lambda consumer: isinstance(consumer, _RemoteConsumer)
+        broker.forwarded_consumer = lambda consumer: isinstance(consumer, RemoteConsumer)
         self.forwarding = await start_forwarding(
             broker,
             node_id=membership.me.node_id,

@@ -171,13 +171,24 @@ class Peer:
             and last[3] == vhost
             and queue not in last[4].queues
             and len(last[4].queues) < MAX_QUEUES_PER_RECORD
+            and last[4].delivery_count == msg.delivery_count
+            and last[4].redelivered == msg.redelivered
         ):
             # Another queue of the same routing on this peer: the message travels once.
             last[4].queues.append(queue)
             return last[5]
         mid = self._next_id
         self._next_id = mid + 1
-        entry = Published(mid, vhost, [queue], msg.route_raw, msg.props_raw, body)
+        entry = Published(
+            mid,
+            vhost,
+            [queue],
+            msg.route_raw,
+            msg.props_raw,
+            body,
+            msg.redelivered,
+            msg.delivery_count,
+        )
         token = self.ledger.allocate()
         self._inflight[mid] = token
         self._last = (body, msg.props_raw, msg.route_raw, vhost, entry, token)

@@ -7,7 +7,11 @@ a local one. The .proto keeps describing everything else; its `packed` bytes fie
 concatenated records in these formats (little-endian, no padding):
 
 publish record:   id u64 | props_len u32 | body_len u32 | route_len u16 | vhost_len u8 | n_queues u8
+                  | redelivered u8 | delivery_count u32
                   | vhost | n_queues x (len u8 | queue name) | route | props | body
+
+(A published message has redelivered 0 and delivery count 0; a queue moving to another node
+forwards its messages with theirs.)
 delivery record:  seq u64 | props_len u32 | body_len u32 | route_len u16 | redelivered u8
                   | delivery_count u32 | route | props | body
 
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 
 from node.core.message import Message
 
-PUBLISH_HEAD = struct.Struct("<QIIHBB")
+PUBLISH_HEAD = struct.Struct("<QIIHBBBI")
 DELIVERY_HEAD = struct.Struct("<QIIHBI")
 MAX_QUEUES_PER_RECORD = 255
 
@@ -39,10 +43,18 @@ class PackingError(ValueError):
 class Published:
     """One message bound for one or more queues on the receiving node (the client's entry)."""
 
-    __slots__ = ("id", "vhost", "queues", "route", "props", "body")
+    __slots__ = ("id", "vhost", "queues", "route", "props", "body", "redelivered", "delivery_count")
 
     def __init__(
-        self, id: int, vhost: str, queues: list[str], route: bytes, props: bytes, body: bytes
+        self,
+        id: int,
+        vhost: str,
+        queues: list[str],
+        route: bytes,
+        props: bytes,
+        body: bytes,
+        redelivered: bool = False,
+        delivery_count: int = 0,
     ) -> None:
         self.id = id
         self.vhost = vhost
@@ -50,6 +62,8 @@ class Published:
         self.route = route
         self.props = props
         self.body = body
+        self.redelivered = redelivered
+        self.delivery_count = delivery_count
 
 
 def pack_published(entries: list[Published]) -> bytes:
@@ -64,7 +78,18 @@ def pack_published(entries: list[Published]) -> bytes:
         if vhost is None:
             vhost = vhosts[e.vhost] = e.vhost.encode("utf-8")
         queues = e.queues
-        add(pack(e.id, len(e.props), len(e.body), len(e.route), len(vhost), len(queues)))
+        add(
+            pack(
+                e.id,
+                len(e.props),
+                len(e.body),
+                len(e.route),
+                len(vhost),
+                len(queues),
+                e.redelivered,
+                e.delivery_count,
+            )
+        )
         add(vhost)
         for q in queues:
             qb = names.get(q)
@@ -88,7 +113,7 @@ def unpack_published(data: bytes) -> Iterator[tuple[int, str, list[str], Message
     routes: dict[bytes, tuple[str, str]] = {}
     try:
         while off < end:
-            mid, plen, blen, rlen, vlen, nq = unpack(data, off)
+            mid, plen, blen, rlen, vlen, nq, redelivered, count = unpack(data, off)
             off += head
             vb = data[off : off + vlen]
             off += vlen
@@ -112,7 +137,11 @@ def unpack_published(data: bytes) -> Iterator[tuple[int, str, list[str], Message
             off += blen
             if off > end:
                 raise PackingError("a publish record runs past the end of its batch")
-            yield mid, vhost, queues, _message(route, props, body, routes)
+            msg = _message(route, props, body, routes)
+            if redelivered or count:
+                msg.redelivered = bool(redelivered)
+                msg.delivery_count = count
+            yield mid, vhost, queues, msg
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise PackingError(f"malformed publish batch at byte {off}: {e}") from None
 

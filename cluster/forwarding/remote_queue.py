@@ -247,14 +247,17 @@ class RemoteQueue:
     # -- deletion -------------------------------------------------------------------------------
 
     def delete(self, reason: str) -> int:
-        """The queue was deleted (metadata): cancel the consumers here, close their streams."""
+        """The queue was deleted or moved (metadata): cancel the consumers here, close their
+        streams (the leader releases what they held). basic.get deliveries stay settleable: the
+        leader holds them for this node, and after a move hands an ack or requeue on."""
         self.deleted = True
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
             sub.close()
             sub.consumer.cancelled(self, reason)
-        self.outstanding.clear()
+        self.outstanding = {seq: e for seq, e in self.outstanding.items() if e[0] is None}
+        self.unacked = len(self.outstanding)
         if self._peer is not None:
             self._peer.queues.discard(self)
         n, self.message_count = self.message_count, 0

@@ -8,7 +8,7 @@ Theory of operation: every RPC runs on the node's own asyncio loop (grpc.aio), s
   it itself: at once, or when the ledger token its store batch took is committed (the stream
   watches the ledger like a channel does). A congested queue pauses reading the stream, which is
   how a publisher on another node gets back-pressure.
-- Consume: one stream per remote subscription; `_RemoteConsumer` is the queue's `Consumer`. It
+- Consume: one stream per remote subscription; `RemoteConsumer` is the queue's `Consumer`. It
   takes deliveries while it has credit (the remote consumer's prefetch, topped up as the remote
   side settles or hands them on), gathers them per loop turn into one write, and holds those that
   await settlement by queue seq. When the stream ends, however it ends, what it still holds is
@@ -213,7 +213,7 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use",
             )
-        consumer = _RemoteConsumer(self, q, sub)
+        consumer = RemoteConsumer(self, q, sub)
         self._streams.add(consumer)
         consumer.out.put_nowait(pb.ConsumeEvent(subscribed=True))
         q.subscribe(consumer)
@@ -418,7 +418,7 @@ class _PublishStream:
         self.out.put_nowait(None)
 
 
-class _RemoteConsumer:
+class RemoteConsumer:
     """The queue's Consumer standing for a consumer on another node (one Consume stream)."""
 
     def __init__(self, server: ForwardingServer, q: LocalQueue, sub: pb.Subscribe) -> None:

@@ -203,7 +203,11 @@ class Handover:
                     self._read()
                 break
             msg = pending[0]
-            token = target.enqueue(msg.copy())
+            out = msg.copy()
+            # The same queue's message, elsewhere: it keeps its delivery state.
+            out.redelivered = msg.redelivered
+            out.delivery_count = msg.delivery_count
+            token = target.enqueue(out)
             if token == REJECTED or token < 0:
                 self.last_error = f"the leader of queue '{self.name}' refused or cannot be reached"
                 self._retry_later()

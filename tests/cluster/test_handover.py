@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cluster.forwarding.server import _RemoteConsumer
+from cluster.forwarding.server import RemoteConsumer
 from cluster.forwarding.wiring import start_forwarding
 from node.broker import Broker
 from node.core.outcome import Outcome
@@ -25,7 +25,7 @@ MOVE = cmds.MoveQueue("/", "q", "b", "a")
 
 def wire(c: Cluster) -> None:
     for node in (c.a, c.b):
-        node.broker.forwarded_consumer = lambda consumer: isinstance(consumer, _RemoteConsumer)
+        node.broker.forwarded_consumer = lambda consumer: isinstance(consumer, RemoteConsumer)
 
 
 async def fill(c: Cluster, n: int, props: bytes | None = None) -> list[bytes]:
@@ -260,5 +260,33 @@ def test_nothing_is_forwarded_before_the_new_leader_serves_the_queue(tmp_path: P
         await c.queue("other")
         token = c.b.broker.queue("/", "other").enqueue(msg(b"x", rk="other"))
         await asyncio.wait_for(c.b.store.ledger.wait(token), 5)
+
+    run(body, tmp_path)
+
+
+def test_a_basic_get_held_on_another_node_still_settles_after_the_move(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        bodies = await fill(c, 4)
+        rq = c.a.broker.queue("/", "q")
+        got = [(await rq.get(True))[0] for _ in range(2)]
+        assert [m.body for m in got] == bodies[:2]
+        await c.everywhere(
+            MOVE
+        )  # a leads q now; the handle a's channel got the messages from is gone
+        rq.settle(got[0], Outcome.ACCEPTED)  # the ack still reaches b, which holds the delivery
+        rq.settle(got[1], Outcome.RELEASED)  # a requeue follows the queue to a
+        await until(lambda: not c.b.broker.handovers, 10)
+        assert sorted(await drain_a(c, 3)) == sorted(bodies[1:])
+        await until(lambda: stored_rows(c.b.store) == 0, 5)
+        # The requeued one kept its delivery state across the move (the forwarding record
+        # carries it); the two never delivered did not get one.
+        (consumer,) = c.a.broker.queue("/", "q").consumers
+        assert {m.body: m.redelivered for m in consumer.got} == {
+            bodies[1]: True,
+            bodies[2]: False,
+            bodies[3]: False,
+        }
 
     run(body, tmp_path)

@@ -35,21 +35,27 @@ def route_of(exchange: str, key: str) -> bytes:
             names,
             blobs,
             blobs,
+            st.booleans(),
+            st.integers(0, 2**32 - 1),
         ),
         max_size=20,
     )
 )
 def test_publish_records_round_trip(records: list) -> None:
     entries = [
-        Published(mid, vhost, queues, route_of(ex, rk), props, body)
-        for mid, vhost, queues, ex, rk, props, body in records
+        Published(mid, vhost, queues, route_of(ex, rk), props, body, redelivered, count)
+        for mid, vhost, queues, ex, rk, props, body, redelivered, count in records
     ]
     out = list(unpack_published(pack_published(entries)))
     assert len(out) == len(records)
-    for (mid, vhost, queues, ex, rk, props, body), (gid, gvhost, gqueues, msg) in zip(
-        records, out, strict=True
-    ):
+    for (mid, vhost, queues, ex, rk, props, body, redelivered, count), (
+        gid,
+        gvhost,
+        gqueues,
+        msg,
+    ) in zip(records, out, strict=True):
         assert (gid, gvhost, gqueues) == (mid, vhost, queues)
+        assert (msg.redelivered, msg.delivery_count) == (redelivered, count)
         assert (msg.exchange, msg.routing_key) == (ex, rk)
         assert (msg.props_raw, msg.body) == (props, body)
         assert msg.route_raw == route_of(ex, rk)
