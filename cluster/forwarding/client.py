@@ -157,8 +157,11 @@ class Peer:
 
     # -- publishing -----------------------------------------------------------------------------
 
-    def publish(self, vhost: str, queue: str, msg: Message) -> int:
-        """Forward `msg` to `queue` on this peer; the ledger token its confirm waits for."""
+    def publish(self, vhost: str, queue: str, msg: Message, confirm: bool = True) -> int:
+        """Forward `msg` to `queue` on this peer; the ledger token its confirm waits for.
+
+        With confirm=False (a publisher that wants no confirm, nor a transaction) the message
+        travels with id 0: the peer reports nothing for it and there is no token to resolve."""
         if self.state == DOWN or self.closed:
             return REJECTED
         body = msg.body
@@ -166,6 +169,7 @@ class Peer:
         if (
             last is not None
             and last[0] is body
+            and (last[5] != 0) == confirm
             and last[1] is msg.props_raw
             and last[2] is msg.route_raw
             and last[3] == vhost
@@ -177,8 +181,11 @@ class Peer:
             # Another queue of the same routing on this peer: the message travels once.
             last[4].queues.append(queue)
             return last[5]
-        mid = self._next_id
-        self._next_id = mid + 1
+        if confirm:
+            mid = self._next_id
+            self._next_id = mid + 1
+        else:
+            mid = 0
         entry = Published(
             mid,
             vhost,
@@ -189,15 +196,17 @@ class Peer:
             msg.redelivered,
             msg.delivery_count,
         )
-        token = self.ledger.allocate()
-        self._inflight[mid] = token
+        token = 0
+        if confirm:
+            token = self.ledger.allocate()
+            self._inflight[mid] = token
         self._last = (body, msg.props_raw, msg.route_raw, vhost, entry, token)
         pending = self._pending
         if not pending:
             self._wake.set()
         pending.append(entry)
         self._pending_bytes += len(body)
-        if not self.congested and len(self._inflight) > INFLIGHT_HIGH:
+        if not self.congested and len(self._inflight) + len(pending) > INFLIGHT_HIGH:
             self.congested = True
         return token
 
@@ -208,7 +217,10 @@ class Peer:
             publisher.flow_blocked(queue)
 
     def _update_congestion(self) -> None:
-        if self.congested and (len(self._inflight) < INFLIGHT_LOW or self.state == DOWN):
+        # Unconfirmed messages count until the peer answers, unconfirmable ones until written.
+        if self.congested and (
+            len(self._inflight) + len(self._pending) < INFLIGHT_LOW or self.state == DOWN
+        ):
             self.congested = False
             blocked, self._blocked = self._blocked, set()
             for publisher, queue in blocked:
@@ -252,6 +264,8 @@ class Peer:
                 self._last = None
                 self.writes += 1
                 self.messages_sent += len(batch)
+                if self.congested:
+                    self._update_congestion()
                 yield pb.PublishBatch(packed=pack_published(batch))
 
     async def _read_results(self, call: Any) -> None:

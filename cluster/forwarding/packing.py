@@ -6,12 +6,14 @@ for these records, and those microseconds were most of what a message crossing n
 a local one. The .proto keeps describing everything else; its `packed` bytes fields carry
 concatenated records in these formats (little-endian, no padding):
 
-publish record:   id u64 | props_len u32 | body_len u32 | route_len u16 | vhost_len u8 | n_queues u8
+publish record:   id u64 | props_len u32 | body_len u32 | route_len u16 | names_len u16
                   | redelivered u8 | delivery_count u32
-                  | vhost | n_queues x (len u8 | queue name) | route | props | body
+                  | names | route | props | body
+  names:          vhost_len u8 | vhost | n_queues u8 | n_queues x (len u8 | queue name)
 
 (A published message has redelivered 0 and delivery count 0; a queue moving to another node
-forwards its messages with theirs.)
+forwards its messages with theirs. The names section has its own length because consecutive
+records mostly repeat it: the receiver decodes it once per distinct value.)
 delivery record:  seq u64 | props_len u32 | body_len u32 | route_len u16 | redelivered u8
                   | delivery_count u32 | route | props | body
 
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 
 from node.core.message import Message
 
-PUBLISH_HEAD = struct.Struct("<QIIHBBBI")
+PUBLISH_HEAD = struct.Struct("<QIIHHBI")
 DELIVERY_HEAD = struct.Struct("<QIIHBI")
 MAX_QUEUES_PER_RECORD = 255
 
@@ -70,65 +72,78 @@ def pack_published(entries: list[Published]) -> bytes:
     parts: list[bytes] = []
     add = parts.append
     pack = PUBLISH_HEAD.pack
-    # A batch mostly names the same few vhosts and queues: encode each once.
-    vhosts: dict[str, bytes] = {}
-    names: dict[str, bytes] = {}
+    # A batch mostly names the same vhost and queues: encode each names section once.
+    sections: dict[tuple[str, ...], bytes] = {}
     for e in entries:
-        vhost = vhosts.get(e.vhost)
-        if vhost is None:
-            vhost = vhosts[e.vhost] = e.vhost.encode("utf-8")
-        queues = e.queues
+        key = (e.vhost, *e.queues)
+        names = sections.get(key)
+        if names is None:
+            names = sections[key] = _names_section(e.vhost, e.queues)
         add(
             pack(
                 e.id,
                 len(e.props),
                 len(e.body),
                 len(e.route),
-                len(vhost),
-                len(queues),
+                len(names),
                 e.redelivered,
                 e.delivery_count,
             )
         )
-        add(vhost)
-        for q in queues:
-            qb = names.get(q)
-            if qb is None:
-                encoded = q.encode("utf-8")
-                qb = names[q] = bytes((len(encoded),)) + encoded
-            add(qb)
+        add(names)
         add(e.route)
         add(e.props)
         add(e.body)
     return b"".join(parts)
 
 
-def unpack_published(data: bytes) -> Iterator[tuple[int, str, list[str], Message]]:
+def _names_section(vhost: str, queues: list[str]) -> bytes:
+    out = [_shortstr(vhost), bytes((len(queues),))]
+    out.extend(_shortstr(q) for q in queues)
+    return b"".join(out)
+
+
+def _shortstr(text: str) -> bytes:
+    encoded = text.encode("utf-8")
+    if len(encoded) > 255:
+        raise PackingError(f"name longer than 255 bytes: {text[:40]!r}...")
+    return bytes((len(encoded),)) + encoded
+
+
+def _parse_names(section: bytes) -> tuple[str, tuple[str, ...]]:
+    vlen = section[0]
+    vhost = section[1 : 1 + vlen].decode("utf-8")
+    off = 1 + vlen
+    n = section[off]
+    off += 1
+    queues = []
+    for _ in range(n):
+        qlen = section[off]
+        queues.append(section[off + 1 : off + 1 + qlen].decode("utf-8"))
+        off += 1 + qlen
+    if off != len(section) or not queues:
+        raise PackingError("malformed names section")
+    return vhost, tuple(queues)
+
+
+def unpack_published(data: bytes) -> Iterator[tuple[int, str, tuple[str, ...], Message]]:
     """(id, vhost, queue names, message) per record, in order."""
     unpack = PUBLISH_HEAD.unpack_from
     head = PUBLISH_HEAD.size
     end = len(data)
     off = 0
-    names: dict[bytes, str] = {}
-    routes: dict[bytes, tuple[str, str]] = {}
+    sections: dict[bytes, tuple[str, tuple[str, ...]]] = {}
+    routes: dict[bytes, tuple[str, str, bytes]] = {}
+    props_seen: dict[bytes, bytes] = {}
     try:
         while off < end:
-            mid, plen, blen, rlen, vlen, nq, redelivered, count = unpack(data, off)
+            mid, plen, blen, rlen, nlen, redelivered, count = unpack(data, off)
             off += head
-            vb = data[off : off + vlen]
-            off += vlen
-            vhost = names.get(vb)
-            if vhost is None:
-                vhost = names[vb] = vb.decode("utf-8")
-            queues = []
-            for _ in range(nq):
-                qlen = data[off]
-                qb = data[off + 1 : off + 1 + qlen]
-                off += 1 + qlen
-                q = names.get(qb)
-                if q is None:
-                    q = names[qb] = qb.decode("utf-8")
-                queues.append(q)
+            nb = data[off : off + nlen]
+            off += nlen
+            names = sections.get(nb)
+            if names is None:
+                names = sections[nb] = _parse_names(nb)
             route = data[off : off + rlen]
             off += rlen
             props = data[off : off + plen]
@@ -137,11 +152,11 @@ def unpack_published(data: bytes) -> Iterator[tuple[int, str, list[str], Message
             off += blen
             if off > end:
                 raise PackingError("a publish record runs past the end of its batch")
-            msg = _message(route, props, body, routes)
+            msg = _message(route, props, body, routes, props_seen)
             if redelivered or count:
                 msg.redelivered = bool(redelivered)
                 msg.delivery_count = count
-            yield mid, vhost, queues, msg
+            yield mid, names[0], names[1], msg
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise PackingError(f"malformed publish batch at byte {off}: {e}") from None
 
@@ -170,7 +185,8 @@ def unpack_deliveries(data: bytes) -> list[Message]:
     end = len(data)
     off = 0
     out = []
-    routes: dict[bytes, tuple[str, str]] = {}
+    routes: dict[bytes, tuple[str, str, bytes]] = {}
+    props_seen: dict[bytes, bytes] = {}
     try:
         while off < end:
             seq, plen, blen, rlen, redelivered, count = unpack(data, off)
@@ -183,7 +199,7 @@ def unpack_deliveries(data: bytes) -> list[Message]:
             off += blen
             if off > end:
                 raise PackingError("a delivery record runs past the end of its batch")
-            msg = _message(route, props, body, routes)
+            msg = _message(route, props, body, routes, props_seen)
             msg.seq = seq
             msg.redelivered = bool(redelivered)
             msg.delivery_count = count
@@ -194,7 +210,11 @@ def unpack_deliveries(data: bytes) -> list[Message]:
 
 
 def _message(
-    route: bytes, props: bytes, body: bytes, routes: dict[bytes, tuple[str, str]]
+    route: bytes,
+    props: bytes,
+    body: bytes,
+    routes: dict[bytes, tuple[str, str, bytes]],
+    props_seen: dict[bytes, bytes],
 ) -> Message:
     names = routes.get(route)
     if names is None:
@@ -202,5 +222,13 @@ def _message(
         names = routes[route] = (
             route[1 : 1 + elen].decode("utf-8"),
             route[2 + elen :].decode("utf-8"),
+            route,
         )
-    return Message(names[0], names[1], route, props, body)
+    # One object per distinct property bytes in a batch: what reads them (delivery_mode, the
+    # 1.0 conversion) remembers the last object it saw.
+    seen = props_seen.get(props)
+    if seen is None:
+        props_seen[props] = props
+    else:
+        props = seen
+    return Message(names[0], names[1], names[2], props, body)

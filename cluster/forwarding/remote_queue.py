@@ -112,11 +112,11 @@ class RemoteQueue:
 
     # -- publishing -----------------------------------------------------------------------------
 
-    def enqueue(self, msg: Message) -> int:
+    def enqueue(self, msg: Message, confirm: bool = True) -> int:
         peer = self._live_peer()
         if peer is None or self.deleted:
             return REJECTED
-        token = peer.publish(self.vhost, self.name, msg)
+        token = peer.publish(self.vhost, self.name, msg, confirm)
         self.congested = peer.congested
         return token
 

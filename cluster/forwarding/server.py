@@ -324,7 +324,7 @@ class _PublishStream:
             log.debug("publish stream from %s ended: %s", self.node, task.exception())
         self.out.put_nowait(None)
 
-    def enqueue(self, records: list[tuple[int, str, list[str], Message]]) -> None:
+    def enqueue(self, records: list[tuple[int, str, tuple[str, ...], Message]]) -> None:
         broker = self.server.broker
         counters = self.server.counters
         counters.publish_batches += 1
@@ -362,6 +362,8 @@ class _PublishStream:
                     epoch = e
                 if getattr(q, "congested", False):
                     q.block_publisher(self)
+            if not mid:
+                continue  # its publisher wants no confirm
             if refused:
                 rejected.append(mid)
             elif epoch and ledger is not None and epoch > ledger.committed:

@@ -920,9 +920,12 @@ class Channel:
             else:
                 self.counters.unroutable_dropped += 1
         rejected = False
+        # Without a confirm or a transaction nothing waits for the message's store token, so a
+        # queue on another node need not report it back.
+        confirm = seq != 0 or self.tx is not None
         if len(queues) == 1:
             q = queues[0]
-            epoch = q.enqueue(msg)
+            epoch = q.enqueue(msg, confirm)
             if epoch < 0:
                 rejected, epoch = True, 0
             if q.congested:
@@ -930,7 +933,7 @@ class Channel:
         elif queues:
             first = True
             for q in queues:
-                e = q.enqueue(msg if first else msg.copy())
+                e = q.enqueue(msg if first else msg.copy(), confirm)
                 if e > epoch:
                     epoch = e
                 elif e < 0:

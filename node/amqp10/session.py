@@ -1036,7 +1036,7 @@ class ReceiverLink:
         first = True
         refused = False
         for q in queues:
-            e = q.enqueue(msg if first else msg.copy())
+            e = q.enqueue(msg if first else msg.copy(), not settled)
             first = False
             if e > epoch:
                 epoch = e

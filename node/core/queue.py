@@ -83,7 +83,9 @@ class QueueHandle(Protocol):
     vhost: str
     name: str
 
-    def enqueue(self, msg: Message) -> Any: ...
+    def enqueue(self, msg: Message, confirm: bool = True) -> Any:
+        """Take `msg`: a store token its confirm waits for (0 = at once), or REJECTED. With
+        confirm=False the caller will not wait for that token (no confirm, no transaction)."""
 
     def subscribe(self, consumer: Consumer) -> None: ...
 
@@ -175,7 +177,7 @@ class LocalQueue:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def enqueue(self, msg: Message) -> int:
+    def enqueue(self, msg: Message, confirm: bool = True) -> int:
         """Take a message: 0 when it is safe now, a store epoch when that commit makes it safe,
         REJECTED when the queue refuses it (x-overflow reject-publish)."""
         if self._features and self.options.limited and self.options.overflow != "drop-head":

@@ -54,7 +54,7 @@ def test_publish_records_round_trip(records: list) -> None:
         gqueues,
         msg,
     ) in zip(records, out, strict=True):
-        assert (gid, gvhost, gqueues) == (mid, vhost, queues)
+        assert (gid, gvhost, list(gqueues)) == (mid, vhost, queues)
         assert (msg.redelivered, msg.delivery_count) == (redelivered, count)
         assert (msg.exchange, msg.routing_key) == (ex, rk)
         assert (msg.props_raw, msg.body) == (props, body)
@@ -91,7 +91,7 @@ def test_names_shared_within_a_batch_are_not_confused() -> None:
         Published(2, "/", ["q"], route_of("", "q"), b"", b"b"),
     ]
     out = [
-        (mid, vhost, queues, msg.body)
+        (mid, vhost, list(queues), msg.body)
         for mid, vhost, queues, msg in unpack_published(pack_published(entries))
     ]
     assert out == [(1, "/", ["/"], b"a"), (2, "/", ["q"], b"b")]
