@@ -210,9 +210,7 @@ class Broker:
     def _handover_done(self, h: Handover) -> None:
         self.handovers.discard(h)
         if not h.aborted:
-            log.info(
-                "queue '%s' in vhost '%s' handed over (%d messages)", h.name, h.vhost, h.moved
-            )
+            log.info("queue '%s' in vhost '%s' handed over (%d messages)", h.name, h.vhost, h.moved)
             self._check_handed_over(h.vhost, h.name)
 
     def _check_handed_over(self, vhost: str, name: str) -> None:
@@ -254,7 +252,9 @@ class Broker:
     def _queue_options(self, vhost: str, name: str, arguments: dict[str, Any]) -> QueueOptions:
         vh = self.state.vhosts.get(vhost)
         policy = vh.policy_for("queue", name) if vh is not None else None
-        return parse_queue_args(effective_arguments(arguments, policy.definition if policy else None))
+        return parse_queue_args(
+            effective_arguments(arguments, policy.definition if policy else None)
+        )
 
     def _reapply_policies(self, vhost: str) -> None:
         vh = self.state.vhosts.get(vhost)
@@ -280,7 +280,9 @@ class Broker:
         first = True
         for target in self.route(q.vhost, ex, out):
             if is_cycle(out, target.name):
-                log.debug("dead-letter cycle: message from %s not re-queued to %s", q.name, target.name)
+                log.debug(
+                    "dead-letter cycle: message from %s not re-queued to %s", q.name, target.name
+                )
                 continue
             target.enqueue(out if first else out.copy())
             first = False
@@ -317,7 +319,9 @@ class Broker:
             for ex in vh.exchanges.values():
                 info = stored.get((vhost, pseudo_queue(ex.name)))
                 if ex.type == "x-delayed-message" and info is not None and self.store is not None:
-                    holder = DelayedMessages(vhost, ex.name, ex.durable, self.store, self._deliver_delayed)
+                    holder = DelayedMessages(
+                        vhost, ex.name, ex.durable, self.store, self._deliver_delayed
+                    )
                     rows, count, _max_seq, _size = self.store.load_head(info[0], 1 << 62)
                     holder.recover(rows)
                     self.delayed[(vhost, ex.name)] = holder

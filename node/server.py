@@ -167,7 +167,9 @@ class Node:
         if cfg.metrics_port:
             from .metrics.server import metrics_app
 
-            apps.append(("Prometheus metrics", "http/prometheus", metrics_app(self), cfg.metrics_port))
+            apps.append(
+                ("Prometheus metrics", "http/prometheus", metrics_app(self), cfg.metrics_port)
+            )
         if cfg.management_port:
             from .management.app import management_app
 

@@ -293,7 +293,7 @@ class ManagementApi:
         body = await read_json(request)
         node_id, address = body.get("node"), body.get("address")
         if not isinstance(node_id, str) or not isinstance(address, str) or ":" not in address:
-            raise bad_request("expected {\"node\": ID, \"address\": \"host:cluster-port\"}")
+            raise bad_request('expected {"node": ID, "address": "host:cluster-port"}')
         try:
             await self._plan().add_node(self.broker, node_id, address)
         except ValueError as e:

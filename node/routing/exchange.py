@@ -73,7 +73,9 @@ class Exchange:
             delayed = (arguments or {}).get("x-delayed-type")
             kind = delayed.decode() if isinstance(delayed, bytes) else delayed
             if kind not in DELAYABLE_TYPES:
-                raise ValueError("Invalid argument, 'x-delayed-type' must be an existing exchange type")
+                raise ValueError(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+                )
         self.name = name
         self.type = type
         self.durable = durable

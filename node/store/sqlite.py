@@ -297,7 +297,12 @@ class SQLiteStore:
         """Store a message; returns the ledger token whose commit makes it durable."""
         key = (qid << SEQ_BITS) | seq
         self._batch.inserts[key] = (
-            key, 1 if transient else 0, route, props, body, int(expires * 1000) if expires else 0
+            key,
+            1 if transient else 0,
+            route,
+            props,
+            body,
+            int(expires * 1000) if expires else 0,
         )
         if not self._scheduled:
             self._touch()
@@ -458,7 +463,10 @@ class SQLiteStore:
                 except sqlite3.Error:
                     pass
             loop.call_soon_threadsafe(
-                self._on_commit, [b.epoch for b in batches if b.epoch], batches if error else [], error
+                self._on_commit,
+                [b.epoch for b in batches if b.epoch],
+                batches if error else [],
+                error,
             )
         conn.close()
 
