@@ -51,6 +51,9 @@ HANDLE_MAX = 2**16 - 1
 # messages that its consumers are draining; checked again every HOLD_RECHECK seconds.
 HOLD_BACKLOG = 2000
 HOLD_RECHECK = 0.002
+# A backlog that has not shrunk for this long counts as nobody draining it: credit flows again.
+# (A consumer's own credit often comes back in steps further apart than HOLD_RECHECK.)
+HOLD_PATIENCE = 0.05
 MASK = 0xFFFFFFFF
 
 _pB = struct.Struct(">B").pack
@@ -832,7 +835,7 @@ class ReceiverLink:
                 return
             q = self._backlogged()
             if q is not None:
-                self._hold_credit(q, q.message_count)
+                self._hold_credit(q, q.message_count, None)
                 return
             self.credit = PUBLISH_CREDIT
             self.session.flow(self)
@@ -848,21 +851,29 @@ class ReceiverLink:
                 return q
         return None
 
-    def _hold_credit(self, q: Any, before: int) -> None:
+    def _hold_credit(self, q: Any, before: int, progress: float | None) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._hold = loop.call_later(HOLD_RECHECK, self._recheck, q, before)
+        if progress is None:
+            progress = loop.time()
+        self._hold = loop.call_later(HOLD_RECHECK, self._recheck, q, before, progress)
 
-    def _recheck(self, q: Any, before: int) -> None:
+    def _recheck(self, q: Any, before: int, progress: float) -> None:
+        """Hold on while the backlog shrinks, or has shrunk within HOLD_PATIENCE."""
         self._hold = None
         if self.detached:
             return
         now = q.message_count
-        if now > HOLD_BACKLOG and now < before and q.stats()[1] and not q.deleted:
-            self._hold_credit(q, now)
-            return
+        if now > HOLD_BACKLOG and q.stats()[1] and not q.deleted:
+            t = asyncio.get_running_loop().time()
+            if now < before:
+                self._hold_credit(q, now, t)
+                return
+            if t - progress < HOLD_PATIENCE:
+                self._hold_credit(q, before, progress)
+                return
         if not self.conn.blocked and self.credit < PUBLISH_CREDIT:
             self.credit = PUBLISH_CREDIT
             self.session.flow(self)
