@@ -10,7 +10,10 @@ With the DNS form (a Kubernetes headless service), each address is turned back i
 a StatefulSet gives its pods; a node's own id must be among them. A pod is in DNS only once it has
 an address, so a node started beside a pod still Pending would see too few members and could form
 a cluster of its own: `--peers-expected N` makes it wait until the name resolves to N members
-(`wait_for_members`).
+(`wait_for_members`). Once a node has been part of the cluster it keeps the members it knows in
+its data directory (`MembersFile`) and starts again from those, DNS only adding to them: a pod
+that restarts while another is Pending need not wait for it, and pysyncobj copes with a member
+whose name does not resolve yet.
 
 The Raft port of every member is its cluster port plus the same offset (`--raft-port` minus
 `--cluster-port`, 1 by default). pysyncobj identifies members by address, so every node must spell
@@ -20,9 +23,12 @@ every address the same way: they all come from this one list.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -137,6 +143,52 @@ def wait_for_members(
                 f"; {why}" if why else "",
             )
         sleep(interval)
+
+
+class MembersFile:
+    """The members this node last knew (data dir), for restarts with the DNS form of --peers."""
+
+    NAME = "cluster-members.json"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = Path(data_dir) / self.NAME
+
+    def load(self) -> list[Member]:
+        try:
+            raw = json.loads(self.path.read_text())
+            return [
+                Member(m["node_id"], m["host"], int(m["cluster_port"]), int(m["raft_port"]))
+                for m in raw["members"]
+            ]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise PeersError(f"{self.path} is unreadable ({e}); remove it to rediscover peers")
+
+    def save(self, members: list[Member]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        body = {"members": [m.__dict__ for m in sorted(members, key=lambda m: m.node_id)]}
+        tmp.write_text(json.dumps(body, indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+
+def known_or_discovered(
+    spec: str, raft_offset: int, expected: int, known: list[Member], log: Any = None
+) -> list[Member]:
+    """The members to start with: for a node that already knows its cluster (DNS form), those it
+    knows plus any DNS shows now, at once; otherwise wait_for_members."""
+    if not known or not spec.strip().startswith("dns:"):
+        return wait_for_members(spec, raft_offset, expected, log=log)
+    try:
+        seen = parse_peers(spec, raft_offset)
+    except PeersError as e:
+        seen = []
+        if log is not None:
+            log.warning("%s; starting with the members known from the last run", e)
+    merged = {m.node_id: m for m in known}
+    merged.update((m.node_id, m) for m in seen)
+    return sorted(merged.values(), key=lambda m: m.node_id)
 
 
 def is_loopback(host: str) -> bool:

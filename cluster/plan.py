@@ -17,11 +17,12 @@ from node.metadata.commands import MoveQueue, NodeJoined, NodeLeft
 
 from .membership import (
     Member,
+    MembersFile,
     Membership,
     PeersError,
     is_loopback,
+    known_or_discovered,
     place_queue,
-    wait_for_members,
 )
 
 log = logging.getLogger("merpati.cluster")
@@ -37,13 +38,19 @@ class ClusterPlan:
         self.bind_host = bind_host
         self.metadata_log: Any = None
         self.forwarding: Any = None
+        # Where the members are kept for the next start (DNS form of --peers only).
+        self.members_file: MembersFile | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> ClusterPlan:
         node_id = cfg.resolved_node_id()
         offset = cfg.resolved_raft_port() - cfg.cluster_port
+        members_file = None
         if cfg.peers:
-            members = wait_for_members(cfg.peers, offset, cfg.peers_expected, log=log)
+            if cfg.peers.strip().startswith("dns:"):
+                members_file = MembersFile(cfg.data_dir)
+            known = members_file.load() if members_file is not None else []
+            members = known_or_discovered(cfg.peers, offset, cfg.peers_expected, known, log=log)
         else:
             members = [Member(node_id, "127.0.0.1", cfg.cluster_port, cfg.resolved_raft_port())]
         membership = Membership(members, node_id)
@@ -65,7 +72,9 @@ class ClusterPlan:
         # Listen on the member's own host when it is an address here, else everywhere.
         me = membership.me.host
         bind_host = me if is_loopback(me) else "0.0.0.0"
-        return cls(membership, secret, bind_host)
+        plan = cls(membership, secret, bind_host)
+        plan.members_file = members_file
+        return plan
 
     @property
     def clustered(self) -> bool:
@@ -75,6 +84,7 @@ class ClusterPlan:
         from .raft_log import RaftLog
 
         me = self.membership.me
+        self._save_members()
         self.metadata_log = RaftLog(
             data_dir / "raft",
             me.raft_address,
@@ -178,6 +188,15 @@ class ClusterPlan:
             m.members.pop(cmd.node_id, None)
             if self.forwarding is not None:
                 self.forwarding.remove_peer(cmd.node_id)
+        self._save_members()
+
+    def _save_members(self) -> None:
+        if self.members_file is None:
+            return
+        try:
+            self.members_file.save(list(self.membership.members.values()))
+        except OSError as e:
+            log.warning("cannot keep the cluster's members in %s: %s", self.members_file.path, e)
 
     async def rebalance(self, broker: Any) -> list[tuple[str, str, str, str]]:
         """Move leaders of idle queues (no messages, no consumers) from the busiest live nodes to
