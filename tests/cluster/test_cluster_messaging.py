@@ -125,6 +125,35 @@ def test_remote_consumer_nack_requeue_and_redelivery(cluster):
     c1.close()
 
 
+def test_unconfirmed_and_transactional_publishes_to_a_queue_on_another_node(cluster):
+    # Publishes without confirms travel without confirm bookkeeping; a transaction's commit
+    # still waits for the queue's node to take them.
+    q = uid("remote-tx")
+    c1 = connect(cluster["n1"])
+    c1.channel().queue_declare(q, durable=True)
+    leader = leader_of(cluster, q)
+    publisher, consumer = (n for n in ("n1", "n2", "n3") if n != leader)
+    conn = connect(cluster[publisher])
+    plain = conn.channel()
+    for i in range(300):
+        plain.basic_publish("", q, b"p%d" % i)
+    tx = conn.channel()
+    tx.tx_select()
+    for i in range(50):
+        tx.basic_publish("", q, b"t%d" % i, pika.BasicProperties(delivery_mode=2))
+    tx.tx_commit()
+    # Both channels of one connection: the plain ones went first, and the commit-ok came back
+    # only once the transaction's messages were on the queue's node.
+    assert tx.queue_declare(q, passive=True).method.message_count == 350
+    c3 = connect(cluster[consumer])
+    ch3 = c3.channel()
+    ch3.basic_qos(prefetch_count=100)
+    got = consume_n(c3, ch3, q, 350)
+    assert got == [b"p%d" % i for i in range(300)] + [b"t%d" % i for i in range(50)]
+    for c in (conn, c1, c3):
+        c.close()
+
+
 def test_remote_basic_get_and_purge(cluster):
     q = uid("remote-get")
     c1 = connect(cluster["n1"])
