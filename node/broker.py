@@ -221,23 +221,34 @@ class Broker:
             return
         if any(h.vhost == vhost and h.name == name for h in self.handovers):
             return
-        task = asyncio.ensure_future(
-            self._propose_patiently(cmds.QueueHandedOver(vhost, name, self.node_id))
-        )
+        cmd = cmds.QueueHandedOver(vhost, name, self.node_id, qdef.moves)
+        task = asyncio.ensure_future(self._propose_patiently(cmd))
         self._proposals.add(task)
         task.add_done_callback(self._proposals.discard)
 
-    async def _propose_patiently(self, cmd: cmds.Command, attempts: int = 30) -> None:
-        """Propose, trying again while the metadata log cannot take it (no Raft leader)."""
+        def stale(task: asyncio.Future) -> None:
+            # Refused because the queue moved meanwhile: say it again if still true (a move
+            # away from this node started a new handover, which says it when done).
+            current = self.state.queue(vhost, name)
+            if not task.cancelled() and task.result() == "refused" and current is not None:
+                if current.moves != cmd.moves:
+                    self._check_handed_over(vhost, name)
+
+        task.add_done_callback(stale)
+
+    async def _propose_patiently(self, cmd: cmds.Command, attempts: int = 30) -> str:
+        """Propose, trying again while the metadata log cannot take it (no Raft leader).
+        Returns "applied", "refused" (applied with a MetadataError) or "failed"."""
         for _ in range(attempts):
             try:
                 await self.propose(cmd)
-                return
+                return "applied"
             except MetadataError:
-                return  # applied with a verdict (e.g. the queue is gone): nothing to retry
+                return "refused"  # applied with a verdict (e.g. the queue is gone): no retry
             except Exception as e:  # noqa: BLE001 - Raft unavailable or stopping
                 log.debug("%s not committed yet: %s", type(cmd).__name__, e)
                 await asyncio.sleep(1.0)
+        return "failed"
 
     async def wait_handovers(self, timeout: float) -> bool:
         """Wait (up to `timeout` s) until every handover is done; True when none is left."""
@@ -367,6 +378,12 @@ class Broker:
                 continue  # the queue is gone (forget_queues_except drops its rows)
             if not detached and qdef.leader == self.node_id:
                 continue  # recovered as this node's queue above
+            if self.node_id not in qdef.handing_over:
+                # Not a queue this node still hands over (only a MoveQueue from this node puts
+                # it there): the rows belong to a queue deleted while the node was down, or cut
+                # short (crash) after being confirmed all; a queue of that name now is another
+                # one. forget_queues_except drops them.
+                continue
             count = self.store.load_head(qid, 0)[1]
             keep.add((vhost, stored_name))
             if not count:

@@ -144,11 +144,14 @@ class MoveQueue:
 
 @dataclass(frozen=True)
 class QueueHandedOver:
-    """`node_id` holds no more messages of a queue it led before a MoveQueue."""
+    """`node_id` holds no more messages of a queue it led before a MoveQueue. `moves` is the
+    queue's move count (QueueDef.moves) the proposer saw; after another move the command is
+    refused as stale (-1: not checked)."""
 
     vhost: str
     name: str
     node_id: str
+    moves: int = -1
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,9 @@ class QueueDef:
     # QueueHandedOver removes it). A class-level default, so queues unpickled from a snapshot
     # written before this field existed read it as empty.
     handing_over: tuple[str, ...] = ()
+    # MoveQueues applied to the queue so far: a QueueHandedOver proposed before a later move
+    # (the queue moved back to its proposer and away again) is stale and refused.
+    moves: int = 0
 
 
 @dataclass
@@ -349,6 +352,7 @@ class MetadataState:
                 PRECONDITION_FAILED, f"queue '{cmd.name}' is already led by '{cmd.to_node}'"
             )
         q.leader = cmd.to_node
+        q.moves += 1
         if cmd.from_node not in q.handing_over:
             q.handing_over = (*q.handing_over, cmd.from_node)
         return "moved"
@@ -359,6 +363,12 @@ class MetadataState:
             raise MetadataError(NOT_FOUND, f"no queue '{cmd.name}' in vhost '{cmd.vhost}'")
         if cmd.node_id not in q.handing_over:
             return "absent"
+        if cmd.moves >= 0 and cmd.moves != q.moves:
+            # Proposed before the last MoveQueue: the proposer may hand the queue over again.
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"queue '{cmd.name}' moved since node '{cmd.node_id}' said it was handed over",
+            )
         q.handing_over = tuple(n for n in q.handing_over if n != cmd.node_id)
         return "handed-over"
 

@@ -290,3 +290,105 @@ def test_a_basic_get_held_on_another_node_still_settles_after_the_move(tmp_path:
         }
 
     run(body, tmp_path)
+
+
+async def crash_b_mid_handover(c: Cluster) -> None:
+    """The move is applied, a cannot take anything yet, and b 'crashes' with every row left."""
+    await c.a.fw.server.stop()
+    await c.everywhere(MOVE)
+    await asyncio.sleep(0.3)
+    assert c.b.broker.handovers
+    await c.b.fw.stop()
+    await asyncio.get_running_loop().run_in_executor(None, c.b.store.close)
+    for h in c.b.broker.handovers:  # the crashed process does nothing more
+        h.done = True
+
+
+async def restart_b(c: Cluster, tmp_path: Path, history: list[cmds.Command]) -> tuple:
+    """b starts again from its store and `history` (its replayed metadata)."""
+    port_b = int(c.a.fw.peers["b"].address.rpartition(":")[2])
+    store = SQLiteStore(tmp_path / "b.db")
+    stored = store.open()
+    store.start(asyncio.get_running_loop())
+    log = LocalLog()
+    for cmd in history:
+        log.apply(cmd)
+    broker = Broker("b", log, store=store)
+    fw = await start_forwarding(
+        broker,
+        node_id="b",
+        bind_host="127.0.0.1",
+        cluster_port=port_b,
+        peers={"a": f"127.0.0.1:{c.a.fw.port}"},
+        secret=c.secret,
+    )
+    return broker, store, stored, fw
+
+
+def test_rows_of_a_queue_deleted_while_the_old_leader_was_down_do_not_reach_its_successor(
+    tmp_path: Path,
+) -> None:
+    """b crashed mid-handover; meanwhile the queue was deleted and a new queue of the same name
+    declared (on a). The old queue's messages must not turn up in the new one when b starts."""
+
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        await fill(c, 50)
+        await crash_b_mid_handover(c)
+        for cmd in (cmds.DeleteQueue("/", "q"), cmds.DeclareQueue("/", "q", True, leader="a")):
+            await c.a.apply(cmd)
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+        history = [
+            cmds.AddVhost("/"),
+            cmds.DeclareQueue("/", "q", True, leader="b"),
+            MOVE,
+            cmds.DeleteQueue("/", "q"),
+            cmds.DeclareQueue("/", "q", True, leader="a"),
+        ]
+        broker, store, stored, fw = await restart_b(c, tmp_path, history)
+        try:
+            broker.recover(stored)
+            await until(lambda: not broker.handovers, 10)
+            await asyncio.sleep(0.3)
+            assert c.a.broker.queue("/", "q").stats() == (0, 0)
+            await until(lambda: stored_rows(store) == 0, 5)
+        finally:
+            await fw.stop()
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+
+    run(body, tmp_path)
+
+
+def test_rows_of_a_queue_deleted_while_its_leader_was_down_do_not_reach_its_successor(
+    tmp_path: Path,
+) -> None:
+    """No move at all: b, the leader, was down when the queue was deleted and declared again
+    (placed on a). b's old rows are not a handover; they go with the deleted queue."""
+
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        await fill(c, 20)
+        await c.b.fw.stop()
+        await asyncio.get_running_loop().run_in_executor(None, c.b.store.close)
+        for cmd in (cmds.DeleteQueue("/", "q"), cmds.DeclareQueue("/", "q", True, leader="a")):
+            await c.a.apply(cmd)
+        history = [
+            cmds.AddVhost("/"),
+            cmds.DeclareQueue("/", "q", True, leader="b"),
+            cmds.DeleteQueue("/", "q"),
+            cmds.DeclareQueue("/", "q", True, leader="a"),
+        ]
+        broker, store, stored, fw = await restart_b(c, tmp_path, history)
+        try:
+            broker.recover(stored)
+            await until(lambda: not broker.handovers, 10)
+            await asyncio.sleep(0.3)
+            assert c.a.broker.queue("/", "q").stats() == (0, 0)
+            await until(lambda: stored_rows(store) == 0, 5)
+        finally:
+            await fw.stop()
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+
+    run(body, tmp_path)

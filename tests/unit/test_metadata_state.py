@@ -334,6 +334,22 @@ def test_move_queue_records_the_old_leader_until_it_has_handed_over():
     assert err(s.apply(c.QueueHandedOver(V, "nope", "n1"))).code == 404
 
 
+def test_a_handed_over_said_before_a_later_move_is_stale():
+    """n1 finished its first handover while the queue was back on n1 and proposed
+    QueueHandedOver; a move away from n1 (a second handover) was committed before it. Applied
+    after that move, it must not clear n1: n1 holds the queue's messages again."""
+    s = members(c.DeclareQueue(V, "q", durable=True, leader="n1"))
+    s.apply(c.MoveQueue(V, "q", "n1", "n2"))
+    s.apply(c.MoveQueue(V, "q", "n2", "n1"))
+    seen = s.queue(V, "q").moves  # what n1 saw when its first handover ended
+    s.apply(c.MoveQueue(V, "q", "n1", "n3"))
+    assert err(s.apply(c.QueueHandedOver(V, "q", "n1", seen))).code == 406
+    assert "n1" in s.queue(V, "q").handing_over
+    now = s.queue(V, "q").moves
+    assert s.apply(c.QueueHandedOver(V, "q", "n1", now)) == "handed-over"
+    assert s.queue(V, "q").handing_over == ("n2",)
+
+
 def test_move_queue_preconditions():
     s = members(
         c.DeclareQueue(V, "q", leader="n1"),
@@ -425,7 +441,13 @@ command = st.one_of(
     st.builds(
         c.MoveQueue, st.just(V), NAMES, st.sampled_from(["n1", "n2"]), st.sampled_from(["n1", "n2"])
     ),
-    st.builds(c.QueueHandedOver, st.just(V), NAMES, st.sampled_from(["n1", "n2"])),
+    st.builds(
+        c.QueueHandedOver,
+        st.just(V),
+        NAMES,
+        st.sampled_from(["n1", "n2"]),
+        st.sampled_from([-1, 0, 1, 2]),
+    ),
     st.builds(c.NodeJoined, st.sampled_from(["n1", "n2"]), st.just("h:1"), st.just("h:2")),
     st.builds(c.SetNodeDraining, st.sampled_from(["n1", "n2"]), st.booleans()),
     st.builds(c.NodeLeft, st.sampled_from(["n1", "n2"])),
@@ -465,6 +487,7 @@ def snapshot(s: MetadataState):
                     q.arguments,
                     q.leader,
                     q.handing_over,
+                    q.moves,
                 )
                 for n, q in vh.queues.items()
             },
