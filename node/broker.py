@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from .core.deadletter import dead_lettered, is_cycle
@@ -396,7 +397,14 @@ class Broker:
                 vhost,
                 qdef.leader,
             )
-            self._handover(vhost, name, self.store, qid).take_stored(count)
+            h = self._handover(vhost, name, self.store, qid)
+            # What expires before it leaves is dead-lettered as the queue would (its options
+            # as of now: the queue of this node that had them is gone).
+            like = SimpleNamespace(
+                vhost=vhost, name=name, options=self._queue_options(vhost, name, qdef.arguments)
+            )
+            h.dead_letter = lambda msg, reason, like=like: self._dead_letter(like, msg, reason)
+            h.take_stored(count)
             total += count
         return total
 

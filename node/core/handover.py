@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,8 @@ class Handover:
         self.window = max(1, window)
         self.ledger = store.ledger if store is not None else None
         self.queue: LocalQueue | None = None  # None when handing over rows left by a crash
+        # Without `queue`: dead-letters a message as the queue would (the broker sets it).
+        self.dead_letter: Callable[[Message, str], None] | None = None
         self._pending: deque[Message] = deque()  # to forward, in order
         self._inflight: list[tuple[int, Message]] = []  # (ledger token, message), forwarded
         self._unordered = False  # a token lower than the one before it went into _inflight
@@ -197,16 +200,23 @@ class Handover:
         ledger = self.ledger
         inflight = self._inflight
         pending = self._pending
+        now = time.time()
         while len(inflight) < self.window:
             if not pending:
                 if self._more and not self._reading:
                     self._read()
                 break
             msg = pending[0]
+            if msg.expires and msg.expires <= now:
+                pending.popleft()
+                self._expired(msg)
+                continue
             out = msg.copy()
-            # The same queue's message, elsewhere: it keeps its delivery state.
+            # The same queue's message, elsewhere: it keeps its delivery state (and, to a queue
+            # on this node, its deadline; a forwarding record does not carry one).
             out.redelivered = msg.redelivered
             out.delivery_count = msg.delivery_count
+            out.expires = msg.expires
             token = target.enqueue(out)
             if token == REJECTED or token < 0:
                 self.last_error = f"the leader of queue '{self.name}' refused or cannot be reached"
@@ -258,10 +268,11 @@ class Handover:
         self._reading = False
         if self.done:
             return
-        for seq, _transient, route, props, body, _expires in rows:
+        for seq, _transient, route, props, body, expires in rows:
             msg = Message.from_stored(route, props, body)
             msg.seq = seq
             msg.stored = True
+            msg.expires = expires / 1000.0 if expires else 0.0
             self._pending.append(msg)
         if rows:
             self._after = rows[-1][0]
@@ -306,6 +317,17 @@ class Handover:
             self._retry_later()
         else:
             self._schedule_pump()
+
+    def _expired(self, msg: Message) -> None:
+        """Its TTL ran out before it left: it leaves as it would have from the queue here
+        (dead-lettered, or dropped), rather than live again on the new leader."""
+        if msg.stored and self.store is not None:
+            self.store.delete(self.qid, msg.seq)
+        q = self.queue
+        if q is not None and q.dead_letter is not None:
+            q.dead_letter(q, msg, "expired")
+        elif q is None and self.dead_letter is not None:
+            self.dead_letter(msg, "expired")
 
     def _confirmed(self, msg: Message) -> None:
         """The new leader has it (committed, for a persistent message): it leaves this node."""

@@ -392,3 +392,71 @@ def test_rows_of_a_queue_deleted_while_its_leader_was_down_do_not_reach_its_succ
             await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     run(body, tmp_path)
+
+
+def test_messages_that_expire_during_the_handover_are_dead_lettered_not_moved(
+    tmp_path: Path,
+) -> None:
+    """x-message-ttl 300 ms, the new leader unreachable for longer: the messages expire on b
+    (in memory and paged out) and go to the dead-letter exchange as they would have without
+    the move; none reaches a (where the TTL would start again)."""
+
+    async def body(c: Cluster) -> None:
+        wire(c)
+        c.b.broker.budget = MemoryBudget(2_000)  # some in memory, the rest paged out
+        await c.everywhere(cmds.DeclareExchange("/", "dlx", "fanout"))
+        await c.queue("dead")
+        await c.everywhere(cmds.Bind("/", "dlx", "q", "dead", ""))
+        args = {"x-message-ttl": 300, "x-dead-letter-exchange": "dlx"}
+        await c.queue("q", arguments=args)
+        await fill(c, 40)
+        assert c.b.broker.queue("/", "q")._paged, "the test needs paged-out messages"
+        await c.a.fw.server.stop()
+        await c.everywhere(MOVE)
+        await asyncio.sleep(0.7)
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+        await until(lambda: not c.b.broker.handovers, 10)
+        lq = c.a.broker.queue("/", "q")
+        consumer = FakeConsumer("check", prefetch=1000)
+        lq.subscribe(consumer)
+        await asyncio.sleep(0.1)
+        assert consumer.got == []
+        assert c.b.broker.queue("/", "dead").stats()[0] == 40
+        await until(lambda: stored_rows(c.b.store) == 40, 5)  # only those in "dead"
+
+    run(body, tmp_path)
+
+
+def test_rows_left_by_a_crash_that_expired_meanwhile_are_dead_lettered(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        setup = [
+            cmds.DeclareExchange("/", "dlx", "fanout"),
+            cmds.DeclareQueue("/", "dead", True, leader="b"),
+            cmds.Bind("/", "dlx", "q", "dead", ""),
+            cmds.DeclareQueue(
+                "/",
+                "q",
+                True,
+                arguments={"x-message-ttl": 300, "x-dead-letter-exchange": "dlx"},
+                leader="b",
+            ),
+        ]
+        for cmd in setup:
+            await c.everywhere(cmd)
+        await fill(c, 30)
+        await crash_b_mid_handover(c)
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+        await asyncio.sleep(0.4)  # their TTL runs out while b is down
+        broker, store, stored, fw = await restart_b(c, tmp_path, [cmds.AddVhost("/"), *setup, MOVE])
+        try:
+            broker.recover(stored)
+            await until(lambda: not broker.handovers, 10)
+            await asyncio.sleep(0.2)
+            assert c.a.broker.queue("/", "q").stats() == (0, 0)
+            assert broker.queue("/", "dead").stats()[0] == 30
+        finally:
+            await fw.stop()
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+
+    run(body, tmp_path)
