@@ -167,9 +167,19 @@ class Handover:
                 self.store.delete(self.qid, msg.seq)
         elif outcome is Outcome.REJECTED:
             q._remove(msg, "rejected")  # dead-lettered (or dropped) exactly as before the move
+        elif (
+            modified is not None
+            and modified.delivery_failed
+            and q.options.delivery_limit is not None
+            and msg.delivery_count + 1 > q.options.delivery_limit
+        ):
+            msg.delivery_count += 1
+            q._remove(msg, "delivery_limit")  # as the queue would have (x-delivery-limit)
         else:
-            # Released or modified: on to the new leader. (Its delivery count and the
-            # "undeliverable here" mark belong to this node's consumers and do not travel.)
+            # Released or modified: on to the new leader, with its delivery count (the
+            # "undeliverable here" mark belongs to this node's consumers and does not travel).
+            if modified is not None and modified.delivery_failed:
+                msg.delivery_count += 1
             q._forget(msg)
             msg.redelivered = True
             self._pending.append(msg)

@@ -460,3 +460,35 @@ def test_rows_left_by_a_crash_that_expired_meanwhile_are_dead_lettered(tmp_path:
             await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     run(body, tmp_path)
+
+
+def test_a_failed_delivery_after_the_move_counts_against_the_delivery_limit(tmp_path: Path) -> None:
+    """x-delivery-limit 1: a message modified with delivery-failed twice is dead-lettered,
+    whether the second failure comes before the move or after it."""
+
+    async def body(c: Cluster) -> None:
+        from node.core.outcome import Modified
+
+        wire(c)
+        await c.everywhere(cmds.DeclareExchange("/", "dlx", "fanout"))
+        await c.queue("dead")
+        await c.everywhere(cmds.Bind("/", "dlx", "q", "dead", ""))
+        args = {"x-delivery-limit": 1, "x-dead-letter-exchange": "dlx"}
+        await c.queue("q", arguments=args)
+        await fill(c, 1)
+        lq = c.b.broker.queue("/", "q")
+        consumer = FakeConsumer("local", prefetch=1)
+        lq.subscribe(consumer)
+        failed = Modified(delivery_failed=True)
+        consumer.unacked -= 1
+        lq.settle(consumer.got[0], Outcome.MODIFIED, failed)  # count 1: back in the queue
+        lq.kick()
+        assert len(consumer.got) == 2 and consumer.got[1].delivery_count == 1
+        await c.everywhere(MOVE)
+        lq.settle(consumer.got[1], Outcome.MODIFIED, failed)  # count 2 > 1: dead-lettered
+        await until(lambda: not c.b.broker.handovers, 10)
+        await asyncio.sleep(0.2)
+        assert c.a.broker.queue("/", "q").stats()[0] == 0
+        assert c.b.broker.queue("/", "dead").stats()[0] == 1
+
+    run(body, tmp_path)
