@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from cluster.forwarding.server import RemoteConsumer
 from cluster.forwarding.wiring import start_forwarding
 from node.broker import Broker
@@ -490,5 +492,26 @@ def test_a_failed_delivery_after_the_move_counts_against_the_delivery_limit(tmp_
         await asyncio.sleep(0.2)
         assert c.a.broker.queue("/", "q").stats()[0] == 0
         assert c.b.broker.queue("/", "dead").stats()[0] == 1
+
+    run(body, tmp_path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a purge reaches only the new leader; the old leader's handover goes on sending "
+    "the messages the queue held before the purge (nothing tells it of the purge)",
+)
+def test_a_purge_during_the_handover_purges_what_is_still_on_its_way(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        wire(c)
+        await c.queue("q")
+        await fill(c, 20)
+        await c.a.fw.server.stop()
+        await c.everywhere(MOVE)
+        await asyncio.sleep(0.2)
+        c.a.broker.queue("/", "q").purge()  # queue.purge on the new leader, mid-handover
+        await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
+        await until(lambda: not c.b.broker.handovers, 10)
+        assert c.a.broker.queue("/", "q").stats()[0] == 0
 
     run(body, tmp_path)
