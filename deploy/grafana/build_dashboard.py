@@ -370,7 +370,10 @@ def build() -> dict:
         series(
             "Links up and forwards awaiting confirm",
             [
-                (f"sum by(rabbitmq_node, peer) (merpati_forwarding_peer_up{JOIN})", "up {{rabbitmq_node}} -> {{peer}}"),
+                (
+                    f"sum by(rabbitmq_node, peer) (merpati_forwarding_peer_up{JOIN})",
+                    "up {{rabbitmq_node}} -> {{peer}}",
+                ),
                 (
                     f"sum by(rabbitmq_node, peer) (merpati_forwarding_unconfirmed{JOIN})",
                     "unconfirmed {{rabbitmq_node}} -> {{peer}}",
