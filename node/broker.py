@@ -82,6 +82,8 @@ class Broker:
         # In a cluster: makes the QueueHandle of a queue led by another node (cluster wiring sets
         # it; the broker never knows how a remote queue is reached).
         self.remote_queue_factory: Callable[[QueueDef], QueueHandle] | None = None
+        # The links to the other nodes (cluster.forwarding's Forwarding; None on a lone node).
+        self.forwarding: Any = None
         # Chooses the leader node of a new queue (exclusive -> this node); the cluster replaces it.
         self.place_queue: Callable[[bool], str] = lambda exclusive: self.node_id
         self.cluster: Any = None
@@ -166,6 +168,7 @@ class Broker:
             options=self._queue_options(qdef.vhost, qdef.name, qdef.arguments),
         )
         q.on_unused = self._queue_unused
+        q.on_purged = self._queue_purged
         q.dead_letter = self._dead_letter
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
         return q
@@ -202,6 +205,25 @@ class Broker:
     def _hand_over(self, q: LocalQueue, reason: str) -> None:
         h = self._handover(q.vhost, q.name, q.store, q.qid)
         h.take_queue(q, self.forwarded_consumer, reason)
+
+    def purge_handover(self, vhost: str, name: str) -> int | None:
+        """Purge what a handover of this queue still holds here (None: no handover of it)."""
+        for h in list(self.handovers):
+            if h.vhost == vhost and h.name == name and not h.done:
+                return h.purge()
+        return None
+
+    def _queue_purged(self, q: LocalQueue) -> None:
+        """A queue this node leads was purged: nodes still handing it over purge their part."""
+        qdef = self.state.queue(q.vhost, q.name)
+        for node in qdef.handing_over if qdef is not None else ():
+            if node == self.node_id:
+                self.purge_handover(q.vhost, q.name)  # moved away and back while handing over
+                continue
+            fw = self.forwarding
+            peer = fw.peer(node) if fw is not None else None
+            if peer is not None:
+                peer.purge_handover(q.vhost, q.name)
 
     def _abort_handovers(self, vhost: str, name: str | None) -> None:
         for h in list(self.handovers):

@@ -304,6 +304,16 @@ class Peer:
         method = getattr(self.stub, name)
         return await method(request, metadata=self.metadata, timeout=CALL_TIMEOUT)
 
+    def purge_handover(self, vhost: str, queue: str) -> None:
+        """Tell this peer the queue it hands over was purged here (no answer awaited: a peer
+        that is down purges nothing, and its handover's messages then arrive after the purge)."""
+        if self.closed or self.state == DOWN:
+            return
+        task = asyncio.ensure_future(
+            self.call("PurgeHandover", pb.QueueRef(vhost=vhost, queue=queue))
+        )
+        task.add_done_callback(_quiet)
+
     def consume(self, requests: Any) -> Any:
         return self.stub.Consume(requests, metadata=self.metadata)
 
@@ -334,3 +344,8 @@ def _cut(pending: list[Published], limit: int) -> tuple[list, int]:
         size += len(entry.body)
         n += 1
     return pending[:n], size
+
+
+def _quiet(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("forwarding call failed: %s", task.exception())

@@ -274,6 +274,17 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
         q = await self._local(context, request)
         return pb.PurgeResponse(purged=q.purge())
 
+    async def PurgeHandover(self, request: pb.QueueRef, context: Any) -> pb.PurgeResponse:  # noqa: N802
+        await self._caller(context)
+        purged = self.broker.purge_handover(request.vhost, request.queue)
+        if purged is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"node '{self.node_id}' hands nothing of queue '{request.queue}' in vhost "
+                f"'{request.vhost}' over",
+            )
+        return pb.PurgeResponse(purged=purged)
+
     async def Stats(self, request: pb.QueueRef, context: Any) -> pb.StatsResponse:  # noqa: N802
         await self._caller(context)
         q = await self._local(context, request)

@@ -96,6 +96,8 @@ class Forwarding:
     async def stop(self) -> None:
         if self.broker.remote_queue_factory == self.remote_queue:
             self.broker.remote_queue_factory = None
+        if self.broker.forwarding is self:
+            self.broker.forwarding = None
         peers, self.peers = list(self.peers.values()), {}
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
         if self._closing:
@@ -119,6 +121,7 @@ async def start_forwarding(
     fw = Forwarding(broker, node_id, secret, batch_messages)
     fw.port = await fw.server.start(bind_host, cluster_port)
     broker.remote_queue_factory = fw.remote_queue
+    broker.forwarding = fw
     for peer_id, address in peers.items():
         fw.add_peer(peer_id, address)
     log.info("forwarding on %s:%d to %d peers", bind_host, fw.port, len(fw.peers))

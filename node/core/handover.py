@@ -95,6 +95,7 @@ class Handover:
         self._serving: QueueHandle | None = None  # the target known to serve the queue
         self._probing = False
         self._probe_delay = PROBE_RETRY
+        self._ignore_read = False  # a purge came while a read was under way
         self.moved = 0  # confirmed by the new leader
         self.done = False
         self.aborted = False
@@ -278,6 +279,10 @@ class Handover:
         self._reading = False
         if self.done:
             return
+        if self._ignore_read:
+            self._ignore_read = False
+            self._check_done()
+            return
         for seq, _transient, route, props, body, expires in rows:
             msg = Message.from_stored(route, props, body)
             msg.seq = seq
@@ -377,6 +382,10 @@ class Handover:
         self._reading = False
         if self.done:
             return
+        if self._ignore_read:
+            self._ignore_read = False
+            self._check_done()
+            return
         if not rows:
             self._finish()
             return
@@ -400,6 +409,32 @@ class Handover:
         if self.store is not None and self.qid:
             self.store.drop_queue(self.qid)
         self.on_done(self)
+
+    def purge(self) -> int:
+        """The queue was purged on its new leader: what has not left here yet goes too. Like a
+        purge, it leaves deliveries still unsettled; messages already forwarded and awaiting the
+        new leader's confirm arrive after the purge. Returns how many were dropped."""
+        if self.done:
+            return 0
+        n = len(self._pending) + (self._unread if self._more else 0)
+        for msg in self._pending:
+            if msg.stored and self.store is not None:
+                self.store.delete(self.qid, msg.seq)
+        self._pending.clear()
+        if self.store is not None and self.qid:
+            # Rows not read yet, and those a read under way returns (ignored by _rows).
+            self.store.purge_after(self.qid, self._after)
+            self._ignore_read = self._reading
+        self._more = False
+        self._unread = 0
+        log.info(
+            "queue '%s' in vhost '%s' purged on its new leader: %d message(s) not handed over",
+            self.name,
+            self.vhost,
+            n,
+        )
+        self._check_done()
+        return n
 
     def abort(self, reason: str) -> None:
         """The queue was deleted: what is left goes with it, as a deleted queue's messages do."""

@@ -132,6 +132,8 @@ class LocalQueue:
         self._levels: list[deque[Consumer]] | None = None
         # Called when an auto-delete queue loses its last consumer, or an x-expires queue expires.
         self.on_unused: Callable[[LocalQueue], None] | None = None
+        # Told after a purge (the broker passes it on to a handover still bringing messages).
+        self.on_purged: Callable[[LocalQueue], None] | None = None
         # Called with a message leaving for a dead-letter exchange: (queue, message, reason).
         self.dead_letter: Callable[[LocalQueue, Message, str], None] | None = None
         self._dispatching = False
@@ -642,6 +644,8 @@ class LocalQueue:
             self._paged = 0
             self._paged_bytes = 0
         self._check_flow()
+        if self.on_purged is not None:
+            self.on_purged(self)
         return n
 
     def stats(self) -> tuple[int, int]:

@@ -59,6 +59,11 @@ class ForwardingStub:
                 request_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.QueueRef.SerializeToString,
                 response_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PurgeResponse.FromString,
                 _registered_method=True)
+        self.PurgeHandover = channel.unary_unary(
+                '/merpati.v1.Forwarding/PurgeHandover',
+                request_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.QueueRef.SerializeToString,
+                response_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PurgeResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/merpati.v1.Forwarding/Stats',
                 request_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.QueueRef.SerializeToString,
@@ -112,6 +117,14 @@ class ForwardingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeHandover(self, request, context):
+        """The queue was purged on its new leader: the node still handing it over drops what it has
+        not forwarded yet (NOT_FOUND when it hands nothing of that queue over).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -149,6 +162,11 @@ def add_ForwardingServicer_to_server(servicer, server):
             ),
             'Purge': grpc.unary_unary_rpc_method_handler(
                     servicer.Purge,
+                    request_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.QueueRef.FromString,
+                    response_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PurgeResponse.SerializeToString,
+            ),
+            'PurgeHandover': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeHandover,
                     request_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.QueueRef.FromString,
                     response_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PurgeResponse.SerializeToString,
             ),
@@ -296,6 +314,33 @@ class Forwarding:
             request,
             target,
             '/merpati.v1.Forwarding/Purge',
+            proto_dot_merpati_dot_v1_dot_forwarding__pb2.QueueRef.SerializeToString,
+            proto_dot_merpati_dot_v1_dot_forwarding__pb2.PurgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeHandover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/merpati.v1.Forwarding/PurgeHandover',
             proto_dot_merpati_dot_v1_dot_forwarding__pb2.QueueRef.SerializeToString,
             proto_dot_merpati_dot_v1_dot_forwarding__pb2.PurgeResponse.FromString,
             options,
