@@ -94,6 +94,11 @@ class Broker:
         # a handover leaves it to that node, which cancels it itself. The cluster wiring sets it.
         self.forwarded_consumer: Callable[[Any], bool] = lambda consumer: False
         self.recovered = False  # recover() ran: every queue this node leads exists
+        # Set by the node until recover() runs: a queue this node comes to lead meanwhile (declared
+        # or moved here by another node while this one starts) is created by recover(), which
+        # refills it from the store. Created earlier, it would take its stored queue id with a
+        # fresh sequence counter, write over the rows, and be skipped by recover().
+        self.defer_local_queues = False
         self._proposals: set[asyncio.Task] = set()
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
@@ -124,7 +129,8 @@ class Broker:
             qdef = self.state.queue(cmd.vhost, cmd.name)
             assert qdef is not None
             if cmd.leader == self.node_id:
-                self._create_queue(qdef)
+                if not self.defer_local_queues:
+                    self._create_queue(qdef)
             elif self.remote_queue_factory is not None:
                 self.queues.setdefault(qdef.vhost, {})[qdef.name] = self.remote_queue_factory(qdef)
         elif isinstance(cmd, cmds.DeleteQueue):
@@ -182,7 +188,8 @@ class Broker:
         if qdef is None:
             return
         if cmd.to_node == self.node_id:
-            self._create_queue(qdef)
+            if not self.defer_local_queues:
+                self._create_queue(qdef)
         elif self.remote_queue_factory is not None:
             vq[cmd.name] = self.remote_queue_factory(qdef)
         if isinstance(old, LocalQueue):
@@ -380,6 +387,7 @@ class Broker:
         if self.store is not None:
             self.store.forget_queues_except(keep)
         self.recovered = True
+        self.defer_local_queues = False
         for vhost, vh in self.state.vhosts.items():
             for name, qdef in vh.queues.items():
                 if self.node_id in qdef.handing_over:

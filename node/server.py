@@ -111,6 +111,7 @@ class Node:
         )
         self.broker.alarm_listeners.append(self._on_alarm)
         self.broker.handover_window = cfg.handover_window
+        self.broker.defer_local_queues = True  # until recover() below
         only_member = True
         if self.cluster is not None:
             only_member = not self.cluster.clustered
