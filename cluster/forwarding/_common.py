@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 
 import grpc
 
@@ -71,3 +73,11 @@ def metadata_error(err: BaseException, vhost: str, name: str, node: str) -> Meta
                 "node's cluster secret",
             )
     return MetadataError(404, down_text(vhost, name, node))
+
+
+def quiet(task: asyncio.Future) -> None:
+    """Done-callback of a call nobody awaits: its failure is only worth a debug line."""
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("merpati.forwarding").debug(
+            "forwarding call failed: %s", task.exception()
+        )

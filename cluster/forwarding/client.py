@@ -34,7 +34,7 @@ from node.core.queue import REJECTED
 from proto.merpati.v1 import forwarding_pb2 as pb
 from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
-from ._common import AUTH_KEY, CHANNEL_OPTIONS, NODE_KEY, auth_token
+from ._common import AUTH_KEY, CHANNEL_OPTIONS, NODE_KEY, auth_token, quiet
 from .packing import MAX_QUEUES_PER_RECORD, Published, pack_published
 
 log = logging.getLogger("merpati.forwarding")
@@ -312,7 +312,7 @@ class Peer:
         task = asyncio.ensure_future(
             self.call("PurgeHandover", pb.QueueRef(vhost=vhost, queue=queue))
         )
-        task.add_done_callback(_quiet)
+        task.add_done_callback(quiet)
 
     def consume(self, requests: Any) -> Any:
         return self.stub.Consume(requests, metadata=self.metadata)
@@ -344,8 +344,3 @@ def _cut(pending: list[Published], limit: int) -> tuple[list, int]:
         size += len(entry.body)
         n += 1
     return pending[:n], size
-
-
-def _quiet(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("forwarding call failed: %s", task.exception())

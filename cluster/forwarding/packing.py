@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+from node.amqp091.codec import encode_shortstr
 from node.core.message import Message
 
 PUBLISH_HEAD = struct.Struct("<QIIHHBI")
@@ -98,16 +99,9 @@ def pack_published(entries: list[Published]) -> bytes:
 
 
 def _names_section(vhost: str, queues: list[str]) -> bytes:
-    out = [_shortstr(vhost), bytes((len(queues),))]
-    out.extend(_shortstr(q) for q in queues)
+    out = [encode_shortstr(vhost), bytes((len(queues),))]
+    out.extend(encode_shortstr(q) for q in queues)
     return b"".join(out)
-
-
-def _shortstr(text: str) -> bytes:
-    encoded = text.encode("utf-8")
-    if len(encoded) > 255:
-        raise PackingError(f"name longer than 255 bytes: {text[:40]!r}...")
-    return bytes((len(encoded),)) + encoded
 
 
 def _parse_names(section: bytes) -> tuple[str, tuple[str, ...]]:

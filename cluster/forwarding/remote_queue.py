@@ -17,7 +17,6 @@ down), which the channel closes with.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from typing import Any
 
@@ -29,7 +28,7 @@ from node.core.queue import REJECTED
 from node.metadata.state import MetadataError
 from proto.merpati.v1 import forwarding_pb2 as pb
 
-from ._common import down_text, metadata_error
+from ._common import down_text, metadata_error, quiet
 from .packing import PackingError, unpack_deliveries
 
 # Credit for a consumer without a prefetch (no_ack, or prefetch 0), topped up on hand-off.
@@ -174,7 +173,7 @@ class RemoteQueue:
             settlement=_settlement([msg.seq], outcome, modified),
         )
         task = asyncio.ensure_future(peer.call("Settle", req))
-        task.add_done_callback(_quiet)
+        task.add_done_callback(quiet)
 
     def release_many(self, msgs: list[Message]) -> None:
         for msg in msgs:
@@ -453,8 +452,3 @@ def _settlement(seqs: list[int], outcome: Outcome, modified: Modified | None) ->
         delivery_failed=bool(modified and modified.delivery_failed),
         undeliverable_here=bool(modified and modified.undeliverable_here),
     )
-
-
-def _quiet(task: asyncio.Future) -> None:
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.exception()

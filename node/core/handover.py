@@ -275,13 +275,19 @@ class Handover:
         self._reading = True
         self.store.page_in(self.qid, self._after, PAGE, self._rows)
 
-    def _rows(self, rows: list[tuple]) -> None:
+    def _read_done(self) -> bool:
+        """A read came back: False when its rows are to be dropped (done, or purged meanwhile)."""
         self._reading = False
         if self.done:
-            return
+            return False
         if self._ignore_read:
             self._ignore_read = False
             self._check_done()
+            return False
+        return True
+
+    def _rows(self, rows: list[tuple]) -> None:
+        if not self._read_done():
             return
         for seq, _transient, route, props, body, expires in rows:
             msg = Message.from_stored(route, props, body)
@@ -379,12 +385,7 @@ class Handover:
         self.store.page_in(self.qid, 0, PAGE, self._verified)
 
     def _verified(self, rows: list[tuple]) -> None:
-        self._reading = False
-        if self.done:
-            return
-        if self._ignore_read:
-            self._ignore_read = False
-            self._check_done()
+        if not self._read_done():
             return
         if not rows:
             self._finish()
