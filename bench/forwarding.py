@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster.forwarding.wiring import start_forwarding  # noqa: E402
+from cluster.cluster_node import ClusterNode  # noqa: E402
+from cluster.membership import Member, Membership  # noqa: E402
 from node.broker import Broker  # noqa: E402
 from node.core.message import Message  # noqa: E402
 from node.metadata import commands as cmds  # noqa: E402
@@ -36,32 +37,25 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-async def _node(node_id: str, tmp: str) -> tuple[Broker, SQLiteStore]:
+async def _node(
+    node_id: str, tmp: str, ports: dict[str, int], batch_messages: int | None
+) -> tuple[Broker, SQLiteStore, ClusterNode]:
     store = SQLiteStore(Path(tmp) / f"{node_id}.db")
     store.open()
     store.start(asyncio.get_running_loop())
-    broker = Broker(node_id, LocalLog(), store=store)
-    return broker, store
+    members = [Member(n, "127.0.0.1", port, 0) for n, port in ports.items()]
+    cluster = ClusterNode(Membership(members, node_id), "bench", "127.0.0.1")
+    broker = Broker(node_id, LocalLog(), store=store, cluster=cluster)
+    await cluster.start_forwarding(batch_messages)
+    return broker, store, cluster
 
 
 async def _run(batch_messages: int | None, n: int, size: int, burst: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        (a, sa), (b, sb) = await _node("a", tmp), await _node("b", tmp)
-        pa, pb = _port(), _port()
-        peers = {"a": f"127.0.0.1:{pa}", "b": f"127.0.0.1:{pb}"}
-        fws = []
-        for broker, port in ((a, pa), (b, pb)):
-            fws.append(
-                await start_forwarding(
-                    broker,
-                    node_id=broker.node_id,
-                    bind_host="127.0.0.1",
-                    cluster_port=port,
-                    peers=peers,
-                    secret="bench",
-                    batch_messages=batch_messages,
-                )
-            )
+        ports = {"a": _port(), "b": _port()}
+        a, sa, ca = await _node("a", tmp, ports, batch_messages)
+        b, sb, cb = await _node("b", tmp, ports, batch_messages)
+        fws = [ca.forwarding, cb.forwarding]
         for broker in (a, b):
             await broker.propose(cmds.AddVhost("/"))
             await broker.propose(cmds.DeclareQueue("/", "q", False, leader="b"))
@@ -87,13 +81,13 @@ async def _run(batch_messages: int | None, n: int, size: int, burst: int) -> dic
             await ledger.wait(last)
 
         await publish(min(2000, n))  # warm up
-        lq.purge()
+        lq.purge_now()
         writes0, sent0 = peer.writes, peer.messages_sent
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await publish(n)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         writes = peer.writes - writes0
-        assert lq.stats()[0] == n, lq.stats()
+        assert lq.stats_now()[0] == n, lq.stats_now()
         for fw in fws:
             await fw.stop()
         for store in (sa, sb):

@@ -8,7 +8,7 @@ messages, so that it can stop (a Kubernetes preStop hook) or leave the cluster (
 2. SetNodeDraining(node): from now on placement (membership.place_queue) skips it;
 3. each non-exclusive queue it leads moves (MoveQueue) to the live, not draining member leading
    the fewest queues at that point. Exclusive queues stay: they live and die with their
-   connection. The drained node's handover (node/core/handover.py) then sends the messages;
+   connection. The drained node's handover (cluster/handover.py) then sends the messages;
 4. waits until the metadata says the node holds nothing more of any of them (its QueueHandedOver
    for each), or the timeout; a queue declared on the node meanwhile (placed before the flag was
    applied everywhere) is moved too;
@@ -159,7 +159,7 @@ def _report(
     # What this node knows of its own handovers (the drained node is usually the one asked).
     local = {}
     if node == broker.node_id:
-        for h in broker.handovers:
+        for h in plan.moves.handovers:
             p = local.setdefault((h.vhost, h.name), {"remaining": 0, "unacked": 0, "error": ""})
             p["remaining"] += h.remaining
             p["unacked"] += h.unacked

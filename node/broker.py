@@ -16,15 +16,14 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable
-from types import SimpleNamespace
 from typing import Any
 
+from .cluster_seam import ClusterSeam, LoneNode
 from .core.deadletter import dead_lettered, is_cycle
-from .core.delayed import DelayedMessages, pseudo_queue
-from .core.handover import WINDOW as HANDOVER_WINDOW
-from .core.handover import Handover
+from .core.delayed import DelayedMessages, delay_of, pseudo_queue
 from .core.message import Message
-from .core.queue import LocalQueue, MemoryBudget, QueueHandle
+from .core.publish import REFUSED, UNROUTED
+from .core.queue import FlowControlled, LocalQueue, MemoryBudget, QueueHandle
 from .core.queue_args import QueueOptions, effective_arguments
 from .core.queue_args import parse as parse_queue_args
 from .metadata import commands as cmds
@@ -72,6 +71,8 @@ class Broker:
         loopback_users: Iterable[str] = ("guest",),
         store: Any = None,
         memory_budget: int = 0,
+        cluster: ClusterSeam | None = None,
+        defer_local_queues: bool = False,
     ) -> None:
         self.node_id = node_id
         # Distinguishes this run of the node from earlier ones (exclusive queue owners).
@@ -79,27 +80,12 @@ class Broker:
         self.store = store
         self.budget = MemoryBudget(memory_budget) if memory_budget else None
         self.delayed: dict[tuple[str, str], DelayedMessages] = {}
-        # In a cluster: makes the QueueHandle of a queue led by another node (cluster wiring sets
-        # it; the broker never knows how a remote queue is reached).
-        self.remote_queue_factory: Callable[[QueueDef], QueueHandle] | None = None
-        # The links to the other nodes (cluster.forwarding's Forwarding; None on a lone node).
-        self.forwarding: Any = None
-        # Chooses the leader node of a new queue (exclusive -> this node); the cluster replaces it.
-        self.place_queue: Callable[[bool], str] = lambda exclusive: self.node_id
-        self.cluster: Any = None
-        # Queues moved away whose messages are still on their way to the new leader.
-        self.handovers: set[Handover] = set()
-        self.handover_window = HANDOVER_WINDOW
-        # True for a queue's consumer that stands for one on another node (a forwarding stream):
-        # a handover leaves it to that node, which cancels it itself. The cluster wiring sets it.
-        self.forwarded_consumer: Callable[[Any], bool] = lambda consumer: False
         self.recovered = False  # recover() ran: every queue this node leads exists
-        # Set by the node until recover() runs: a queue this node comes to lead meanwhile (declared
-        # or moved here by another node while this one starts) is created by recover(), which
-        # refills it from the store. Created earlier, it would take its stored queue id with a
-        # fresh sequence counter, write over the rows, and be skipped by recover().
-        self.defer_local_queues = False
-        self._proposals: set[asyncio.Task] = set()
+        # True until recover() runs (the node sets it): a queue this node comes to lead meanwhile
+        # (declared or moved here by another node while this one starts) is created by
+        # recover(), which refills it from the store. Created earlier, it would take its stored
+        # queue id with a fresh sequence counter, write over the rows, and be skipped by recover().
+        self.defer_local_queues = defer_local_queues
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
         self.loopback_users = set(loopback_users)
@@ -111,6 +97,11 @@ class Broker:
         self.blocked = False
         # Plain integers the hot path bumps; exported at scrape time (node.metrics).
         self.counters = NodeCounters()
+        # Placement, remote queues and queue moves (node.cluster_seam). The cluster side
+        # subscribes to applied commands first: a queue's move or deletion reaches it before
+        # the broker drops the queue's handle.
+        self.cluster: ClusterSeam = cluster if cluster is not None else LoneNode()
+        self.cluster.bind(self)
         self.metadata.subscribe(self._on_applied)
 
     # -- metadata -----------------------------------------------------------------------------
@@ -128,22 +119,11 @@ class Broker:
         elif isinstance(cmd, cmds.DeclareQueue) and result == "created":
             qdef = self.state.queue(cmd.vhost, cmd.name)
             assert qdef is not None
-            if cmd.leader == self.node_id:
-                if not self.defer_local_queues:
-                    self._create_queue(qdef)
-            elif self.remote_queue_factory is not None:
-                self.queues.setdefault(qdef.vhost, {})[qdef.name] = self.remote_queue_factory(qdef)
+            self.install_queue(qdef)
         elif isinstance(cmd, cmds.DeleteQueue):
-            self._abort_handovers(cmd.vhost, cmd.name)
             q = self.queues.get(cmd.vhost, {}).pop(cmd.name, None)
-            if isinstance(q, LocalQueue):
-                q.delete("queue deleted")
-            elif q is not None:
-                q.delete("queue deleted")  # a remote handle: cancels its consumers here
-        elif isinstance(cmd, cmds.MoveQueue) and result == "moved":
-            self._move_queue(cmd)
-        elif isinstance(cmd, (cmds.NodeJoined, cmds.NodeLeft)) and self.cluster is not None:
-            self.cluster.membership_changed(cmd, result)
+            if q is not None:
+                q.delete("queue deleted")  # a remote handle cancels its consumers here
         elif isinstance(cmd, (cmds.SetPolicy, cmds.ClearPolicy)):
             self._reapply_policies(cmd.vhost)
         elif isinstance(cmd, cmds.DeleteExchange):
@@ -154,12 +134,21 @@ class Broker:
             for vhost, names in (result or {}).items():
                 for name in names:
                     q = self.queues.get(vhost, {}).pop(name, None)
-                    if isinstance(q, LocalQueue):
+                    if q is not None:
                         q.delete("transient queue of an earlier run")
         elif isinstance(cmd, cmds.DeleteVhost):
-            self._abort_handovers(cmd.name, None)
             for q in self.queues.pop(cmd.name, {}).values():
                 q.delete("vhost deleted")
+
+    def install_queue(self, qdef: QueueDef) -> QueueHandle | None:
+        """Make the handle of a queue the metadata names: a LocalQueue when this node leads it
+        (unless recover() will), else the cluster's handle of the queue on its leader."""
+        if qdef.leader == self.node_id:
+            return None if self.defer_local_queues else self._create_queue(qdef)
+        q = self.cluster.remote_queue(qdef)
+        if q is not None:
+            self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
+        return q
 
     def _create_queue(self, qdef: QueueDef) -> LocalQueue:
         q = LocalQueue(
@@ -171,126 +160,20 @@ class Broker:
             qdef.arguments,
             store=self.store,
             budget=self.budget,
-            options=self._queue_options(qdef.vhost, qdef.name, qdef.arguments),
+            options=self.queue_options(qdef.vhost, qdef.name, qdef.arguments),
+            leader=self.node_id,
         )
         q.on_unused = self._queue_unused
-        q.on_purged = self._queue_purged
-        q.dead_letter = self._dead_letter
+        q.on_purged = self.cluster.queue_purged
+        q.dead_letter = self.dead_letter
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
         return q
 
-    def _move_queue(self, cmd: cmds.MoveQueue) -> None:
-        """Leadership moved: the new leader's handle replaces the old one here, and the old
-        leader hands over everything it holds of the queue (node.core.handover)."""
-        vq = self.queues.setdefault(cmd.vhost, {})
-        old = vq.pop(cmd.name, None)
-        qdef = self.state.queue(cmd.vhost, cmd.name)
-        if qdef is None:
-            return
-        if cmd.to_node == self.node_id:
-            if not self.defer_local_queues:
-                self._create_queue(qdef)
-        elif self.remote_queue_factory is not None:
-            vq[cmd.name] = self.remote_queue_factory(qdef)
-        if isinstance(old, LocalQueue):
-            self._hand_over(old, f"moved to node '{cmd.to_node}'")
-        elif old is not None:
-            old.delete(f"queue moved to node '{cmd.to_node}'")  # cancels its consumers here
-        if cmd.from_node == self.node_id and not isinstance(old, LocalQueue) and self.recovered:
-            self._check_handed_over(cmd.vhost, cmd.name)  # nothing of it here
+    def place_queue(self, exclusive: bool) -> str:
+        """The node that leads a new queue (the proposer decides; the command carries it)."""
+        return self.cluster.place_queue(exclusive)
 
-    # -- handing moved queues over --------------------------------------------------------------
-
-    def _handover(self, vhost: str, name: str, store: Any, qid: int) -> Handover:
-        def resolve() -> QueueHandle | None:
-            return self.queue(vhost, name) if self.state.queue(vhost, name) else None
-
-        h = Handover(vhost, name, store, qid, resolve, self._handover_done, self.handover_window)
-        self.handovers.add(h)
-        return h
-
-    def _hand_over(self, q: LocalQueue, reason: str) -> None:
-        h = self._handover(q.vhost, q.name, q.store, q.qid)
-        h.take_queue(q, self.forwarded_consumer, reason)
-
-    def purge_handover(self, vhost: str, name: str) -> int | None:
-        """Purge what a handover of this queue still holds here (None: no handover of it)."""
-        for h in list(self.handovers):
-            if h.vhost == vhost and h.name == name and not h.done:
-                return h.purge()
-        return None
-
-    def _queue_purged(self, q: LocalQueue) -> None:
-        """A queue this node leads was purged: nodes still handing it over purge their part."""
-        qdef = self.state.queue(q.vhost, q.name)
-        for node in qdef.handing_over if qdef is not None else ():
-            if node == self.node_id:
-                self.purge_handover(q.vhost, q.name)  # moved away and back while handing over
-                continue
-            fw = self.forwarding
-            peer = fw.peer(node) if fw is not None else None
-            if peer is not None:
-                peer.purge_handover(q.vhost, q.name)
-
-    def _abort_handovers(self, vhost: str, name: str | None) -> None:
-        for h in list(self.handovers):
-            if h.vhost == vhost and (name is None or h.name == name):
-                h.abort("the queue was deleted")
-
-    def _handover_done(self, h: Handover) -> None:
-        self.handovers.discard(h)
-        if not h.aborted:
-            log.info("queue '%s' in vhost '%s' handed over (%d messages)", h.name, h.vhost, h.moved)
-            self._check_handed_over(h.vhost, h.name)
-
-    def _check_handed_over(self, vhost: str, name: str) -> None:
-        """Tell the cluster this node holds nothing more of a queue it led (QueueHandedOver),
-        once its last handover of it is done."""
-        qdef = self.state.queue(vhost, name)
-        if qdef is None or self.node_id not in qdef.handing_over:
-            return
-        if any(h.vhost == vhost and h.name == name for h in self.handovers):
-            return
-        cmd = cmds.QueueHandedOver(vhost, name, self.node_id, qdef.moves)
-        task = asyncio.ensure_future(self._propose_patiently(cmd))
-        self._proposals.add(task)
-        task.add_done_callback(self._proposals.discard)
-
-        def stale(task: asyncio.Future) -> None:
-            # Refused because the queue moved meanwhile: say it again if still true (a move
-            # away from this node started a new handover, which says it when done).
-            current = self.state.queue(vhost, name)
-            if not task.cancelled() and task.result() == "refused" and current is not None:
-                if current.moves != cmd.moves:
-                    self._check_handed_over(vhost, name)
-
-        task.add_done_callback(stale)
-
-    async def _propose_patiently(self, cmd: cmds.Command, attempts: int = 30) -> str:
-        """Propose, trying again while the metadata log cannot take it (no Raft leader).
-        Returns "applied", "refused" (applied with a MetadataError) or "failed"."""
-        for _ in range(attempts):
-            try:
-                await self.propose(cmd)
-                return "applied"
-            except MetadataError:
-                return "refused"  # applied with a verdict (e.g. the queue is gone): no retry
-            except Exception as e:  # noqa: BLE001 - Raft unavailable or stopping
-                log.debug("%s not committed yet: %s", type(cmd).__name__, e)
-                await asyncio.sleep(1.0)
-        return "failed"
-
-    async def wait_handovers(self, timeout: float) -> bool:
-        """Wait (up to `timeout` s) until every handover is done; True when none is left."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.handovers and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if self._proposals:
-            await asyncio.wait(set(self._proposals), timeout=max(0.1, deadline - loop.time()))
-        return not self.handovers
-
-    def _queue_options(self, vhost: str, name: str, arguments: dict[str, Any]) -> QueueOptions:
+    def queue_options(self, vhost: str, name: str, arguments: dict[str, Any]) -> QueueOptions:
         vh = self.state.vhosts.get(vhost)
         policy = vh.policy_for("queue", name) if vh is not None else None
         return parse_queue_args(
@@ -303,13 +186,14 @@ class Broker:
             return
         for name, q in self.queues.get(vhost, {}).items():
             qdef = vh.queues.get(name)
-            if isinstance(q, LocalQueue) and qdef is not None:
-                q.configure(self._queue_options(vhost, name, qdef.arguments))
+            if qdef is not None:
+                q.configure(self.queue_options(vhost, name, qdef.arguments))
 
     # -- dead-lettering, alternate exchanges, delayed delivery --------------------------------
 
-    def _dead_letter(self, q: LocalQueue, msg: Message, reason: str) -> None:
-        """A message leaves `q` (rejected, expired, maxlen, delivery_limit): to its DLX if any."""
+    def dead_letter(self, q: Any, msg: Message, reason: str) -> None:
+        """A message leaves `q` (rejected, expired, maxlen, delivery_limit): to its DLX if any.
+        `q` is the queue, or what stands for it (vhost, name, options) once it has moved away."""
         dlx = q.options.dlx
         if dlx is None:
             return
@@ -318,15 +202,16 @@ class Broker:
         if ex is None:
             return  # RabbitMQ drops what goes to a missing dead-letter exchange, and so do we
         out = dead_lettered(msg, q.name, reason, dlx, q.options.dlrk)
-        first = True
+        targets = []
         for target in self.route(q.vhost, ex, out):
             if is_cycle(out, target.name):
                 log.debug(
                     "dead-letter cycle: message from %s not re-queued to %s", q.name, target.name
                 )
                 continue
-            target.enqueue(out if first else out.copy())
-            first = False
+            targets.append(target)
+        if targets:
+            self.enqueue(targets, out)
 
     def delay(self, vhost: str, exchange: Exchange, msg: Message, delay_ms: int) -> int:
         holder = self.delayed.get((vhost, exchange.name))
@@ -341,10 +226,9 @@ class Broker:
         ex = vh.exchanges.get(exchange) if vh is not None else None
         if ex is None:
             return
-        first = True
-        for q in self.route(vhost, ex, msg):
-            q.enqueue(msg if first else msg.copy())
-            first = False
+        queues = self.route(vhost, ex, msg)  # due now: routed, never held again
+        if queues:
+            self.enqueue(queues, msg)
 
     def recover(self, stored: dict[tuple[str, str], tuple[int, bool, int]]) -> int:
         """Create the queues this node leads from metadata; refill durable ones from the store.
@@ -372,8 +256,7 @@ class Broker:
                 if name in self.queues[vhost]:
                     continue
                 if qdef.leader != self.node_id:
-                    if self.remote_queue_factory is not None:
-                        self.queues[vhost][name] = self.remote_queue_factory(qdef)
+                    self.install_queue(qdef)
                     continue
                 q = self._create_queue(qdef)
                 keep.add((vhost, name))
@@ -383,59 +266,12 @@ class Broker:
                     rows, count, max_seq, size = self.store.load_head(qid, PAGE_SIZE)
                     q.recover(rows, count, max_seq, delivered, size)
                     total += count
-        total += self._recover_leftovers(stored, keep)
+        total += self.cluster.recover(stored, keep)
         if self.store is not None:
             self.store.forget_queues_except(keep)
         self.recovered = True
         self.defer_local_queues = False
-        for vhost, vh in self.state.vhosts.items():
-            for name, qdef in vh.queues.items():
-                if self.node_id in qdef.handing_over:
-                    self._check_handed_over(vhost, name)
-        return total
-
-    def _recover_leftovers(
-        self, stored: dict[tuple[str, str], tuple[int, bool, int]], keep: set[tuple[str, str]]
-    ) -> int:
-        """Stored rows of queues this node no longer leads (a crash cut a handover short, or the
-        move was applied while the node was down) go to the queue's leader now."""
-        from .store.sqlite import handover_name
-
-        total = 0
-        for (vhost, stored_name), (qid, durable, _delivered) in stored.items():
-            name, detached = handover_name(stored_name)
-            qdef = self.state.queue(vhost, name)
-            if qdef is None or not durable or self.store is None:
-                continue  # the queue is gone (forget_queues_except drops its rows)
-            if not detached and qdef.leader == self.node_id:
-                continue  # recovered as this node's queue above
-            if self.node_id not in qdef.handing_over:
-                # Not a queue this node still hands over (only a MoveQueue from this node puts
-                # it there): the rows belong to a queue deleted while the node was down, or cut
-                # short (crash) after being confirmed all; a queue of that name now is another
-                # one. forget_queues_except drops them.
-                continue
-            count = self.store.load_head(qid, 0)[1]
-            keep.add((vhost, stored_name))
-            if not count:
-                self.store.drop_queue(qid)
-                continue
-            log.info(
-                "handing %d stored messages of queue '%s' in vhost '%s' to node %s",
-                count,
-                name,
-                vhost,
-                qdef.leader,
-            )
-            h = self._handover(vhost, name, self.store, qid)
-            # What expires before it leaves is dead-lettered as the queue would (its options
-            # as of now: the queue of this node that had them is gone).
-            like = SimpleNamespace(
-                vhost=vhost, name=name, options=self._queue_options(vhost, name, qdef.arguments)
-            )
-            h.dead_letter = lambda msg, reason, like=like: self._dead_letter(like, msg, reason)
-            h.take_stored(count)
-            total += count
+        self.cluster.recovered()
         return total
 
     def _queue_unused(self, q: LocalQueue) -> None:
@@ -448,6 +284,68 @@ class Broker:
     def queue(self, vhost: str, name: str) -> QueueHandle | None:
         vq = self.queues.get(vhost)
         return vq.get(name) if vq else None
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(
+        self,
+        vhost: str,
+        exchange: Exchange,
+        msg: Message,
+        confirm: bool = True,
+        publisher: FlowControlled | None = None,
+    ) -> tuple[int, list[QueueHandle]]:
+        """The one publish path of every front end (0-9-1, 1.0, the management API).
+
+        Holds a message for an `x-delayed-message` exchange, else routes it (alternate exchanges
+        included) and enqueues it on every queue reached (`enqueue`). Returns (result, queues):
+        result is the store token the publisher's confirm waits for (0: safe now), REFUSED when a
+        queue refused it, or UNROUTED; queues are where it went (empty when held or unrouted).
+        Protocol matters (mandatory returns, confirms, dispositions) stay with the caller.
+        """
+        if exchange.type == "x-delayed-message":
+            delay = delay_of(msg)
+            if delay > 0:
+                # Held by the exchange until due (and stored, if persistent to a durable one).
+                return self.delay(vhost, exchange, msg, delay), []
+        queues = self.route(vhost, exchange, msg)
+        if not queues:
+            return UNROUTED, queues
+        return self.enqueue(queues, msg, confirm, publisher), queues
+
+    def enqueue(
+        self,
+        queues: list[QueueHandle],
+        msg: Message,
+        confirm: bool = True,
+        publisher: FlowControlled | None = None,
+    ) -> int:
+        """Put `msg` on every queue of `queues` (a copy each beyond the first; the body is shared).
+
+        Returns the latest store token among them (the confirm waits for it), or REFUSED when any
+        queue refused the message (x-overflow reject-publish: the publisher gets a nack). With
+        confirm=False nobody waits for the token, so a queue on another node need not report it.
+        A congested queue pauses `publisher` until it drains (credit flow).
+        """
+        if len(queues) == 1:  # the common case, without the loop's bookkeeping
+            q = queues[0]
+            token = q.enqueue(msg, confirm)
+            if q.congested and publisher is not None:
+                q.block_publisher(publisher)
+            return token
+        token = 0
+        refused = False
+        first = True
+        for q in queues:
+            e = q.enqueue(msg if first else msg.copy(), confirm)
+            first = False
+            if e > token:
+                token = e
+            elif e < 0:
+                refused = True
+            if q.congested and publisher is not None:
+                q.block_publisher(publisher)
+        return REFUSED if refused else token
 
     # -- routing ------------------------------------------------------------------------------
 

@@ -23,11 +23,11 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         )
 
 
-def cluster_plan(cfg: Config) -> object:
+def cluster_node(cfg: Config) -> object:
     """How this node takes part in the cluster (a one-member one without --peers)."""
-    from cluster.plan import ClusterPlan
+    from cluster.cluster_node import ClusterNode
 
-    return ClusterPlan.from_config(cfg)
+    return ClusterNode.from_config(cfg)
 
 
 # Commands with their own argument parsers, handed everything after their name.
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             uvloop = None
         try:
-            plan = cluster_plan(cfg)
+            plan = cluster_node(cfg)
         except ValueError as e:
             print(f"merpati: {e}", file=sys.stderr)
             return 2

@@ -58,7 +58,7 @@ class Config:
     # Largest size of the message store file, bytes (0 = no limit); publishes beyond it are nacked.
     store_max_bytes: int = 0
     # Messages a queue moving to another node (drain, rebalance) has forwarded and not yet seen
-    # confirmed, at most (node.core.handover).
+    # confirmed, at most (cluster.handover).
     handover_window: int = 1000
     # AMQP 1.0: offer SASL ANONYMOUS (and accept clients without SASL) as the default user.
     amqp10_anonymous: bool = False

@@ -33,7 +33,8 @@ class Node:
     def __init__(self, config: Config, cluster: Any = None) -> None:
         self.config = config
         self.node_id = config.resolved_node_id()
-        # cluster.plan.ClusterPlan (Raft metadata, placement, forwarding); None: a LocalLog node.
+        # cluster.cluster_node.ClusterNode (Raft metadata, placement, forwarding, queue moves):
+        # the broker's ClusterSeam. None: a LocalLog node on its own.
         self.cluster = cluster
         self.settings = Settings(
             frame_max=config.frame_max,
@@ -108,14 +109,14 @@ class Node:
             loopback_users=cfg.loopback_users,
             store=self.store,
             memory_budget=cfg.message_memory_budget,
+            cluster=self.cluster,
+            defer_local_queues=True,  # until recover() below
         )
         self.broker.alarm_listeners.append(self._on_alarm)
-        self.broker.handover_window = cfg.handover_window
-        self.broker.defer_local_queues = True  # until recover() below
         only_member = True
         if self.cluster is not None:
             only_member = not self.cluster.clustered
-            await self.cluster.attach(self)
+            await self.cluster.start_forwarding()
             try:
                 await self.cluster.wait_for_majority(self.metadata.start)
             except Exception as e:  # the log names the file or setting at fault
@@ -217,12 +218,11 @@ class Node:
             any(c.state != "closed" for c in conns) and asyncio.get_running_loop().time() < deadline
         ):
             await asyncio.sleep(0.05)
-        if self.broker is not None and self.broker.handovers:
+        if self.broker is not None:
             # Deliveries the closed connections released belong to queues moved away (a drain
             # before this stop): give them a moment to reach their new leader. Whatever does not
             # make it stays in the store and is handed over at the next start.
-            log.info("waiting for %d queue handover(s)", len(self.broker.handovers))
-            await self.broker.wait_handovers(HANDOVER_GRACE)
+            await self.broker.cluster.wait_handovers(HANDOVER_GRACE)
         task = getattr(self, "_memory_task", None)
         if task is not None:
             task.cancel()

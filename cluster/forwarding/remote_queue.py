@@ -54,6 +54,9 @@ def message_of(d: pb.Delivery) -> Message:
 class RemoteQueue:
     """A queue led by node `leader`, reached through `links` (the wiring's peer registry)."""
 
+    led_here = False
+    deleting = None  # auto-delete is the leader's business
+
     def __init__(self, vhost: str, name: str, leader: str, links: Any) -> None:
         self.vhost = vhost
         self.name = name
@@ -129,6 +132,10 @@ class RemoteQueue:
     @property
     def consumers(self) -> list[Any]:
         return [s.consumer for s in self._subs.values() if s.active]
+
+    @property
+    def consumer_count(self) -> int:
+        return sum(1 for s in self._subs.values() if s.active)
 
     def has_exclusive_consumer(self) -> bool:
         return any(s.consumer.exclusive for s in self._subs.values() if s.active)
@@ -242,6 +249,14 @@ class RemoteQueue:
             return resp.messages, resp.consumers
 
         return self._ask("Stats", self._ref(), convert)
+
+    # -- what the leader does itself -----------------------------------------------------------
+
+    def touch(self) -> None:
+        """x-expires runs on the leader, which a declaration or basic.get through it restarts."""
+
+    def configure(self, options: Any) -> None:
+        """Policies apply on the leader (which applies the same metadata)."""
 
     # -- deletion -------------------------------------------------------------------------------
 

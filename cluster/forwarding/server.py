@@ -1,7 +1,7 @@
 """The forwarding server: other nodes reach the queues this node leads through it.
 
 Theory of operation: every RPC runs on the node's own asyncio loop (grpc.aio), so it calls the
-`LocalQueue`s directly, exactly as a local channel would.
+queues (their `QueueHandle`s) directly, exactly as a local channel would.
 
 - Publish: each message arrives once with the names of its destination queues here; it is
   enqueued to each (copies share the body), and its result goes back once the node would confirm
@@ -29,7 +29,7 @@ import grpc
 
 from node.core.message import Message
 from node.core.outcome import Modified, Outcome
-from node.core.queue import LocalQueue
+from node.core.queue import QueueHandle
 from proto.merpati.v1 import forwarding_pb2 as pb
 from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
@@ -86,9 +86,12 @@ class ServerCounters:
 
 
 class ForwardingServer(pb_grpc.ForwardingServicer):
-    def __init__(self, broker: Any, node_id: str, secret: str | bytes | None = None) -> None:
+    def __init__(
+        self, broker: Any, node_id: str, secret: str | bytes | None = None, moves: Any = None
+    ) -> None:
         self.broker = broker
         self.node_id = node_id
+        self.moves = moves  # cluster.queue_moves.QueueMoves: the handovers PurgeHandover reaches
         self._token = auth_token(secret)
         self.counters = ServerCounters()
         self._server: grpc.aio.Server | None = None
@@ -140,10 +143,10 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
         """True when waiting cannot change what this node knows of the queue: it leads it, or it
         has handed it over to another node (a caller still sending here is the one behind)."""
         q = (self.broker.queues.get(vhost) or {}).get(name)
-        if isinstance(q, LocalQueue):
+        if q is not None and q.led_here:
             return True
         qdef = self.broker.state.queue(vhost, name)
-        return qdef is not None and self.node_id in getattr(qdef, "handing_over", ())
+        return qdef is not None and self.node_id in qdef.handing_over
 
     async def catch_up(self, vhost: str, names: Any) -> None:
         """Wait (briefly) for metadata this node has not applied yet: a queue declared through
@@ -160,10 +163,10 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
                 return  # deleted meanwhile, or never there: the caller answers for it
             await asyncio.sleep(0.005)
 
-    async def _local(self, context: grpc.aio.ServicerContext, ref: pb.QueueRef) -> LocalQueue:
+    async def _local(self, context: grpc.aio.ServicerContext, ref: pb.QueueRef) -> QueueHandle:
         await self.catch_up(ref.vhost, (ref.queue,))
         q = self.broker.queue(ref.vhost, ref.queue)
-        if isinstance(q, LocalQueue) and not q.deleted:
+        if q is not None and q.led_here and not q.deleted:
             return q
         if q is None:
             text = f"no queue '{ref.queue}' in vhost '{ref.vhost}'"
@@ -208,7 +211,7 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
             return
         sub = first.subscribe
         q = await self._local(context, sub.queue)
-        if q.has_exclusive_consumer() or (sub.exclusive and q.stats()[1]):
+        if q.has_exclusive_consumer() or (sub.exclusive and q.consumer_count):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use",
@@ -237,12 +240,12 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:  # noqa: N802
         node = await self._caller(context)
         q = await self._local(context, request.queue)
-        msg = q.get(request.ack)
+        msg, remaining = await q.get(request.ack)
         if msg is None:
-            return pb.GetResponse(found=False, remaining=q.stats()[0])
+            return pb.GetResponse(found=False, remaining=remaining)
         if request.ack:
             self._gets[node][(q.vhost, q.name, msg.seq)] = (q, msg)
-        return pb.GetResponse(found=True, delivery=delivery_of(msg), remaining=q.stats()[0])
+        return pb.GetResponse(found=True, delivery=delivery_of(msg), remaining=remaining)
 
     async def Settle(self, request: pb.SettleRequest, context: Any) -> pb.SettleResponse:  # noqa: N802
         node = await self._caller(context)
@@ -272,11 +275,15 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
     async def Purge(self, request: pb.QueueRef, context: Any) -> pb.PurgeResponse:  # noqa: N802
         await self._caller(context)
         q = await self._local(context, request)
-        return pb.PurgeResponse(purged=q.purge())
+        return pb.PurgeResponse(purged=await q.purge())
 
     async def PurgeHandover(self, request: pb.QueueRef, context: Any) -> pb.PurgeResponse:  # noqa: N802
         await self._caller(context)
-        purged = self.broker.purge_handover(request.vhost, request.queue)
+        purged = (
+            self.moves.purge_handover(request.vhost, request.queue)
+            if self.moves is not None
+            else None
+        )
         if purged is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -288,7 +295,7 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
     async def Stats(self, request: pb.QueueRef, context: Any) -> pb.StatsResponse:  # noqa: N802
         await self._caller(context)
         q = await self._local(context, request)
-        messages, consumers = q.stats()
+        messages, consumers = await q.stats()
         return pb.StatsResponse(messages=messages, consumers=consumers)
 
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
@@ -321,7 +328,8 @@ class _PublishStream:
             for _mid, vhost, names, _msg in records:
                 vq = queues.get(vhost)
                 for name in names:
-                    if vq is None or not isinstance(vq.get(name), LocalQueue):
+                    q = vq.get(name) if vq is not None else None
+                    if q is None or not q.led_here:
                         await self.server.catch_up(vhost, names)
                         break
             self.enqueue(records)
@@ -348,31 +356,26 @@ class _PublishStream:
             counters.publish_messages += 1
             counters.publish_bytes += len(msg.body)
             vq = queues.get(vhost)
-            epoch = 0
+            targets = []
             refused = False
-            first = True
             for name in names:
                 q = vq.get(name) if vq else None
                 if q is None:
                     continue  # deleted meanwhile: routed nowhere, as in RabbitMQ
-                if not isinstance(q, LocalQueue):
+                if not q.led_here:
                     # Moved to another node. Never forward a forwarded message: two nodes with
                     # different views of a move would pass it back and forth, each confirm
                     # waiting (the ledger confirms in order) on the other's.
                     refused = True
                     error = (
                         f"queue '{name}' in vhost '{vhost}' is no longer led by node "
-                        f"'{self.server.node_id}' (it moved to '{getattr(q, 'leader', '?')}')"
+                        f"'{self.server.node_id}' (it moved to '{q.leader}')"
                     )
                     continue
-                e = q.enqueue(msg if first else msg.copy())
-                first = False
-                if e < 0:
-                    refused = True
-                elif e > epoch:
-                    epoch = e
-                if getattr(q, "congested", False):
-                    q.block_publisher(self)
+                targets.append(q)
+            epoch = broker.enqueue(targets, msg, True, self) if targets else 0
+            if epoch < 0:
+                refused, epoch = True, 0
             if not mid:
                 continue  # its publisher wants no confirm
             if refused:
@@ -434,7 +437,7 @@ class _PublishStream:
 class RemoteConsumer:
     """The queue's Consumer standing for a consumer on another node (one Consume stream)."""
 
-    def __init__(self, server: ForwardingServer, q: LocalQueue, sub: pb.Subscribe) -> None:
+    def __init__(self, server: ForwardingServer, q: QueueHandle, sub: pb.Subscribe) -> None:
         self.server = server
         self.q = q
         self.tag = sub.consumer_tag

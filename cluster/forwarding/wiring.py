@@ -1,15 +1,15 @@
 """Wiring forwarding into a node: the server on the cluster port, a client per peer, and the
-broker's `remote_queue_factory`.
+RemoteQueues through which the node reaches queues other nodes lead (`remote_queue`).
 
     handle = await start_forwarding(broker, node_id="n1", bind_host="0.0.0.0",
                                     cluster_port=25672, peers={"n2": "10.0.0.2:25672"},
-                                    secret="...")
+                                    secret="...", moves=queue_moves)
     handle.add_peer("n3", "10.0.0.3:25672")   # membership changed
     handle.remove_peer("n2")
     await handle.stop()
 
-Call it after the broker exists and before `broker.recover(...)` (which makes the handles of
-queues led by other nodes through the factory), on the loop the node runs on.
+cluster.cluster_node.ClusterNode calls it after the broker exists and before `broker.recover(...)`
+(which makes the handles of queues led by other nodes through it), on the loop the node runs on.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ class Forwarding:
         node_id: str,
         secret: str | bytes | None,
         batch_messages: int | None = None,
+        moves: Any = None,
     ) -> None:
         self.broker = broker
         self.node_id = node_id
         self.secret = secret
-        self.server = ForwardingServer(broker, node_id, secret)
+        self.server = ForwardingServer(broker, node_id, secret, moves)
         self.peers: dict[str, Peer] = {}
         self.port = 0
         self._batch_messages = batch_messages
@@ -86,7 +87,7 @@ class Forwarding:
         peer = self.peers.get(node_id)
         return peer.state if peer is not None else "absent"
 
-    # -- the broker seam ------------------------------------------------------------------------
+    # -- the broker's handles of queues led elsewhere ------------------------------------------
 
     def remote_queue(self, qdef: Any) -> RemoteQueue:
         return RemoteQueue(qdef.vhost, qdef.name, qdef.leader, self)
@@ -94,10 +95,6 @@ class Forwarding:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        if self.broker.remote_queue_factory == self.remote_queue:
-            self.broker.remote_queue_factory = None
-        if self.broker.forwarding is self:
-            self.broker.forwarding = None
         peers, self.peers = list(self.peers.values()), {}
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
         if self._closing:
@@ -114,14 +111,13 @@ async def start_forwarding(
     peers: dict[str, str],
     secret: str | bytes | None = None,
     batch_messages: int | None = None,
+    moves: Any = None,
 ) -> Forwarding:
-    """Serve this node's queues to the others on `cluster_port` (0: a free port, see `.port`),
-    connect to `peers` ({node id: "host:port"}; this node's own entry is skipped), and make the
-    broker reach queues led elsewhere through RemoteQueues."""
-    fw = Forwarding(broker, node_id, secret, batch_messages)
+    """Serve this node's queues to the others on `cluster_port` (0: a free port, see `.port`)
+    and connect to `peers` ({node id: "host:port"}; this node's own entry is skipped). `moves`
+    (cluster.queue_moves.QueueMoves) answers the other nodes' purges of queues it hands over."""
+    fw = Forwarding(broker, node_id, secret, batch_messages, moves)
     fw.port = await fw.server.start(bind_host, cluster_port)
-    broker.remote_queue_factory = fw.remote_queue
-    broker.forwarding = fw
     for peer_id, address in peers.items():
         fw.add_peer(peer_id, address)
     log.info("forwarding on %s:%d to %d peers", bind_host, fw.port, len(fw.peers))

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED
-from ..core.queue import LocalQueue, QueueHandle
+from ..core.publish import UNROUTED
+from ..core.queue import QueueHandle
 from ..metadata import commands as cmds
 from ..metadata.state import MetadataError
 from ..routing.exchange import DELAYABLE_TYPES, EXCHANGE_TYPES
@@ -517,22 +518,17 @@ class Channel:
         if m.nowait:
             return
         q = self.broker.queue(self.vhost, name)
-        if isinstance(q, LocalQueue):
-            q.touch()
+        if q is None:
+            self.send_method(spec.QueueDeclareOk(queue=name, message_count=0, consumer_count=0))
+            return
+        q.touch()
 
         def reply(stats: tuple[int, int]) -> None:
             self.send_method(
                 spec.QueueDeclareOk(queue=name, message_count=stats[0], consumer_count=stats[1])
             )
 
-        # A queue on another node answers asynchronously (a future).
-        self._maybe_await(q.stats() if q is not None else (0, 0), reply, m)
-
-    def _maybe_await(self, value: Any, then: Callable[[Any], None], method: Any) -> None:
-        if isinstance(value, asyncio.Future):
-            self._await(value, then, method)
-        else:
-            then(value)
+        self._await(q.stats(), reply, m)
 
     def _existing_queue(self, name: str) -> QueueHandle:
         qdef = self.broker.state.queue(self.vhost, name)
@@ -546,7 +542,7 @@ class Channel:
         name = self._queue_name(m.queue)
         q = self._existing_queue(name)
         self.broker.check(self.user, self.vhost, "read", "queue", name)
-        self._maybe_await(
+        self._await(
             q.purge(), lambda n: self._reply(m.nowait, spec.QueuePurgeOk(message_count=n)), m
         )
 
@@ -559,7 +555,7 @@ class Channel:
             return
         q = self._existing_queue(name)
         self.broker.check(self.user, self.vhost, "configure", "queue", name)
-        self._maybe_await(q.stats(), lambda stats: self._delete_queue(m, name, *stats), m)
+        self._await(q.stats(), lambda stats: self._delete_queue(m, name, *stats), m)
 
     def _delete_queue(self, m: Any, name: str, messages: int, consumers: int) -> None:
         if m.if_unused and consumers:
@@ -597,11 +593,12 @@ class Channel:
         tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
         if tag in self.consumers:
             raise ConnectionError091(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
-        if isinstance(q, LocalQueue):
-            if q.has_exclusive_consumer() or (m.exclusive and q.stats()[1]):
-                raise ChannelError(
-                    ACCESS_REFUSED, f"queue '{name}' in vhost '{self.vhost}' in exclusive use"
-                )
+        # For a queue on another node this sees the consumers through this node; its leader
+        # checks the rest when the subscription reaches it.
+        if q.has_exclusive_consumer() or (m.exclusive and q.consumer_count):
+            raise ChannelError(
+                ACCESS_REFUSED, f"queue '{name}' in vhost '{self.vhost}' in exclusive use"
+            )
         args = m.arguments or {}
         prio = args.get("x-priority")
         if prio is not None and as_int(prio) is None:
@@ -622,7 +619,7 @@ class Channel:
             # Its unacked deliveries stay on the channel and can still be acked, as in RabbitMQ;
             # they are released when the channel closes.
             consumer.queue.unsubscribe(consumer)
-            deleting = getattr(consumer.queue, "deleting", None)
+            deleting = consumer.queue.deleting
         if m.nowait:
             return
         ok = spec.BasicCancelOk(consumer_tag=m.consumer_tag)
@@ -643,14 +640,9 @@ class Channel:
         name = self._queue_name(m.queue)
         q = self._existing_queue(name)
         self.broker.check(self.user, self.vhost, "read", "queue", name)
-        got = q.get(not m.no_ack)
-        if isinstance(got, asyncio.Future):
-            # A queue on another node: the future gives (message or None, messages remaining).
-            self._await(got, lambda r: self._got(q, m, r[0], r[1]), m)
-            return
-        self._got(q, m, got, None)
+        self._await(q.get(not m.no_ack), lambda r: self._got(q, m, r[0], r[1]), m)
 
-    def _got(self, q: QueueHandle, m: Any, msg: Message | None, remaining: int | None) -> None:
+    def _got(self, q: QueueHandle, m: Any, msg: Message | None, remaining: int) -> None:
         if msg is None:
             self.counters.get_empty += 1
             self.send_method(spec.BasicGetEmpty())
@@ -663,8 +655,6 @@ class Channel:
             self.unacked[tag] = (q, msg, None)
         else:
             self.counters.get_autoack += 1
-        if remaining is None:
-            remaining = q.stats()[0]
         self.conn.send(
             render.get_ok(
                 self.number,
@@ -895,52 +885,32 @@ class Channel:
         return ex
 
     def _route(self, ex: Any, msg: Message, mandatory: bool, seq: int) -> None:
-        epoch = 0
-        if ex.type == "x-delayed-message" and (delay := _delay_of(msg)) > 0:
-            # Held by the exchange until due (and stored, if persistent to a durable exchange).
-            queues: list[QueueHandle] = []
-            epoch = self.broker.delay(self.vhost, ex, msg, delay)
-            mandatory = False
-        else:
-            queues = self.broker.route(self.vhost, ex, msg)
-        if not queues and not epoch:
-            if mandatory:
-                self.counters.unroutable_returned += 1
-                self.conn.send(
-                    render.basic_return(
-                        self.number,
-                        NO_ROUTE,
-                        "NO_ROUTE",
-                        msg.route_raw,
-                        msg.props_raw,
-                        msg.body,
-                        self.conn.frame_max,
-                    )
-                )
-            else:
-                self.counters.unroutable_dropped += 1
-        rejected = False
         # Without a confirm or a transaction nothing waits for the message's store token, so a
         # queue on another node need not report it back.
-        confirm = seq != 0 or self.tx is not None
-        if len(queues) == 1:
-            q = queues[0]
-            epoch = q.enqueue(msg, confirm)
-            if epoch < 0:
-                rejected, epoch = True, 0
-            if q.congested:
-                q.block_publisher(self.conn)
-        elif queues:
-            first = True
-            for q in queues:
-                e = q.enqueue(msg if first else msg.copy(), confirm)
-                if e > epoch:
-                    epoch = e
-                elif e < 0:
-                    rejected = True  # x-overflow reject-publish: the publisher gets a nack
-                first = False
-                if q.congested:
-                    q.block_publisher(self.conn)
+        epoch, _ = self.broker.publish(
+            self.vhost, ex, msg, seq != 0 or self.tx is not None, self.conn
+        )
+        rejected = False
+        if epoch < 0:
+            if epoch == UNROUTED:
+                if mandatory:
+                    self.counters.unroutable_returned += 1
+                    self.conn.send(
+                        render.basic_return(
+                            self.number,
+                            NO_ROUTE,
+                            "NO_ROUTE",
+                            msg.route_raw,
+                            msg.props_raw,
+                            msg.body,
+                            self.conn.frame_max,
+                        )
+                    )
+                else:
+                    self.counters.unroutable_dropped += 1
+            else:
+                rejected = True  # x-overflow reject-publish: the publisher gets a nack
+            epoch = 0
         if epoch > self.tx_epoch:
             self.tx_epoch = epoch
         if seq:
@@ -1003,11 +973,7 @@ class Channel:
             by_queue.setdefault(id(q), (q, []))[1].append(msg)
         self.unacked.clear()
         for q, msgs in by_queue.values():
-            if isinstance(q, LocalQueue):
-                q.release_many(msgs)
-            else:
-                for msg in msgs:
-                    q.settle(msg, RELEASED)
+            q.release_many(msgs)
 
     def teardown(self) -> None:
         """The channel is gone (closed either way, or its connection was lost)."""
@@ -1024,13 +990,6 @@ class Channel:
         self.watching = False
         if self.broker.store is not None:
             self.broker.store.watchers.discard(self)
-
-
-def _delay_of(msg: Message) -> int:
-    """The x-delay header of a message to an x-delayed-message exchange, in ms (0: none)."""
-    value = msg.headers().get("x-delay")
-    delay = as_int(value) if value is not None else None
-    return delay if delay is not None and delay > 0 else 0
 
 
 def _settled(fut: asyncio.Future) -> asyncio.Future:

@@ -27,7 +27,8 @@ from urllib.parse import unquote
 from ..amqp091.codec import encode_shortstr
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
-from ..core.queue import LocalQueue, QueueHandle
+from ..core.publish import UNROUTED
+from ..core.queue import QueueHandle
 from ..metadata.state import MetadataError
 from . import performatives as P
 from .codec import DecodeError
@@ -366,7 +367,7 @@ class Session:
                 "amqp:resource-locked",
                 f"cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'",
             )
-        if isinstance(q, LocalQueue) and q.has_exclusive_consumer():
+        if q.has_exclusive_consumer():
             raise LinkError10(
                 "amqp:resource-locked",
                 f"queue '{name}' in vhost '{vhost}' has an exclusive consumer",
@@ -635,8 +636,7 @@ class SenderLink:
         self._transfer_len = 8 + len(pre) + 4 + 2 + 4 + 2
 
     def available(self) -> int | None:
-        stats = getattr(self.queue, "stats", None)
-        return stats()[0] if stats is not None else None
+        return self.queue.message_count
 
     # Consumer protocol.
 
@@ -773,12 +773,7 @@ class SenderLink:
                 _q, msg, _link = s.unsettled.pop(did)
                 by_queue.append(msg)
             self.unsettled = 0
-            q = self.queue
-            if isinstance(q, LocalQueue):
-                q.release_many(by_queue)
-            else:
-                for msg in by_queue:
-                    q.settle(msg, RELEASED)
+            self.queue.release_many(by_queue)
 
 
 class ReceiverLink:
@@ -847,7 +842,7 @@ class ReceiverLink:
 
     def _backlogged(self) -> Any:
         for q in self._queues:
-            if getattr(q, "message_count", 0) > HOLD_BACKLOG and q.stats()[1]:
+            if q.message_count > HOLD_BACKLOG and q.consumer_count:
                 return q
         return None
 
@@ -866,7 +861,7 @@ class ReceiverLink:
         if self.detached:
             return
         now = q.message_count
-        if now > HOLD_BACKLOG and q.stats()[1] and not q.deleted:
+        if now > HOLD_BACKLOG and q.consumer_count and not q.deleted:
             t = asyncio.get_running_loop().time()
             if now < before:
                 self._hold_credit(q, now, t)
@@ -1037,33 +1032,19 @@ class ReceiverLink:
         msg = Message(exchange, key, route[2], conv.props_raw, conv.body)
         msg.publisher = conn
         msg.amqp10 = conv.cache
-        queues = broker.route(vhost, ex, msg)
-        self._queues = queues
-        if not queues:
-            if not settled:
-                session.settle_incoming(did, P.Released())
-            return
-        epoch = 0
-        first = True
-        refused = False
-        for q in queues:
-            e = q.enqueue(msg if first else msg.copy(), not settled)
-            first = False
-            if e > epoch:
-                epoch = e
-            elif e < 0:
-                refused = True  # x-overflow reject-publish
-            if q.congested:
-                q.block_publisher(conn)
+        epoch, self._queues = broker.publish(vhost, ex, msg, not settled, conn)
         if settled:
             return
-        if refused:
-            session.settle_incoming(
-                did,
-                P.Rejected(
-                    error=P.error("amqp:resource-limit-exceeded", "queue is full (x-overflow)")
-                ),
-            )
+        if epoch < 0:
+            if epoch == UNROUTED:
+                session.settle_incoming(did, P.Released())
+            else:  # x-overflow reject-publish
+                session.settle_incoming(
+                    did,
+                    P.Rejected(
+                        error=P.error("amqp:resource-limit-exceeded", "queue is full (x-overflow)")
+                    ),
+                )
             return
         if epoch or session.pending:
             session.pending.append((did, epoch))

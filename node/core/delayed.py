@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..amqp091.codec import as_int
 from .message import Message
 
 PSEUDO_PREFIX = "\x00delayed:"
@@ -25,6 +26,13 @@ PSEUDO_PREFIX = "\x00delayed:"
 
 def pseudo_queue(exchange: str) -> str:
     return PSEUDO_PREFIX + exchange
+
+
+def delay_of(msg: Message) -> int:
+    """The x-delay header of a message to an x-delayed-message exchange, in ms (0: none)."""
+    value = msg.headers().get("x-delay")
+    delay = as_int(value) if value is not None else None
+    return delay if delay is not None and delay > 0 else 0
 
 
 class DelayedMessages:

@@ -78,32 +78,87 @@ class FlowControlled(Protocol):
 
 
 class QueueHandle(Protocol):
-    """What the front ends and the router use; LocalQueue now, RemoteQueue (gRPC) in a cluster."""
+    """A queue as the front ends, the router and the cluster use it, wherever it lives.
+
+    LocalQueue (this node leads it) and cluster.forwarding's RemoteQueue (another node does)
+    implement it; a caller never asks which one it holds. What only the leader can answer
+    (`get`, `purge`, `stats`) returns a future: done at once for a local queue, resolved by the
+    leader's answer for a remote one, so a caller continues at once when it can and waits when
+    it must (the 0-9-1 channel keeps later frames in order meanwhile). The rest is synchronous:
+    enqueue returns a store token (or a ledger token resolved by the leader's confirm).
+    """
 
     vhost: str
     name: str
+    leader: str  # the node that leads it
+    led_here: bool  # this node leads it: its messages are here
+    deleted: bool
+    congested: bool  # its publishers should pause (block_publisher) until it drains
+    deleting: asyncio.Future | None  # an auto-delete queue's pending delete, once proposed
+    unacked: int  # deliveries made here and not settled yet
 
-    def enqueue(self, msg: Message, confirm: bool = True) -> Any:
+    @property
+    def message_count(self) -> int:
+        """Ready messages, as this node knows now (for a remote queue: its last answer)."""
+
+    @property
+    def consumer_count(self) -> int:
+        """Consumers subscribed through this handle (for a local queue: all of them)."""
+
+    @property
+    def consumers(self) -> list[Consumer]: ...
+
+    def enqueue(self, msg: Message, confirm: bool = True) -> int:
         """Take `msg`: a store token its confirm waits for (0 = at once), or REJECTED. With
         confirm=False the caller will not wait for that token (no confirm, no transaction)."""
+
+    def block_publisher(self, publisher: FlowControlled) -> None:
+        """Pause `publisher` until the queue is no longer congested."""
 
     def subscribe(self, consumer: Consumer) -> None: ...
 
     def unsubscribe(self, consumer: Consumer) -> None: ...
 
-    def kick(self) -> None: ...
+    def has_exclusive_consumer(self) -> bool: ...
+
+    def kick(self) -> None:
+        """Room may have appeared at a consumer: deliver what it can take."""
 
     def settle(self, msg: Message, outcome: Outcome, modified: Modified | None = None) -> None: ...
 
-    def get(self, ack_required: bool) -> Message | None: ...
+    def release_many(self, msgs: list[Message]) -> None:
+        """Release several deliveries at once (a channel closing), in delivery order."""
 
-    def purge(self) -> int: ...
+    def get(self, ack_required: bool) -> asyncio.Future:
+        """basic.get: a future of (message or None, messages left)."""
 
-    def stats(self) -> tuple[int, int]: ...
+    def purge(self) -> asyncio.Future:
+        """A future of the number of messages purged."""
+
+    def stats(self) -> asyncio.Future:
+        """A future of (messages ready, consumers) as the leader knows them."""
+
+    def touch(self) -> None:
+        """The queue was used (declared, basic.get): restart its x-expires clock."""
+
+    def configure(self, options: QueueOptions) -> None:
+        """A policy changed its options (the leader applies them; other handles ignore it)."""
+
+    def delete(self, reason: str) -> int:
+        """The queue is gone here: cancel its consumers (the leader drops its messages too)."""
+
+
+def resolved(value: Any) -> asyncio.Future:
+    """A future already holding `value` (what a local queue answers where a remote one waits)."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
 
 
 class LocalQueue:
     """A queue led by this node: memory + store (see the module docstring)."""
+
+    led_here = True
 
     def __init__(
         self,
@@ -116,9 +171,11 @@ class LocalQueue:
         store: Any = None,
         budget: MemoryBudget | None = None,
         options: QueueOptions | None = None,
+        leader: str = "",
     ) -> None:
         self.vhost = vhost
         self.name = name
+        self.leader = leader
         self.durable = durable
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
@@ -151,7 +208,7 @@ class LocalQueue:
             0  # after recovery: seqs up to this were delivered before the crash
         )
         self.deleting: Any = None  # the pending delete of an auto-delete queue (a future)
-        # Leadership moved away: the node.core.handover.Handover that owns what is left.
+        # Leadership moved away: the cluster.handover.Handover that owns what is left.
         self.handover: Any = None
         # Queue features (TTL, limits, priorities, single active consumer, delivery limit).
         self._ready: FifoReady | PriorityReady = FifoReady()
@@ -495,7 +552,12 @@ class LocalQueue:
                 return c
         return None
 
-    def get(self, ack_required: bool) -> Message | None:
+    def get(self, ack_required: bool) -> asyncio.Future:
+        msg = self.get_now(ack_required)
+        return resolved((msg, self.message_count))
+
+    def get_now(self, ack_required: bool) -> Message | None:
+        """basic.get on this node: the next message, or None."""
         self.touch()
         if self._paged and len(self._ready) < PAGE_LOW:
             self._page_in()
@@ -628,7 +690,10 @@ class LocalQueue:
 
     # -- management ---------------------------------------------------------------------------
 
-    def purge(self) -> int:
+    def purge(self) -> asyncio.Future:
+        return resolved(self.purge_now())
+
+    def purge_now(self) -> int:
         n = self.message_count
         dropped = list(self._ready)
         self._ready.clear()
@@ -648,9 +713,16 @@ class LocalQueue:
             self.on_purged(self)
         return n
 
-    def stats(self) -> tuple[int, int]:
+    def stats(self) -> asyncio.Future:
+        return resolved(self.stats_now())
+
+    def stats_now(self) -> tuple[int, int]:
         """(messages ready, consumers)."""
         return len(self._ready) + self._paged, len(self._consumers)
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self._consumers)
 
     @property
     def message_count(self) -> int:

@@ -8,7 +8,6 @@ publish) go through the `QueueHandle` seam. Vhost names are percent-encoded in p
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from aiohttp import web
 from .. import __version__
 from ..broker import hash_password
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED
+from ..core.publish import UNROUTED
 from ..metadata import commands as cmds
 from ..metrics.collector import disk_free, open_fds, physical_memory, resident_memory
 from ..routing.exchange import EXCHANGE_TYPES
@@ -383,8 +383,8 @@ class ManagementApi:
         }
 
     def cluster_status(self) -> dict[str, Any]:
-        """Members, running nodes and the Raft leader: from the cluster plan when the node is
-        clustered (cluster.plan.ClusterPlan.status), else this node alone."""
+        """Members, running nodes and the Raft leader: from the cluster (ClusterNode) when the node is
+        clustered (cluster.cluster_node.ClusterNode.status), else this node alone."""
         plan = getattr(self.node, "cluster", None)
         if plan is not None and hasattr(plan, "status"):
             return jsonable(plan.status())
@@ -401,7 +401,7 @@ class ManagementApi:
         }
 
     async def nodes(self, request: web.Request) -> web.Response:
-        # Every member; this node with its figures, the others as the cluster plan knows them.
+        # Every member; this node with its figures, the others as the cluster knows them.
         status = self.cluster_status()
         out = [self._node_json()]
         running = set(status.get("running") or ())
@@ -577,11 +577,11 @@ class ManagementApi:
         except Exception as e:
             raise bad_request(f"invalid properties: {e}")
         msg = Message(ex.name, rk, None, props_raw, data)
-        queues = self.broker.route(vhost, ex, msg)
-        for i, q in enumerate(queues):
-            q.enqueue(msg if i == 0 else msg.copy())
+        # Nobody waits for a confirm; a message held by an x-delayed-message exchange counts as
+        # routed, as the plugin answers.
+        result, _ = self.broker.publish(vhost, ex, msg, confirm=False)
         self.broker.counters.published += 1
-        return json_response({"routed": bool(queues)})
+        return json_response({"routed": result != UNROUTED})
 
     # -- queues -------------------------------------------------------------------------------
 
@@ -645,9 +645,7 @@ class ManagementApi:
         self.broker.check(who.name, vhost, "read", "queue", qdef.name)
         q = self.broker.queue(vhost, qdef.name)
         if q is not None:
-            purged = q.purge()
-            if isinstance(purged, asyncio.Future):  # a queue on another node
-                await purged
+            await q.purge()
         return _no_content()
 
     async def queue_get(self, request: web.Request) -> web.Response:
@@ -678,9 +676,7 @@ class ManagementApi:
             return json_response([])
         taken = []
         for _ in range(max(0, count)):
-            msg = q.get(True)
-            if isinstance(msg, asyncio.Future):  # a queue on another node: (message, remaining)
-                msg = (await msg)[0]
+            msg, _ = await q.get(True)
             if msg is None:
                 break
             taken.append(msg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import decimal
@@ -43,17 +42,14 @@ def jsonable(value: Any) -> Any:
 
 
 async def queue_figures(q: Any) -> tuple[int, int, int]:
-    """(ready, unacked, consumers) of a queue handle; a queue on another node answers with a
-    future (the QueueHandle seam), a local one at once."""
+    """(ready, unacked, consumers) of a queue handle, as its leader answers."""
     if q is None:
         return 0, 0, 0
-    stats = q.stats()
-    if isinstance(stats, asyncio.Future):
-        try:
-            stats = await stats
-        except Exception:  # its node is down or unreachable: listed, with no figures
-            return 0, 0, 0
-    return stats[0], getattr(q, "unacked", 0), stats[1]
+    try:
+        stats = await q.stats()
+    except Exception:  # its node is down or unreachable: listed, with no figures
+        return 0, 0, 0
+    return stats[0], q.unacked, stats[1]
 
 
 async def queue_json(node: Node, vhost: str, qdef: Any) -> dict[str, Any]:
@@ -65,8 +61,8 @@ async def queue_json(node: Node, vhost: str, qdef: Any) -> dict[str, Any]:
     args = qdef.arguments or {}
     exclusive_tag = None
     if q is not None:
-        for c in getattr(q, "consumers", []):
-            if getattr(c, "exclusive", False):
+        for c in q.consumers:
+            if c.exclusive:
                 exclusive_tag = c.tag
     return {
         "name": qdef.name,

@@ -489,17 +489,13 @@ def queue_rows(broker: Any) -> Iterator[tuple[str, str, int, int, int]]:
     """(vhost, name, ready, unacked, consumers) of every queue this node leads."""
     for vhost, vh in broker.state.vhosts.items():
         local = broker.queues.get(vhost, {})
-        for name, qdef in vh.queues.items():
+        for name in vh.queues:
             # Each node exports the queues it leads (as RabbitMQ's nodes export the queues they
             # host), so summing over a cluster's nodes counts every queue once.
             q = local.get(name)
-            if q is None or qdef.leader != broker.node_id:
+            if q is None or not q.led_here:
                 continue
-            stats = q.stats()
-            if not isinstance(stats, tuple):
-                continue
-            ready, consumers = stats
-            yield vhost, name, ready, getattr(q, "unacked", 0), consumers
+            yield vhost, name, q.message_count, q.unacked, q.consumer_count
 
 
 class DetailedCollector:

@@ -26,7 +26,7 @@ handed to a consumer, so after a crash the messages at or below it come back mar
 paged out of memory, messages of non-durable queues) are deleted when the node starts.
 
 A queue whose leadership moved to another node keeps its rows until they are handed over
-(node.core.handover); `detach_queue` renames its row (HANDOVER_MARK and the qid appended to the
+(cluster.handover); `detach_queue` renames its row (HANDOVER_MARK and the qid appended to the
 name) so that the same name can get a new queue here meanwhile, and `handover_name` reads such a
 name back after a restart.
 """

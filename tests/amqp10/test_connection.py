@@ -129,7 +129,7 @@ def test_message_above_max_message_size_detaches_the_link(conn, frames_of):
         )
     detach = [f for f in frames(conn.take_output()) if isinstance(f, P.Detach)][0]
     assert detach.error.condition == "amqp:link:message-size-exceeded"
-    assert conn.broker.queue("/", "q").stats()[0] == 0
+    assert conn.broker.queue("/", "q").stats_now()[0] == 0
 
 
 def test_multi_frame_transfer_is_assembled(conn):
@@ -149,7 +149,7 @@ def test_multi_frame_transfer_is_assembled(conn):
             )
         )
     q = conn.broker.queue("/", "q")
-    msg = q.get(False)
+    msg = q.get_now(False)
     assert msg is not None and msg.body == body
 
 

@@ -435,3 +435,24 @@ def test_amqp10_priority_reaches_a_priority_queue(node):
         r.accept()
     c.close()
     assert got == ["p7", "p4", "p1"]
+
+
+def test_delayed_exchange_holds_a_message_sent_over_amqp10(node):
+    """A 1.0 publisher's x-delay (an application property, the 0-9-1 header) is honoured."""
+    ex, q = f"delayed-{uuid.uuid4().hex[:8]}", f"dq-{uuid.uuid4().hex[:8]}"
+    conn, ch = channel091(node)
+    ch.exchange_declare(ex, "x-delayed-message", arguments={"x-delayed-type": "direct"})
+    ch.queue_declare(q)
+    ch.queue_bind(q, ex, "k")
+    conn.close()
+    c = blocking(node)
+    t0 = time.monotonic()
+    c.create_sender(f"/exchanges/{ex}/k").send(
+        Message(body="later", properties={"x-delay": 500})
+    )  # returns once the node accepted it
+    assert queue_count(node, q) == 0  # held by the exchange, not routed at once
+    r = c.create_receiver(f"/queues/{q}")
+    assert r.receive(timeout=5).body == "later"
+    r.accept()
+    assert time.monotonic() - t0 >= 0.49
+    c.close()

@@ -17,9 +17,10 @@ from typing import Any
 import grpc
 import pytest
 
+from cluster.cluster_node import ClusterNode
 from cluster.forwarding import client as fw_client
 from cluster.forwarding.remote_queue import RemoteQueue
-from cluster.forwarding.wiring import start_forwarding
+from cluster.membership import Member, Membership
 from node.amqp091.properties import encode_properties
 from node.broker import Broker
 from node.core.message import Message
@@ -89,21 +90,41 @@ class FakeConsumer:
         return [m.body for m in self.got]
 
 
+async def start_member(
+    node_id: str, log: LocalLog, store: SQLiteStore, ports: dict[str, int], secret: str | None
+) -> tuple[Broker, ClusterNode]:
+    """A broker with its ClusterNode (the members at `ports` on loopback), forwarding started."""
+    members = [Member(n, "127.0.0.1", port, 0) for n, port in ports.items()]
+    cluster = ClusterNode(Membership(members, node_id), secret, "127.0.0.1")
+    broker = Broker(node_id, log, store=store, cluster=cluster)
+    await cluster.start_forwarding()
+    return broker, cluster
+
+
 class Node:
     def __init__(self, node_id: str, tmp: Path) -> None:
         self.node_id = node_id
         self.store = SQLiteStore(tmp / f"{node_id}.db")
         self.store.open()
         self.store.start(asyncio.get_running_loop())
-        self.broker = Broker(node_id, LocalLog(), store=self.store)
-        self.fw: Any = None
+        self.broker: Any = None
+        self.cluster: Any = None
+
+    async def start(self, ports: dict[str, int], secret: str | None) -> None:
+        self.broker, self.cluster = await start_member(
+            self.node_id, LocalLog(), self.store, ports, secret
+        )
+
+    @property
+    def fw(self) -> Any:
+        return self.cluster.forwarding
 
     async def apply(self, cmd: cmds.Command) -> Any:
         return await self.broker.propose(cmd)
 
     async def close(self) -> None:
-        if self.fw is not None:
-            await self.fw.stop()
+        if self.cluster is not None:
+            await self.cluster.detach()
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
 
@@ -117,17 +138,9 @@ class Cluster:
     async def __aenter__(self) -> Cluster:
         self.a = Node("a", self.tmp)
         self.b = Node("b", self.tmp)
-        pa, pb_ = free_port(), free_port()
-        peers = {"a": f"127.0.0.1:{pa}", "b": f"127.0.0.1:{pb_}"}
-        for node, port in ((self.a, pa), (self.b, pb_)):
-            node.fw = await start_forwarding(
-                node.broker,
-                node_id=node.node_id,
-                bind_host="127.0.0.1",
-                cluster_port=port,
-                peers=peers,
-                secret=self.secret,
-            )
+        ports = {"a": free_port(), "b": free_port()}
+        for node in (self.a, self.b):
+            await node.start(ports, self.secret)
         await self.everywhere(cmds.AddVhost("/"))
         await self.until_up()
         return self
@@ -209,7 +222,7 @@ def test_publish_confirms_after_the_leaders_commit(tmp_path: Path) -> None:
         await asyncio.wait_for(ledger.wait(token), 5)
         # b confirmed only once its store committed the message.
         assert c.b.store.committed_rows > b_rows_before
-        assert lq.stats() == (1, 0)
+        assert lq.stats_now() == (1, 0)
 
     run(body, tmp_path)
 
@@ -276,8 +289,8 @@ def test_fanout_sends_each_message_once_per_node(tmp_path: Path) -> None:
         assert counters.publish_messages == 1
         assert counters.publish_bytes == len(payload)  # the body crossed once for two queues
         for name in ("q1", "q2"):
-            assert c.b.broker.queue("/", name).stats() == (1, 0)
-        assert c.a.broker.queue("/", "qa").stats() == (1, 0)
+            assert c.b.broker.queue("/", name).stats_now() == (1, 0)
+        assert c.a.broker.queue("/", "qa").stats_now() == (1, 0)
 
     run(body, tmp_path)
 
@@ -346,7 +359,7 @@ def test_consume_with_prefetch_credit_and_settlements(tmp_path: Path) -> None:
         assert again.body == b"1" and again.redelivered
         assert [m.body for m in consumer.got[6:8]] == [b"5", b"6"]
         assert lq.unacked == 5
-        await until(lambda: lq.stats() == (13, 1))
+        await until(lambda: lq.stats_now() == (13, 1))
         # ack everything as it comes: the rest drains
         done = {id(m) for m in first[:3]}
         while True:
@@ -358,9 +371,9 @@ def test_consume_with_prefetch_credit_and_settlements(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.01)
         assert sorted(consumer.bodies()) == sorted([b"%d" % i for i in range(20)] + [b"1"])
-        await until(lambda: lq.unacked == 0 and lq.stats() == (0, 1))
+        await until(lambda: lq.unacked == 0 and lq.stats_now() == (0, 1))
         rq.unsubscribe(consumer)
-        await until(lambda: lq.stats() == (0, 0))
+        await until(lambda: lq.stats_now() == (0, 0))
 
     run(body, tmp_path)
 
@@ -372,12 +385,12 @@ def test_no_ack_consumer_gets_everything(tmp_path: Path) -> None:
         rq = c.a.broker.queue("/", "q")
         consumer = FakeConsumer("c", no_ack=True)
         rq.subscribe(consumer)
-        await until(lambda: lq.stats()[1] == 1)
+        await until(lambda: lq.stats_now()[1] == 1)
         for i in range(1000):
             lq.enqueue(msg(b"%d" % i, TRANSIENT))
         await until(lambda: len(consumer.got) == 1000)
         assert consumer.bodies() == [b"%d" % i for i in range(1000)]
-        assert lq.unacked == 0 and lq.stats() == (0, 1)
+        assert lq.unacked == 0 and lq.stats_now() == (0, 1)
 
     run(body, tmp_path)
 
@@ -400,7 +413,7 @@ def test_a_remote_consumer_whose_node_is_behind_paces_the_publishers(tmp_path: P
         rq = c.a.broker.queue("/", "q")
         consumer = StalledConsumer("c", no_ack=True)
         rq.subscribe(consumer)
-        await until(lambda: lq.stats()[1] == 1)
+        await until(lambda: lq.stats_now()[1] == 1)
         n = 8000
         for i in range(n):
             rq.enqueue(msg(b"%d" % i, TRANSIENT))
@@ -425,10 +438,10 @@ def test_a_prefetch_bound_remote_consumer_is_not_back_pressure(tmp_path: Path) -
         rq = c.a.broker.queue("/", "q")
         consumer = FakeConsumer("c", prefetch=10)  # never acks: its prefetch holds it back
         rq.subscribe(consumer)
-        await until(lambda: lq.stats()[1] == 1)
+        await until(lambda: lq.stats_now()[1] == 1)
         for i in range(5000):
             rq.enqueue(msg(b"%d" % i, TRANSIENT))
-        await until(lambda: lq.stats()[0] == 5000 - 10)
+        await until(lambda: lq.stats_now()[0] == 5000 - 10)
         (remote,) = lq.consumers
         assert not remote.backpressured() and not lq.congested
 
@@ -450,7 +463,7 @@ def test_stream_break_releases_deliveries_redelivered(tmp_path: Path) -> None:
         sub = next(iter(rq._subs.values()))
         sub._task.cancel()
         await until(lambda: lq.unacked == 0)
-        assert lq.stats() == (3, 0)
+        assert lq.stats_now() == (3, 0)
         other = FakeConsumer("local")
         lq.subscribe(other)
         assert other.bodies() == [b"0", b"1", b"2"]
@@ -470,12 +483,12 @@ def test_cancel_keeps_held_deliveries_settleable(tmp_path: Path) -> None:
         rq.subscribe(consumer)
         await until(lambda: len(consumer.got) == 2)
         rq.unsubscribe(consumer)
-        await until(lambda: lq.stats() == (2, 0))
+        await until(lambda: lq.stats_now() == (2, 0))
         assert lq.unacked == 2
         for m in consumer.got:
             rq.settle(m, Outcome.ACCEPTED)
         await until(lambda: lq.unacked == 0)
-        assert lq.stats() == (2, 0)
+        assert lq.stats_now() == (2, 0)
 
     run(body, tmp_path)
 
@@ -519,7 +532,7 @@ def test_unacked_get_released_when_the_session_ends(tmp_path: Path) -> None:
         assert lq.unacked == 1
         c.a.fw.remove_peer("b")  # a's session with b ends (as when a dies)
         await until(lambda: lq.unacked == 0)
-        again = lq.get(False)
+        again = lq.get_now(False)
         assert again.body == b"g" and again.redelivered
 
     run(body, tmp_path)
@@ -544,7 +557,7 @@ def test_peer_down_rejects_fails_and_cancels_then_recovers(tmp_path: Path) -> No
         rq = c.a.broker.queue("/", "q")
         consumer = FakeConsumer("c")
         rq.subscribe(consumer)
-        await until(lambda: c.b.broker.queue("/", "q").stats()[1] == 1)
+        await until(lambda: c.b.broker.queue("/", "q").stats_now()[1] == 1)
         port = c.b.fw.port
         await c.b.fw.server.stop(grace=None)  # b's cluster port goes away
         await until(lambda: c.a.fw.peer_state("b") == "down")
@@ -604,7 +617,7 @@ def test_delete_cancels_remote_consumers(tmp_path: Path) -> None:
         rq = c.a.broker.queue("/", "q")
         consumer = FakeConsumer("c")
         rq.subscribe(consumer)
-        await until(lambda: c.b.broker.queue("/", "q").stats()[1] == 1)
+        await until(lambda: c.b.broker.queue("/", "q").stats_now()[1] == 1)
         await c.everywhere(cmds.DeleteQueue("/", "q"))
         assert consumer.cancelled_with == ["queue deleted"]
         assert c.a.broker.queue("/", "q") is None

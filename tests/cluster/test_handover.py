@@ -1,4 +1,4 @@
-"""node.core.handover in one process: two brokers wired over gRPC (tests/cluster/test_forwarding.py's
+"""cluster.handover in one process: two brokers wired over gRPC (tests/cluster/test_forwarding.py's
 harness). Queue "q" is led by b, then moved to a; b hands over everything it held: ready messages,
 paged-out ones, deliveries still unsettled (local consumers and consumers on a), and what a crash
 left in its store.
@@ -9,23 +9,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cluster.forwarding.server import RemoteConsumer
-from cluster.forwarding.wiring import start_forwarding
-from node.broker import Broker
 from node.core.outcome import Outcome
 from node.core.queue import LocalQueue, MemoryBudget
 from node.metadata import commands as cmds
 from node.metadata.log import LocalLog
 from node.store import SQLiteStore
 
-from .test_forwarding import TRANSIENT, Cluster, FakeConsumer, msg, run, until
+from .test_forwarding import TRANSIENT, Cluster, FakeConsumer, msg, run, start_member, until
 
 MOVE = cmds.MoveQueue("/", "q", "b", "a")
-
-
-def wire(c: Cluster) -> None:
-    for node in (c.a, c.b):
-        node.broker.forwarded_consumer = lambda consumer: isinstance(consumer, RemoteConsumer)
 
 
 async def fill(c: Cluster, n: int, props: bytes | None = None) -> list[bytes]:
@@ -56,15 +48,14 @@ def stored_rows(store: SQLiteStore) -> int:
 
 def test_ready_and_paged_messages_move_in_order_and_leave_the_old_store(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         c.b.broker.budget = MemoryBudget(20_000)  # a few hundred messages in memory, then paging
-        c.b.broker.handover_window = 50
+        c.b.cluster.moves.window = 50
         await c.queue("q")
         bodies = await fill(c, 3000)
         lq = c.b.broker.queue("/", "q")
         assert lq._paged > 1000, "the test needs paged-out messages"
         await c.everywhere(MOVE)
-        await until(lambda: not c.b.broker.handovers, 20)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 20)
         assert await drain_a(c, 3000) == bodies  # all of them, once, in order
         await until(lambda: c.b.broker.state.queue("/", "q").handing_over == (), 5)
         await until(lambda: stored_rows(c.b.store) == 0, 5)
@@ -74,7 +65,6 @@ def test_ready_and_paged_messages_move_in_order_and_leave_the_old_store(tmp_path
 
 def test_local_consumer_is_cancelled_and_its_deliveries_follow_the_queue(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         bodies = await fill(c, 20)
         lq = c.b.broker.queue("/", "q")
@@ -85,14 +75,14 @@ def test_local_consumer_is_cancelled_and_its_deliveries_follow_the_queue(tmp_pat
         assert consumer.cancelled_with and "moved to node 'a'" in consumer.cancelled_with[0]
         held = consumer.got
         # The 14 ready ones go at once; the 6 delivered wait for their settlement.
-        await until(lambda: c.a.broker.queue("/", "q").stats()[0] == 14, 10)
-        assert c.b.broker.handovers, "done before the deliveries were settled"
+        await until(lambda: c.a.broker.queue("/", "q").stats_now()[0] == 14, 10)
+        assert c.b.broker.cluster.moves.handovers, "done before the deliveries were settled"
         consumer.settle(lq, held[0], Outcome.ACCEPTED)  # an ack after the move still counts
         consumer.settle(lq, held[1], Outcome.ACCEPTED)
         consumer.settle(lq, held[2], Outcome.RELEASED)  # a requeue goes to the new leader
         consumer.settle(lq, held[3], Outcome.REJECTED)  # dropped (no dead-letter exchange)
         lq.release_many([held[4], held[5]])  # the channel closes
-        await until(lambda: not c.b.broker.handovers, 10)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
         got = await drain_a(c, 17)
         expected = set(bodies) - {held[i].body for i in (0, 1, 3)}
         assert sorted(got) == sorted(expected)
@@ -107,7 +97,6 @@ def test_deliveries_of_a_consumer_on_another_node_are_released_to_the_new_leader
     for order in ("ab", "ba"):  # whichever node applies the move first
 
         async def body(c: Cluster, order: str = order) -> None:
-            wire(c)
             await c.queue("q")
             bodies = await fill(c, 30)
             rq = c.a.broker.queue("/", "q")
@@ -117,7 +106,7 @@ def test_deliveries_of_a_consumer_on_another_node_are_released_to_the_new_leader
             await until(lambda: c.b.broker.queue("/", "q").unacked == 8)
             for name in order:
                 await getattr(c, name).apply(MOVE)
-            await until(lambda: not c.b.broker.handovers, 10)
+            await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
             await until(lambda: bool(consumer.cancelled_with), 5)
             assert sorted(await drain_a(c, 30)) == bodies  # the 8 held ones once, not lost
 
@@ -126,7 +115,6 @@ def test_deliveries_of_a_consumer_on_another_node_are_released_to_the_new_leader
 
 def test_a_crash_mid_handover_loses_nothing(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         bodies = await fill(c, 500)
         await fill_transient(c)
@@ -135,11 +123,11 @@ def test_a_crash_mid_handover_loses_nothing(tmp_path: Path) -> None:
         await c.a.fw.server.stop()
         await c.everywhere(MOVE)
         await asyncio.sleep(0.5)
-        assert c.b.broker.handovers and stored_rows(c.b.store) >= 500
+        assert c.b.broker.cluster.moves.handovers and stored_rows(c.b.store) >= 500
         # b "crashes": its forwarding and store go away with the handover unfinished.
         await c.b.fw.stop()
         await asyncio.get_running_loop().run_in_executor(None, c.b.store.close)
-        for h in c.b.broker.handovers:  # the crashed process does nothing more
+        for h in c.b.broker.cluster.moves.handovers:  # the crashed process does nothing more
             h.done = True
         # a comes back; b restarts from its store and its (replayed) metadata.
         await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
@@ -154,24 +142,18 @@ def test_a_crash_mid_handover_loses_nothing(tmp_path: Path) -> None:
             MOVE,
         ):
             log.apply(cmd)
-        broker = Broker("b", log, store=store)
-        fw = await start_forwarding(
-            broker,
-            node_id="b",
-            bind_host="127.0.0.1",
-            cluster_port=port_b,
-            peers={"a": f"127.0.0.1:{c.a.fw.port}"},
-            secret=c.secret,
+        broker, fw = await start_member(
+            "b", log, store, {"a": int(c.a.fw.port), "b": port_b}, c.secret
         )
         try:
             assert broker.recover(stored) == 500  # the persistent ones (transient do not survive)
-            await until(lambda: not broker.handovers, 20)
+            await until(lambda: not broker.cluster.moves.handovers, 20)
             got = await drain_a(c, 500)
             assert set(got) >= set(bodies)  # at least once
             assert broker.state.queue("/", "q").handing_over == ()
             await until(lambda: stored_rows(store) == 0, 5)
         finally:
-            await fw.stop()
+            await fw.detach()
             await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     async def fill_transient(c: Cluster) -> None:
@@ -184,15 +166,14 @@ def test_a_crash_mid_handover_loses_nothing(tmp_path: Path) -> None:
 
 def test_a_queue_deleted_during_its_handover_takes_its_messages_along(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         await fill(c, 100)
         await c.a.fw.server.stop()  # nothing can be handed over
         await c.everywhere(MOVE)
         await asyncio.sleep(0.2)
-        assert c.b.broker.handovers
+        assert c.b.broker.cluster.moves.handovers
         await c.everywhere(cmds.DeleteQueue("/", "q"))
-        assert not c.b.broker.handovers
+        assert not c.b.broker.cluster.moves.handovers
         await until(lambda: stored_rows(c.b.store) == 0, 5)
         await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
 
@@ -201,7 +182,6 @@ def test_a_queue_deleted_during_its_handover_takes_its_messages_along(tmp_path: 
 
 def test_moved_back_while_handing_over_gets_its_old_messages_locally(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         bodies = await fill(c, 50)
         await c.a.fw.server.stop()
@@ -209,7 +189,7 @@ def test_moved_back_while_handing_over_gets_its_old_messages_locally(tmp_path: P
         await asyncio.sleep(0.2)
         await c.everywhere(cmds.MoveQueue("/", "q", "a", "b"))  # back before a got anything
         await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
-        await until(lambda: not c.b.broker.handovers, 10)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
         lq = c.b.broker.queue("/", "q")
         assert isinstance(lq, LocalQueue) and lq.handover is None
         consumer = FakeConsumer("check", prefetch=1000)
@@ -222,7 +202,6 @@ def test_moved_back_while_handing_over_gets_its_old_messages_locally(tmp_path: P
 
 def test_rows_the_counts_missed_are_found_before_the_queue_row_goes(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         bodies = await fill(c, 10)  # all in memory: nothing counted as paged
         lq = c.b.broker.queue("/", "q")
@@ -234,7 +213,7 @@ def test_rows_the_counts_missed_are_found_before_the_queue_row_goes(tmp_path: Pa
         )
         await asyncio.wait_for(c.b.store.ledger.wait(token), 5)
         await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
-        await until(lambda: not c.b.broker.handovers, 15)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 15)
         assert sorted(await drain_a(c, 11)) == sorted([*bodies, b"stray"])
         await until(lambda: stored_rows(c.b.store) == 0, 5)
 
@@ -246,15 +225,14 @@ def test_nothing_is_forwarded_before_the_new_leader_serves_the_queue(tmp_path: P
     still b's queue), and the two confirms would wait for each other in b's ledger for ever."""
 
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         bodies = await fill(c, 20)
         await c.b.apply(MOVE)  # the old leader applies the move first
         await asyncio.sleep(0.5)
-        assert c.b.broker.handovers
+        assert c.b.broker.cluster.moves.handovers
         assert c.a.fw.server.counters.publish_messages == 0
         await c.a.apply(MOVE)
-        await until(lambda: not c.b.broker.handovers, 10)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
         assert sorted(await drain_a(c, 20)) == bodies
         # b's confirms still flow.
         await c.queue("other")
@@ -266,7 +244,6 @@ def test_nothing_is_forwarded_before_the_new_leader_serves_the_queue(tmp_path: P
 
 def test_a_basic_get_held_on_another_node_still_settles_after_the_move(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         bodies = await fill(c, 4)
         rq = c.a.broker.queue("/", "q")
@@ -277,7 +254,7 @@ def test_a_basic_get_held_on_another_node_still_settles_after_the_move(tmp_path:
         )  # a leads q now; the handle a's channel got the messages from is gone
         rq.settle(got[0], Outcome.ACCEPTED)  # the ack still reaches b, which holds the delivery
         rq.settle(got[1], Outcome.RELEASED)  # a requeue follows the queue to a
-        await until(lambda: not c.b.broker.handovers, 10)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
         assert sorted(await drain_a(c, 3)) == sorted(bodies[1:])
         await until(lambda: stored_rows(c.b.store) == 0, 5)
         # The requeued one kept its delivery state across the move (the forwarding record
@@ -297,10 +274,10 @@ async def crash_b_mid_handover(c: Cluster) -> None:
     await c.a.fw.server.stop()
     await c.everywhere(MOVE)
     await asyncio.sleep(0.3)
-    assert c.b.broker.handovers
+    assert c.b.broker.cluster.moves.handovers
     await c.b.fw.stop()
     await asyncio.get_running_loop().run_in_executor(None, c.b.store.close)
-    for h in c.b.broker.handovers:  # the crashed process does nothing more
+    for h in c.b.broker.cluster.moves.handovers:  # the crashed process does nothing more
         h.done = True
 
 
@@ -313,15 +290,7 @@ async def restart_b(c: Cluster, tmp_path: Path, history: list[cmds.Command]) -> 
     log = LocalLog()
     for cmd in history:
         log.apply(cmd)
-    broker = Broker("b", log, store=store)
-    fw = await start_forwarding(
-        broker,
-        node_id="b",
-        bind_host="127.0.0.1",
-        cluster_port=port_b,
-        peers={"a": f"127.0.0.1:{c.a.fw.port}"},
-        secret=c.secret,
-    )
+    broker, fw = await start_member("b", log, store, {"a": int(c.a.fw.port), "b": port_b}, c.secret)
     return broker, store, stored, fw
 
 
@@ -332,7 +301,6 @@ def test_rows_of_a_queue_deleted_while_the_old_leader_was_down_do_not_reach_its_
     declared (on a). The old queue's messages must not turn up in the new one when b starts."""
 
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         await fill(c, 50)
         await crash_b_mid_handover(c)
@@ -349,12 +317,12 @@ def test_rows_of_a_queue_deleted_while_the_old_leader_was_down_do_not_reach_its_
         broker, store, stored, fw = await restart_b(c, tmp_path, history)
         try:
             broker.recover(stored)
-            await until(lambda: not broker.handovers, 10)
+            await until(lambda: not broker.cluster.moves.handovers, 10)
             await asyncio.sleep(0.3)
-            assert c.a.broker.queue("/", "q").stats() == (0, 0)
+            assert c.a.broker.queue("/", "q").stats_now() == (0, 0)
             await until(lambda: stored_rows(store) == 0, 5)
         finally:
-            await fw.stop()
+            await fw.detach()
             await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     run(body, tmp_path)
@@ -367,7 +335,6 @@ def test_rows_of_a_queue_deleted_while_its_leader_was_down_do_not_reach_its_succ
     (placed on a). b's old rows are not a handover; they go with the deleted queue."""
 
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         await fill(c, 20)
         await c.b.fw.stop()
@@ -383,12 +350,12 @@ def test_rows_of_a_queue_deleted_while_its_leader_was_down_do_not_reach_its_succ
         broker, store, stored, fw = await restart_b(c, tmp_path, history)
         try:
             broker.recover(stored)
-            await until(lambda: not broker.handovers, 10)
+            await until(lambda: not broker.cluster.moves.handovers, 10)
             await asyncio.sleep(0.3)
-            assert c.a.broker.queue("/", "q").stats() == (0, 0)
+            assert c.a.broker.queue("/", "q").stats_now() == (0, 0)
             await until(lambda: stored_rows(store) == 0, 5)
         finally:
-            await fw.stop()
+            await fw.detach()
             await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     run(body, tmp_path)
@@ -402,7 +369,6 @@ def test_messages_that_expire_during_the_handover_are_dead_lettered_not_moved(
     the move; none reaches a (where the TTL would start again)."""
 
     async def body(c: Cluster) -> None:
-        wire(c)
         c.b.broker.budget = MemoryBudget(2_000)  # some in memory, the rest paged out
         await c.everywhere(cmds.DeclareExchange("/", "dlx", "fanout"))
         await c.queue("dead")
@@ -415,13 +381,13 @@ def test_messages_that_expire_during_the_handover_are_dead_lettered_not_moved(
         await c.everywhere(MOVE)
         await asyncio.sleep(0.7)
         await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
-        await until(lambda: not c.b.broker.handovers, 10)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
         lq = c.a.broker.queue("/", "q")
         consumer = FakeConsumer("check", prefetch=1000)
         lq.subscribe(consumer)
         await asyncio.sleep(0.1)
         assert consumer.got == []
-        assert c.b.broker.queue("/", "dead").stats()[0] == 40
+        assert c.b.broker.queue("/", "dead").stats_now()[0] == 40
         await until(lambda: stored_rows(c.b.store) == 40, 5)  # only those in "dead"
 
     run(body, tmp_path)
@@ -429,7 +395,6 @@ def test_messages_that_expire_during_the_handover_are_dead_lettered_not_moved(
 
 def test_rows_left_by_a_crash_that_expired_meanwhile_are_dead_lettered(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         setup = [
             cmds.DeclareExchange("/", "dlx", "fanout"),
             cmds.DeclareQueue("/", "dead", True, leader="b"),
@@ -451,12 +416,12 @@ def test_rows_left_by_a_crash_that_expired_meanwhile_are_dead_lettered(tmp_path:
         broker, store, stored, fw = await restart_b(c, tmp_path, [cmds.AddVhost("/"), *setup, MOVE])
         try:
             broker.recover(stored)
-            await until(lambda: not broker.handovers, 10)
+            await until(lambda: not broker.cluster.moves.handovers, 10)
             await asyncio.sleep(0.2)
-            assert c.a.broker.queue("/", "q").stats() == (0, 0)
-            assert broker.queue("/", "dead").stats()[0] == 30
+            assert c.a.broker.queue("/", "q").stats_now() == (0, 0)
+            assert broker.queue("/", "dead").stats_now()[0] == 30
         finally:
-            await fw.stop()
+            await fw.detach()
             await asyncio.get_running_loop().run_in_executor(None, store.close)
 
     run(body, tmp_path)
@@ -469,7 +434,6 @@ def test_a_failed_delivery_after_the_move_counts_against_the_delivery_limit(tmp_
     async def body(c: Cluster) -> None:
         from node.core.outcome import Modified
 
-        wire(c)
         await c.everywhere(cmds.DeclareExchange("/", "dlx", "fanout"))
         await c.queue("dead")
         await c.everywhere(cmds.Bind("/", "dlx", "q", "dead", ""))
@@ -486,17 +450,16 @@ def test_a_failed_delivery_after_the_move_counts_against_the_delivery_limit(tmp_
         assert len(consumer.got) == 2 and consumer.got[1].delivery_count == 1
         await c.everywhere(MOVE)
         lq.settle(consumer.got[1], Outcome.MODIFIED, failed)  # count 2 > 1: dead-lettered
-        await until(lambda: not c.b.broker.handovers, 10)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
         await asyncio.sleep(0.2)
-        assert c.a.broker.queue("/", "q").stats()[0] == 0
-        assert c.b.broker.queue("/", "dead").stats()[0] == 1
+        assert c.a.broker.queue("/", "q").stats_now()[0] == 0
+        assert c.b.broker.queue("/", "dead").stats_now()[0] == 1
 
     run(body, tmp_path)
 
 
 def test_a_purge_during_the_handover_purges_what_is_still_on_its_way(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         await c.queue("q")
         await fill(c, 20)
         await c.a.fw.server.stop()
@@ -504,15 +467,14 @@ def test_a_purge_during_the_handover_purges_what_is_still_on_its_way(tmp_path: P
         await asyncio.sleep(0.2)
         c.a.broker.queue("/", "q").purge()  # queue.purge on the new leader, mid-handover
         await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
-        await until(lambda: not c.b.broker.handovers, 10)
-        assert c.a.broker.queue("/", "q").stats()[0] == 0
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
+        assert c.a.broker.queue("/", "q").stats_now()[0] == 0
 
     run(body, tmp_path)
 
 
 def test_a_purge_during_the_handover_drops_paged_rows_not_read_yet(tmp_path: Path) -> None:
     async def body(c: Cluster) -> None:
-        wire(c)
         c.b.broker.budget = MemoryBudget(20_000)
         await c.queue("q")
         await fill(c, 3000)
@@ -521,11 +483,11 @@ def test_a_purge_during_the_handover_drops_paged_rows_not_read_yet(tmp_path: Pat
         await c.everywhere(MOVE)
         await asyncio.sleep(0.2)
         c.a.broker.queue("/", "q").purge()
-        await until(lambda: all(h.remaining == 0 for h in c.b.broker.handovers), 5)
+        await until(lambda: all(h.remaining == 0 for h in c.b.broker.cluster.moves.handovers), 5)
         await c.a.fw.server.start("127.0.0.1", int(c.a.fw.port))
-        await until(lambda: not c.b.broker.handovers, 10)
+        await until(lambda: not c.b.broker.cluster.moves.handovers, 10)
         await asyncio.sleep(0.2)
-        assert c.a.broker.queue("/", "q").stats()[0] == 0
+        assert c.a.broker.queue("/", "q").stats_now()[0] == 0
         await until(lambda: stored_rows(c.b.store) == 0, 5)
 
     run(body, tmp_path)

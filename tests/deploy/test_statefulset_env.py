@@ -24,7 +24,7 @@ Substituted, because one host stands in for a pod network:
   pod's address; each address: `<pod>.<headless>.<ns>.svc.cluster.local`); the nodes then get the
   members it returns in the list form, `<pod>=<pod address>:<port>`, i.e. each pod host name
   replaced by the address it resolves to. The nodes do not resolve the DNS form themselves:
-  ClusterPlan listens on a member's host only when it is a loopback address literal, else on
+  ClusterNode listens on a member's host only when it is a loopback address literal, else on
   0.0.0.0 (right in a pod, which owns its IP), so three nodes here given host names would all bind
   0.0.0.0 on one cluster port; a resolver override in the node would exist only for this test.
 - Localhost. `merpati ctl` (MERPATI_CTL_* from the pod env) gets MERPATI_CTL_HOST = the pod's

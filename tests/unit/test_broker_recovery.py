@@ -50,7 +50,7 @@ def test_a_queue_declared_before_recovery_is_refilled_not_overwritten(tmp_path: 
         q = broker.queue("/", "q")
         token = q.enqueue(Message("", "q", None, PERSISTENT, b"new"))
         await asyncio.wait_for(store.ledger.wait(token), 5)
-        assert q.stats()[0] == 6
+        assert q.stats_now()[0] == 6
         await _close(store)
 
         broker, store, stored = await _broker(path, defer=True)
@@ -58,7 +58,7 @@ def test_a_queue_declared_before_recovery_is_refilled_not_overwritten(tmp_path: 
         assert broker.recover(stored) == 6
         got = []
         q = broker.queue("/", "q")
-        while (m := q.get(False)) is not None:
+        while (m := q.get_now(False)) is not None:
             got.append(m.body)
         assert got == [b"old0", b"old1", b"old2", b"old3", b"old4", b"new"]
         await _close(store)

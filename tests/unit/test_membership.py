@@ -101,48 +101,48 @@ def _cfg(tmp_path, **kw):  # noqa: ANN001, ANN202
 
 
 def test_a_restarted_node_starts_from_the_members_it_knew(tmp_path) -> None:  # noqa: ANN001
-    from cluster.plan import ClusterPlan
+    from cluster.cluster_node import ClusterNode
 
     with FakeDns([3]):
-        plan = ClusterPlan.from_config(_cfg(tmp_path))
+        plan = ClusterNode.from_config(_cfg(tmp_path))
     plan._save_members()  # done when its metadata log is created
     assert sorted(plan.membership.members) == ["merpati-0", "merpati-1", "merpati-2"]
     # Next start: merpati-2 is Pending (no address) and DNS fails for a moment first. The node
     # need not wait for it: it knows it, and pysyncobj retries a name until it resolves.
     with mock.patch("time.sleep", side_effect=AssertionError("waited")), FakeDns([2]):
-        again = ClusterPlan.from_config(_cfg(tmp_path))
+        again = ClusterNode.from_config(_cfg(tmp_path))
     assert again.membership.members == plan.membership.members
     with mock.patch("time.sleep", side_effect=AssertionError("waited")), FakeDns([0]):
-        assert ClusterPlan.from_config(_cfg(tmp_path)).membership.members == plan.membership.members
+        assert ClusterNode.from_config(_cfg(tmp_path)).membership.members == plan.membership.members
 
 
 def test_dns_adds_to_the_known_members_and_node_left_removes(tmp_path) -> None:  # noqa: ANN001
+    from cluster.cluster_node import ClusterNode
     from cluster.membership import MembersFile
-    from cluster.plan import ClusterPlan
     from node.metadata.commands import NodeLeft
 
     with FakeDns([3]):
-        ClusterPlan.from_config(_cfg(tmp_path))._save_members()
+        ClusterNode.from_config(_cfg(tmp_path))._save_members()
     with FakeDns([4]):  # scaled up: merpati-3 appears
-        plan = ClusterPlan.from_config(_cfg(tmp_path))
+        plan = ClusterNode.from_config(_cfg(tmp_path))
     assert sorted(plan.membership.members) == [f"merpati-{i}" for i in range(4)]
     plan.membership_changed(NodeLeft("merpati-3"), "left")
     assert [m.node_id for m in MembersFile(tmp_path).load()] == [f"merpati-{i}" for i in range(3)]
 
 
 def test_a_corrupt_members_file_is_refused_naming_it(tmp_path) -> None:  # noqa: ANN001
-    from cluster.plan import ClusterPlan
+    from cluster.cluster_node import ClusterNode
 
     (tmp_path / "cluster-members.json").write_text("{not json")
     with pytest.raises(PeersError, match="cluster-members.json is unreadable"), FakeDns([3]):
-        ClusterPlan.from_config(_cfg(tmp_path))
+        ClusterNode.from_config(_cfg(tmp_path))
 
 
 def test_the_list_form_keeps_no_members_file(tmp_path) -> None:  # noqa: ANN001
-    from cluster.plan import ClusterPlan
+    from cluster.cluster_node import ClusterNode
 
     cfg = _cfg(tmp_path)
     cfg.peers = "merpati-0=127.0.0.1:25672,merpati-1=127.0.0.1:25682"
-    plan = ClusterPlan.from_config(cfg)
+    plan = ClusterNode.from_config(cfg)
     plan._save_members()
     assert not (tmp_path / "cluster-members.json").exists()

@@ -55,7 +55,7 @@ def fill(q: LocalQueue, n: int) -> list[Message]:
 
 def ready_bodies(q: LocalQueue) -> list[bytes]:
     out = []
-    while (m := q.get(False)) is not None:
+    while (m := q.get_now(False)) is not None:
         out.append(m.body)
     return out
 
@@ -63,17 +63,17 @@ def ready_bodies(q: LocalQueue) -> list[bytes]:
 def test_enqueue_without_consumers_then_get_in_order():
     q = LocalQueue("/", "q")
     fill(q, 3)
-    assert q.stats() == (3, 0)
+    assert q.stats_now() == (3, 0)
     assert q.message_count == 3
     assert ready_bodies(q) == [b"0", b"1", b"2"]
-    assert q.get(True) is None
+    assert q.get_now(True) is None
     assert q.unacked == 0
 
 
 def test_get_with_ack_counts_unacked():
     q = LocalQueue("/", "q")
     fill(q, 2)
-    m = q.get(True)
+    m = q.get_now(True)
     assert q.unacked == 1 and q.message_count == 1
     q.settle(m, Outcome.ACCEPTED)
     assert q.unacked == 0 and q.message_count == 1
@@ -162,14 +162,14 @@ def test_no_ack_deliveries_are_not_counted_unacked():
 def test_released_messages_return_to_their_original_position():
     q = LocalQueue("/", "q")
     msgs = fill(q, 5)
-    m0, m1, m2 = q.get(True), q.get(True), q.get(True)
+    m0, m1, m2 = q.get_now(True), q.get_now(True), q.get_now(True)
     assert [m0.body, m1.body, m2.body] == [b"0", b"1", b"2"]
     q.settle(m2, Outcome.RELEASED)
     q.settle(m0, Outcome.RELEASED)
     q.settle(m1, Outcome.ACCEPTED)
     assert q.unacked == 0
     got = []
-    while (m := q.get(False)) is not None:
+    while (m := q.get_now(False)) is not None:
         got.append((m.body, m.redelivered))
     assert got == [(b"0", True), (b"2", True), (b"3", False), (b"4", False)]
     assert all(m.delivery_count == 0 for m in msgs)
@@ -191,7 +191,7 @@ def test_released_message_goes_to_a_consumer_before_younger_ones():
 def test_release_many_restores_order():
     q = LocalQueue("/", "q")
     fill(q, 4)
-    taken = [q.get(True) for _ in range(3)]
+    taken = [q.get_now(True) for _ in range(3)]
     q.release_many(list(reversed(taken)))
     assert q.unacked == 0
     assert ready_bodies(q) == [b"0", b"1", b"2", b"3"]
@@ -200,7 +200,7 @@ def test_release_many_restores_order():
 def test_modified_charges_delivery_count_only_when_failed():
     q = LocalQueue("/", "q")
     fill(q, 2)
-    a, b = q.get(True), q.get(True)
+    a, b = q.get_now(True), q.get_now(True)
     q.settle(a, Outcome.MODIFIED, Modified(delivery_failed=True))
     q.settle(b, Outcome.MODIFIED, Modified(delivery_failed=False))
     assert (a.delivery_count, a.redelivered) == (1, True)
@@ -211,12 +211,12 @@ def test_modified_charges_delivery_count_only_when_failed():
 def test_rejected_is_dead_lettered_or_dropped():
     q = LocalQueue("/", "q")
     fill(q, 2)
-    m = q.get(True)
+    m = q.get_now(True)
     q.settle(m, Outcome.REJECTED)
     assert q.message_count == 1 and q.unacked == 0
     lettered = []
     q.dead_letter = lambda queue, message, reason: lettered.append((queue, message, reason))
-    m = q.get(True)
+    m = q.get_now(True)
     q.settle(m, Outcome.REJECTED)
     assert lettered == [(q, m, "rejected")]
     assert q.message_count == 0
@@ -225,17 +225,17 @@ def test_rejected_is_dead_lettered_or_dropped():
 def test_purge():
     q = LocalQueue("/", "q")
     fill(q, 5)
-    m = q.get(True)
-    q.settle(q.get(True), Outcome.RELEASED)
-    assert q.purge() == 4
-    assert q.stats() == (0, 0)
-    assert q.get(False) is None
+    m = q.get_now(True)
+    q.settle(q.get_now(True), Outcome.RELEASED)
+    assert q.purge_now() == 4
+    assert q.stats_now() == (0, 0)
+    assert q.get_now(False) is None
     # Unacked deliveries survive a purge, as in RabbitMQ, and can still be settled.
     assert q.unacked == 1
     q.settle(m, Outcome.RELEASED)
     assert q.message_count == 1
-    assert q.purge() == 1
-    assert q.purge() == 0
+    assert q.purge_now() == 1
+    assert q.purge_now() == 0
 
 
 def test_delete_cancels_consumers():
@@ -246,7 +246,7 @@ def test_delete_cancels_consumers():
     fill(q, 5)
     assert q.delete("deleted") == 3
     assert a.cancelled_with == ["deleted"] and b.cancelled_with == ["deleted"]
-    assert q.deleted and q.stats() == (0, 0)
+    assert q.deleted and q.stats_now() == (0, 0)
     # Late settlements and kicks are ignored.
     q.settle(a.got[0], Outcome.RELEASED)
     q.release_many([b.got[0]])
@@ -343,7 +343,7 @@ def test_messages_are_conserved(steps):
                 if outcome is not Outcome.RELEASED:
                     gone += 1
         elif step[0] == "get":
-            m = q.get(step[1])
+            m = q.get_now(step[1])
             if m is not None:
                 if step[1]:
                     got_pending.append(m)
@@ -358,5 +358,5 @@ def test_messages_are_conserved(steps):
         assert q.message_count + in_flight + gone == n
         assert all(c.room >= 0 for c in consumers)
     # What is still ready comes out oldest first, each message once.
-    seqs = [m.seq for m in iter(lambda: q.get(False), None)]
+    seqs = [m.seq for m in iter(lambda: q.get_now(False), None)]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)

@@ -1,9 +1,12 @@
-"""How a node takes part in the cluster: its Raft metadata log, placement, and forwarding.
+"""`ClusterNode`: this node as a member of the cluster — its Raft metadata log, queue placement,
+forwarding to the other nodes, and queue moves. It is the broker's `ClusterSeam`
+(node/cluster_seam.py).
 
-`ClusterPlan.from_config` reads --peers / --cluster-port / --raft-port / --cluster-secret(-file).
+`ClusterNode.from_config` reads --peers / --cluster-port / --raft-port / --cluster-secret(-file).
 Without --peers a node is a one-member cluster on loopback: the same Raft code path, no gRPC
-listener. The node (node/server.py) calls `metadata()` for its log, `attach(node)` once its broker
-exists (placement, forwarding), and `detach()` when it stops.
+listener. The node (node/server.py) calls `metadata()` for its log, passes the ClusterNode to its
+Broker (which binds itself to it), calls `start_forwarding()` before the log starts, and
+`detach()` when it stops.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from node.metadata.commands import MoveQueue, NodeJoined, NodeLeft
+from node.metadata.state import MetadataError
 
 from .membership import (
     Member,
@@ -24,6 +28,7 @@ from .membership import (
     known_or_discovered,
     place_queue,
 )
+from .queue_moves import QueueMoves
 
 log = logging.getLogger("merpati.cluster")
 
@@ -31,18 +36,26 @@ log = logging.getLogger("merpati.cluster")
 LINK_WAIT = 5.0
 
 
-class ClusterPlan:
-    def __init__(self, membership: Membership, secret: str | None, bind_host: str) -> None:
+class ClusterNode:
+    def __init__(
+        self,
+        membership: Membership,
+        secret: str | None,
+        bind_host: str,
+        handover_window: int | None = None,
+    ) -> None:
         self.membership = membership
         self.secret = secret
         self.bind_host = bind_host
         self.metadata_log: Any = None
         self.forwarding: Any = None
+        self.broker: Any = None
+        self.moves = QueueMoves() if handover_window is None else QueueMoves(handover_window)
         # Where the members are kept for the next start (DNS form of --peers only).
         self.members_file: MembersFile | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any) -> ClusterPlan:
+    def from_config(cls, cfg: Any) -> ClusterNode:
         node_id = cfg.resolved_node_id()
         offset = cfg.resolved_raft_port() - cfg.cluster_port
         members_file = None
@@ -72,9 +85,9 @@ class ClusterPlan:
         # Listen on the member's own host when it is an address here, else everywhere.
         me = membership.me.host
         bind_host = me if is_loopback(me) else "0.0.0.0"
-        plan = cls(membership, secret, bind_host)
-        plan.members_file = members_file
-        return plan
+        node = cls(membership, secret, bind_host, cfg.handover_window)
+        node.members_file = members_file
+        return node
 
     @property
     def clustered(self) -> bool:
@@ -96,33 +109,60 @@ class ClusterPlan:
         self.membership.status = self.metadata_log.status
         return self.metadata_log
 
-    async def attach(self, node: Any) -> None:
-        broker = node.broker
-        membership = self.membership
-        broker.place_queue = lambda exclusive: place_queue(
-            broker.state, membership.live(), broker.node_id, exclusive
-        )
-        broker.cluster = self
+    # -- the broker's seam (node/cluster_seam.py) -------------------------------------------------
+
+    def bind(self, broker: Any) -> None:
+        self.broker = broker
+        self.moves.bind(broker)
+        broker.metadata.subscribe(self._on_applied)
+
+    def place_queue(self, exclusive: bool) -> str:
+        broker = self.broker
+        return place_queue(broker.state, self.membership.live(), broker.node_id, exclusive)
+
+    def remote_queue(self, qdef: Any) -> Any:
+        return self.forwarding.remote_queue(qdef) if self.forwarding is not None else None
+
+    def queue_purged(self, q: Any) -> None:
+        self.moves.queue_purged(q)
+
+    def recover(self, stored: Any, keep: set[tuple[str, str]]) -> int:
+        return self.moves.recover(stored, keep)
+
+    def recovered(self) -> None:
+        self.moves.recovered()
+
+    async def wait_handovers(self, timeout: float) -> bool:
+        if self.moves.handovers:
+            log.info("waiting for %d queue handover(s)", len(self.moves.handovers))
+        return await self.moves.wait(timeout)
+
+    def _on_applied(self, cmd: Any, result: Any) -> None:
+        if isinstance(cmd, (NodeJoined, NodeLeft)) and not isinstance(result, MetadataError):
+            self.membership_changed(cmd, result)
+
+    # -- forwarding -------------------------------------------------------------------------------
+
+    async def start_forwarding(self, batch_messages: int | None = None) -> None:
+        """Serve this node's queues to the other members and connect to them (a cluster of one
+        forwards nothing); `batch_messages` overrides the messages per forwarded batch."""
         if not self.clustered:
             return
-        try:
-            from .forwarding.server import RemoteConsumer
-            from .forwarding.wiring import start_forwarding
-        except ImportError:  # pragma: no cover - forwarding lands with the gRPC layer
-            log.warning("gRPC forwarding is not available: queues on other nodes are unreachable")
-            return
-        # A queue's consumer that stands for one on another node: when the queue moves, that
-        # node cancels it and the stream's end releases its deliveries to the handover.
-        broker.forwarded_consumer = lambda consumer: isinstance(consumer, RemoteConsumer)
+        from .forwarding.wiring import start_forwarding
+
+        me = self.membership.me
         self.forwarding = await start_forwarding(
-            broker,
-            node_id=membership.me.node_id,
+            self.broker,
+            node_id=me.node_id,
             bind_host=self.bind_host,
-            cluster_port=membership.me.cluster_port,
-            peers={m.node_id: m.cluster_address for m in membership.others},
+            cluster_port=me.cluster_port,
+            peers={m.node_id: m.cluster_address for m in self.membership.others},
             secret=self.secret,
+            moves=self.moves,
+            batch_messages=batch_messages,
         )
-        membership.peer_state = self.forwarding.peer_state
+        self.moves.forwarding = self.forwarding
+        self.membership.peer_state = self.forwarding.peer_state
 
     async def wait_for_majority(self, start: Any) -> None:
         """Start the Raft log, saying in the log what it waits for while no majority answers;
@@ -223,12 +263,12 @@ class ClusterPlan:
             if counts[src] - counts[dst] < 2:
                 continue  # moving would not even the spread
             handle = broker.queue(vhost, q.name)
-            stats = handle.stats() if handle is not None else (1, 1)
-            if isinstance(stats, asyncio.Future):
-                try:
-                    stats = await stats
-                except Exception:
-                    continue
+            if handle is None:
+                continue
+            try:
+                stats = await handle.stats()
+            except Exception:
+                continue
             if stats != (0, 0):
                 continue  # only idle queues move: nothing in flight is put at risk
             await broker.propose(MoveQueue(vhost, q.name, src, dst))
@@ -252,6 +292,7 @@ class ClusterPlan:
         if self.forwarding is not None:
             await self.forwarding.stop()
             self.forwarding = None
+            self.moves.forwarding = None
 
     def status(self) -> dict[str, Any]:
         m = self.membership

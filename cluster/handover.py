@@ -14,7 +14,7 @@ Each message goes to whatever handle the queue has now (`resolve`): normally the
 the new leader, whose `enqueue` returns a ConfirmLedger token resolved by that node's confirm,
 i.e. after its store commit for a persistent message of a durable queue. Only then is the message's
 row deleted here, so a crash at any point loses nothing: rows left behind are handed over again
-after the restart (`Broker.recover`), and the new leader may get some twice (at-least-once).
+after the restart (`QueueMoves.recover`), and the new leader may get some twice (at-least-once).
 
 Nothing is forwarded before the new leader serves the queue (`_probe`: its `stats()` answers):
 a message that reached it before it applied the MoveQueue would be forwarded back here, and
@@ -29,7 +29,7 @@ except around such a partial failure.
 The queue's store row is detached first (`SQLiteStore.detach_queue`): the same queue name may be
 created on this node again (moved back) while the old rows are still being handed over. When every
 message is confirmed and no delivery is outstanding, the row goes and `on_done` is called (the
-broker then proposes QueueHandedOver, which tells the cluster this node holds nothing of it).
+QueueMoves then proposes QueueHandedOver, which tells the cluster this node holds nothing of it).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .message import Message
-from .outcome import Modified, Outcome
-from .queue import REJECTED, LocalQueue, QueueHandle
+from node.core.message import Message
+from node.core.outcome import Modified, Outcome
+from node.core.queue import REJECTED, LocalQueue, QueueHandle
 
 log = logging.getLogger("merpati.handover")
 
@@ -247,11 +247,11 @@ class Handover:
     def _probe(self, target: QueueHandle) -> None:
         """Forward to `target` only once it serves the queue (see the module docstring): a
         remote handle's stats() fails until the leader there has a queue of its own."""
-        answer: Any = target.stats()
-        if not isinstance(answer, asyncio.Future):
+        if target.led_here:
             self._serving = target  # a queue on this node (moved back here)
             self._schedule_pump()
             return
+        answer = target.stats()
         self._probing = True
 
         def probed(fut: asyncio.Future) -> None:

@@ -1,0 +1,75 @@
+"""The broker's seam to the cluster it belongs to.
+
+The broker never knows how other nodes are reached or how a queue moves between them: it asks
+the `ClusterSeam` it was constructed with. cluster/ implements it (cluster.cluster_node.ClusterNode:
+placement among live nodes, RemoteQueues over gRPC, queue handovers); a node on its own, and the
+tests of the core, use `LoneNode`, where every queue is led here.
+
+`bind` is the one call in the other direction: the broker introduces itself from its constructor,
+before it applies any metadata, so the cluster side can subscribe to the same applied commands
+(queue moves, membership) and reach the broker's queues.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .core.queue import QueueHandle
+    from .metadata.state import QueueDef
+
+# What the store holds, per (vhost, queue): (queue id, durable, delivered-before count).
+Stored = dict[tuple[str, str], tuple[int, bool, int]]
+
+
+class ClusterSeam(Protocol):
+    def bind(self, broker: Broker) -> None:
+        """Called once by the broker's constructor, before any command is applied."""
+
+    def place_queue(self, exclusive: bool) -> str:
+        """The node that leads a new queue (exclusive ones stay with their connection)."""
+
+    def remote_queue(self, qdef: QueueDef) -> QueueHandle | None:
+        """The handle of a queue another node leads (None: that node cannot be reached yet)."""
+
+    def queue_purged(self, q: QueueHandle) -> None:
+        """A queue this node leads was purged (nodes still handing it over purge their part)."""
+
+    def recover(self, stored: Stored, keep: set[tuple[str, str]]) -> int:
+        """At start, after the broker refilled its queues: deal with the stored rows of queues
+        this node no longer leads (adding those it keeps to `keep`); returns their messages."""
+
+    def recovered(self) -> None:
+        """Recovery is over; the node serves clients from now on."""
+
+    async def wait_handovers(self, timeout: float) -> bool:
+        """At stop: wait up to `timeout` s for queue moves under way; True when none is left."""
+
+
+class LoneNode:
+    """A node that is its own cluster: every queue is led here, nothing moves."""
+
+    def __init__(self) -> None:
+        self.node_id = ""
+
+    def bind(self, broker: Broker) -> None:
+        self.node_id = broker.node_id
+
+    def place_queue(self, exclusive: bool) -> str:
+        return self.node_id
+
+    def remote_queue(self, qdef: QueueDef) -> QueueHandle | None:
+        return None
+
+    def queue_purged(self, q: QueueHandle) -> None:
+        pass
+
+    def recover(self, stored: Stored, keep: set[tuple[str, str]]) -> int:
+        return 0
+
+    def recovered(self) -> None:
+        pass
+
+    async def wait_handovers(self, timeout: float) -> bool:
+        return True
