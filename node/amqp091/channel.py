@@ -22,13 +22,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..core.declare import (
+    DeclareError,
+    check_exchange_declare,
+    check_queue_arguments,
+    check_reserved_name,
+)
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED
 from ..core.publish import UNROUTED
 from ..core.queue import QueueHandle
 from ..metadata import commands as cmds
 from ..metadata.state import MetadataError
-from ..routing.exchange import DELAYABLE_TYPES, EXCHANGE_TYPES
 from ..routing.headers import HeadersError, HeadersMatcher
 from . import render, spec
 from .codec import as_int, encode_shortstr
@@ -77,6 +82,11 @@ class ConnectionError091(Exception):
 
 def _err(e: MetadataError) -> ChannelError:
     return ChannelError(e.code, e.text)
+
+
+def _declare_error(e: DeclareError) -> ChannelError | ConnectionError091:
+    """A refused declaration: 503 closes the connection, the rest close the channel."""
+    return ConnectionError091(e.code, e.text) if e.hard else ChannelError(e.code, e.text)
 
 
 class Consumer091:
@@ -319,12 +329,6 @@ class Channel:
 
     # -- exchanges ----------------------------------------------------------------------------
 
-    def _check_name(self, kind: str, name: str) -> None:
-        if name.startswith("amq."):
-            raise ChannelError(
-                ACCESS_REFUSED, f"{kind} name '{name}' contains reserved prefix 'amq.*'"
-            )
-
     def _exchange_declare(self, m: Any) -> None:
         state = self.broker.state
         name = m.exchange
@@ -336,30 +340,14 @@ class Channel:
                 raise ChannelError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.vhost}'")
             self._reply(m.nowait, spec.ExchangeDeclareOk())
             return
-        if not name:
-            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
-        if m.type not in EXCHANGE_TYPES:
-            raise ConnectionError091(COMMAND_INVALID, f"invalid exchange type '{m.type}'")
-        if m.type == "x-delayed-message":
-            delayed_type = (m.arguments or {}).get("x-delayed-type")
-            if isinstance(delayed_type, bytes):
-                delayed_type = delayed_type.decode("utf-8", "replace")
-            if delayed_type not in DELAYABLE_TYPES:
-                raise ChannelError(
-                    PRECONDITION_FAILED,
-                    "Invalid argument, 'x-delayed-type' must be an existing exchange type",
-                )
-        if state.exchange(self.vhost, name) is None:
-            # Redeclaring an existing amq.* exchange equivalently is allowed, as in RabbitMQ.
-            self._check_name("exchange", name)
-        self.broker.check(self.user, self.vhost, "configure", "exchange", name)
         args = m.arguments or {}
-        ae = args.get("alternate-exchange")
-        if ae is not None and not isinstance(ae, (str, bytes)):
-            raise ChannelError(
-                PRECONDITION_FAILED,
-                f"invalid arg 'alternate-exchange' for exchange '{name}' in vhost '{self.vhost}': expected a string",
-            )
+        try:
+            # Redeclaring an existing amq.* exchange equivalently is allowed, as in RabbitMQ.
+            exists = state.exchange(self.vhost, name) is not None
+            check_exchange_declare(self.vhost, name, m.type, args, exists=exists)
+        except DeclareError as e:
+            raise _declare_error(e)
+        self.broker.check(self.user, self.vhost, "configure", "exchange", name)
         cmd = cmds.DeclareExchange(
             self.vhost, name, m.type, m.durable, m.auto_delete, m.internal, args
         )
@@ -481,13 +469,16 @@ class Channel:
             self._check_exclusive(qdef)
             self._declare_ok(m, name)
             return
-        if not name:
-            name = self._generated_name()
-        else:
-            self._check_name("queue", name)
-        self.broker.check(self.user, self.vhost, "configure", "queue", name)
         args = m.arguments or {}
-        _validate_queue_args(name, self.vhost, args)
+        try:
+            if not name:
+                name = self._generated_name()
+            else:
+                check_reserved_name("queue", name)
+            self.broker.check(self.user, self.vhost, "configure", "queue", name)
+            check_queue_arguments(self.vhost, name, args)
+        except DeclareError as e:
+            raise _declare_error(e)
         qdef = state.queue(self.vhost, name)
         if qdef is not None:
             self._check_exclusive(qdef)
@@ -1004,51 +995,3 @@ def _result(fut: asyncio.Future) -> Any:
     if exc is not None:
         raise exc
     return fut.result()
-
-
-_INT_ARGS = (
-    "x-expires",
-    "x-message-ttl",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-delivery-limit",
-)
-
-
-def _validate_queue_args(name: str, vhost: str, args: dict[str, Any]) -> None:
-    """Reject queue arguments of the wrong type or range with 406, as RabbitMQ does."""
-    for key in _INT_ARGS:
-        if key not in args:
-            continue
-        value = as_int(args[key])
-        if value is None:
-            raise ChannelError(
-                PRECONDITION_FAILED,
-                f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}': expected an integer, got {args[key]!r}",
-            )
-        if (
-            value < 0
-            or (key == "x-expires" and value == 0)
-            or (key == "x-max-priority" and value > 255)
-        ):
-            raise ChannelError(
-                PRECONDITION_FAILED,
-                f"invalid arg '{key}' for queue '{name}' in vhost '{vhost}': value {value} is out of range",
-            )
-    overflow = args.get("x-overflow")
-    if overflow is not None and overflow not in (
-        "drop-head",
-        "reject-publish",
-        "reject-publish-dlx",
-    ):
-        raise ChannelError(
-            PRECONDITION_FAILED,
-            f"invalid arg 'x-overflow' for queue '{name}' in vhost '{vhost}': {overflow!r}",
-        )
-    qtype = args.get("x-queue-type")
-    if qtype is not None and qtype not in ("classic", "quorum", "stream"):
-        raise ChannelError(
-            PRECONDITION_FAILED,
-            f"invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost}': {qtype!r}",
-        )

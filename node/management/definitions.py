@@ -5,16 +5,26 @@ move between Merpati and RabbitMQ (3.6+, `rabbit_password_hashing_sha256`) both 
 queues, the default exchange and the `amq.*` exchanges are not exported, as in RabbitMQ.
 Import applies vhosts, users, permissions, policies, exchanges, queues, then bindings, each as a
 metadata command; what already exists equivalently is left alone.
+
+Import is all or nothing: every queue and exchange first gets the checks a declaration gets
+(node/core/declare.py), then the whole list of commands is tried on a copy of the metadata state,
+and only when all of it applies there is any of it proposed. A refused file is answered 400 naming
+the item and what is wrong with it. (On a cluster, a change that lands between that trial and the
+proposals can still make a later command fail; the trial catches everything the file itself gets
+wrong.) The predeclared `amq.*` exchanges in a file are skipped, as RabbitMQ does; any other
+`amq.*` exchange is refused, as exchange.declare refuses it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..core.declare import DeclareError, check_exchange_declare, check_queue_declare
 from ..metadata import commands as cmds
-from ..metadata.state import MetadataError
+from ..metadata.state import DEFAULT_EXCHANGES, MetadataError
 from .app import bad_request
 from .views import jsonable
 
@@ -24,8 +34,17 @@ if TYPE_CHECKING:
 SHA256 = "rabbit_password_hashing_sha256"
 
 
+_PREDECLARED = frozenset(name for name, _ in DEFAULT_EXCHANGES)
+
+
 def _system_exchange(name: str) -> bool:
     return not name or name.startswith("amq.")
+
+
+def _refused(kind: str, name: str, vhost: str, why: str) -> Exception:
+    return bad_request(
+        f"definitions refused, nothing imported: {kind} '{name}' in vhost '{vhost}': {why}"
+    )
 
 
 def export(node: Node, only_vhost: str | None = None) -> dict[str, Any]:
@@ -193,28 +212,41 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
                 )
             )
         for e in _list(body, "exchanges"):
-            if _system_exchange(str(e["name"])):
+            name = str(e["name"])
+            if not name or name in _PREDECLARED:
                 continue
+            type_ = str(e.get("type", "direct"))
+            arguments = dict(e.get("arguments") or {})
+            try:
+                check_exchange_declare(vh(e), name, type_, arguments)
+            except DeclareError as err:
+                raise _refused("exchange", name, vh(e), err.text)
             out.append(
                 cmds.DeclareExchange(
                     vh(e),
-                    str(e["name"]),
-                    str(e.get("type", "direct")),
+                    name,
+                    type_,
                     bool(e.get("durable", True)),
                     bool(e.get("auto_delete", False)),
                     bool(e.get("internal", False)),
-                    dict(e.get("arguments") or {}),
+                    arguments,
                 )
             )
         for q in _list(body, "queues"):
+            name = str(q["name"])
+            arguments = dict(q.get("arguments") or {})
+            try:
+                check_queue_declare(vh(q), name, arguments)
+            except DeclareError as err:
+                raise _refused("queue", name, vh(q), err.text)
             out.append(
                 cmds.DeclareQueue(
                     vh(q),
-                    str(q["name"]),
+                    name,
                     bool(q.get("durable", True)),
                     None,
                     bool(q.get("auto_delete", False)),
-                    dict(q.get("arguments") or {}),
+                    arguments,
                     leader,
                 )
             )
@@ -241,11 +273,41 @@ async def import_(
     only_vhost: str | None,
     propose: Callable[[Any], Awaitable[Any]],
 ) -> int:
-    """Apply the definitions; returns the number of commands. Stops at the first failure."""
+    """Apply the definitions, all or nothing; returns the number of commands."""
     todo = commands(node, body, only_vhost)
+    trial = copy.deepcopy(node.broker.state)
+    for cmd in todo:
+        result = trial.apply(cmd)
+        if isinstance(result, MetadataError):
+            raise bad_request(
+                f"definitions refused, nothing imported: {_describe(cmd)}: {result.text}"
+            )
     for cmd in todo:
         try:
             await propose(cmd)
         except MetadataError as e:
-            raise bad_request(f"{type(cmd).__name__} {getattr(cmd, 'name', '')}: {e.text}")
+            raise bad_request(f"{_describe(cmd)}: {e.text}")
     return len(todo)
+
+
+def _describe(cmd: Any) -> str:
+    """The item a command comes from, as a definitions file names it."""
+    if isinstance(cmd, cmds.Bind):
+        what = "queue" if cmd.destination_kind == "q" else "exchange"
+        return (
+            f"binding from exchange '{cmd.source}' to {what} '{cmd.destination}' "
+            f"in vhost '{cmd.vhost}'"
+        )
+    kind = {
+        cmds.AddVhost: "vhost",
+        cmds.PutUser: "user",
+        cmds.SetPolicy: "policy",
+        cmds.DeclareExchange: "exchange",
+        cmds.DeclareQueue: "queue",
+    }.get(type(cmd))
+    if kind is None:
+        if isinstance(cmd, cmds.SetPermissions):
+            return f"permissions of user '{cmd.user}' in vhost '{cmd.vhost}'"
+        return type(cmd).__name__
+    where = f" in vhost '{cmd.vhost}'" if kind not in ("vhost", "user") else ""
+    return f"{kind} '{cmd.name}'{where}"

@@ -6,12 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..amqp091.codec import encode_table
+from ..core.declare import DELAYABLE_TYPES, EXCHANGE_TYPES
 from .headers import HeadersMatcher
 from .topic import TopicMatcher
-
-EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers", "x-delayed-message")
-# The types an x-delayed-message exchange may route with once a message's delay is over.
-DELAYABLE_TYPES = ("direct", "fanout", "topic", "headers")
 
 # A binding destination: ("q", queue name) or ("e", exchange name).
 Destination = tuple[str, str]
