@@ -29,8 +29,9 @@ from ..metadata import commands as cmds
 from ..metadata.state import MetadataError
 from ..routing.exchange import DELAYABLE_TYPES, EXCHANGE_TYPES
 from ..routing.headers import HeadersError, HeadersMatcher
+from ..wire.properties import FLAG_USER_ID, decode_properties, flags_of
+from ..wire.table import as_int, encode_shortstr
 from . import render, spec
-from .codec import as_int, encode_shortstr
 from .constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
@@ -42,7 +43,6 @@ from .constants import (
     RESOURCE_ERROR,
     RESOURCE_LOCKED,
 )
-from .properties import FLAG_USER_ID, decode_properties, flags_of
 
 if TYPE_CHECKING:
     from .connection import Connection091

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 from .. import __version__
 from ..broker import AuthError, Broker
 from ..core.output import OutputBuffer
+from ..wire.table import DecodeError, decode_table
 from . import render, spec
 from .channel import Channel, ChannelError, ConnectionError091
-from .codec import DecodeError, decode_table
 from .constants import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,

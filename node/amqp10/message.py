@@ -22,8 +22,8 @@ import struct
 import uuid
 from typing import Any
 
-from ..amqp091 import codec as c091
-from ..amqp091.properties import decode_properties, encode_properties
+from ..wire import table as ft
+from ..wire.properties import decode_properties, encode_properties
 from .codec import (
     Array,
     Byte,
@@ -161,7 +161,7 @@ def _id_to_091(value: Any, prop: str, header: str, props: dict, headers: dict) -
     elif isinstance(value, int) and not isinstance(value, bool):
         props[prop] = str(int(value))
     elif isinstance(value, bytes):
-        headers[header] = c091.ByteArray(value)
+        headers[header] = ft.ByteArray(value)
 
 
 def value_to_091(v: Any, depth: int = 0) -> Any:
@@ -174,25 +174,25 @@ def value_to_091(v: Any, depth: int = 0) -> Any:
     if t is int:
         return v if -(2**63) <= v < 2**63 else None
     if t is bytes:
-        return c091.ByteArray(v)
+        return ft.ByteArray(v)
     if t is UByte:
-        return c091.Int("B", int(v))
+        return ft.Int("B", int(v))
     if t is Byte:
-        return c091.Int("b", int(v))
+        return ft.Int("b", int(v))
     if t is Short:
-        return c091.Int("s", int(v))
+        return ft.Int("s", int(v))
     if t is UShort:
-        return c091.Int("u", int(v))
+        return ft.Int("u", int(v))
     if t is Int:
         return int(v)
     if t is UInt:
-        return c091.Int("i", int(v))
+        return ft.Int("i", int(v))
     if t is ULong:
         return int(v) if v < 2**63 else None
     if t is float or t is Float:
         return float(v)
     if t is Timestamp:
-        return c091.Timestamp(max(0, int(v) // 1000))
+        return ft.Timestamp(max(0, int(v) // 1000))
     if t is uuid.UUID:
         return str(v)
     if depth < 16:
@@ -249,7 +249,7 @@ def to_core(p: Parsed, payload: bytes) -> tuple[bytes, bytes, tuple]:
             props["content_encoding"] = str(ce)
         ctime = _field(pr, 9)
         if isinstance(ctime, int) and not isinstance(ctime, bool) and ctime >= 0:
-            props["timestamp"] = c091.Timestamp(int(ctime) // 1000)
+            props["timestamp"] = ft.Timestamp(int(ctime) // 1000)
         gid = _field(pr, 10)
         if isinstance(gid, str) and _shortstr_ok(gid):
             props["app_id"] = str(gid)
@@ -407,14 +407,14 @@ def value_to_10(v: Any, depth: int = 0) -> Any:
         return v
     if t is int:
         return Int(v) if -(2**31) <= v < 2**31 else v
-    if t is c091.Int:
+    if t is ft.Int:
         k = v.kind
         return {"b": Byte, "B": UByte, "s": Short, "u": UShort, "i": UInt, "L": ULong}[k](v.value)
     if t is bytes:
         return v
-    if t is c091.ByteArray:
+    if t is ft.ByteArray:
         return v.data
-    if t is c091.Timestamp:
+    if t is ft.Timestamp:
         return Timestamp(v.seconds * 1000)
     if depth < 16:
         if t is list:
@@ -430,7 +430,7 @@ def from_core(
     """The amqp10 cache for a message published over 0-9-1 (or recovered from the store)."""
     try:
         props = decode_properties(props_raw) if props_raw else {}
-    except c091.DecodeError:
+    except ft.DecodeError:
         props = {}
     durable = props.get("delivery_mode") == 2
     priority = props.get("priority")

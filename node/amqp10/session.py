@@ -24,11 +24,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from ..amqp091.codec import encode_shortstr
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
 from ..core.queue import LocalQueue, QueueHandle
 from ..metadata.state import MetadataError
+from ..wire.table import encode_shortstr
 from . import performatives as P
 from .codec import DecodeError
 from .errors import LinkError10, SessionError10

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..amqp091.codec import Timestamp, as_int, encode_shortstr
-from ..amqp091.properties import encode_properties
+from ..wire.properties import encode_properties
+from ..wire.table import Timestamp, as_int, encode_shortstr
 from .message import Message
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..amqp091.codec import DecodeError, encode_shortstr
-from ..amqp091.properties import (
+from ..wire.properties import (
     FLAG_HEADERS,
     FLAG_PRIORITY,
     decode_properties,
     delivery_mode,
     flags_of,
 )
+from ..wire.table import DecodeError, encode_shortstr
 
 
 class Message:

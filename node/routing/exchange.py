@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..amqp091.codec import encode_table
+from ..wire.table import encode_table
 from .headers import HeadersMatcher
 from .topic import TopicMatcher
 

@@ -20,7 +20,6 @@ import pytest
 from cluster.forwarding import client as fw_client
 from cluster.forwarding.remote_queue import RemoteQueue
 from cluster.forwarding.wiring import start_forwarding
-from node.amqp091.properties import encode_properties
 from node.broker import Broker
 from node.core.message import Message
 from node.core.outcome import Outcome
@@ -29,6 +28,7 @@ from node.metadata import commands as cmds
 from node.metadata.log import LocalLog
 from node.metadata.state import MetadataError
 from node.store import SQLiteStore
+from node.wire.properties import encode_properties
 from proto.merpati.v1 import forwarding_pb2 as pb
 from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
