@@ -1,7 +1,8 @@
-"""AMQP 1.0 messages ↔ the core's message (0-9-1 property bytes + body), RabbitMQ's mapping.
+"""AMQP 1.0 messages ↔ the core's message: its 1.0 view and 0-9-1 view, RabbitMQ's mapping.
 
-The core keeps 0-9-1 content-header property bytes (`props_raw`) and the body, so a message
-published over 1.0 is converted once, on publish, following RabbitMQ's documented conversions
+The core's message (node.core.message) records the protocol it arrived in and keeps one view per
+protocol. The 0-9-1 view (property bytes + body) is the core's canonical form, so a message published
+over 1.0 gets it at once, on publish, following RabbitMQ's documented conversions
 (https://www.rabbitmq.com/docs/conversions): header durable/priority/ttl → delivery_mode/priority/
 expiration; properties message-id, user-id, reply-to, correlation-id, content-type/-encoding,
 creation-time, group-id → message_id, user_id, reply_to, correlation_id, content_type/_encoding,
@@ -10,9 +11,9 @@ section is the body; any other body (amqp-value, amqp-sequence, several data sec
 AMQP encoding with `type` set to "amqp-1.0".
 
 To keep 1.0 → 1.0 exact and cheap, the sections as they arrived (everything after the header and the
-delivery annotations) are cached on the message (`Message.amqp10`), around the body so the body is not
-held twice; a message without the cache (published over 0-9-1, or recovered from the store) is
-converted the other way on its first delivery and the result cached.
+delivery annotations) are the 1.0 view (`Message.amqp10`), around the body so the body is not held
+twice; a message without it (published over 0-9-1, or recovered from the store) is converted the
+other way on its first delivery to a 1.0 consumer (`view_of`) and the result cached on the message.
 """
 
 from __future__ import annotations
@@ -489,6 +490,23 @@ def from_core(
     return (_header(durable, priority, ttl, 0), durable, priority, ttl, pre, wrap, b"")
 
 
+# The last 0-9-1 → 1.0 conversion: a 0-9-1 publisher repeats one property bytes object, and a
+# message fanned out to several queues is one copy per queue, so most conversions repeat it.
+_last_view: tuple[Any, str, str, tuple] = (None, "", "", ())
+
+
+def view_of(msg: Any) -> tuple:
+    """The 1.0 view (the `amqp10` cache) of a message that has none; the caller caches it."""
+    global _last_view
+    props_raw, exchange, routing_key = msg.props_raw, msg.exchange, msg.routing_key
+    last = _last_view
+    if props_raw is last[0] and exchange == last[1] and routing_key == last[2]:
+        return last[3]
+    view = from_core(props_raw, exchange, routing_key)
+    _last_view = (props_raw, exchange, routing_key, view)
+    return view
+
+
 def _ascii(s: str) -> str:
     return s.encode("ascii", "replace").decode("ascii")
 
@@ -549,4 +567,4 @@ def payload_parts(
     return [header, pre, body, post]
 
 
-__all__ = ["Parsed", "from_core", "parse", "payload_parts", "to_core"]
+__all__ = ["Parsed", "from_core", "parse", "payload_parts", "to_core", "view_of"]

@@ -24,7 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from ..core.message import Message
+from ..core.message import AMQP10, Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
 from ..core.queue import LocalQueue, QueueHandle
 from ..metadata.state import MetadataError
@@ -32,7 +32,7 @@ from ..wire.table import encode_shortstr
 from . import performatives as P
 from .codec import DecodeError
 from .errors import LinkError10, SessionError10
-from .message import convert, payload_parts
+from .message import convert, payload_parts, view_of
 
 if TYPE_CHECKING:
     from .connection import Connection10
@@ -657,9 +657,7 @@ class SenderLink:
         conn = self.conn
         cache = msg.amqp10
         if cache is None:
-            from .message import from_core
-
-            cache = msg.amqp10 = from_core(msg.props_raw, msg.exchange, msg.routing_key)
+            cache = msg.amqp10 = view_of(msg)
         parts = payload_parts(cache, msg.body, msg.delivery_count, msg.annotations)
         did = s.next_delivery_id
         s.next_delivery_id = (did + 1) & MASK
@@ -1034,7 +1032,7 @@ class ReceiverLink:
             return
         if route[0] != exchange or route[1] != key:
             route = self._route = (exchange, key, encode_shortstr(exchange) + encode_shortstr(key))
-        msg = Message(exchange, key, route[2], conv.props_raw, conv.body)
+        msg = Message(exchange, key, route[2], conv.props_raw, conv.body, AMQP10)
         msg.publisher = conn
         msg.amqp10 = conv.cache
         queues = broker.route(vhost, ex, msg)

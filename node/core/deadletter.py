@@ -63,6 +63,7 @@ def dead_lettered(msg: Message, queue: str, reason: str, dlx: str, dlrk: str | N
     )
     out.publisher = msg.publisher
     out.deaths = deaths  # spares is_cycle decoding the headers just encoded
+    out.protocol = msg.protocol  # still the same message (its 1.0 view is rebuilt if needed)
     return out
 
 
