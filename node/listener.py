@@ -6,7 +6,7 @@ or anything else → `node.amqp091.Connection091`, which answers a header it doe
 own and closes, as the 0-9-1 spec asks. The front ends are sans-I/O (bytes in, bytes out) and the
 listener is the one asyncio shell around either: `FrontEnd` is what it calls on them, `Shell` what
 they call back. It lives outside both protocol packages so neither has to import the other, and so
-that nothing outside `node.amqp091` but this module imports the 0-9-1 front end.
+that the server and the core need not import the 0-9-1 front end.
 
 The per-read path is deliberately the same as before the split: one attribute load and a None test
 pick the front end, then its `data_received` is called directly (no dispatch table, no wrapper).
