@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .amqp091 import spec
-from .amqp091.properties import encode_properties
+from .wire.properties import encode_properties
 
 _frame_head = struct.Struct(">BHI")
 _u64 = struct.Struct(">Q")

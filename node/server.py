@@ -10,11 +10,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .amqp091.connection import Settings
-from .amqp091.transport import AMQPProtocol
-from .amqp10.connection import Settings10
 from .broker import Broker, hash_password
 from .config import Config
+from .listener import AMQPProtocol, settings_from_config
 from .metadata import commands as cmds
 from .metadata.log import LocalLog
 from .store import SQLiteStore, StoreError
@@ -36,14 +34,8 @@ class Node:
         # cluster.cluster_node.ClusterNode (Raft metadata, placement, forwarding, queue moves):
         # the broker's ClusterSeam. None: a LocalLog node on its own.
         self.cluster = cluster
-        self.settings = Settings(
-            frame_max=config.frame_max,
-            channel_max=config.channel_max,
-            heartbeat=config.heartbeat,
-            max_message_size=config.max_message_size,
-        )
-        # The listener sniffs the protocol header; AMQP 1.0 connections read their settings here.
-        self.settings.amqp10 = Settings10.from_config(config)  # type: ignore[attr-defined]
+        # The listener sniffs the protocol header and hands each front end its own settings.
+        self.settings, self.settings10 = settings_from_config(config)
         self.broker: Broker | None = None
         self.store: SQLiteStore | None = None
         self.metadata: Any = None
@@ -129,7 +121,7 @@ class Node:
         recovered = self.broker.recover(stored)
 
         server = await loop.create_server(
-            lambda: AMQPProtocol(self.broker, self.settings),
+            lambda: AMQPProtocol(self.broker, self.settings, self.settings10),
             host=cfg.bind,
             port=cfg.amqp_port,
             reuse_address=True,

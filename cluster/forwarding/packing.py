@@ -28,8 +28,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from node.amqp091.codec import encode_shortstr
 from node.core.message import Message
+from node.wire.table import encode_shortstr
 
 PUBLISH_HEAD = struct.Struct("<QIIHHBI")
 DELIVERY_HEAD = struct.Struct("<QIIHBI")

@@ -35,8 +35,9 @@ from ..core.queue import QueueHandle
 from ..metadata import commands as cmds
 from ..metadata.state import MetadataError
 from ..routing.headers import HeadersError, HeadersMatcher
+from ..wire.properties import FLAG_USER_ID, decode_properties, flags_of
+from ..wire.table import as_int, encode_shortstr
 from . import render, spec
-from .codec import as_int, encode_shortstr
 from .constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
@@ -48,7 +49,6 @@ from .constants import (
     RESOURCE_ERROR,
     RESOURCE_LOCKED,
 )
-from .properties import FLAG_USER_ID, decode_properties, flags_of
 
 if TYPE_CHECKING:
     from .connection import Connection091

@@ -1,8 +1,8 @@
 """The AMQP 0-9-1 connection: handshake, channels, errors, heartbeats, flow — sans-I/O.
 
-Theory of operation: the transport shell feeds received bytes to `data_received` and writes out what
+Theory of operation: the listener (node.listener) feeds received bytes to `data_received` and writes out what
 `take_output` returns; `Connection091` never touches a socket. It asks the shell for the few things
-only the shell can do through the `Shell` protocol (schedule a flush, close, pause reading).
+only the shell can do through its `Shell` protocol (schedule a flush, close, pause reading).
 
 States, in order: header → start-ok → tune-ok → open → running; `closing` after the server sent
 connection.close (only close-ok/close are read then), `closed` at the end. Channel states live in
@@ -18,14 +18,14 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..broker import AuthError, Broker
 from ..core.output import OutputBuffer
+from ..wire.table import DecodeError, decode_table
 from . import render, spec
 from .channel import Channel, ChannelError, ConnectionError091
-from .codec import DecodeError, decode_table
 from .constants import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -38,6 +38,9 @@ from .constants import (
     UNEXPECTED_FRAME,
 )
 from .frames import FrameError, FrameReader
+
+if TYPE_CHECKING:
+    from ..listener import Shell
 
 log = logging.getLogger("merpati.amqp091")
 
@@ -53,14 +56,6 @@ SERVER_CAPABILITIES = {
     "authentication_failure_close": True,
     "per_consumer_qos": True,
 }
-
-
-class Shell(Protocol):
-    def schedule_flush(self) -> None: ...
-
-    def close(self, after: float = 0.0) -> None: ...
-
-    def set_reading(self, on: bool) -> None: ...
 
 
 class Settings:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-from .codec import DecodeError
+from ..wire.properties import decode_properties
+from ..wire.table import DecodeError
 from .constants import (
     FRAME_BODY,
     FRAME_END,
@@ -33,7 +34,6 @@ from .constants import (
     FRAME_METHOD,
     UNEXPECTED_FRAME,
 )
-from .properties import decode_properties
 
 _unpack_frame = struct.Struct(">BHI").unpack_from
 _unpack_header = struct.Struct(">HHQ").unpack_from

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from .codec import encode_shortstr
+from ..wire.table import encode_shortstr
 from .constants import FRAME_BODY, FRAME_HEADER, FRAME_METHOD
 from .spec import encode_method
 

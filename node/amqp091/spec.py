@@ -12,7 +12,7 @@ import struct
 from collections import namedtuple
 from typing import Any
 
-from .codec import (
+from ..wire.table import (
     DecodeError,
     decode_longstr_bytes,
     decode_shortstr,

@@ -1,8 +1,8 @@
 """The AMQP 1.0 connection: SASL, open/close, sessions, links, settlement — sans-I/O.
 
-Theory of operation: the transport shell feeds received bytes to `data_received` and writes what
-`take_output` returns (the same shell and `Shell` protocol as 0-9-1; the listener picks the protocol
-from the 8-byte header). `Connection10` never touches a socket.
+Theory of operation: the listener (node.listener, which picks the protocol from the 8-byte header)
+feeds received bytes to `data_received` and writes what `take_output` returns; this class implements
+its `FrontEnd` protocol and calls it back through `Shell`, as 0-9-1's connection does. `Connection10` never touches a socket.
 
 Connection states, in order: `header` (waiting for a protocol header: SASL or AMQP), `sasl-init`
 (mechanisms sent), `sasl-done` (outcome sent, waiting for the AMQP header), `open` (headers exchanged,
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..broker import AuthError, Broker
@@ -30,6 +30,9 @@ from . import performatives as P
 from .codec import DecodeError, Symbol, symbol_array
 from .errors import ConnectionError10, LinkError10, SessionError10
 from .session import OUT_LIMIT, Session
+
+if TYPE_CHECKING:
+    from ..listener import Shell
 
 log = logging.getLogger("merpati.amqp10")
 
@@ -91,7 +94,7 @@ class Connection10(OutputBuffer):
     def __init__(
         self,
         broker: Broker,
-        shell: Any,
+        shell: Shell,
         peer: Any,
         loopback: bool,
         settings: Settings10 | None = None,

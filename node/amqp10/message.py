@@ -1,7 +1,8 @@
-"""AMQP 1.0 messages ↔ the core's message (0-9-1 property bytes + body), RabbitMQ's mapping.
+"""AMQP 1.0 messages ↔ the core's message: its 1.0 view and 0-9-1 view, RabbitMQ's mapping.
 
-The core keeps 0-9-1 content-header property bytes (`props_raw`) and the body, so a message
-published over 1.0 is converted once, on publish, following RabbitMQ's documented conversions
+The core's message (node.core.message) records the protocol it arrived in and keeps one view per
+protocol. The 0-9-1 view (property bytes + body) is the core's canonical form, so a message published
+over 1.0 gets it at once, on publish, following RabbitMQ's documented conversions
 (https://www.rabbitmq.com/docs/conversions): header durable/priority/ttl → delivery_mode/priority/
 expiration; properties message-id, user-id, reply-to, correlation-id, content-type/-encoding,
 creation-time, group-id → message_id, user_id, reply_to, correlation_id, content_type/_encoding,
@@ -10,9 +11,9 @@ section is the body; any other body (amqp-value, amqp-sequence, several data sec
 AMQP encoding with `type` set to "amqp-1.0".
 
 To keep 1.0 → 1.0 exact and cheap, the sections as they arrived (everything after the header and the
-delivery annotations) are cached on the message (`Message.amqp10`), around the body so the body is not
-held twice; a message without the cache (published over 0-9-1, or recovered from the store) is
-converted the other way on its first delivery and the result cached.
+delivery annotations) are the 1.0 view (`Message.amqp10`), around the body so the body is not held
+twice; a message without it (published over 0-9-1, or recovered from the store) is converted the
+other way on its first delivery to a 1.0 consumer (`view_of`) and the result cached on the message.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import struct
 import uuid
 from typing import Any
 
-from ..amqp091 import codec as c091
-from ..amqp091.properties import decode_properties, encode_properties
+from ..wire import table as ft
+from ..wire.properties import decode_properties, encode_properties
 from .codec import (
     Array,
     Byte,
@@ -161,7 +162,7 @@ def _id_to_091(value: Any, prop: str, header: str, props: dict, headers: dict) -
     elif isinstance(value, int) and not isinstance(value, bool):
         props[prop] = str(int(value))
     elif isinstance(value, bytes):
-        headers[header] = c091.ByteArray(value)
+        headers[header] = ft.ByteArray(value)
 
 
 def value_to_091(v: Any, depth: int = 0) -> Any:
@@ -174,25 +175,25 @@ def value_to_091(v: Any, depth: int = 0) -> Any:
     if t is int:
         return v if -(2**63) <= v < 2**63 else None
     if t is bytes:
-        return c091.ByteArray(v)
+        return ft.ByteArray(v)
     if t is UByte:
-        return c091.Int("B", int(v))
+        return ft.Int("B", int(v))
     if t is Byte:
-        return c091.Int("b", int(v))
+        return ft.Int("b", int(v))
     if t is Short:
-        return c091.Int("s", int(v))
+        return ft.Int("s", int(v))
     if t is UShort:
-        return c091.Int("u", int(v))
+        return ft.Int("u", int(v))
     if t is Int:
         return int(v)
     if t is UInt:
-        return c091.Int("i", int(v))
+        return ft.Int("i", int(v))
     if t is ULong:
         return int(v) if v < 2**63 else None
     if t is float or t is Float:
         return float(v)
     if t is Timestamp:
-        return c091.Timestamp(max(0, int(v) // 1000))
+        return ft.Timestamp(max(0, int(v) // 1000))
     if t is uuid.UUID:
         return str(v)
     if depth < 16:
@@ -249,7 +250,7 @@ def to_core(p: Parsed, payload: bytes) -> tuple[bytes, bytes, tuple]:
             props["content_encoding"] = str(ce)
         ctime = _field(pr, 9)
         if isinstance(ctime, int) and not isinstance(ctime, bool) and ctime >= 0:
-            props["timestamp"] = c091.Timestamp(int(ctime) // 1000)
+            props["timestamp"] = ft.Timestamp(int(ctime) // 1000)
         gid = _field(pr, 10)
         if isinstance(gid, str) and _shortstr_ok(gid):
             props["app_id"] = str(gid)
@@ -407,14 +408,14 @@ def value_to_10(v: Any, depth: int = 0) -> Any:
         return v
     if t is int:
         return Int(v) if -(2**31) <= v < 2**31 else v
-    if t is c091.Int:
+    if t is ft.Int:
         k = v.kind
         return {"b": Byte, "B": UByte, "s": Short, "u": UShort, "i": UInt, "L": ULong}[k](v.value)
     if t is bytes:
         return v
-    if t is c091.ByteArray:
+    if t is ft.ByteArray:
         return v.data
-    if t is c091.Timestamp:
+    if t is ft.Timestamp:
         return Timestamp(v.seconds * 1000)
     if depth < 16:
         if t is list:
@@ -430,7 +431,7 @@ def from_core(
     """The amqp10 cache for a message published over 0-9-1 (or recovered from the store)."""
     try:
         props = decode_properties(props_raw) if props_raw else {}
-    except c091.DecodeError:
+    except ft.DecodeError:
         props = {}
     durable = props.get("delivery_mode") == 2
     priority = props.get("priority")
@@ -487,6 +488,23 @@ def from_core(
         parts.append(b"\x00\x53\x74" + _enc_map(app))
     pre = b"".join(parts)
     return (_header(durable, priority, ttl, 0), durable, priority, ttl, pre, wrap, b"")
+
+
+# The last 0-9-1 → 1.0 conversion: a 0-9-1 publisher repeats one property bytes object, and a
+# message fanned out to several queues is one copy per queue, so most conversions repeat it.
+_last_view: tuple[Any, str, str, tuple] = (None, "", "", ())
+
+
+def view_of(msg: Any) -> tuple:
+    """The 1.0 view (the `amqp10` cache) of a message that has none; the caller caches it."""
+    global _last_view
+    props_raw, exchange, routing_key = msg.props_raw, msg.exchange, msg.routing_key
+    last = _last_view
+    if props_raw is last[0] and exchange == last[1] and routing_key == last[2]:
+        return last[3]
+    view = from_core(props_raw, exchange, routing_key)
+    _last_view = (props_raw, exchange, routing_key, view)
+    return view
 
 
 def _ascii(s: str) -> str:
@@ -549,4 +567,4 @@ def payload_parts(
     return [header, pre, body, post]
 
 
-__all__ = ["Parsed", "from_core", "parse", "payload_parts", "to_core"]
+__all__ = ["Parsed", "from_core", "parse", "payload_parts", "to_core", "view_of"]

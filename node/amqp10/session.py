@@ -24,16 +24,16 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from ..amqp091.codec import encode_shortstr
-from ..core.message import Message
+from ..core.message import AMQP10, Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
 from ..core.publish import UNROUTED
 from ..core.queue import QueueHandle
 from ..metadata.state import MetadataError
+from ..wire.table import encode_shortstr
 from . import performatives as P
 from .codec import DecodeError
 from .errors import LinkError10, SessionError10
-from .message import convert, payload_parts
+from .message import convert, payload_parts, view_of
 
 if TYPE_CHECKING:
     from .connection import Connection10
@@ -657,9 +657,7 @@ class SenderLink:
         conn = self.conn
         cache = msg.amqp10
         if cache is None:
-            from .message import from_core
-
-            cache = msg.amqp10 = from_core(msg.props_raw, msg.exchange, msg.routing_key)
+            cache = msg.amqp10 = view_of(msg)
         parts = payload_parts(cache, msg.body, msg.delivery_count, msg.annotations)
         did = s.next_delivery_id
         s.next_delivery_id = (did + 1) & MASK
@@ -1029,7 +1027,7 @@ class ReceiverLink:
             return
         if route[0] != exchange or route[1] != key:
             route = self._route = (exchange, key, encode_shortstr(exchange) + encode_shortstr(key))
-        msg = Message(exchange, key, route[2], conv.props_raw, conv.body)
+        msg = Message(exchange, key, route[2], conv.props_raw, conv.body, AMQP10)
         msg.publisher = conn
         msg.amqp10 = conv.cache
         epoch, self._queues = broker.publish(vhost, ex, msg, not settled, conn)

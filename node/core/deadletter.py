@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..amqp091.codec import Timestamp, as_int, encode_shortstr
-from ..amqp091.properties import encode_properties
+from ..wire.properties import encode_properties
+from ..wire.table import Timestamp, as_int, encode_shortstr
 from .message import Message
 
 
@@ -63,6 +63,7 @@ def dead_lettered(msg: Message, queue: str, reason: str, dlx: str, dlrk: str | N
     )
     out.publisher = msg.publisher
     out.deaths = deaths  # spares is_cycle decoding the headers just encoded
+    out.protocol = msg.protocol  # still the same message (its 1.0 view is rebuilt if needed)
     return out
 
 

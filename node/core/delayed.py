@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..amqp091.codec import as_int
+from ..wire.table import as_int
 from .message import Message
 
 PSEUDO_PREFIX = "\x00delayed:"

@@ -1,26 +1,55 @@
-"""The one internal message both protocol front ends map onto."""
+"""The one internal message both protocol front ends map onto: a container with per-protocol views.
+
+Why this shape (RabbitMQ 4's `mc` with its mc_amqpl and mc_amqp modules is the model): a message
+arrives in one protocol and may leave in the other, and converting it costs far more than moving it.
+So the message records the protocol it arrived in (`protocol`, AMQP091 or AMQP10) and keeps each
+protocol's encoding as a view, made at most once and then cached on the message:
+
+* the 0-9-1 view is `route_raw` + `props_raw` (the exchange and routing key as two shortstrs, and the
+  content header's property bytes). It is also the core's canonical form: routing (headers exchange),
+  TTL, persistence, priority, dead-lettering, the store and the forwarding packer all read it, which
+  is why a 1.0 publish makes it at once (node.amqp10.message.convert, which caches conversions by
+  the publisher's repeated section prefix, so most transfers convert by one lookup) rather than
+  lazily. A 0-9-1 publish and a 0-9-1 delivery pass these bytes through untouched (the fast path).
+* the 1.0 view is `amqp10`: the sections around the body (node.amqp10.message's cache tuple). A 1.0
+  publish makes it for free (slices of the transfer); for a message that arrived in 0-9-1 (or came
+  back from the store) a 1.0 consumer's first delivery converts it once and caches it here.
+
+Facts whose meaning depends on the protocol come from `protocol`, never from which views happen to
+be cached: 1.0's default priority is 4 (the header leaves it out), 0-9-1's is 0. The store and the
+forwarding packer keep the 0-9-1 view only, so a recovered or forwarded message counts as 0-9-1.
+
+Cost: `Message` is the hottest object in the broker. Views are plain slots (no view objects, no
+per-message allocation beyond the message itself), `protocol` is one of two interned strings, and a
+message routed to several queues is copied shallowly, sharing its views.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..amqp091.codec import DecodeError, encode_shortstr
-from ..amqp091.properties import (
+from ..wire.properties import (
     FLAG_HEADERS,
     FLAG_PRIORITY,
     decode_properties,
     delivery_mode,
     flags_of,
 )
+from ..wire.table import DecodeError, encode_shortstr
+
+# The protocol a message arrived in (Message.protocol); also names its views.
+AMQP091 = "amqp091"
+AMQP10 = "amqp10"
 
 
 class Message:
-    """Body + properties as they arrived, plus the per-queue delivery state.
+    """Body + the protocol views of its properties, plus the per-queue delivery state.
 
-    `props_raw` holds the 0-9-1 content-header property bytes (flags + list) exactly as published,
-    and `route_raw` the exchange and routing key as two shortstrs, so that basic.deliver sends them
-    on without decoding or re-encoding. `seq`, `redelivered` and `delivery_count` belong to one
-    queue: a message routed to several queues is copied (shallowly; the body is shared).
+    `props_raw` holds the 0-9-1 content-header property bytes (flags + list), exactly as published
+    over 0-9-1, and `route_raw` the exchange and routing key as two shortstrs, so that basic.deliver
+    sends them on without decoding or re-encoding; `amqp10` is the 1.0 view (see the module
+    docstring). `seq`, `redelivered` and `delivery_count` belong to one queue: a message routed to
+    several queues is copied (shallowly; the body and the views are shared).
     """
 
     __slots__ = (
@@ -42,6 +71,7 @@ class Message:
         "annotations",
         "amqp10",
         "deaths",
+        "protocol",
     )
 
     def __init__(
@@ -51,6 +81,7 @@ class Message:
         route_raw: bytes | None,
         props_raw: bytes,
         body: bytes,
+        protocol: str = AMQP091,
     ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
@@ -75,10 +106,12 @@ class Message:
         self.excluded: set[int] | None = None  # consumers it is undeliverable to (1.0 modified)
         self.annotations: dict[str, Any] | None = None  # message-annotations merged by modified
         self.deaths: list[dict[str, Any]] | None = None  # x-death as built by dead-lettering
-        self.amqp10: tuple | None = None  # its AMQP 1.0 encoding around the body (node.amqp10)
+        self.amqp10: tuple | None = None  # the 1.0 view: its sections around the body
+        self.protocol = protocol  # AMQP091 or AMQP10: the protocol it arrived in
 
     @classmethod
     def from_stored(cls, route_raw: bytes, props_raw: bytes, body: bytes) -> Message:
+        """A message read back from the store or a forwarding record (the 0-9-1 view only)."""
         elen = route_raw[0]
         exchange = route_raw[1 : 1 + elen].decode("utf-8")
         routing_key = route_raw[2 + elen :].decode("utf-8")
@@ -123,13 +156,15 @@ class Message:
         m.excluded = None
         m.annotations = self.annotations
         m.amqp10 = self.amqp10
+        m.deaths = self.deaths
+        m.protocol = self.protocol
         return m
 
     @property
     def priority(self) -> int:
         if not flags_of(self.props_raw) & FLAG_PRIORITY:
             # AMQP 1.0 leaves the default priority (4) out of the header; 0-9-1's default is 0.
-            return 4 if self.amqp10 is not None else 0
+            return 4 if self.protocol == AMQP10 else 0
         return self.properties.get("priority") or 0
 
     @property

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..amqp091.properties import FLAG_EXPIRATION, flags_of
+from ..wire.properties import FLAG_EXPIRATION, flags_of
 from .message import Message
 from .outcome import Modified, Outcome
 from .queue_args import QueueOptions, parse

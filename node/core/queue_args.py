@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..amqp091.codec import as_int
+from ..wire.table import as_int
 
 # Policy key -> queue argument.
 POLICY_KEYS = {

@@ -557,8 +557,8 @@ class ManagementApi:
         )
 
     async def exchange_publish(self, request: web.Request) -> web.Response:
-        from ..amqp091.properties import encode_properties
         from ..core.message import Message
+        from ..wire.properties import encode_properties
 
         vhost, ex = self._exchange(request)
         who = caller(request)

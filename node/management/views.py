@@ -9,8 +9,8 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..amqp091.codec import Timestamp
-from ..amqp091.properties import decode_properties
+from ..wire.properties import decode_properties
+from ..wire.table import Timestamp
 
 if TYPE_CHECKING:
     from ..server import Node

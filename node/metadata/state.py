@@ -128,7 +128,7 @@ def _describe(value: Any) -> str:
 
 
 def _norm_arg(value: Any) -> Any:
-    from ..amqp091.codec import as_int
+    from ..wire.table import as_int
 
     i = as_int(value)
     if i is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..amqp091.codec import encode_table
 from ..core.declare import DELAYABLE_TYPES, EXCHANGE_TYPES
+from ..wire.table import encode_table
 from .headers import HeadersMatcher
 from .topic import TopicMatcher
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from ..amqp091.codec import Int
+from ..wire.table import Int
 
 
 class HeadersError(ValueError):

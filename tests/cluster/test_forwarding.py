@@ -21,7 +21,6 @@ from cluster.cluster_node import ClusterNode
 from cluster.forwarding import client as fw_client
 from cluster.forwarding.remote_queue import RemoteQueue
 from cluster.membership import Member, Membership
-from node.amqp091.properties import encode_properties
 from node.broker import Broker
 from node.core.message import Message
 from node.core.outcome import Outcome
@@ -30,6 +29,7 @@ from node.metadata import commands as cmds
 from node.metadata.log import LocalLog
 from node.metadata.state import MetadataError
 from node.store import SQLiteStore
+from node.wire.properties import encode_properties
 from proto.merpati.v1 import forwarding_pb2 as pb
 from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 

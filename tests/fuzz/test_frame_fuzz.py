@@ -24,7 +24,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from node.amqp091 import spec
-from node.amqp091.codec import (
+from node.amqp091.frames import FrameError, FrameReader
+from node.amqp091.render import method_frame
+from node.wire.table import (
     ByteArray,
     DecodeError,
     Int,
@@ -33,8 +35,6 @@ from node.amqp091.codec import (
     encode_shortstr,
     encode_table,
 )
-from node.amqp091.frames import FrameError, FrameReader
-from node.amqp091.render import method_frame
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,4 +1,4 @@
-"""node.amqp091.codec: field values and tables round trip; bad input raises DecodeError only."""
+"""node.wire.table: field values and tables round trip; bad input raises DecodeError only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.amqp091.codec import (
+from node.wire.table import (
     MAX_TABLE_DEPTH,
     ByteArray,
     DecodeError,

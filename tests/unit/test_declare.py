@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from node.amqp091.codec import Int
 from node.core.declare import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
@@ -18,6 +17,7 @@ from node.core.declare import (
     check_queue_declare,
     check_reserved_name,
 )
+from node.wire.table import Int
 
 
 def refused(fn, *args, **kwargs) -> DeclareError:

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.amqp091 import spec
-from node.amqp091.codec import encode_shortstr
 from node.amqp091.frames import FrameError, FrameReader
-from node.amqp091.properties import encode_properties
+from node.wire.properties import encode_properties
+from node.wire.table import encode_shortstr
 
 FRAME_MAX = 4096
 

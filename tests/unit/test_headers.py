@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.amqp091.codec import Int
 from node.routing.headers import HeadersError, HeadersMatcher
+from node.wire.table import Int
 
 
 def matches(arguments: dict, headers: dict | None) -> bool:

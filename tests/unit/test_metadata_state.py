@@ -161,7 +161,7 @@ def test_inequivalent_redeclare_is_406_with_a_clear_text(first, second, arg):
 
 
 def test_equivalent_redeclare_tolerates_wire_int_kinds_and_other_arguments():
-    from node.amqp091.codec import Int
+    from node.wire.table import Int
 
     s = fresh(c.DeclareQueue(V, "q", arguments={"x-max-length": 10, "x-custom": "a"}))
     r = s.apply(c.DeclareQueue(V, "q", arguments={"x-max-length": Int("b", 10), "x-custom": "b"}))

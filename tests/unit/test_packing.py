@@ -14,8 +14,8 @@ from cluster.forwarding.packing import (
     unpack_deliveries,
     unpack_published,
 )
-from node.amqp091.codec import encode_shortstr
 from node.core.message import Message
+from node.wire.table import encode_shortstr
 
 names = st.text(min_size=0, max_size=40).filter(lambda s: len(s.encode()) <= 255)
 blobs = st.binary(max_size=300)

@@ -1,4 +1,4 @@
-"""node.amqp091.properties: content properties round trip; is_persistent."""
+"""node.wire.properties: content properties round trip; is_persistent."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.amqp091.codec import DecodeError, Int, Timestamp
-from node.amqp091.properties import (
+from node.wire.properties import (
     PROPERTIES,
     decode_properties,
     encode_properties,
     flags_of,
     is_persistent,
 )
+from node.wire.table import DecodeError, Int, Timestamp
 
 from ._strategies import shortstrs, strict_equal, tables
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.amqp091 import render, spec
-from node.amqp091.codec import encode_shortstr
-from node.amqp091.properties import decode_properties, encode_properties
+from node.wire.properties import decode_properties, encode_properties
+from node.wire.table import encode_shortstr
 
 from ._strategies import shortstrs
 

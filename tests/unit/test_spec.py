@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.amqp091 import spec
-from node.amqp091.codec import DecodeError
+from node.wire.table import DecodeError
 
 from ._strategies import shortstrs, strict_equal, tables
 

@@ -1,4 +1,7 @@
-"""Encoding and decoding of AMQP 0-9-1 field values and tables (RabbitMQ's errata type letters).
+"""Encoding and decoding of AMQP field values and tables (0-9-1 with RabbitMQ's errata type letters).
+
+The same encoding is the core's: message headers (the headers exchange, x-death), queue and binding
+arguments and the forwarding packer use it whichever protocol a client speaks.
 
 Decoding is defensive: every read is bounds-checked by struct or by an explicit length test, and any
 inconsistency raises `DecodeError`, which the connection turns into 501/502 without touching other
@@ -33,7 +36,7 @@ MAX_TABLE_DEPTH = 32
 
 
 class DecodeError(Exception):
-    """The bytes do not form a valid AMQP 0-9-1 value."""
+    """The bytes do not form a valid AMQP field value, table or property list."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,15 @@
-"""The asyncio shell around `Connection091`: socket events in, buffered writes out, timers.
+"""The AMQP listener: one socket, one asyncio Protocol, two protocol front ends.
 
-One listener serves both protocols: the first bytes (the 8-byte protocol header) pick the
-connection: `AMQP 0 0 9 1` (or anything unknown) → `Connection091`, `AMQP 3 1 0 0` (SASL) and
-`AMQP 0 1 0 0` → `node.amqp10.Connection10`, which speaks to this shell through the same methods.
+Both protocols share a port, so the first bytes a client sends (the 8-byte protocol header) pick
+the front end: `AMQP 3 1 0 0` (SASL) and `AMQP 0 1 0 0` → `node.amqp10.Connection10`; `AMQP 0 0 9 1`
+or anything else → `node.amqp091.Connection091`, which answers a header it does not speak with its
+own and closes, as the 0-9-1 spec asks. The front ends are sans-I/O (bytes in, bytes out) and the
+listener is the one asyncio shell around either: `FrontEnd` is what it calls on them, `Shell` what
+they call back. It lives outside both protocol packages so neither has to import the other, and so
+that the server and the core need not import the 0-9-1 front end.
+
+The per-read path is deliberately the same as before the split: one attribute load and a None test
+pick the front end, then its `data_received` is called directly (no dispatch table, no wrapper).
 """
 
 from __future__ import annotations
@@ -10,12 +17,62 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-from ..broker import Broker
-from .connection import Connection091, Settings
+from .amqp091.connection import Connection091, Settings
+from .amqp10.connection import Connection10, Settings10
+from .broker import Broker
 
-log = logging.getLogger("merpati.amqp091")
+log = logging.getLogger("merpati.listener")
+
+
+class FrontEnd(Protocol):
+    """A protocol front end as the listener drives it (Connection091 and Connection10)."""
+
+    # "running" once the handshake is done (the listener then stops its handshake timer).
+    state: str
+    # Seconds between heartbeat ticks times two (0: none); read once the front end is running.
+    heartbeat: float
+    peer: Any
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+    def take_output(self) -> bytes:
+        """Everything to write now (b"" when nothing), gathered since the last call."""
+        ...
+
+    def after_write(self) -> None: ...
+
+    def writing_paused(self, paused: bool) -> None:
+        """The socket's write buffer passed its high (True) or fell below its low (False) mark."""
+        ...
+
+    def heartbeat_tick(self) -> bool:
+        """Every heartbeat/2 seconds; False: the peer is silent too long, close the socket."""
+        ...
+
+
+class Shell(Protocol):
+    """What a front end calls on the listener."""
+
+    def schedule_flush(self) -> None: ...
+
+    def close(self, after: float = 0.0) -> None: ...
+
+    def set_reading(self, on: bool) -> None: ...
+
+
+def settings_from_config(config: Any) -> tuple[Settings, Settings10]:
+    """Each front end's negotiation limits from the node's configuration."""
+    settings = Settings(
+        frame_max=config.frame_max,
+        channel_max=config.channel_max,
+        heartbeat=config.heartbeat,
+        max_message_size=config.max_message_size,
+    )
+    return settings, Settings10.from_config(config)
 
 
 def is_loopback(peer: Any) -> bool:
@@ -28,12 +85,15 @@ def is_loopback(peer: Any) -> bool:
 class AMQPProtocol(asyncio.Protocol):
     """One client socket. Writes are gathered per event-loop turn and written once."""
 
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(
+        self, broker: Broker, settings: Settings, settings10: Settings10 | None = None
+    ) -> None:
         self.broker = broker
         self.settings = settings
+        self.settings10 = settings10
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.conn: Any = None  # Connection091 or Connection10, once the header has arrived
+        self.conn: FrontEnd | None = None  # once the header has arrived
         self._sniffed = b""
         self._heartbeat: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -119,7 +179,7 @@ class AMQPProtocol(asyncio.Protocol):
             log.info("connection from %s: handshake timeout", peer)
             self._close_now()
 
-    def _sniff(self, data: bytes) -> Any:
+    def _sniff(self, data: bytes) -> FrontEnd | None:
         """Pick the protocol from the header's first bytes (None: wait for more of them)."""
         buf = self._sniffed = self._sniffed + data
         assert self.transport is not None
@@ -127,10 +187,7 @@ class AMQPProtocol(asyncio.Protocol):
         if len(buf) < 6 and b"AMQP".startswith(buf[:4]) and (len(buf) < 5 or buf[4] in (0, 3)):
             return None
         if buf[:4] == b"AMQP" and (buf[4] == 3 or (buf[4] == 0 and buf[5] == 1)):
-            from ..amqp10.connection import Connection10, Settings10
-
-            settings10 = getattr(self.settings, "amqp10", None) or Settings10()
-            self.conn = Connection10(self.broker, self, peer, is_loopback(peer), settings10)
+            self.conn = Connection10(self.broker, self, peer, is_loopback(peer), self.settings10)
         else:
             self.conn = Connection091(self.broker, self, peer, is_loopback(peer), self.settings)
         return self.conn

@@ -1,5 +1,8 @@
 """Basic-class content properties: the raw bytes are kept; these helpers read or build them.
 
+This property list is the core's canonical form of a message's properties (see node.core.message):
+a 0-9-1 publish carries it as is, a 1.0 transfer is converted to it on publish (node.amqp10.message).
+
 A content header's property bytes (flags + property list) travel from basic.publish to basic.deliver
 untouched. Only the few properties the broker acts on (headers for the headers exchange, delivery
 mode, expiration, priority, user-id) are ever decoded, and only when their flag is set.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from .codec import (
+from .table import (
     DecodeError,
     Timestamp,
     decode_shortstr,
