@@ -51,6 +51,8 @@ class Cluster:
                 taken += [node.port, node.metrics_port, node.management_port]
             if len(taken) == len(set(taken)):
                 break
+            for node in self.nodes.values():
+                node.discard()
 
     def start(self) -> Cluster:
         # Start order does not matter: each waits for a majority; start all, then wait for all.
@@ -66,6 +68,11 @@ class Cluster:
         for n in self.nodes.values():
             n.stop()
 
+    def discard(self, keep: bool = False) -> None:
+        """Stop what still runs and remove the nodes' directories (`keep`: leave them)."""
+        for n in self.nodes.values():
+            n.discard(keep)
+
     def __getitem__(self, name: str) -> NodeProcess:
         return self.nodes[name]
 
@@ -79,13 +86,15 @@ def start_cluster(size: int = 3, extra: tuple[str, ...] = ()) -> Cluster:
             return c.start()
         except PortClash:
             c.stop()
+            c.discard()
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
     c = start_cluster()
     yield c
     c.stop()
+    c.discard(keep=request.session.testsfailed > 0)

@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
-import uuid
 
 import pika
 import pika.exceptions as pex
 import pytest
 
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def connect(node) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", node.port, connection_attempts=5, retry_delay=0.3)
-    )
+from tests.support.clients import connect
+from tests.support.ctl import ctl_out
+from tests.support.names import uid
 
 
 def leader_of(cluster, queue: str) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "node",
-            "ctl",
-            "--port",
-            str(cluster["n1"].management_port),
-            "--formatter",
-            "json",
-            "list_queues",
-            "name",
-            "node",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    for row in json.loads(out.stdout):
+    out = ctl_out(cluster["n1"], "--formatter", "json", "list_queues", "name", "node")
+    for row in json.loads(out):
         if row["name"] == queue:
             return row["node"]
     raise AssertionError(f"queue {queue} not listed")

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 
-import pika
 import pika.exceptions as pex
 import pytest
 
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def connect(node) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", node.port, connection_attempts=5, retry_delay=0.3)
-    )
+from tests.support.clients import connect
+from tests.support.names import uid
 
 
 def test_exchange_declared_on_one_node_exists_on_all(cluster):

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pika
 import pytest
 
+from tests.support.clients import connect
+from tests.support.ctl import ctl_out
 from tests.support.node import NodeProcess
 
 from .conftest import _port_pair, start_cluster
-
-
-def ctl(node, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "node", "ctl", "--port", str(node.management_port), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def connect(node) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", node.port, connection_attempts=10, retry_delay=0.3)
-    )
 
 
 @pytest.fixture
@@ -50,11 +33,11 @@ def test_cluster_status_shows_members_leader_and_queue_leaders(fresh_cluster):
     for i in range(3):
         ch.queue_declare(f"status-{i}", durable=True)
     conn.close()
-    status = json.loads(ctl(fresh_cluster["n3"], "--formatter", "json", "cluster_status"))
+    status = json.loads(ctl_out(fresh_cluster["n3"], "--formatter", "json", "cluster_status"))
     assert sorted(status["members"]) == ["n1", "n2", "n3"]
     assert status["raft_leader"] in ("n1", "n2", "n3")
     assert sum(status["queue_leaders"].values()) == 3
-    text = ctl(fresh_cluster["n1"], "cluster_status")
+    text = ctl_out(fresh_cluster["n1"], "cluster_status")
     assert "Queue leaders per node:" in text and "Metadata (Raft) leader:" in text
 
 
@@ -93,7 +76,7 @@ def test_node_added_while_traffic_flows(fresh_cluster):
     )
     n4.start(wait=False)
     try:
-        ctl(fresh_cluster["n2"], "add_node", "n4", f"127.0.0.1:{port}")
+        ctl_out(fresh_cluster["n2"], "add_node", "n4", f"127.0.0.1:{port}")
         n4.wait_ready(timeout=60)
         # The new node serves clients with the cluster's metadata and reaches queues elsewhere.
         c4 = connect(n4)
@@ -101,7 +84,7 @@ def test_node_added_while_traffic_flows(fresh_cluster):
         assert c4ch.queue_declare("traffic", passive=True).method.message_count > 0
         c4ch.queue_declare("on-any-node", durable=True)
         c4ch.basic_publish("", "on-any-node", b"hello from n4")
-        status = json.loads(ctl(n4, "--formatter", "json", "cluster_status"))
+        status = json.loads(ctl_out(n4, "--formatter", "json", "cluster_status"))
         assert "n4" in status["members"]
         c4.close()
     finally:
@@ -124,18 +107,18 @@ def test_rebalance_moves_idle_queue_leaders(fresh_cluster):
         ch.queue_declare(name, durable=True)
     conn.close()
     fresh_cluster["n3"].start(timeout=60)
-    before = json.loads(ctl(fresh_cluster["n1"], "--formatter", "json", "cluster_status"))[
+    before = json.loads(ctl_out(fresh_cluster["n1"], "--formatter", "json", "cluster_status"))[
         "queue_leaders"
     ]
     assert before.get("n3", 0) == 0
     deadline = time.monotonic() + 15
     while True:
-        moves = json.loads(ctl(fresh_cluster["n1"], "--formatter", "json", "rebalance"))
+        moves = json.loads(ctl_out(fresh_cluster["n1"], "--formatter", "json", "rebalance"))
         if moves:
             break
         assert time.monotonic() < deadline, "rebalance moved nothing"
         time.sleep(0.5)
-    after = json.loads(ctl(fresh_cluster["n1"], "--formatter", "json", "cluster_status"))[
+    after = json.loads(ctl_out(fresh_cluster["n1"], "--formatter", "json", "cluster_status"))[
         "queue_leaders"
     ]
     assert after["n3"] >= 1 and max(after.values()) - min(after.values()) <= 1, after

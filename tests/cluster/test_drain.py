@@ -17,29 +17,13 @@ from typing import Any
 import pika
 import pytest
 
+from tests.support.clients import connect
+from tests.support.ctl import ctl
 from tests.support.http import call, q
 
 from .conftest import start_cluster
 
 BODY = 1000  # bytes per message: 5000 of them are five times the 1 MB memory budget below
-
-
-def ctl(node: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "node", "ctl", "--port", str(node.management_port), *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
-
-
-def connect(node: Any) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", node.port, connection_attempts=10, retry_delay=0.3)
-    )
 
 
 def body_of(i: int) -> bytes:

@@ -45,7 +45,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -56,6 +55,8 @@ import pytest
 from cluster.membership import parse_peers
 from node.config import Config, load
 from tests.deploy.chart import CHART, ROOT, by_kind, container, one, render
+from tests.support.clients import connect
+from tests.support.names import uid
 
 NAMESPACE = "mq"
 CLUSTER_DOMAIN = "cluster.local"  # the chart's default clusterDomain, the DNS suffix of the pods
@@ -470,16 +471,12 @@ def test_readiness_probe_and_prestop_pass(statefulset):
 def test_queue_declared_on_one_pod_is_used_from_another(statefulset):
     pods, _, ports = statefulset
     env = pods[0].env
-    creds = pika.PlainCredentials(env["MERPATI_DEFAULT_USER"], env["MERPATI_DEFAULT_PASS"])
-
-    def connect(pod: Pod) -> pika.BlockingConnection:
-        params = pika.ConnectionParameters(
-            pod.address, ports["amqp"], credentials=creds, connection_attempts=5, retry_delay=0.3
-        )
-        return pika.BlockingConnection(params)
-
-    queue = f"k8s-{uuid.uuid4().hex[:8]}"
-    a, b, c = (connect(p) for p in pods[1:] + pods[:1])
+    user, password = env["MERPATI_DEFAULT_USER"], env["MERPATI_DEFAULT_PASS"]
+    queue = uid("k8s")
+    a, b, c = (
+        connect(host=p.address, port=ports["amqp"], user=user, password=password)
+        for p in pods[1:] + pods[:1]
+    )
     try:
         ch = a.channel()
         ch.queue_declare(queue, durable=True)

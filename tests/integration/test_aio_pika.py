@@ -7,7 +7,6 @@ by `asyncio.timeout` so a broker that never answers fails the test instead of ha
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import aio_pika
 import aiormq
@@ -16,11 +15,9 @@ from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.exceptions import ChannelClosed, PublishError, QueueEmpty
 from pamqp import commands as pspec
 
+from tests.support.names import uid
+
 TIMEOUT = 5.0
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def run(coro, timeout: float = TIMEOUT):

@@ -12,17 +12,10 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.support.clients import connect
 from tests.support.node import NodeProcess
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
-
-
-def _conn(n: NodeProcess) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters(
-            "127.0.0.1", n.port, connection_attempts=3, retry_delay=0.2, socket_timeout=5
-        )
-    )
 
 
 def _restart(n: NodeProcess, sig: int = signal.SIGKILL) -> None:
@@ -52,7 +45,7 @@ def node_proc():
 
 
 def test_confirmed_persistent_messages_survive_sigkill(node_proc):
-    conn = _conn(node_proc)
+    conn = connect(node_proc)
     ch = conn.channel()
     ch.queue_declare("dur-q", durable=True)
     ch.confirm_delivery()
@@ -61,7 +54,7 @@ def test_confirmed_persistent_messages_survive_sigkill(node_proc):
     # A transient message in the durable queue does not survive, as in RabbitMQ.
     ch.basic_publish("", "dur-q", b"transient", pika.BasicProperties(delivery_mode=1))
     _restart(node_proc)
-    conn = _conn(node_proc)
+    conn = connect(node_proc)
     ch = conn.channel()
     got = _drain(ch, "dur-q")
     assert [b for b, _ in got] == [b"m%d" % i for i in range(500)]
@@ -70,7 +63,7 @@ def test_confirmed_persistent_messages_survive_sigkill(node_proc):
 
 
 def test_unacked_come_back_redelivered_in_order_and_acked_never(node_proc):
-    conn = _conn(node_proc)
+    conn = connect(node_proc)
     ch = conn.channel()
     ch.queue_declare("dur-ack", durable=True)
     ch.confirm_delivery()
@@ -89,7 +82,7 @@ def test_unacked_come_back_redelivered_in_order_and_acked_never(node_proc):
     ch.queue_declare("dur-ack-sync", durable=True)
     ch.basic_publish("", "dur-ack-sync", b"sync", PERSISTENT)
     _restart(node_proc)
-    conn = _conn(node_proc)
+    conn = connect(node_proc)
     ch = conn.channel()
     got = _drain(ch, "dur-ack")
     bodies = [b for b, _ in got]
@@ -100,7 +93,7 @@ def test_unacked_come_back_redelivered_in_order_and_acked_never(node_proc):
 
 
 def test_restart_keeps_durable_topology_and_drops_transient(node_proc):
-    conn = _conn(node_proc)
+    conn = connect(node_proc)
     ch = conn.channel()
     ch.exchange_declare("dur-x", "topic", durable=True)
     ch.exchange_declare("tmp-x", "fanout", durable=False)
@@ -110,7 +103,7 @@ def test_restart_keeps_durable_topology_and_drops_transient(node_proc):
     ch.queue_bind("dur-topo", "dur-x", "a.#")
     ch.queue_bind("tmp-topo", "dur-x", "b.#")
     _restart(node_proc, signal.SIGTERM)
-    conn = _conn(node_proc)
+    conn = connect(node_proc)
     ch = conn.channel()
     ch.exchange_declare("dur-x", passive=True)
     ch.queue_declare("dur-topo", passive=True)
@@ -130,11 +123,11 @@ def test_restart_keeps_durable_topology_and_drops_transient(node_proc):
 
 def test_users_and_vhosts_from_first_boot_persist(make_node):
     n = make_node()
-    conn = _conn(n)
+    conn = connect(n)
     conn.channel().queue_declare("dur-vh", durable=True)
     conn.close()
     _restart(n)
-    conn = _conn(n)
+    conn = connect(n)
     assert conn.channel().queue_declare("dur-vh", passive=True).method.queue == "dur-vh"
     conn.close()
 
@@ -153,7 +146,7 @@ def test_crash_ledger_random_kill_points(node_proc):
     published = 0
     queue = "ledger"
     for round_no in range(6):
-        conn = _conn(node_proc)
+        conn = connect(node_proc)
         ch = conn.channel()
         ch.queue_declare(queue, durable=True)
         ch.confirm_delivery()
@@ -182,7 +175,7 @@ def test_crash_ledger_random_kill_points(node_proc):
         node_proc.proc.wait(10)
         node_proc.stop()
         node_proc.start()
-    conn = _conn(node_proc)
+    conn = connect(node_proc)
     ch = conn.channel()
     remaining = [b for b, _ in _drain(ch, queue)]
     assert len(remaining) == len(set(remaining)), "a message was duplicated within the queue"
@@ -201,7 +194,7 @@ def test_crash_ledger_random_kill_points(node_proc):
 
 def test_store_full_nacks_publishers_and_recovers(make_node):
     n = make_node("--store-max-bytes", str(256 * 1024))
-    conn = _conn(n)
+    conn = connect(n)
     ch = conn.channel()
     ch.queue_declare("full-q", durable=True)
     ch.confirm_delivery()
@@ -251,7 +244,7 @@ def test_foreign_sqlite_file_refuses_to_start(tmp_path):
 
 def test_paging_keeps_order_beyond_the_memory_budget(make_node):
     n = make_node("--message-memory-budget", str(2 * 1024 * 1024))
-    conn = _conn(n)
+    conn = connect(n)
     ch = conn.channel()
     ch.queue_declare("paged", durable=False)
     ch.confirm_delivery()
@@ -274,10 +267,10 @@ def test_paging_keeps_order_beyond_the_memory_budget(make_node):
 
 def test_confirm_when_an_autoack_consumer_takes_a_persistent_message_at_once(node_proc):
     """Insert and delete cancel out in one store batch; the confirm must not wait for a later write."""
-    pub = _conn(node_proc)
+    pub = connect(node_proc)
     ch = pub.channel()
     ch.queue_declare("dur-autoack", durable=True)
-    sub = _conn(node_proc)
+    sub = connect(node_proc)
     sub_ch = sub.channel()
     got = []
     sub_ch.basic_consume("dur-autoack", lambda c, m, p, b: got.append(b), auto_ack=True)

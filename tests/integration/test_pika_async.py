@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
 
 import pika
 import pika.exceptions as pex
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+from tests.support.names import uid
 
 
 class Script:

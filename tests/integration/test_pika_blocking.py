@@ -17,18 +17,10 @@ import pika
 import pika.exceptions as pex
 import pytest
 
+from tests.support.clients import connect
+from tests.support.names import uid
+
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def connect(node, **kw) -> pika.BlockingConnection:
-    params = pika.URLParameters(node.url)
-    for k, v in kw.items():
-        setattr(params, k, v)
-    return pika.BlockingConnection(params)
 
 
 def drain(conn: pika.BlockingConnection, until, timeout: float = 3.0) -> bool:

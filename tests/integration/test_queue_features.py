@@ -5,28 +5,21 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 
 import pika
 import pika.exceptions as pex
 import pytest
 
+from tests.support.clients import connect
+from tests.support.ctl import ctl_out
+from tests.support.names import uid
+
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def connect(port: int) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", port, connection_attempts=3, retry_delay=0.2)
-    )
 
 
 @pytest.fixture
 def ch(node):
-    conn = connect(node.port)
+    conn = connect(node)
     yield conn.channel()
     if conn.is_open:
         conn.close()
@@ -220,7 +213,7 @@ def test_priority_requeue_keeps_position_within_level(ch):
 
 
 def test_single_active_consumer(node):
-    conn = connect(node.port)
+    conn = connect(node)
     ch = conn.channel()
     q = uid("sac")
     ch.queue_declare(q, arguments={"x-single-active-consumer": True})
@@ -337,7 +330,7 @@ def test_inequivalent_arguments_are_406(ch):
 
 def test_ttl_and_delay_survive_a_restart(make_node):
     n = make_node()
-    conn = connect(n.port)
+    conn = connect(n)
     ch = conn.channel()
     ch.exchange_declare("dlx-r", "fanout", durable=True)
     ch.queue_declare("dlq-r", durable=True)
@@ -358,7 +351,7 @@ def test_ttl_and_delay_survive_a_restart(make_node):
     t0 = time.monotonic()
     n.stop(signal.SIGKILL)
     n.start()
-    conn = connect(n.port)
+    conn = connect(n)
     ch = conn.channel()
     _, props, body = wait_get(ch, "dlq-r", timeout=10)
     assert body == b"expire-me" and props.headers["x-death"][0]["reason"] == "expired"
@@ -371,7 +364,7 @@ def test_ttl_and_delay_survive_a_restart(make_node):
 
 def test_dead_lettering_of_persistent_messages_survives_a_crash(make_node):
     n = make_node()
-    conn = connect(n.port)
+    conn = connect(n)
     ch = conn.channel()
     ch.exchange_declare("dlx-c", "fanout", durable=True)
     ch.queue_declare("dlq-c", durable=True)
@@ -386,32 +379,20 @@ def test_dead_lettering_of_persistent_messages_survives_a_crash(make_node):
     ch.basic_publish("", "work-c", b"sync", PERSISTENT)  # confirmed: the rejections are committed
     n.stop(signal.SIGKILL)
     n.start()
-    conn = connect(n.port)
+    conn = connect(n)
     ch = conn.channel()
     assert count(ch, "dlq-c") == 50
     assert count(ch, "work-c") == 1
     conn.close()
 
 
-def ctl(node, *args: str) -> str:
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "node", "ctl", "--port", str(node.management_port), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
 def test_policy_applies_to_matching_queues_and_arguments_override(node):
-    conn = connect(node.port)
+    conn = connect(node)
     ch = conn.channel()
     prefix = uid("pol")
-    ctl(node, "set_policy", prefix, f"^{prefix}\\.", '{"max-length": 2}', "--apply-to", "queues")
+    ctl_out(
+        node, "set_policy", prefix, f"^{prefix}\\.", '{"max-length": 2}', "--apply-to", "queues"
+    )
     try:
         ch.queue_declare(f"{prefix}.limited")
         ch.queue_declare(f"{prefix}.own", arguments={"x-max-length": 1})
@@ -423,7 +404,7 @@ def test_policy_applies_to_matching_queues_and_arguments_override(node):
         assert count(ch, f"{prefix}.own") == 1  # the stricter queue argument wins, as in RabbitMQ
         assert count(ch, f"other-{prefix}") == 4
         # A policy change applies to existing queues at once.
-        ctl(
+        ctl_out(
             node, "set_policy", prefix, f"^{prefix}\\.", '{"max-length": 1}', "--apply-to", "queues"
         )
         deadline = time.monotonic() + 3
@@ -431,19 +412,19 @@ def test_policy_applies_to_matching_queues_and_arguments_override(node):
             time.sleep(0.05)
         assert count(ch, f"{prefix}.limited") == 1
     finally:
-        ctl(node, "clear_policy", prefix)
+        ctl_out(node, "clear_policy", prefix)
         conn.close()
 
 
 def test_policy_dead_letter_exchange_and_ttl(node):
-    conn = connect(node.port)
+    conn = connect(node)
     ch = conn.channel()
     prefix = uid("polttl")
     dlx, dlq = uid("pdlx"), uid("pdlq")
     ch.exchange_declare(dlx, "fanout")
     ch.queue_declare(dlq)
     ch.queue_bind(dlq, dlx)
-    ctl(
+    ctl_out(
         node,
         "set_policy",
         prefix,
@@ -456,7 +437,7 @@ def test_policy_dead_letter_exchange_and_ttl(node):
         _, props, body = wait_get(ch, dlq)
         assert body == b"by-policy" and props.headers["x-death"][0]["reason"] == "expired"
     finally:
-        ctl(node, "clear_policy", prefix)
+        ctl_out(node, "clear_policy", prefix)
         conn.close()
 
 

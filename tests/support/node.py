@@ -1,8 +1,26 @@
-"""Start and stop real `merpati server` processes for tests."""
+"""Start and stop real `merpati server` processes for tests.
+
+Why not pytest-xprocess (it was a declared test dependency that nothing used, and was removed):
+xprocess manages a few long-lived, named processes per session, reused across runs, each started
+and waited for one at a time through `ensure()`. These tests need what it does not give: many
+short-lived nodes per test (a fresh three-node cluster per test), started together and then
+waited for together (a cluster node is only ready once a majority is up), new ports when a
+picked port was taken meanwhile (PortClash), SIGKILL and other signals on the exact process, and
+a restart that keeps ports, data dir and log (appended, each run read from its own offset). All
+of that lives here in ~150 lines over subprocess.Popen; wrapping xprocess around it would add a
+layer without removing any of it.
+
+Temporary directories: each NodeProcess makes one (data dir, log, config) and registers itself;
+`discard()` kills what is still running and removes the directory. tests/conftest.py discards the
+nodes a test made when it ends, keeping the directories of a failed test (its node.log and
+store are what one reads to see why) and listing them at the end of the session; set
+MERPATI_TEST_KEEP_DIRS=1 to keep every directory.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +28,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+KEEP_DIRS = "MERPATI_TEST_KEEP_DIRS"
+
+# Every NodeProcess whose directory still exists, by serial number (creation order).
+_nodes: dict[int, NodeProcess] = {}
+_serial = 0
+kept_dirs: list[Path] = []  # directories left behind on purpose (reported by tests/conftest.py)
+
+
+def next_serial() -> int:
+    """The serial the next NodeProcess will get: `discard_since` it to clean up a test's nodes."""
+    return _serial
+
+
+def discard_since(serial: int, keep: bool = False) -> None:
+    """Discard every node created since `next_serial()` returned `serial`."""
+    for n in [n for k, n in sorted(_nodes.items()) if k >= serial]:
+        n.discard(keep)
 
 
 def free_port() -> int:
@@ -37,6 +73,9 @@ class NodeProcess:
         self.metrics_port = free_port()
         self.management_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="merpati-test-"))
+        global _serial
+        self.serial, _serial = _serial, _serial + 1
+        _nodes[self.serial] = self
         self.extra = list(extra)
         self.config = config
         self.env = env or {}
@@ -145,3 +184,18 @@ class NodeProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+    def discard(self, keep: bool = False) -> None:
+        """The end of this node: SIGKILL if still running, then its directory is removed, unless
+        `keep` or $MERPATI_TEST_KEEP_DIRS (then it is listed in `kept_dirs`). Idempotent."""
+        if self.alive():
+            self.stop(signal.SIGKILL)
+        log = getattr(self, "_log", None)
+        if log is not None and not log.closed:
+            log.close()  # a start that failed leaves it open
+        if _nodes.pop(self.serial, None) is None:
+            return
+        if keep or os.environ.get(KEEP_DIRS):
+            kept_dirs.append(self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
