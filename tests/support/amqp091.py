@@ -37,10 +37,10 @@ from node.amqp091.constants import (
     PROTOCOL_HEADER,
     UNEXPECTED_FRAME,
 )
-from node.amqp091.properties import decode_properties, encode_properties
 from node.broker import Broker, hash_password
 from node.metadata import commands as cmds
 from node.metadata.log import LocalLog
+from node.wire.properties import decode_properties, encode_properties
 
 __all__ = [
     "ACCESS_REFUSED",
