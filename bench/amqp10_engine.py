@@ -68,9 +68,10 @@ def bench_merpati(n: int) -> float:
         cmds.DeclareQueue("/", "bench", leader="n1"),
     ):
         broker.metadata.apply(cmd)
+    import node.amqp10.links as L
     import node.amqp10.session as S
 
-    S.PUBLISH_CREDIT = n + 10  # one grant for the whole run
+    L.PUBLISH_CREDIT = n + 10  # one grant for the whole run
     c = Connection10(broker, Shell(), None, True)
     import struct
 

@@ -2,8 +2,9 @@
 
 Modules: `codec` (the type system), `performatives` (composites, SASL frames, a hand-written fast
 transfer decoder), `message` (sections ↔ the core message, RabbitMQ's conversion table),
-`connection` (SASL, open/close, idle timeout, framing), `session` (windows, links, credit,
-settlement, RabbitMQ 4 v2 addresses). The shared listener (node.listener) picks this
+`connection` (SASL, open/close, idle timeout, framing), `session` (windows, delivery-ids,
+settlement, attach/detach), `links` (SenderLink and ReceiverLink: credit, transfers, publishing),
+`addresses` (RabbitMQ 4 v2 addresses). The shared listener (node.listener) picks this
 front end when a client opens with `AMQP 3 1 0 0` or `AMQP 0 1 0 0`.
 
 Why not python-qpid-proton's engine: measured with bench/amqp10_engine.py on the same 100-byte

@@ -7,9 +7,9 @@ its `FrontEnd` protocol and calls it back through `Shell`, as 0-9-1's connection
 Connection states, in order: `header` (waiting for a protocol header: SASL or AMQP), `sasl-init`
 (mechanisms sent), `sasl-done` (outcome sent, waiting for the AMQP header), `open` (headers exchanged,
 waiting for the client's open), `running`, then `closing` (we sent close, waiting for the client's)
-and `closed`. Sessions (`Session`) and links (`SenderLink`: we send, the core's Consumer of a queue;
-`ReceiverLink`: the client publishes) live in `session.py`. Everything that changes connection
-state lives in this file.
+and `closed`. Sessions (`Session`) live in `session.py`, links (`SenderLink`: we send, the core's
+Consumer of a queue; `ReceiverLink`: the client publishes) in `links.py`, and the RabbitMQ addresses
+they attach to in `addresses.py`. Everything that changes connection state lives in this file.
 
 Errors: `ConnectionError10` closes the connection with an AMQP error condition; `SessionError10`
 ends one session; `LinkError10` detaches one link. Malformed bytes (`DecodeError`, framing errors)
@@ -29,7 +29,8 @@ from ..core.output import OutputBuffer
 from . import performatives as P
 from .codec import DecodeError, Symbol, symbol_array
 from .errors import ConnectionError10, LinkError10, SessionError10
-from .session import OUT_LIMIT, Session
+from .links import OUT_LIMIT
+from .session import Session
 
 if TYPE_CHECKING:
     from ..listener import Shell

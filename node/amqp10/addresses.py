@@ -1,0 +1,63 @@
+"""RabbitMQ addresses of AMQP 1.0 link terminuses and of messages' `to`.
+
+Addresses are RabbitMQ 4's v2 addresses: targets /exchanges/NAME/KEY, /exchanges/NAME (key from
+the subject), /queues/NAME, or none (each message's `to` names one of these); sources /queues/NAME.
+The v1 forms /amq/queue/NAME, /queue/NAME, /exchange/NAME[/KEY] and /topic/KEY are accepted too.
+
+The session (node.amqp10.session) checks a link's address at attach; a ReceiverLink
+(node.amqp10.links) parses each message's `to` on an anonymous link.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+
+class BadAddress(Exception):
+    pass
+
+
+def _segment(raw: str) -> str:
+    if not raw:
+        raise BadAddress("empty name")
+    return unquote(raw)
+
+
+def parse_target(address: str) -> tuple[str, str | None]:
+    """(exchange, routing key or None to take the message's subject)."""
+    if address.startswith("/exchanges/"):
+        parts = address[len("/exchanges/") :].split("/")
+        ex = _segment(parts[0])
+        if ex == "amq.default":
+            raise BadAddress("the default exchange is addressed as /queues/NAME")
+        if len(parts) == 1:
+            return ex, None
+        if len(parts) == 2:
+            return ex, unquote(parts[1])
+        raise BadAddress("too many segments")
+    if address.startswith("/queues/"):
+        rest = address[len("/queues/") :]
+        if "/" in rest:
+            raise BadAddress("a queue name has one segment")
+        return "", _segment(rest)
+    for prefix in ("/amq/queue/", "/queue/"):
+        if address.startswith(prefix):
+            return "", _segment(address[len(prefix) :])
+    if address.startswith("/exchange/"):
+        parts = address[len("/exchange/") :].split("/", 1)
+        return _segment(parts[0]), (parts[1] if len(parts) == 2 else None)
+    if address.startswith("/topic/"):
+        return "amq.topic", address[len("/topic/") :]
+    raise BadAddress("not a RabbitMQ address (/exchanges/NAME[/KEY] or /queues/NAME)")
+
+
+def parse_source(address: str) -> str:
+    if address.startswith("/queues/"):
+        rest = address[len("/queues/") :]
+        if "/" in rest:
+            raise BadAddress("a queue name has one segment")
+        return _segment(rest)
+    for prefix in ("/amq/queue/", "/queue/"):
+        if address.startswith(prefix):
+            return _segment(address[len(prefix) :])
+    raise BadAddress("not a queue address (/queues/NAME)")
