@@ -3,7 +3,8 @@
 Who may do what, as RabbitMQ's user tags say: `administrator` may do everything; `monitoring`
 reads everything; `policymaker` also manages policies of its vhosts; `management` reads the vhosts
 it has permissions in. Users without any of these tags cannot use the API (401, as RabbitMQ).
-The routes and their handlers live in `api.py`; export/import of definitions in `definitions.py`.
+The routes and their handlers live in the `api/` package (one module per resource, the route
+table in `api/routes.py`); export/import of definitions in `definitions.py`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""Merpati's cluster operations under /api/merpati/cluster (no RabbitMQ equivalent over HTTP):
+add and remove nodes, rebalance queue leaders, drain and undrain a node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..app import bad_request, json_response, not_found, read_json
+from .base import ApiBase
+
+
+class ClusterOpsApi(ApiBase):
+    def _plan(self) -> Any:
+        plan = getattr(self.node, "cluster", None)
+        if plan is None:
+            raise bad_request("this node is not part of a cluster")
+        return plan
+
+    async def cluster_add_node(self, request: web.Request) -> web.Response:
+        """{"node": "n4", "address": "host:cluster-port"}: the node joins Raft and the metadata."""
+        self._admin(request)
+        body = await read_json(request)
+        node_id, address = body.get("node"), body.get("address")
+        if not isinstance(node_id, str) or not isinstance(address, str) or ":" not in address:
+            raise bad_request('expected {"node": ID, "address": "host:cluster-port"}')
+        try:
+            await self._plan().add_node(self.broker, node_id, address)
+        except ValueError as e:
+            raise bad_request(str(e))
+        return json_response({"node": node_id, "address": address}, status=201)
+
+    async def cluster_remove_node(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        try:
+            await self._plan().remove_node(self.broker, request.match_info["node"])
+        except ValueError as e:
+            raise not_found(str(e))
+        return web.Response(status=204)
+
+    async def cluster_rebalance(self, request: web.Request) -> web.Response:
+        """Move leaders of idle queues to even the spread over the live nodes."""
+        self._admin(request)
+        moves = await self._plan().rebalance(self.broker)
+        return json_response(
+            {"moves": [{"vhost": v, "queue": q, "from": a, "to": b} for v, q, a, b in moves]}
+        )
+
+    async def cluster_drain(self, request: web.Request) -> web.Response:
+        """{"timeout": seconds}: no new queues on the node, its queues (and their messages) moved
+        to the other nodes; answers when that is done or the timeout passed, with what moved
+        and what did not (cluster/drain.py)."""
+        self._admin(request)
+        body = await read_json(request)
+        timeout = body.get("timeout", 60)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise bad_request("timeout must be a number of seconds")
+        node = request.match_info["node"]
+        try:
+            report = await self._plan().drain(self.broker, node, float(timeout))
+        except ValueError as e:  # cluster.drain.DrainError: the drain cannot start
+            raise not_found(str(e)) if getattr(e, "status", 400) == 404 else bad_request(str(e))
+        return json_response(report)
+
+    async def cluster_undrain(self, request: web.Request) -> web.Response:
+        """The node takes new queues again (it also does after its next start)."""
+        self._admin(request)
+        try:
+            report = await self._plan().undrain(self.broker, request.match_info["node"])
+        except ValueError as e:
+            raise not_found(str(e)) if getattr(e, "status", 400) == 404 else bad_request(str(e))
+        return json_response(report)

@@ -1,0 +1,81 @@
+"""Health checks (/api/health/checks/...) and the aliveness test, as RabbitMQ answers them."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..app import bad_request, json_response
+from .base import ApiBase
+
+
+class HealthApi(ApiBase):
+    # -- health checks ------------------------------------------------------------------------
+
+    async def health_alarms(self, request: web.Request) -> web.Response:
+        if self.broker.blocked:
+            return json_response(
+                {
+                    "status": "failed",
+                    "reason": "resource alarm(s) in effect in the cluster",
+                    "alarms": [{"node": self.node.node_id, "resource": "memory"}],
+                },
+                503,
+            )
+        return json_response({"status": "ok"})
+
+    async def health_quorum_critical(self, request: web.Request) -> web.Response:
+        """Critical: stopping this node would leave the metadata (Raft) without a majority.
+        Queues are not replicated yet, so the metadata is the only quorum there is; a single
+        node has none to lose, and RabbitMQ answers ok there too."""
+        plan = getattr(self.node, "cluster", None)
+        if plan is None or not plan.clustered:
+            return json_response({"status": "ok"})
+        members = plan.membership.members
+        live = plan.membership.live()
+        majority = len(members) // 2 + 1
+        if len(live) - 1 < majority:
+            return json_response(
+                {
+                    "status": "failed",
+                    "reason": f"stopping this node would leave {len(live) - 1} of {len(members)} "
+                    f"members running, fewer than the Raft majority of {majority}",
+                },
+                status=503,
+            )
+        return json_response({"status": "ok"})
+
+    async def health_vhosts(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def health_port(self, request: web.Request) -> web.Response:
+        try:
+            port = int(request.match_info["port"])
+        except ValueError:
+            raise bad_request("port must be an integer")
+        if any(p == port for _, _, p in self.node.listeners):
+            return json_response({"status": "ok", "port": port})
+        return json_response(
+            {"status": "failed", "reason": f"No active listener on port {port}", "missing": port},
+            503,
+        )
+
+    async def health_protocol(self, request: web.Request) -> web.Response:
+        proto = request.match_info["protocol"].lower().replace("-", "")
+        names = {p.replace("-", "").replace("/", "") for p, _, _ in self.node.listeners}
+        aliases = {"amqp091": "amqp", "amqp0.9.1": "amqp", "amqp": "amqp", "http": "http"}
+        if aliases.get(proto, proto) in names:
+            return json_response({"status": "ok", "protocol": request.match_info["protocol"]})
+        return json_response(
+            {
+                "status": "failed",
+                "reason": f"No active listener for {request.match_info['protocol']}",
+            },
+            503,
+        )
+
+    async def health_ready(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def aliveness(self, request: web.Request) -> web.Response:
+        self._vhost(request)
+        return json_response({"status": "ok"})

@@ -1,0 +1,173 @@
+"""Overview, whoami, nodes and cluster status: what the management UI's front page and
+`rabbitmqctl`-like tools read."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ... import __version__
+from ...metrics.collector import disk_free, open_fds, physical_memory, resident_memory
+from ...routing.exchange import EXCHANGE_TYPES
+from ..app import caller, json_response, not_found
+from ..views import channel_count, jsonable, open_channels, queue_figures
+from .base import ApiBase
+
+
+class OverviewApi(ApiBase):
+    # -- overview and nodes -------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text="Merpati management HTTP API (RabbitMQ-compatible subset) under /api/\n"
+        )
+
+    async def overview(self, request: web.Request) -> web.Response:
+        node = self.node
+        c = self.broker.counters
+        conns = list(self.broker.connections)
+        channels = [ch for conn in conns for ch in open_channels(conn)]
+        ready = unacked = nqueues = 0
+        for vhost in self._visible_vhosts(request):
+            for qdef in self.state.vhosts[vhost].queues.values():
+                r, u, _c = await queue_figures(self.broker.queue(vhost, qdef.name))
+                nqueues += 1
+                ready += r
+                unacked += u
+        return json_response(
+            {
+                "management_version": __version__,
+                "rates_mode": "none",
+                "product_name": "Merpati",
+                "product_version": __version__,
+                "rabbitmq_version": __version__,
+                "cluster_name": node.cluster_name,
+                "node": node.node_id,
+                "erlang_version": "none (Python)",
+                "exchange_types": [
+                    {"name": t, "description": "", "enabled": True} for t in EXCHANGE_TYPES
+                ],
+                "message_stats": {
+                    "publish": c.published,
+                    "confirm": c.confirmed,
+                    "deliver": c.delivered_ack,
+                    "deliver_no_ack": c.delivered_autoack,
+                    "deliver_get": c.delivered_ack
+                    + c.delivered_autoack
+                    + c.get_ack
+                    + c.get_autoack,
+                    "get": c.get_ack,
+                    "get_no_ack": c.get_autoack,
+                    "get_empty": c.get_empty,
+                    "redeliver": c.redelivered,
+                    "ack": c.acked,
+                    "return_unroutable": c.unroutable_returned,
+                    "drop_unroutable": c.unroutable_dropped,
+                },
+                "queue_totals": {
+                    "messages": ready + unacked,
+                    "messages_ready": ready,
+                    "messages_unacknowledged": unacked,
+                },
+                "object_totals": {
+                    "connections": len(conns),
+                    "channels": sum(channel_count(c) for c in conns),
+                    "consumers": sum(len(ch.consumers) for ch in channels),
+                    "exchanges": sum(len(vh.exchanges) for vh in self.state.vhosts.values()),
+                    "queues": nqueues,
+                },
+                "churn_rates": {
+                    "connection_created": c.connections_opened,
+                    "channel_created": c.channels_opened,
+                },
+                "listeners": [
+                    {"node": node.node_id, "protocol": p, "ip_address": ip, "port": port}
+                    for p, ip, port in node.listeners
+                ],
+                "contexts": [],
+                "merpati_cluster": self.cluster_status(),
+            }
+        )
+
+    async def cluster_name(self, request: web.Request) -> web.Response:
+        return json_response({"name": self.node.cluster_name})
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        who = caller(request)
+        return json_response({"name": who.name, "tags": sorted(who.tags)})
+
+    async def extensions(self, request: web.Request) -> web.Response:
+        return json_response([])
+
+    def _node_json(self) -> dict[str, Any]:
+        node = self.node
+        import os
+        import resource
+
+        rss = resident_memory()
+        return {
+            "name": node.node_id,
+            "type": "disc",
+            "running": True,
+            "being_drained": False,
+            "os_pid": str(os.getpid()),
+            "uptime": int((time.time() - node.started_at) * 1000),
+            "mem_used": rss,
+            "mem_limit": int(node.config.memory_high_watermark * physical_memory()),
+            "mem_alarm": bool(self.broker.blocked),
+            "disk_free": disk_free(node.config.data_dir),
+            "disk_free_limit": 0,
+            "disk_free_alarm": False,
+            "fd_used": open_fds(),
+            "fd_total": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "sockets_used": len(self.broker.connections),
+            "processors": os.cpu_count() or 1,
+            "partitions": [],
+            "cluster_links": [],
+            "applications": [{"name": "merpati", "description": "Merpati", "version": __version__}],
+            "raft": jsonable(self.broker.metadata.status())
+            if hasattr(self.broker.metadata, "status")
+            else None,
+        }
+
+    def cluster_status(self) -> dict[str, Any]:
+        """Members, running nodes and the Raft leader: from the cluster (ClusterNode) when the node is
+        clustered (cluster.cluster_node.ClusterNode.status), else this node alone."""
+        plan = getattr(self.node, "cluster", None)
+        if plan is not None and hasattr(plan, "status"):
+            return jsonable(plan.status())
+        status_fn = getattr(self.broker.metadata, "status", None)
+        raft = status_fn() if status_fn is not None else {}
+        leader = raft.get("leader")
+        me = self.node.node_id
+        return {
+            "members": {me: ""},
+            "running": [me],
+            "raft_leader": me if leader is None or str(leader) == str(raft.get("self")) else None,
+            "raft_term": raft.get("raft_term"),
+            "commit_index": raft.get("commit_idx"),
+        }
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        # Every member; this node with its figures, the others as the cluster knows them.
+        status = self.cluster_status()
+        out = [self._node_json()]
+        running = set(status.get("running") or ())
+        for name, address in sorted((status.get("members") or {}).items()):
+            if name != self.node.node_id:
+                out.append(
+                    {
+                        "name": name,
+                        "type": "disc",
+                        "running": name in running,
+                        "cluster_address": address,
+                    }
+                )
+        return json_response(out)
+
+    async def node_detail(self, request: web.Request) -> web.Response:
+        if request.match_info["node"] != self.node.node_id:
+            raise not_found(f"no node '{request.match_info['node']}'")
+        return json_response(self._node_json())
