@@ -1,7 +1,8 @@
 """What crosses nodes: Raft metadata, membership, placement, forwarding, replication.
 
-`cluster` imports `node`, never the reverse except through the seams of DESIGN.md. The first of
-them made real here is the Metadata seam: `cluster.raft_log.RaftLog` implements
-`node.metadata.log.MetadataLog` by replicating commands with pysyncobj, so a single node is a
-one-member Raft cluster and a cluster differs from it only by the partner addresses it is given.
+`cluster` imports `node`, never the reverse except through the seams (docs/architecture.md):
+`cluster.raft_log.RaftLog` implements `node.metadata.log.MetadataLog` by replicating commands
+with pysyncobj, so a single node is a one-member Raft cluster and a cluster differs from it only
+by the partner addresses it is given; `cluster.cluster_node.ClusterNode` is the broker's
+`node.cluster_seam.ClusterSeam` (placement, RemoteQueues, queue moves).
 """

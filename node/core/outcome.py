@@ -1,4 +1,4 @@
-"""The one settlement vocabulary of the core: the AMQP 1.0 terminal outcomes (see DESIGN.md)."""
+"""The one settlement vocabulary of the core: the AMQP 1.0 terminal outcomes (see docs/architecture.md)."""
 
 from __future__ import annotations
 
