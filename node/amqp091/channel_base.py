@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..metadata.state import MetadataError
+from .frames import ProtocolError091
 
 if TYPE_CHECKING:
     from ..broker import Broker
@@ -27,26 +28,12 @@ if TYPE_CHECKING:
 OUT_LIMIT = 256 * 1024
 
 
-class ChannelError(Exception):
+class ChannelError(ProtocolError091):
     """A soft error: closes the channel with `code`."""
 
-    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-        self.class_id = class_id
-        self.method_id = method_id
 
-
-class ConnectionError091(Exception):
+class ConnectionError091(ProtocolError091):
     """A hard error: closes the connection with `code`."""
-
-    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-        self.class_id = class_id
-        self.method_id = method_id
 
 
 def _err(e: MetadataError) -> ChannelError:

@@ -40,8 +40,9 @@ _unpack_header = struct.Struct(">HHQ").unpack_from
 _PUBLISH_ID = b"\x00\x3c\x00\x28"
 
 
-class FrameError(Exception):
-    """A connection-level protocol error found while reading frames."""
+class ProtocolError091(Exception):
+    """An AMQP 0-9-1 error: the reply code and text of the close it causes, and the method at
+    fault (its class and method ids, 0 when none)."""
 
     def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         super().__init__(text)
@@ -49,6 +50,10 @@ class FrameError(Exception):
         self.text = text
         self.class_id = class_id
         self.method_id = method_id
+
+
+class FrameError(ProtocolError091):
+    """A connection-level protocol error found while reading frames."""
 
 
 class FrameHandler(Protocol):
