@@ -63,13 +63,13 @@ class LoneNode:
         return None
 
     def queue_purged(self, q: QueueHandle) -> None:
-        pass
+        """Nothing to tell: no other node can be handing a queue of this one over."""
 
     def recover(self, stored: Stored, keep: set[tuple[str, str]]) -> int:
         return 0
 
     def recovered(self) -> None:
-        pass
+        """Nothing to announce: a lone node never hands a queue over."""
 
     async def wait_handovers(self, timeout: float) -> bool:
         return True

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 
 class BadAddress(Exception):
-    pass
+    """An address that names no queue or exchange in a form this node understands."""
 
 
 def _segment(raw: str) -> str:
