@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def client_transfers(n: int, size: int = 100) -> bytes:
@@ -24,7 +21,7 @@ def client_transfers(n: int, size: int = 100) -> bytes:
 
     from proton import Message
 
-    from node.amqp10 import performatives as P
+    from merpati.node.amqp10 import performatives as P
 
     body = Message(body=b"x" * size, inferred=True).encode()
     out = []
@@ -42,11 +39,11 @@ def client_transfers(n: int, size: int = 100) -> bytes:
 
 
 def bench_merpati(n: int) -> float:
-    from node.amqp10 import performatives as P
-    from node.amqp10.codec import Symbol
-    from node.amqp10.connection import Connection10
-    from node.broker import Broker, hash_password
-    from node.metadata import commands as cmds
+    from merpati.node.amqp10 import performatives as P
+    from merpati.node.amqp10.codec import Symbol
+    from merpati.node.amqp10.connection import Connection10
+    from merpati.node.broker import Broker, hash_password
+    from merpati.node.metadata import commands as cmds
 
     class Shell:
         def schedule_flush(self):
@@ -68,8 +65,8 @@ def bench_merpati(n: int) -> float:
         cmds.DeclareQueue("/", "bench", leader="n1"),
     ):
         broker.metadata.apply(cmd)
-    import node.amqp10.links as L
-    import node.amqp10.session as S
+    import merpati.node.amqp10.links as L
+    import merpati.node.amqp10.session as S
 
     L.PUBLISH_CREDIT = n + 10  # one grant for the whole run
     c = Connection10(broker, Shell(), None, True)

@@ -20,15 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cluster.cluster_node import ClusterNode  # noqa: E402
-from cluster.membership import Member, Membership  # noqa: E402
-from node.broker import Broker  # noqa: E402
-from node.core.message import Message  # noqa: E402
-from node.metadata import commands as cmds  # noqa: E402
-from node.metadata.log import LocalLog  # noqa: E402
-from node.store import SQLiteStore  # noqa: E402
+from merpati.cluster.cluster_node import ClusterNode  # noqa: E402
+from merpati.cluster.membership import Member, Membership  # noqa: E402
+from merpati.node.broker import Broker  # noqa: E402
+from merpati.node.core.message import Message  # noqa: E402
+from merpati.node.metadata import commands as cmds  # noqa: E402
+from merpati.node.metadata.log import LocalLog  # noqa: E402
+from merpati.node.store import SQLiteStore  # noqa: E402
 
 
 def _port() -> int:

@@ -21,8 +21,8 @@ import statistics
 import tempfile
 import time
 
-from cluster.raft_log import RaftLog
-from node.metadata import commands as c
+from merpati.cluster.raft_log import RaftLog
+from merpati.node.metadata import commands as c
 
 CONFIGS = {
     "stock": {"tuned": False, "fsync": False},

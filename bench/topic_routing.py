@@ -10,7 +10,7 @@ import random
 import statistics
 import time
 
-from node.routing.topic import TopicMatcher
+from merpati.node.routing.topic import TopicMatcher
 
 WORDS = [f"w{i}" for i in range(50)]
 

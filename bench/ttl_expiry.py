@@ -48,7 +48,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "node",
+            "merpati.node",
             "server",
             "--amqp-port",
             str(port),

@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from node.metadata.commands import MoveQueue, NodeJoined, NodeLeft
-from node.metadata.state import MetadataError
+from merpati.node.metadata.commands import MoveQueue, NodeJoined, NodeLeft
+from merpati.node.metadata.state import MetadataError
 
 from .membership import (
     Member,

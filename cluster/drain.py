@@ -25,8 +25,8 @@ import asyncio
 import time
 from typing import Any
 
-from node.metadata.commands import MoveQueue, SetNodeDraining
-from node.metadata.state import MetadataError
+from merpati.node.metadata.commands import MoveQueue, SetNodeDraining
+from merpati.node.metadata.state import MetadataError
 
 DEFAULT_TIMEOUT = 60.0
 # How often the wait looks at the metadata, and how many times it looks for queues placed on the

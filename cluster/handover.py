@@ -41,9 +41,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from node.core.message import Message
-from node.core.outcome import Modified, Outcome
-from node.core.queue import REJECTED, LocalQueue, QueueHandle
+from merpati.node.core.message import Message
+from merpati.node.core.outcome import Modified, Outcome
+from merpati.node.core.queue import REJECTED, LocalQueue, QueueHandle
 
 log = logging.getLogger("merpati.handover")
 

@@ -23,15 +23,15 @@ import logging
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from node.core.queue import LocalQueue, QueueHandle
-from node.metadata import commands as cmds
-from node.metadata.state import MetadataError
-from node.store.sqlite import handover_name
+from merpati.node.core.queue import LocalQueue, QueueHandle
+from merpati.node.metadata import commands as cmds
+from merpati.node.metadata.state import MetadataError
+from merpati.node.store.sqlite import handover_name
 
 from .handover import WINDOW, Handover
 
 if TYPE_CHECKING:
-    from node.broker import Broker
+    from merpati.node.broker import Broker
 
 log = logging.getLogger("merpati.cluster")
 

@@ -103,8 +103,14 @@ from pysyncobj.journal import (
 )
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from node.metadata.commands import Command
-from node.metadata.state import MetadataError, MetadataState
+from merpati.node.metadata.commands import Command
+from merpati.node.metadata.state import MetadataError, MetadataState
+
+from .pickle_names import freeze as _freeze_pickle_names
+
+# The journal, the snapshots and the peers' messages are pickles that name the metadata classes
+# by their module paths before the packages moved under `merpati`: keep those names.
+_freeze_pickle_names()
 
 # Proposals that fail for want of a leader are retried (same request id, applied at most once)
 # for this long, every _RETRY_DELAY; the recent request ids are remembered in the state.

@@ -1,5 +1,5 @@
 """The `merpati` command: `merpati server` runs a node; `merpati ctl` operates one over its
-management API (node/ctl.py); `merpati perf` is a load tool (node/perf.py)."""
+management API (tools/ctl.py); `merpati perf` is a load tool (tools/perf.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
 
 def cluster_node(cfg: Config) -> object:
     """How this node takes part in the cluster (a one-member one without --peers)."""
-    from cluster.cluster_node import ClusterNode
+    from merpati.cluster.cluster_node import ClusterNode
 
     return ClusterNode.from_config(cfg)
 
@@ -39,10 +39,10 @@ TOOLS = {
 
 def _run_tool(name: str, argv: list[str]) -> int:
     if name == "ctl":
-        from .ctl import main as ctl_main
+        from merpati.tools.ctl import main as ctl_main
 
         return ctl_main(argv)
-    from .perf import main as perf_main
+    from merpati.tools.perf import main as perf_main
 
     return perf_main(argv)
 

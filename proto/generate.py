@@ -12,7 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: imports read `proto.merpati.v1`
+ROOT = Path(__file__).resolve().parent.parent  # the repository: protoc names `proto.merpati.v1`
+# The folder proto/ installs as the package merpati.proto (pyproject.toml), so the imports protoc
+# writes between generated modules are rewritten to that name.
+IMPORT_FROM = "from proto."
+IMPORT_TO = "from merpati.proto."
 PROTOS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "proto").rglob("*.proto"))
 
 
@@ -39,6 +43,9 @@ def generate(out_dir: Path | str = ROOT) -> list[Path]:
     for proto in PROTOS:
         stem = proto[: -len(".proto")]
         written += [out / f"{stem}_pb2.py", out / f"{stem}_pb2_grpc.py"]
+    for path in written:
+        text = path.read_text()
+        path.write_text(text.replace(IMPORT_FROM, IMPORT_TO))
     return written
 
 

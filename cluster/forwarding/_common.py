@@ -9,7 +9,7 @@ import logging
 
 import grpc
 
-from node.metadata.state import MetadataError
+from merpati.node.metadata.state import MetadataError
 
 # Messages may be as large as the node accepts (max_message_size); gRPC's default cap is 4 MiB.
 CHANNEL_OPTIONS = [

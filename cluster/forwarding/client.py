@@ -29,10 +29,10 @@ from typing import Any
 
 import grpc
 
-from node.core.message import Message
-from node.core.queue import REJECTED
-from proto.merpati.v1 import forwarding_pb2 as pb
-from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
+from merpati.node.core.message import Message
+from merpati.node.core.queue import REJECTED
+from merpati.proto.merpati.v1 import forwarding_pb2 as pb
+from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
 from ._common import AUTH_KEY, CHANNEL_OPTIONS, NODE_KEY, auth_token, quiet
 from .packing import MAX_QUEUES_PER_RECORD, Published, pack_published

@@ -28,8 +28,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from node.core.message import Message
-from node.wire.table import encode_shortstr
+from merpati.node.core.message import Message
+from merpati.node.wire.table import encode_shortstr
 
 PUBLISH_HEAD = struct.Struct("<QIIHHBI")
 DELIVERY_HEAD = struct.Struct("<QIIHBI")

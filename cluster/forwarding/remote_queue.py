@@ -22,11 +22,11 @@ from typing import Any
 
 import grpc
 
-from node.core.message import Message
-from node.core.outcome import Modified, Outcome
-from node.core.queue import REJECTED
-from node.metadata.state import MetadataError
-from proto.merpati.v1 import forwarding_pb2 as pb
+from merpati.node.core.message import Message
+from merpati.node.core.outcome import Modified, Outcome
+from merpati.node.core.queue import REJECTED
+from merpati.node.metadata.state import MetadataError
+from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 
 from ._common import down_text, metadata_error, quiet
 from .packing import PackingError, unpack_deliveries

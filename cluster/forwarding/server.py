@@ -27,11 +27,11 @@ from typing import Any
 
 import grpc
 
-from node.core.message import Message
-from node.core.outcome import Modified, Outcome
-from node.core.queue import QueueHandle
-from proto.merpati.v1 import forwarding_pb2 as pb
-from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
+from merpati.node.core.message import Message
+from merpati.node.core.outcome import Modified, Outcome
+from merpati.node.core.queue import QueueHandle
+from merpati.proto.merpati.v1 import forwarding_pb2 as pb
+from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
 from ._common import AUTH_KEY, NODE_KEY, SERVER_OPTIONS, auth_token
 from .packing import PackingError, pack_deliveries, unpack_published

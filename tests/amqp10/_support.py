@@ -7,8 +7,8 @@ import struct
 
 import pika
 
-from node.amqp10 import performatives as P
-from node.amqp10.codec import Symbol, decode
+from merpati.node.amqp10 import performatives as P
+from merpati.node.amqp10.codec import Symbol, decode
 
 
 def url(node, user: str = "guest", password: str = "guest") -> str:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.amqp10 import codec as c
-from node.amqp10 import message as m
-from node.amqp10 import performatives as P
-from node.amqp10.codec import DecodeError, decode, encode, same
+from merpati.node.amqp10 import codec as c
+from merpati.node.amqp10 import message as m
+from merpati.node.amqp10 import performatives as P
+from merpati.node.amqp10.codec import DecodeError, decode, encode, same
 
 ints = st.integers
 scalars = st.one_of(
@@ -187,7 +187,7 @@ def test_message_conversion_round_trip_through_091_properties():
     conv = m.convert(payload)
     conv2 = m.convert(payload)  # through the prefix cache
     assert conv2.props_raw == conv.props_raw and conv2.body == b"BODY"
-    from node.wire.properties import decode_properties
+    from merpati.node.wire.properties import decode_properties
 
     p = decode_properties(conv.props_raw)
     assert p["delivery_mode"] == 2 and p["priority"] == 7 and p["expiration"] == "60000"
@@ -212,7 +212,7 @@ def test_message_conversion_round_trip_through_091_properties():
 def test_amqp_value_body_travels_encoded():
     payload = b"\x00\x53\x77" + encode({"a": [1, 2]})
     conv = m.convert(payload)
-    from node.wire.properties import decode_properties
+    from merpati.node.wire.properties import decode_properties
 
     assert decode_properties(conv.props_raw)["type"] == "amqp-1.0"
     assert conv.body == payload

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.amqp10 import performatives as P
-from node.amqp10.codec import Symbol
-from node.amqp10.connection import Connection10, Settings10
-from node.broker import Broker, hash_password
-from node.metadata import commands as cmds
+from merpati.node.amqp10 import performatives as P
+from merpati.node.amqp10.codec import Symbol
+from merpati.node.amqp10.connection import Connection10, Settings10
+from merpati.node.broker import Broker, hash_password
+from merpati.node.metadata import commands as cmds
 
 from ._support import frame
 
@@ -175,7 +175,7 @@ def test_small_max_frame_size_and_oversized_frames():
 
 
 def test_idle_timeout(conn, monkeypatch):
-    import node.amqp10.connection as mod
+    import merpati.node.amqp10.connection as mod
 
     assert conn.heartbeat  # the client asked for 2 s: we send within 1 s
     now = mod.time.monotonic()

@@ -21,7 +21,7 @@ from proton.handlers import MessagingHandler  # noqa: E402
 from proton.reactor import AtMostOnce, Container  # noqa: E402
 from proton.utils import LinkDetached, SendException  # noqa: E402
 
-from node.amqp10 import performatives as P  # noqa: E402
+from merpati.node.amqp10 import performatives as P  # noqa: E402
 
 from ._support import RawClient, blocking, channel091, frame, queue_count  # noqa: E402
 

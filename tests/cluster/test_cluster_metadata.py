@@ -66,7 +66,7 @@ def test_raft_leader_killed_declarations_continue(cluster):
         [
             sys.executable,
             "-m",
-            "node",
+            "merpati.node",
             "ctl",
             "--port",
             str(cluster["n1"].management_port),

@@ -172,7 +172,7 @@ def test_drain_then_sigkill_mid_way_loses_nothing(tmp_path):
         assert queue_info(n1, "big")["node"] == "n1"
         publish(n1, "big", 3000)
         drain = subprocess.Popen(
-            [sys.executable, "-m", "node", "ctl", "--port", str(n1.management_port)]
+            [sys.executable, "-m", "merpati.node", "ctl", "--port", str(n1.management_port)]
             + ["drain-node", "--wait", "60"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

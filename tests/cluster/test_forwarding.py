@@ -17,21 +17,21 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster.cluster_node import ClusterNode
-from cluster.forwarding import client as fw_client
-from cluster.forwarding.remote_queue import RemoteQueue
-from cluster.membership import Member, Membership
-from node.broker import Broker
-from node.core.message import Message
-from node.core.outcome import Outcome
-from node.core.queue import REJECTED, LocalQueue
-from node.metadata import commands as cmds
-from node.metadata.log import LocalLog
-from node.metadata.state import MetadataError
-from node.store import SQLiteStore
-from node.wire.properties import encode_properties
-from proto.merpati.v1 import forwarding_pb2 as pb
-from proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
+from merpati.cluster.cluster_node import ClusterNode
+from merpati.cluster.forwarding import client as fw_client
+from merpati.cluster.forwarding.remote_queue import RemoteQueue
+from merpati.cluster.membership import Member, Membership
+from merpati.node.broker import Broker
+from merpati.node.core.message import Message
+from merpati.node.core.outcome import Outcome
+from merpati.node.core.queue import REJECTED, LocalQueue
+from merpati.node.metadata import commands as cmds
+from merpati.node.metadata.log import LocalLog
+from merpati.node.metadata.state import MetadataError
+from merpati.node.store import SQLiteStore
+from merpati.node.wire.properties import encode_properties
+from merpati.proto.merpati.v1 import forwarding_pb2 as pb
+from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 PERSISTENT = encode_properties({"delivery_mode": 2})

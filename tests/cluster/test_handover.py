@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from node.core.outcome import Outcome
-from node.core.queue import LocalQueue, MemoryBudget
-from node.metadata import commands as cmds
-from node.metadata.log import LocalLog
-from node.store import SQLiteStore
+from merpati.node.core.outcome import Outcome
+from merpati.node.core.queue import LocalQueue, MemoryBudget
+from merpati.node.metadata import commands as cmds
+from merpati.node.metadata.log import LocalLog
+from merpati.node.store import SQLiteStore
 
 from .test_forwarding import TRANSIENT, Cluster, FakeConsumer, msg, run, start_member, until
 
@@ -432,7 +432,7 @@ def test_a_failed_delivery_after_the_move_counts_against_the_delivery_limit(tmp_
     whether the second failure comes before the move or after it."""
 
     async def body(c: Cluster) -> None:
-        from node.core.outcome import Modified
+        from merpati.node.core.outcome import Modified
 
         await c.everywhere(cmds.DeclareExchange("/", "dlx", "fanout"))
         await c.queue("dead")

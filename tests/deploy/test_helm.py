@@ -126,7 +126,7 @@ def test_statefulset_parallel_and_node_ids_from_pod_name(helm):
 def test_peers_from_headless_service_match_node_ids(helm):
     """What cluster/membership.resolve_dns makes of the headless service's records: each pod's
     host name <pod>.<headless>.<ns>.svc.<domain>, first label = node id = pod name."""
-    from cluster.membership import parse_peers
+    from merpati.cluster.membership import parse_peers
 
     for replicas in (1, 3, 5):
         docs = render(helm, f"replicaCount={replicas}")

@@ -52,8 +52,8 @@ from unittest import mock
 import pika
 import pytest
 
-from cluster.membership import parse_peers
-from node.config import Config, load
+from merpati.cluster.membership import parse_peers
+from merpati.node.config import Config, load
 from tests.deploy.chart import CHART, ROOT, by_kind, container, one, render
 from tests.support.clients import connect
 from tests.support.names import uid
@@ -278,10 +278,10 @@ def _names_read(path: Path, prefix: str) -> set[str]:
 )
 def test_every_variable_of_the_pod_is_read_by_someone(helm, sets):
     """A misspelt MERPATI_* would be ignored without a word: each one the chart sets is a
-    setting of node/config.py, or read by `merpati ctl` (node/ctl.py) or the probes."""
+    setting of node/config.py, or read by `merpati ctl` (tools/ctl.py) or the probes."""
     docs = render(helm, *sets, namespace=NAMESPACE)
     settings = {"MERPATI_" + f.upper() for f in Config.__dataclass_fields__ if f != "users"}
-    ctl = _names_read(ROOT / "node" / "ctl.py", "MERPATI_CTL_")
+    ctl = _names_read(ROOT / "tools" / "ctl.py", "MERPATI_CTL_")
     probe_py = CHART / "files" / "probe.py"
     probe = _names_read(probe_py, "MERPATI_") | _names_read(probe_py, "PRESTOP_")
     for e in container(docs)["env"]:

@@ -23,10 +23,10 @@ import pika
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from node.amqp091 import spec
-from node.amqp091.frames import FrameError, FrameReader
-from node.amqp091.render import method_frame
-from node.wire.table import (
+from merpati.node.amqp091 import spec
+from merpati.node.amqp091.frames import FrameError, FrameReader
+from merpati.node.amqp091.render import method_frame
+from merpati.node.wire.table import (
     ByteArray,
     DecodeError,
     Int,

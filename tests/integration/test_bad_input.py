@@ -11,8 +11,8 @@ import uuid
 import pika
 import pytest
 
-from node.amqp091 import spec
-from node.amqp091.render import method_frame
+from merpati.node.amqp091 import spec
+from merpati.node.amqp091.render import method_frame
 
 HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_END = b"\xce"

@@ -87,7 +87,7 @@ def test_policies_status_and_errors(node):
     r = ctl(node, "status", env={"MERPATI_CTL_PASSWORD": "wrong"}, check=False)
     assert r.returncode == 77
     r = subprocess.run(
-        [sys.executable, "-m", "node", "ctl", "--port", "1", "status"],
+        [sys.executable, "-m", "merpati.node", "ctl", "--port", "1", "status"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -97,7 +97,7 @@ def test_environment_variables_configure_the_node(tmp_path):
         "MERPATI_LOG_LEVEL": "debug",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "server"],
+        [sys.executable, "-m", "merpati.node", "server"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -126,7 +126,7 @@ def test_bad_configuration_is_reported(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("amqp-port = 'many'\n")
     out = subprocess.run(
-        [sys.executable, "-m", "node", "server", "--config", str(bad)],
+        [sys.executable, "-m", "merpati.node", "server", "--config", str(bad)],
         capture_output=True,
         timeout=30,
     )
@@ -134,7 +134,7 @@ def test_bad_configuration_is_reported(tmp_path):
     assert b"invalid value" in out.stderr and b"amqp-port" in out.stderr
     bad.write_text("no-such-setting = 1\n")
     out = subprocess.run(
-        [sys.executable, "-m", "node", "server", "--config", str(bad)],
+        [sys.executable, "-m", "merpati.node", "server", "--config", str(bad)],
         capture_output=True,
         timeout=30,
     )

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def perf(node, *args: str) -> subprocess.CompletedProcess:
     uri = f"amqp://guest:guest@127.0.0.1:{node.port}/%2F"
     return subprocess.run(
-        [sys.executable, "-m", "node", "perf", "--uri", uri, *args],
+        [sys.executable, "-m", "merpati.node", "perf", "--uri", uri, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -57,7 +57,7 @@ def test_unreachable_broker_exits_69(node):
         [
             sys.executable,
             "-m",
-            "node",
+            "merpati.node",
             "perf",
             "--uri",
             "amqp://guest:guest@127.0.0.1:1/",

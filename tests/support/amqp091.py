@@ -19,9 +19,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.amqp091 import render, spec
-from node.amqp091.connection import Connection091, Settings
-from node.amqp091.constants import (
+from merpati.node.amqp091 import render, spec
+from merpati.node.amqp091.connection import Connection091, Settings
+from merpati.node.amqp091.constants import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
     COMMAND_INVALID,
@@ -37,10 +37,10 @@ from node.amqp091.constants import (
     PROTOCOL_HEADER,
     UNEXPECTED_FRAME,
 )
-from node.broker import Broker, hash_password
-from node.metadata import commands as cmds
-from node.metadata.log import LocalLog
-from node.wire.properties import decode_properties, encode_properties
+from merpati.node.broker import Broker, hash_password
+from merpati.node.metadata import commands as cmds
+from merpati.node.metadata.log import LocalLog
+from merpati.node.wire.properties import decode_properties, encode_properties
 
 __all__ = [
     "ACCESS_REFUSED",

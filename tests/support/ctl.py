@@ -22,7 +22,7 @@ def ctl(
     exit fails the test with its output. `timeout` only bounds a hung command (drain-node --wait
     takes long on a loaded machine)."""
     out = subprocess.run(
-        [sys.executable, "-m", "node", "ctl", "--port", str(node.management_port), *args],
+        [sys.executable, "-m", "merpati.node", "ctl", "--port", str(node.management_port), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -104,7 +104,7 @@ class NodeProcess:
         args = [
             sys.executable,
             "-m",
-            "node",
+            "merpati.node",
             "server",
             "--amqp-port",
             str(self.port),

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from node.wire.table import ByteArray, Int, Timestamp
+from merpati.node.wire.table import ByteArray, Int, Timestamp
 
 INT_RANGES = {
     "b": (-(2**7), 2**7 - 1),

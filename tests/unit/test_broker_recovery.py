@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from node.broker import Broker
-from node.core.message import Message
-from node.metadata import commands as cmds
-from node.metadata.log import LocalLog
-from node.store import SQLiteStore
-from node.wire.properties import encode_properties
+from merpati.node.broker import Broker
+from merpati.node.core.message import Message
+from merpati.node.metadata import commands as cmds
+from merpati.node.metadata.log import LocalLog
+from merpati.node.store import SQLiteStore
+from merpati.node.wire.properties import encode_properties
 
 PERSISTENT = encode_properties({"delivery_mode": 2})
 

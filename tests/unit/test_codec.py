@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.wire.table import (
+from merpati.node.wire.table import (
     MAX_TABLE_DEPTH,
     ByteArray,
     DecodeError,

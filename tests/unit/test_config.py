@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.config import FLAGS, Config, ConfigError, load
+from merpati.node.config import FLAGS, Config, ConfigError, load
 
 
 def no_flags(**given) -> dict:

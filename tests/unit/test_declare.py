@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from node.core.declare import (
+from merpati.node.core.declare import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
     PRECONDITION_FAILED,
@@ -17,7 +17,7 @@ from node.core.declare import (
     check_queue_declare,
     check_reserved_name,
 )
-from node.wire.table import Int
+from merpati.node.wire.table import Int
 
 
 def refused(fn, *args, **kwargs) -> DeclareError:
@@ -216,7 +216,7 @@ def test_queue_declare_checks_name_then_arguments():
 
 def test_core_does_not_import_the_amqp091_front_end():
     code = (
-        "import sys, node.core.declare; "
-        "sys.exit(any(m.startswith('node.amqp091') for m in sys.modules))"
+        "import sys, merpati.node.core.declare; "
+        "sys.exit(any(m.startswith('merpati.node.amqp091') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

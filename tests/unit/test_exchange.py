@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.routing.exchange import Binding, Exchange, args_key
-from node.routing.headers import HeadersError
+from merpati.node.routing.exchange import Binding, Exchange, args_key
+from merpati.node.routing.headers import HeadersError
 
 Q1, Q2, E1 = ("q", "q1"), ("q", "q2"), ("e", "e1")
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.amqp091 import spec
-from node.amqp091.frames import FrameError, FrameReader
-from node.wire.properties import encode_properties
-from node.wire.table import encode_shortstr
+from merpati.node.amqp091 import spec
+from merpati.node.amqp091.frames import FrameError, FrameReader
+from merpati.node.wire.properties import encode_properties
+from merpati.node.wire.table import encode_shortstr
 
 FRAME_MAX = 4096
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.routing.headers import HeadersError, HeadersMatcher
-from node.wire.table import Int
+from merpati.node.routing.headers import HeadersError, HeadersMatcher
+from merpati.node.wire.table import Int
 
 
 def matches(arguments: dict, headers: dict | None) -> bool:

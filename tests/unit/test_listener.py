@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from node.amqp091.connection import Connection091, Settings
-from node.amqp10.connection import Connection10, Settings10
-from node.listener import AMQPProtocol
+from merpati.node.amqp091.connection import Connection091, Settings
+from merpati.node.amqp10.connection import Connection10, Settings10
+from merpati.node.listener import AMQPProtocol
 
 HEADER_091 = b"AMQP\x00\x00\x09\x01"
 HEADER_SASL = b"AMQP\x03\x01\x00\x00"

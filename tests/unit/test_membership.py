@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 
-from cluster.membership import PeersError, parse_peers, wait_for_members
+from merpati.cluster.membership import PeersError, parse_peers, wait_for_members
 
 SERVICE = "merpati-headless.mq.svc.cluster.local"
 
@@ -88,7 +88,7 @@ def test_list_form_errors_are_not_waited_on() -> None:
 
 
 def _cfg(tmp_path, **kw):  # noqa: ANN001, ANN202
-    from node.config import Config
+    from merpati.node.config import Config
 
     return Config(
         node_id="merpati-0",
@@ -101,7 +101,7 @@ def _cfg(tmp_path, **kw):  # noqa: ANN001, ANN202
 
 
 def test_a_restarted_node_starts_from_the_members_it_knew(tmp_path) -> None:  # noqa: ANN001
-    from cluster.cluster_node import ClusterNode
+    from merpati.cluster.cluster_node import ClusterNode
 
     with FakeDns([3]):
         plan = ClusterNode.from_config(_cfg(tmp_path))
@@ -117,9 +117,9 @@ def test_a_restarted_node_starts_from_the_members_it_knew(tmp_path) -> None:  # 
 
 
 def test_dns_adds_to_the_known_members_and_node_left_removes(tmp_path) -> None:  # noqa: ANN001
-    from cluster.cluster_node import ClusterNode
-    from cluster.membership import MembersFile
-    from node.metadata.commands import NodeLeft
+    from merpati.cluster.cluster_node import ClusterNode
+    from merpati.cluster.membership import MembersFile
+    from merpati.node.metadata.commands import NodeLeft
 
     with FakeDns([3]):
         ClusterNode.from_config(_cfg(tmp_path))._save_members()
@@ -131,7 +131,7 @@ def test_dns_adds_to_the_known_members_and_node_left_removes(tmp_path) -> None: 
 
 
 def test_a_corrupt_members_file_is_refused_naming_it(tmp_path) -> None:  # noqa: ANN001
-    from cluster.cluster_node import ClusterNode
+    from merpati.cluster.cluster_node import ClusterNode
 
     (tmp_path / "cluster-members.json").write_text("{not json")
     with pytest.raises(PeersError, match="cluster-members.json is unreadable"), FakeDns([3]):
@@ -139,7 +139,7 @@ def test_a_corrupt_members_file_is_refused_naming_it(tmp_path) -> None:  # noqa:
 
 
 def test_the_list_form_keeps_no_members_file(tmp_path) -> None:  # noqa: ANN001
-    from cluster.cluster_node import ClusterNode
+    from merpati.cluster.cluster_node import ClusterNode
 
     cfg = _cfg(tmp_path)
     cfg.peers = "merpati-0=127.0.0.1:25672,merpati-1=127.0.0.1:25682"

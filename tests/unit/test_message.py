@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from node.amqp10 import message as m10
-from node.amqp10.codec import Symbol, UByte, UInt, encode
-from node.core.deadletter import dead_lettered
-from node.core.message import AMQP091, AMQP10, Message
-from node.wire.properties import encode_properties
+from merpati.node.amqp10 import message as m10
+from merpati.node.amqp10.codec import Symbol, UByte, UInt, encode
+from merpati.node.core.deadletter import dead_lettered
+from merpati.node.core.message import AMQP091, AMQP10, Message
+from merpati.node.wire.properties import encode_properties
 
 
 def _from_10(payload: bytes, exchange: str = "amq.topic", key: str = "k") -> Message:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.metadata import commands as c
-from node.metadata.state import DEFAULT_EXCHANGES, MetadataError, MetadataState
+from merpati.node.metadata import commands as c
+from merpati.node.metadata.state import DEFAULT_EXCHANGES, MetadataError, MetadataState
 
 V = "/"
 
@@ -161,7 +161,7 @@ def test_inequivalent_redeclare_is_406_with_a_clear_text(first, second, arg):
 
 
 def test_equivalent_redeclare_tolerates_wire_int_kinds_and_other_arguments():
-    from node.wire.table import Int
+    from merpati.node.wire.table import Int
 
     s = fresh(c.DeclareQueue(V, "q", arguments={"x-max-length": 10, "x-custom": "a"}))
     r = s.apply(c.DeclareQueue(V, "q", arguments={"x-max-length": Int("b", 10), "x-custom": "b"}))
@@ -398,7 +398,7 @@ def test_state_pickled_before_draining_existed_loads_with_defaults():
 
 
 def test_placement_skips_draining_nodes():
-    from cluster.membership import place_queue
+    from merpati.cluster.membership import place_queue
 
     s = members(c.DeclareQueue(V, "a", leader="n2"), c.DeclareQueue(V, "b", leader="n3"))
     live = {"n1", "n2", "n3"}

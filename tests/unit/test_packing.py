@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.forwarding.packing import (
+from merpati.cluster.forwarding.packing import (
     PackingError,
     Published,
     pack_deliveries,
@@ -14,8 +14,8 @@ from cluster.forwarding.packing import (
     unpack_deliveries,
     unpack_published,
 )
-from node.core.message import Message
-from node.wire.table import encode_shortstr
+from merpati.node.core.message import Message
+from merpati.node.wire.table import encode_shortstr
 
 names = st.text(min_size=0, max_size=40).filter(lambda s: len(s.encode()) <= 255)
 blobs = st.binary(max_size=300)

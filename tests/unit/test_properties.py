@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.wire.properties import (
+from merpati.node.wire.properties import (
     PROPERTIES,
     decode_properties,
     encode_properties,
     flags_of,
     is_persistent,
 )
-from node.wire.table import DecodeError, Int, Timestamp
+from merpati.node.wire.table import DecodeError, Int, Timestamp
 
 from ._strategies import shortstrs, strict_equal, tables
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.core.message import Message
-from node.core.outcome import Modified, Outcome
-from node.core.queue import LocalQueue
+from merpati.node.core.message import Message
+from merpati.node.core.outcome import Modified, Outcome
+from merpati.node.core.queue import LocalQueue
 
 
 class FakeConsumer:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from pysyncobj.journal import FIRST_RECORD_OFFSET
 
-from cluster.raft_log import RaftLog, RaftProposalError, RaftStorageError
-from node.metadata import commands as c
-from node.metadata.state import NOT_FOUND, MetadataError, MetadataState
+from merpati.cluster.raft_log import RaftLog, RaftProposalError, RaftStorageError
+from merpati.node.metadata import commands as c
+from merpati.node.metadata.state import NOT_FOUND, MetadataError, MetadataState
 from tests.support.node import free_port
 
 
@@ -357,8 +357,8 @@ def test_stop_fails_pending_proposals_and_ends_thread(tmp_path: Path) -> None:
 
 CRASHER = """
 import asyncio, sys
-from cluster.raft_log import RaftLog
-from node.metadata import commands as c
+from merpati.cluster.raft_log import RaftLog
+from merpati.node.metadata import commands as c
 
 async def main():
     log = RaftLog(sys.argv[1], sys.argv[2], fsync=False)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.amqp091 import render, spec
-from node.wire.properties import decode_properties, encode_properties
-from node.wire.table import encode_shortstr
+from merpati.node.amqp091 import render, spec
+from merpati.node.wire.properties import decode_properties, encode_properties
+from merpati.node.wire.table import encode_shortstr
 
 from ._strategies import shortstrs
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.amqp091 import spec
-from node.wire.table import DecodeError
+from merpati.node.amqp091 import spec
+from merpati.node.wire.table import DecodeError
 
 from ._strategies import shortstrs, strict_equal, tables
 

@@ -9,7 +9,7 @@ from functools import cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.routing.topic import TopicMatcher
+from merpati.node.routing.topic import TopicMatcher
 
 
 def words(key: str) -> tuple[str, ...]:

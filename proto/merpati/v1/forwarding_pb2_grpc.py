@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.merpati.v1 import forwarding_pb2 as proto_dot_merpati_dot_v1_dot_forwarding__pb2
+from merpati.proto.merpati.v1 import forwarding_pb2 as proto_dot_merpati_dot_v1_dot_forwarding__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -32,8 +32,8 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from .amqp091 import spec
-from .wire.properties import encode_properties
+from merpati.node.amqp091 import spec
+from merpati.node.wire.properties import encode_properties
 
 _frame_head = struct.Struct(">BHI")
 _u64 = struct.Struct(">Q")
