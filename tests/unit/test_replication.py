@@ -1,0 +1,340 @@
+"""cluster.replication: the replicated queue's log protocol without sockets — commit, truncation by
+epoch, catch-up, fencing, election — and a randomized model of lossy networks, crashes and
+failovers in which nothing committed is ever lost."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from merpati.cluster.replication.log import LogError, ReplicaLog
+from merpati.cluster.replication.replica import (
+    Fetch,
+    FetchReply,
+    NotLeader,
+    Replica,
+    choose_leader,
+)
+
+NAMES = ("a", "b", "c")
+
+
+def group(leader: str = "a", epoch: int = 1) -> dict[str, Replica]:
+    reps = {n: Replica(n) for n in NAMES}
+    for n, r in reps.items():
+        if n == leader:
+            r.become_leader(epoch, NAMES)
+        else:
+            r.become_follower(epoch, leader)
+    return reps
+
+
+def sync(leader: Replica, follower: Replica, rounds: int = 5) -> None:
+    """Fetch until the follower has everything (flushing what it gets)."""
+    for _ in range(rounds):
+        follower.on_reply(leader.on_fetch(follower.fetch()) or FetchReply(leader.epoch, "x"))
+        follower.flushed(follower.log.end)
+
+
+# -- the log ----------------------------------------------------------------------------------------
+
+
+def test_the_log_keeps_where_each_epoch_starts_and_truncates_them_away() -> None:
+    log = ReplicaLog()
+    for epoch in (1, 1, 2, 2, 2, 5):
+        log.append(epoch, b"x")
+    assert log.epochs == [(1, 0), (2, 2), (5, 5)]
+    assert log.epoch_end(1) == (1, 2)
+    assert log.epoch_end(3) == (2, 5)  # no epoch 3: where the largest one below ends
+    assert log.epoch_end(9) == (5, 6)
+    assert log.epoch_end(0) == (0, 0)
+    assert log.truncate(3) == 3
+    assert log.epochs == [(1, 0), (2, 2)] and log.end == 3
+    with pytest.raises(LogError):
+        log.append(1, b"older epoch")
+
+
+# -- commit -----------------------------------------------------------------------------------------
+
+
+def test_commit_needs_a_majority_with_the_leaders_own_flush() -> None:
+    reps = group()
+    a, b = reps["a"], reps["b"]
+    a.append(b"m1")
+    a.append(b"m2")  # the log: marker, m1, m2
+    assert a.commit == 0
+    sync(a, b)  # b holds all three durably, a has flushed nothing yet
+    assert b.log.end == 3 and a.commit == 0
+    a.flushed(3)
+    assert a.commit == 3  # a and b: two of three
+    assert b.fetch().offset == 3
+    b.on_reply(a.on_fetch(b.fetch()) or FetchReply(1, "b"))
+    assert b.commit == 0  # parked (nothing new); the next reply brings the commit
+    a.append(b"m3")
+    (reply,) = a.wake()
+    b.on_reply(reply)
+    assert b.commit == 3 and b.log.end == 4
+
+
+def test_a_fetch_with_nothing_new_waits_at_the_leader_until_an_append() -> None:
+    reps = group()
+    a, c = reps["a"], reps["c"]
+    a.flushed(1)
+    sync(a, c)
+    assert a.on_fetch(c.fetch()) is None and "c" in a.parked
+    a.append(b"m")
+    replies = a.wake()
+    assert [r.replica for r in replies] == ["c"] and replies[0].entries[0].data == b"m"
+
+
+def test_an_older_epochs_entries_commit_only_with_one_of_the_leaders_own() -> None:
+    """Raft's figure 8: entries of epoch 1 on a majority are not committed by counting them
+    under epoch 3; they commit once the epoch-3 marker is on a majority too."""
+    a, b = Replica("a"), Replica("b")
+    a.become_leader(1, NAMES)
+    a.append(b"old")
+    # a leads epoch 3 now, with its epoch-1 entries; b got them earlier, c has nothing.
+    b.log.extend(a.log.read(0, 10))
+    b.flushed(b.log.end)
+    a.become_follower(2, "c")
+    assert a.become_leader(3, NAMES)
+    a.flushed(2)  # marker(1), old(1) durable here; the epoch-3 marker not yet
+    b.become_follower(3, "a")
+    reply = a.on_fetch(b.fetch())  # b acknowledges offset 2: epoch-1 entries on a majority
+    assert a.commit == 0, "an old epoch's entries committed by counting"
+    b.on_reply(reply)
+    b.flushed(b.log.end)
+    a.flushed(a.log.end)
+    a.on_fetch(b.fetch())
+    assert a.commit == 3  # with the epoch-3 marker, the older entries commit too
+
+
+# -- divergence and catch-up --------------------------------------------------------------------
+
+
+def test_a_follower_with_a_deposed_leaders_entries_truncates_them_by_epoch() -> None:
+    reps = group()
+    a, b, c = reps["a"], reps["b"], reps["c"]
+    a.append(b"m1")
+    a.flushed(a.log.end)
+    sync(a, b)
+    sync(a, c)  # all hold marker, m1
+    for data in (b"lost-1", b"lost-2"):  # never replicated: a is cut off
+        a.append(data)
+    a.flushed(a.log.end)
+    # The controller makes b leader of epoch 2 (b and c answered; a did not).
+    assert choose_leader(NAMES, {"b": b.log.position(), "c": c.log.position()}) in ("b", "c")
+    b.become_leader(2, NAMES)
+    b.flushed(b.log.end)
+    c.become_follower(2, "b")
+    sync(b, c)
+    b.append(b"new")
+    b.flushed(b.log.end)
+    # a comes back as a follower: its lost-1, lost-2 go, it takes the new epoch's entries.
+    assert a.become_follower(2, "b")
+    reply = b.on_fetch(a.fetch())
+    assert reply is not None and reply.diverging is not None and reply.diverging.end == 2
+    a.on_reply(reply)
+    assert a.log.end == 2
+    sync(b, a)
+    assert [e.data for e in a.log.entries] == [e.data for e in b.log.entries]
+    assert [e.data for e in a.log.entries][-1] == b"new"
+
+
+def test_a_follower_far_behind_catches_up_in_batches() -> None:
+    from merpati.cluster.replication import replica as replica_mod
+
+    reps = group()
+    a, c = reps["a"], reps["c"]
+    for i in range(2500):
+        a.append(b"%d" % i)
+    a.flushed(a.log.end)
+    rounds = 0
+    while c.log.end < a.log.end:
+        c.on_reply(a.on_fetch(c.fetch()))
+        c.flushed(c.log.end)
+        rounds += 1
+    assert rounds == -(-a.log.end // replica_mod.FETCH_LIMIT)
+    assert a.commit == 2000  # c acknowledged what it asked for last time
+    assert a.on_fetch(c.fetch()) is None  # its next fetch acknowledges the rest, and waits
+    assert a.commit == a.log.end
+
+
+# -- fencing ----------------------------------------------------------------------------------
+
+
+def test_a_paused_leader_that_wakes_up_is_fenced() -> None:
+    reps = group()
+    a, b, c = reps["a"], reps["b"], reps["c"]
+    a.flushed(1)
+    # a is SIGSTOPped; the controller moves leadership to b.
+    b.become_leader(2, NAMES)
+    c.become_follower(2, "b")
+    # a wakes up, still thinking it leads epoch 1: c's fetch (epoch 2) deposes it.
+    assert a.leads
+    assert a.on_fetch(c.fetch()) is None
+    assert not a.leads and a.deposed
+    with pytest.raises(NotLeader):
+        a.append(b"too late")
+    # Its answers to older fetches are ignored by followers of the newer epoch.
+    stale = FetchReply(1, "c", ())
+    assert c.on_reply(stale) == [] and c.epoch == 2
+    # The controller's older decisions are ignored too.
+    assert not c.become_follower(1, "a") and not b.become_leader(2, NAMES)
+    assert a.become_follower(2, "b")
+
+
+def test_a_fetch_from_an_unknown_replica_or_another_epoch_is_not_an_acknowledgement() -> None:
+    reps = group()
+    a = reps["a"]
+    a.flushed(1)
+    assert a.on_fetch(Fetch(1, "stranger", 1, 1)) is None
+    reply = a.on_fetch(Fetch(0, "b", 1, 1))  # b behind by an epoch: answered, to learn it
+    assert reply is not None and reply.epoch == 1
+    assert a.commit == 1  # a and b hold the marker
+
+
+# -- election -------------------------------------------------------------------------------------
+
+
+def test_election_waits_for_a_majority_and_takes_the_most_up_to_date() -> None:
+    assert choose_leader(NAMES, {"a": (3, 10)}) is None
+    assert choose_leader(NAMES, {"a": (3, 10), "b": (3, 12)}) == "b"
+    assert choose_leader(NAMES, {"a": (4, 5), "b": (3, 12)}) == "a"  # a later epoch wins
+    assert choose_leader(NAMES, {"a": (1, 1), "zz": (9, 9)}) is None  # not a replica
+
+
+# -- a randomized model ---------------------------------------------------------------------------
+
+
+class Model:
+    """Three replicas over a network that delays, drops, duplicates and reorders; replicas crash
+    (losing what they had not flushed) and pause; the controller fails the leader over."""
+
+    def __init__(self, rnd: random.Random) -> None:
+        self.rnd = rnd
+        self.reps = group()
+        self.epoch = 1
+        self.leader = "a"
+        self.down: set[str] = set()
+        self.net: list[tuple[str, object]] = []  # (destination, message)
+        self.committed: dict[int, bytes] = {}  # offset -> data, every entry ever committed
+        self.counter = 0
+
+    def send(self, dest: str, msg: object) -> None:
+        self.net.append((dest, msg))
+
+    def step(self) -> None:
+        r = self.rnd.random()
+        leader = self.reps[self.leader]
+        if r < 0.2 and self.leader not in self.down and leader.leads:
+            self.counter += 1
+            leader.append(b"m%d" % self.counter)
+            for reply in leader.wake():
+                self.send(reply.replica, reply)
+        elif r < 0.4:
+            n = self.rnd.choice(NAMES)
+            if n not in self.down:
+                rep = self.reps[n]
+                for reply in rep.flushed(self.rnd.randint(rep.flushed_to, rep.log.end)):
+                    self.send(reply.replica, reply)
+        elif r < 0.6:
+            n = self.rnd.choice(NAMES)
+            rep = self.reps[n]
+            if n not in self.down and rep.role == "follower" and rep.leader:
+                self.send(rep.leader, rep.fetch())
+        elif r < 0.9 and self.net:
+            i = self.rnd.randrange(len(self.net))
+            dest, msg = self.net[i] if self.rnd.random() < 0.2 else self.net.pop(i)  # dup
+            if dest in self.down or self.rnd.random() < 0.1:
+                return  # lost
+            rep = self.reps[dest]
+            if isinstance(msg, Fetch):
+                reply = rep.on_fetch(msg)
+                if reply is not None:
+                    self.send(msg.replica, reply)
+            else:
+                rep.on_reply(msg)
+        elif r < 0.93:
+            self.crash(self.rnd.choice(NAMES))
+        elif r < 0.97:
+            self.down.discard(self.rnd.choice(NAMES))
+        elif r < 0.98 or self.leader in self.down:
+            self.fail_over()
+        self.record_commits()
+
+    def crash(self, n: str) -> None:
+        """n dies: what it had not flushed is gone; it comes back as a follower."""
+        if len(self.down) >= 1:
+            return  # keep a majority alive
+        rep = self.reps[n]
+        rep.log.truncate(rep.flushed_to)
+        rep.commit = min(rep.commit, rep.log.end)
+        self.down.add(n)
+        if n == self.leader:
+            rep.role = "follower"  # a restarted process does not lead until told
+            rep.parked = {}
+
+    def fail_over(self) -> None:
+        up = [n for n in NAMES if n not in self.down]
+        positions = {n: self.reps[n].log.position() for n in up}
+        new = choose_leader(NAMES, positions)
+        if new is None:
+            return
+        self.epoch += 1
+        self.leader = new
+        # The controller's decision reaches the replicas that are up (a paused old leader
+        # learns it later, or is fenced first).
+        for n in up:
+            if n == new:
+                assert self.reps[n].become_leader(self.epoch, NAMES)
+            else:
+                self.reps[n].become_follower(self.epoch, new)
+        for n in NAMES:
+            if n in self.down:
+                self.reps[n].become_follower(self.epoch, new)
+
+    def record_commits(self) -> None:
+        for rep in self.reps.values():
+            if rep.role == "leader" and not rep.deposed:
+                for e in rep.log.read(0, rep.commit):
+                    seen = self.committed.setdefault(e.offset, e.data)
+                    assert seen == e.data, f"offset {e.offset} committed twice, differently"
+
+    def check(self) -> None:
+        # Every committed entry is in the log of the current leader, unchanged.
+        leader = self.reps[self.leader]
+        for offset, data in self.committed.items():
+            assert offset < leader.log.end, f"committed offset {offset} lost by {self.leader}"
+            assert leader.log.entries[offset].data == data
+        # Committed prefixes agree on every replica.
+        for rep in self.reps.values():
+            upto = min(rep.commit, rep.log.end)
+            for e in rep.log.read(0, upto):
+                if e.offset in self.committed:
+                    assert self.committed[e.offset] == e.data
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_nothing_committed_is_lost_across_crashes_partitions_and_failovers(seed: int) -> None:
+    m = Model(random.Random(seed))
+    for _ in range(400):
+        m.step()
+    # Heal: everyone up, a leader elected, the followers caught up.
+    m.down.clear()
+    m.fail_over()
+    leader = m.reps[m.leader]
+    leader.flushed(leader.log.end)
+    for n in NAMES:
+        if n != m.leader:
+            sync(leader, m.reps[n], rounds=20)
+    leader.flushed(leader.log.end)
+    m.record_commits()
+    m.check()
+    assert leader.commit == leader.log.end  # all caught up: everything commits
+    for n in NAMES:
+        assert [e.data for e in m.reps[n].log.entries] == [e.data for e in leader.log.entries]
