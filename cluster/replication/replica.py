@@ -198,7 +198,11 @@ class Replica:
         if reply.epoch > self.epoch:
             self.epoch = reply.epoch
         if reply.diverging is not None:
-            self.log.truncate(reply.diverging.end)
+            # Where the leader's epoch ends there, or where that epoch ends here if this log
+            # went on into an epoch the leader never had (KIP-279): else the same fetch would
+            # diverge again.
+            d = reply.diverging
+            self.log.truncate(min(d.end, self.log.epoch_end(d.epoch)[1]))
             self.flushed_to = min(self.flushed_to, self.log.end)
             self.commit = min(self.commit, self.log.end)
             return []

@@ -33,7 +33,7 @@ def group(leader: str = "a", epoch: int = 1) -> dict[str, Replica]:
 
 
 def sync(leader: Replica, follower: Replica, rounds: int = 5) -> None:
-    """Fetch until the follower has everything (flushing what it gets)."""
+    """Fetch `rounds` times (flushing what comes): enough for the follower to have everything."""
     for _ in range(rounds):
         follower.on_reply(leader.on_fetch(follower.fetch()) or FetchReply(leader.epoch, "x"))
         follower.flushed(follower.log.end)
@@ -331,10 +331,35 @@ def test_nothing_committed_is_lost_across_crashes_partitions_and_failovers(seed:
     leader.flushed(leader.log.end)
     for n in NAMES:
         if n != m.leader:
-            sync(leader, m.reps[n], rounds=20)
+            # One round per epoch to undo at most, then one per batch of entries.
+            sync(leader, m.reps[n], rounds=len(leader.log.epochs) + 5)
     leader.flushed(leader.log.end)
     m.record_commits()
     m.check()
     assert leader.commit == leader.log.end  # all caught up: everything commits
     for n in NAMES:
         assert [e.data for e in m.reps[n].log.entries] == [e.data for e in leader.log.entries]
+
+
+def test_a_follower_that_went_on_into_an_epoch_the_leader_never_had_truncates_to_its_own_end() -> (
+    None
+):
+    """Found by the model: the follower's last epoch (3) is unknown to the leader, whose epoch 2
+    runs on past the follower's end. Truncating to the leader's answer alone would not move."""
+    leader, follower = Replica("c"), Replica("b")
+    for _ in range(22):
+        leader.log.append(2, b"two")
+    leader.log.append(5, b"five")
+    follower.log.extend(leader.log.read(0, 17))
+    follower.log.append(3, b"three (a deposed leader's)")
+    follower.flushed_to = follower.log.end
+    leader.epoch, leader.role, leader.leader = 5, "leader", "c"
+    leader.replicas, leader.match = ("b", "c"), {"b": 0}
+    follower.become_follower(5, "c")
+    reply = leader.on_fetch(follower.fetch())
+    assert reply is not None and reply.diverging is not None
+    assert (reply.diverging.epoch, reply.diverging.end) == (2, 18)
+    follower.on_reply(reply)
+    assert follower.log.end == 17  # where epoch 2 ends in its own log
+    sync(leader, follower, rounds=2)
+    assert [e.data for e in follower.log.entries] == [e.data for e in leader.log.entries]
