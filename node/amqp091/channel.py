@@ -73,6 +73,10 @@ class Channel(DeclareMixin, ConsumeMixin, PublishMixin):
         self.tx: list[Callable[[], None]] | None = None
         # Frames that arrived while a metadata command was in flight.
         self.parked: deque[tuple[str, tuple]] | None = None
+        # While this channel deletes a queue: the queue's name, and the tags of its consumers
+        # here that the deletion cancelled, whose basic.cancel follows queue.delete-ok.
+        self.deleting_queue: str | None = None
+        self.held_cancels: list[str] = []
         self._exchange_cache: dict[str, Any] = {}
         self._handlers: dict[str, Callable[[Any], None]] = {
             "channel.flow": self._flow,

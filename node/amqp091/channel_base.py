@@ -64,6 +64,8 @@ class ChannelCore:
     tx_epoch: int
     tx: list[Callable[[], None]] | None
     parked: deque[tuple[str, tuple]] | None
+    deleting_queue: str | None
+    held_cancels: list[str]
     _exchange_cache: dict[str, Any]
 
     if TYPE_CHECKING:
@@ -89,6 +91,8 @@ class ChannelCore:
         def _existing_queue(self, name: str) -> QueueHandle: ...
 
         def kick_consumers(self) -> None: ...
+
+        def notify_cancelled(self, tag: str) -> None: ...
 
 
 def _settled(fut: asyncio.Future) -> asyncio.Future:

@@ -125,12 +125,22 @@ class Consumer091:
         ch = self.channel
         if ch.consumers.pop(self.tag, None) is None:
             return
-        if ch.conn.capabilities.get("consumer_cancel_notify") and ch.is_open:
-            ch.send_method(spec.BasicCancel(consumer_tag=self.tag, nowait=True))
+        if ch.deleting_queue == queue.name:
+            # RabbitMQ answers queue.delete-ok before it cancels the deleting channel's own
+            # consumers; py-amqp and amqplib wait for the delete-ok and trip over the cancel.
+            ch.held_cancels.append(self.tag)
+            return
+        ch.notify_cancelled(self.tag)
 
 
 class ConsumeMixin(ChannelCore):
     """basic.qos/consume/cancel/get and the settlements for `Channel`."""
+
+    def notify_cancelled(self, tag: str) -> None:
+        """Tell a client that asked for it (consumer_cancel_notify) that the node cancelled a
+        consumer of its own (queue deleted, node down)."""
+        if self.conn.capabilities.get("consumer_cancel_notify") and self.is_open:
+            self.send_method(spec.BasicCancel(consumer_tag=tag, nowait=True))
 
     # -- basic: consumers ---------------------------------------------------------------------
 

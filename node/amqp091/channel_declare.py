@@ -11,6 +11,7 @@ from typing import Any
 from ..core.declare import (
     DeclareError,
     check_exchange_declare,
+    check_not_default_exchange,
     check_queue_arguments,
     check_reserved_name,
 )
@@ -35,9 +36,10 @@ class DeclareMixin(ChannelCore):
         state = self.broker.state
         name = m.exchange
         if m.passive:
-            if not name:
-                self._reply(m.nowait, spec.ExchangeDeclareOk())
-                return
+            try:
+                check_not_default_exchange(name)  # passive too, as RabbitMQ (aiormq relies on it)
+            except DeclareError as e:
+                raise _declare_error(e)
             if state.exchange(self.vhost, name) is None:
                 raise ChannelError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.vhost}'")
             self._reply(m.nowait, spec.ExchangeDeclareOk())
@@ -59,8 +61,10 @@ class DeclareMixin(ChannelCore):
 
     def _exchange_delete(self, m: Any) -> None:
         name = m.exchange
-        if not name:
-            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        try:
+            check_not_default_exchange(name)
+        except DeclareError as e:
+            raise _declare_error(e)
         if name.startswith("amq."):
             raise ChannelError(
                 ACCESS_REFUSED,
@@ -235,9 +239,14 @@ class DeclareMixin(ChannelCore):
                 PRECONDITION_FAILED, f"queue '{name}' in vhost '{self.vhost}' not empty"
             )
         cmd = cmds.DeleteQueue(self.vhost, name)
+        self.deleting_queue = name  # basic.cancel of our consumers follows the delete-ok
 
         def done(_: Any) -> None:
             self.conn.exclusive_queues.discard(name)
             self._reply(m.nowait, spec.QueueDeleteOk(message_count=messages))
+            self.deleting_queue = None
+            held, self.held_cancels = self.held_cancels, []
+            for tag in held:
+                self.notify_cancelled(tag)
 
         self._await(self.broker.propose(cmd), done, m)

@@ -380,10 +380,13 @@ class Connection091(OutputBuffer):
         ch = self.channels.get(number)
         name = m.NAME
         if name == "channel.open":
-            if number > self.channel_max:
+            if ch is None and len(self.channels) >= self.channel_max:
+                # channel_max bounds the channels open at once, not their numbers: RabbitMQ
+                # lets a client open channel 65535 (aiormq does), and so does this node.
                 raise ConnectionError091(
                     NOT_ALLOWED,
-                    f"channel {number} exceeds the negotiated channel_max of {self.channel_max}",
+                    f"number of channels opened ({len(self.channels)}) has reached the "
+                    f"negotiated channel_max ({self.channel_max})",
                     20,
                     10,
                 )

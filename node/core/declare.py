@@ -81,6 +81,13 @@ def check_reserved_name(kind: str, name: str) -> None:
         raise DeclareError(ACCESS_REFUSED, f"{kind} name '{name}' contains reserved prefix 'amq.*'")
 
 
+def check_not_default_exchange(name: str) -> None:
+    """The default exchange ("") cannot be declared (passive or not), deleted or bound, as in
+    RabbitMQ."""
+    if not name:
+        raise DeclareError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+
+
 def check_exchange_declare(
     vhost: str,
     name: str,
@@ -92,8 +99,7 @@ def check_exchange_declare(
     """The rules of exchange.declare (not passive). `exists`: the exchange is already declared
     (redeclaring an existing amq.* exchange equivalently is allowed, as in RabbitMQ)."""
     args = arguments or {}
-    if not name:
-        raise DeclareError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+    check_not_default_exchange(name)
     if type_ not in EXCHANGE_TYPES:
         raise DeclareError(COMMAND_INVALID, f"invalid exchange type '{type_}'")
     if type_ == "x-delayed-message" and _text(args.get("x-delayed-type")) not in DELAYABLE_TYPES:

@@ -62,6 +62,7 @@ __all__ = [
     "in_loop",
     "new_broker",
     "raw_frame",
+    "render",
     "spec",
 ]
 
@@ -257,6 +258,7 @@ class Client:
         frame_max: int = 0,
         heartbeat: int = 0,
         capabilities: dict[str, Any] | None = None,
+        channel_max: int = 0,
     ) -> list[Frame]:
         """Header, start-ok (PLAIN), tune-ok, open: everything the server answered on the way."""
         out = self.feed(PROTOCOL_HEADER)
@@ -275,7 +277,10 @@ class Client:
         if frame_max:
             self.frame_max = frame_max
         out += self.send(
-            0, spec.ConnectionTuneOk(channel_max=0, frame_max=frame_max, heartbeat=heartbeat)
+            0,
+            spec.ConnectionTuneOk(
+                channel_max=channel_max, frame_max=frame_max, heartbeat=heartbeat
+            ),
         )
         if self.conn.state != "open":
             return out

@@ -55,11 +55,16 @@ async def test_second_open_of_a_channel_is_a_504_connection_error() -> None:
 
 
 @in_loop
-async def test_channel_number_above_channel_max_is_530() -> None:
+async def test_channel_max_bounds_the_channels_open_not_their_numbers() -> None:
+    """As RabbitMQ: channel 65535 opens (aiormq uses it) while fewer than channel_max are open."""
     c = Client(await new_broker())
-    c.handshake()
-    out = c.send(c.conn.channel_max + 1, spec.ChannelOpen())
-    assert [f.method.reply_code for f in out if f.is_(spec.ConnectionClose)] == [NOT_ALLOWED]
+    c.handshake(channel_max=2)
+    assert [f.method for f in c.send(65535, spec.ChannelOpen())] == [spec.ChannelOpenOk()]
+    assert [f.method for f in c.send(7, spec.ChannelOpen())] == [spec.ChannelOpenOk()]
+    out = c.send(8, spec.ChannelOpen())  # a third one
+    close = [f.method for f in out if f.is_(spec.ConnectionClose)]
+    assert [m.reply_code for m in close] == [NOT_ALLOWED]
+    assert "channel_max (2)" in close[0].reply_text
 
 
 @in_loop
@@ -325,3 +330,32 @@ async def test_connection_close_deletes_exclusive_queues_before_close_ok() -> No
     out += await c.settle()
     assert [f.name for f in out] == ["connection.close-ok"]
     assert c.broker.state.queue("/", "excl") is None
+
+
+@in_loop
+async def test_declaring_the_default_exchange_is_403_passive_or_not() -> None:
+    """As RabbitMQ: aiormq checks that a passive declare of "" is refused."""
+    c = await opened()
+    for passive in (False, True):
+        out = c.send(1, spec.ExchangeDeclare(exchange="", type="direct", passive=passive))
+        (close,) = [f.method for f in out if f.is_(spec.ChannelClose)]
+        assert close.reply_code == ACCESS_REFUSED
+        assert (
+            close.reply_text == "ACCESS_REFUSED - operation not permitted on the default exchange"
+        )
+        c.send(1, spec.ChannelCloseOk())
+        assert [f.name for f in c.send(1, spec.ChannelOpen())] == ["channel.open-ok"]
+
+
+@in_loop
+async def test_queue_delete_ok_comes_before_the_cancel_of_the_channels_own_consumer() -> None:
+    """As RabbitMQ: py-amqp (kombu) and amqplib wait for delete-ok and trip over a cancel first."""
+    c = Client(await new_broker())
+    c.handshake(capabilities={"consumer_cancel_notify": True})
+    c.send(1, spec.ChannelOpen())
+    c.declare(1, "gone")
+    c.send(1, spec.BasicConsume(queue="gone", consumer_tag="mine"))
+    out = c.send(1, spec.QueueDelete(queue="gone"))
+    assert [f.name for f in out] == ["queue.delete-ok", "basic.cancel"]
+    assert out[1].method.consumer_tag == "mine"
+    assert not c.conn.channels[1].held_cancels

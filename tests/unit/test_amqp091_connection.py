@@ -23,6 +23,7 @@ from tests.support.amqp091 import (
     in_loop,
     new_broker,
     raw_frame,
+    render,
     spec,
 )
 
@@ -154,10 +155,27 @@ async def test_bad_frame_end_octet_is_501_and_closes_at_once() -> None:
 async def test_frame_larger_than_frame_max_is_501() -> None:
     c = Client(await new_broker(), settings=Settings(frame_max=4096))
     c.open()
-    close = connection_close(c.feed(raw_frame(FRAME_METHOD, 1, b"\x00" * 5000)))
+    close = connection_close(c.feed(raw_frame(FRAME_METHOD, 1, b"\x00" * 4097)))
     assert (
         close.reply_code == FRAME_ERROR and "exceeds the negotiated frame_max" in close.reply_text
     )
+
+
+@in_loop
+async def test_a_payload_of_frame_max_octets_is_accepted_as_rabbitmq_does() -> None:
+    """amqpstorm splits bodies into payloads of frame_max octets (not frame_max - 8)."""
+    c = Client(await new_broker(), settings=Settings(frame_max=4096))
+    c.handshake(frame_max=4096)
+    c.send(1, spec.ChannelOpen())
+    c.send(1, spec.QueueDeclare(queue="big"))
+    body = bytes(range(256)) * 32  # 8192 octets: two body frames of 4096 octets of payload
+    frames = render.content_frames(1, b"\x00\x00", body, 4096 + 8)
+    assert len(frames) == 3 + 6  # the header, then two bodies (3 parts each)
+    publish = spec.BasicPublish(exchange="", routing_key="big")
+    out = c.feed(render.method_frame(1, publish) + b"".join(frames))
+    assert not [f for f in out if f.is_(spec.ConnectionClose)]
+    got = c.send(1, spec.BasicGet(queue="big", no_ack=True))
+    assert [f.body for f in got if f.is_(spec.BasicGetOk)] == [body]
 
 
 @in_loop
