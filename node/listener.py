@@ -31,9 +31,12 @@ class FrontEnd(Protocol):
 
     # "running" once the handshake is done (the listener then stops its handshake timer).
     state: str
-    # Seconds between heartbeat ticks times two (0: none); read once the front end is running.
-    heartbeat: float
     peer: Any
+
+    @property
+    def tick_interval(self) -> float:
+        """Seconds between heartbeat ticks (0: none); read once the front end is running."""
+        ...
 
     def data_received(self, data: bytes) -> None: ...
 
@@ -50,7 +53,7 @@ class FrontEnd(Protocol):
         ...
 
     def heartbeat_tick(self) -> bool:
-        """Every heartbeat/2 seconds; False: the peer is silent too long, close the socket."""
+        """Every tick_interval seconds; False: the peer is silent too long, close the socket."""
         ...
 
 
@@ -115,7 +118,7 @@ class AMQPProtocol(asyncio.Protocol):
             data, self._sniffed = self._sniffed, b""
         conn.data_received(data)
         self.flush()
-        if conn.heartbeat and self._heartbeat is None and conn.state == "running":
+        if self._heartbeat is None and conn.state == "running" and conn.tick_interval:
             self._start_heartbeat()
         if self._close_timer is not None and conn.state == "running":
             self._close_timer.cancel()
@@ -204,7 +207,7 @@ class AMQPProtocol(asyncio.Protocol):
 
     def _start_heartbeat(self) -> None:
         assert self.conn is not None
-        self._heartbeat = self.loop.call_later(self.conn.heartbeat / 2, self._tick)
+        self._heartbeat = self.loop.call_later(self.conn.tick_interval, self._tick)
 
     def _tick(self) -> None:
         conn = self.conn
@@ -214,4 +217,4 @@ class AMQPProtocol(asyncio.Protocol):
             self._close_now()
             return
         self.flush()
-        self._heartbeat = self.loop.call_later(conn.heartbeat / 2, self._tick)
+        self._heartbeat = self.loop.call_later(conn.tick_interval, self._tick)

@@ -110,10 +110,14 @@ class Connection091(OutputBuffer):
         self.exclusive_queues: set[str] = set()
         self.blocked = False  # publishing paused by a resource alarm
         self._header_buf = b""
-        # Heartbeat bookkeeping: activity flags cleared by each tick.
+        # Heartbeat bookkeeping (heartbeat_tick): activity since the last check, the ticks so
+        # far, the receive checks in a row that found the peer silent, and whether the last
+        # write of this tick's was only our heartbeat.
         self.recv_activity = False
         self.send_activity = False
-        self.silent_ticks = 0
+        self.ticks = 0
+        self.silent_checks = 0
+        self.beat_sent = False
         self.opened_at = 0.0  # wall-clock time of connection.open (management API)
 
     # -- output -------------------------------------------------------------------------------
@@ -558,27 +562,46 @@ class Connection091(OutputBuffer):
 
     # -- timers and flow ----------------------------------------------------------------------
 
+    @property
+    def tick_interval(self) -> float:
+        """A quarter of the negotiated heartbeat: each tick sends a heartbeat if nothing else
+        went out since the last one, so the peer never waits more than half an interval; every
+        fourth tick checks the peer."""
+        return self.heartbeat / 4
+
     def heartbeat_tick(self) -> bool:
-        """Called every heartbeat/2 seconds; False when the peer missed two intervals."""
-        if self.recv_activity:
-            self.recv_activity = False
-            self.silent_ticks = 0
-        else:
-            self.silent_ticks += 1
-            if self.silent_ticks >= 4:
-                log.warning(
-                    "connection %s from %s: missed heartbeats, timeout %ds",
-                    self.id,
-                    self.peer,
-                    self.heartbeat,
-                )
-                self.state = "closed"
-                self.reader.stopped = True
-                self._teardown()
-                return False
-        if not self.send_activity and not self.out:
-            self.send(render.HEARTBEAT)
+        """Called every tick_interval seconds; False when the peer has been silent too long.
+
+        A heartbeat goes out at every tick (a quarter interval) after which nothing else did: a
+        client may give up after one silent interval (@cloudamqp/amqp-client does), so the gap
+        between two writes stays under half an interval. As RabbitMQ, the peer is checked once
+        per interval and dropped after two checks in a row found it silent, i.e. between two and
+        three intervals after its last frame."""
+        self.ticks += 1
+        if self.ticks % 4 == 0:
+            if self.recv_activity:
+                self.recv_activity = False
+                self.silent_checks = 0
+            else:
+                self.silent_checks += 1
+                if self.silent_checks >= 2:
+                    log.warning(
+                        "connection %s from %s: missed heartbeats, timeout %ds",
+                        self.id,
+                        self.peer,
+                        self.heartbeat,
+                    )
+                    self.state = "closed"
+                    self.reader.stopped = True
+                    self._teardown()
+                    return False
+        # Writing our own heartbeat sets send_activity too: it is not traffic.
+        sent = self.send_activity and not self.beat_sent
         self.send_activity = False
+        self.beat_sent = False
+        if not sent and not self.out:
+            self.send(render.HEARTBEAT)
+            self.beat_sent = True
         return True
 
     def on_alarm(self, raised: bool) -> None:

@@ -123,7 +123,9 @@ class Connection10(OutputBuffer):
         self.dirty: set[Session] = set()
         self.blocked = False
         self.exclusive_queues: set[str] = set()
-        # Idle timeout: `heartbeat` is what the shell reads (it ticks every heartbeat/2 seconds).
+        # Idle timeout: the shell ticks every `tick_interval` seconds (half the shorter of the two
+        # idle timeouts); `heartbeat` is twice that, as the management API shows it.
+        self.tick_interval = 0.0
         self.heartbeat = 0.0
         self.idle_in = 0.0  # seconds of silence from the peer we tolerate
         self.idle_out = 0.0  # the peer's idle timeout: we must send within half of it
@@ -405,7 +407,8 @@ class Connection10(OutputBuffer):
         if s.heartbeat:
             self.idle_in = float(s.heartbeat)
         ticks = [t for t in (self.idle_in / 2, self.idle_out / 2) if t]
-        self.heartbeat = 2 * min(ticks) if ticks else 0.0
+        self.tick_interval = min(ticks) if ticks else 0.0
+        self.heartbeat = 2 * self.tick_interval
         self.last_recv = self.last_send = time.monotonic()
         if self.broker.blocked:
             self.blocked = True

@@ -4,9 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
+from merpati.node.amqp091 import render, spec
 from tests.support.names import uid
 
 amqpstorm = pytest.importorskip("amqpstorm", reason="amqpstorm is not installed")
@@ -74,3 +82,85 @@ def test_py_amqp_deletes_a_queue_it_consumes_from(node) -> None:
         assert cancelled, "the consumer's basic.cancel never came"
     finally:
         conn.close()
+
+
+JS = Path(__file__).resolve().parents[1] / "amqp10" / "js"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (Node.js) is not installed")
+@pytest.mark.skipif(
+    not (JS / "node_modules" / "@cloudamqp" / "amqp-client").is_dir(),
+    reason="@cloudamqp/amqp-client is not installed: npm ci --prefix tests/amqp10/js",
+)
+@pytest.mark.parametrize("heartbeat", [1, 2])
+def test_cloudamqp_client_with_a_short_heartbeat_stays_connected(node, heartbeat) -> None:
+    """It gives up after one interval without a byte from the server (a socket timeout), and
+    only answers the server's heartbeats: the node must send one every half interval."""
+    out = subprocess.run(
+        ["node", str(JS / "heartbeat.mjs"), str(node.port), str(heartbeat), str(4 * heartbeat)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"heartbeat": heartbeat, "open": True, "errors": []}
+
+
+def test_a_silent_client_is_dropped_between_two_and_three_intervals(node) -> None:
+    """As RabbitMQ: checked once per interval, dropped after two silent checks in a row."""
+    s = socket.create_connection(("127.0.0.1", node.port))
+    try:
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        reader = _Frames(s)
+        reader.next()  # connection.start
+        s.sendall(
+            render.method_frame(
+                0,
+                spec.ConnectionStartOk(
+                    client_properties={},
+                    mechanism="PLAIN",
+                    response=b"\x00guest\x00guest",
+                    locale="en_US",
+                ),
+            )
+        )
+        reader.next()  # connection.tune
+        s.sendall(render.method_frame(0, spec.ConnectionTuneOk(0, 131072, 1)))
+        s.sendall(render.method_frame(0, spec.ConnectionOpen(virtual_host="/")))
+        reader.next()  # connection.open-ok
+        t0 = time.monotonic()
+        beats = 0
+        s.settimeout(5)
+        while True:  # read the server's heartbeats, answer none
+            try:
+                ftype = reader.next()
+            except (ConnectionError, EOFError):
+                break
+            beats += ftype == 8
+        silent_for = time.monotonic() - t0
+        assert 2.0 <= silent_for <= 3.3, silent_for
+        assert beats >= 4  # one every half interval at least
+    finally:
+        s.close()
+
+
+class _Frames:
+    """Frame types read off a socket, one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError("closed by the node")
+            data += chunk
+        return data
+
+    def next(self) -> int:
+        ftype, _channel, size = struct.unpack(">BHI", self._read(7))
+        self._read(size + 1)
+        return ftype

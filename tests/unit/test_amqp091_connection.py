@@ -253,10 +253,28 @@ async def test_heartbeat_tick_sends_heartbeats_and_gives_up_on_a_silent_peer() -
     c = Client(await new_broker())
     c.handshake(heartbeat=10)
     c.take()
+    assert c.conn.tick_interval == 2.5  # a quarter of the interval
     assert c.conn.heartbeat_tick()  # the handshake was activity both ways: nothing to send
     assert c.take() == []
-    assert c.conn.heartbeat_tick()  # nothing written since the last tick: a heartbeat
-    assert [(f.name, f.channel) for f in c.take()] == [("heartbeat", 0)]
-    assert c.conn.heartbeat_tick() and c.conn.heartbeat_tick()
-    assert not c.conn.heartbeat_tick()  # two intervals (four ticks) without a byte from the peer
+    # Idle: a heartbeat every tick, our own heartbeats not counting as traffic.
+    for _ in range(6):
+        assert c.conn.heartbeat_tick()
+        assert [(f.name, f.channel) for f in c.take()] == [("heartbeat", 0)]
+    # Ticks 4 and 8 check the peer: the handshake counted at 4; 8 is the first silent check.
+    for _ in range(4):
+        assert c.conn.heartbeat_tick()  # ticks 8, 9, 10, 11
+    assert not c.conn.heartbeat_tick()  # tick 12: the second silent check in a row
     assert c.conn.state == "closed"
+
+
+@in_loop
+async def test_a_peer_that_only_answers_heartbeats_stays_connected() -> None:
+    """@cloudamqp/amqp-client sends nothing but its answers to the server's heartbeats."""
+    c = Client(await new_broker())
+    c.handshake(heartbeat=1)
+    c.take()
+    for _ in range(40):  # 20 intervals
+        assert c.conn.heartbeat_tick()
+        if any(f.name == "heartbeat" for f in c.take()):
+            c.feed(raw_frame(FRAME_HEARTBEAT, 0, b""))
+    assert c.conn.state == "running"
