@@ -7,6 +7,7 @@ with underscores too (`amqp-port`, `amqp_port`, `MERPATI_AMQP_PORT`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -29,7 +30,9 @@ class Config:
     # Prometheus /metrics and the management HTTP API (RabbitMQ's ports); 0 disables a listener.
     metrics_port: int = 15692
     management_port: int = 15672
-    bind: str = "0.0.0.0"
+    # Addresses to listen on, comma-separated; the default is every IPv4 and IPv6 address, as
+    # RabbitMQ (Node.js resolves localhost to ::1 first).
+    bind: str = "0.0.0.0,::"
     data_dir: str = "./data"
     node_id: str = ""
     config: str = ""
@@ -69,6 +72,12 @@ class Config:
     def resolved_raft_port(self) -> int:
         return self.raft_port or self.cluster_port + 1
 
+    def bind_addresses(self) -> list[str]:
+        """The addresses of --bind, in order, without repeats."""
+        return list(dict.fromkeys(a.strip() for a in self.bind.split(",") if a.strip())) or [
+            "0.0.0.0"
+        ]
+
     def resolved_node_id(self) -> str:
         return self.node_id or f"merpati@{socket.gethostname()}"
 
@@ -78,7 +87,7 @@ FLAGS: dict[str, str] = {
     "amqp_port": "AMQP listener port",
     "metrics_port": "Prometheus /metrics port, 0 disables",
     "management_port": "management HTTP API port, 0 disables",
-    "bind": "address to listen on",
+    "bind": "addresses to listen on, comma-separated (default: every IPv4 and IPv6 address)",
     "data_dir": "directory for the node's data",
     "node_id": "this node's id (default merpati@HOSTNAME)",
     "config": "TOML configuration file",
@@ -197,6 +206,12 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
     for name in ("metrics_port", "management_port"):
         if not (0 <= getattr(cfg, name) < 65536):
             raise ConfigError(f"{name.replace('_', '-')} {getattr(cfg, name)} is not a TCP port")
+    for address in cfg.bind_addresses():
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            if not address or any(c in address for c in " /[]"):
+                raise ConfigError(f"bind: {address!r} is not an IP address or a host name")
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
     if cfg.handover_window < 1:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class Node:
         # Observability and operator listeners (node.metrics, node.management): aiohttp runners.
         self._http_runners: list[Any] = []
         # (protocol, address, port) of every listener, for the management API's overview.
+        self.hosts: list[str] = []  # the addresses the listeners bind (--bind)
         self.listeners: list[tuple[str, str, int]] = []
         self.queue_churn: Any = None
         self.cluster_name = self.node_id
@@ -120,9 +122,10 @@ class Node:
         await self._bootstrap(first_boot)
         recovered = self.broker.recover(stored)
 
+        self.hosts = _listen_hosts(cfg.bind_addresses())
         server = await loop.create_server(
             lambda: AMQPProtocol(self.broker, self.settings, self.settings10),
-            host=cfg.bind,
+            host=self.hosts,
             port=cfg.amqp_port,
             reuse_address=True,
             backlog=1024,
@@ -176,7 +179,9 @@ class Node:
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             self._http_runners.append(runner)
-            site = web.TCPSite(runner, host=cfg.bind, port=port, reuse_address=True, backlog=128)
+            # aiohttp hands `host` to loop.create_server, which takes several addresses.
+            hosts: Any = self.hosts
+            site = web.TCPSite(runner, host=hosts, port=port, reuse_address=True, backlog=128)
             await site.start()
             socks = [sn for sn in runner.addresses if isinstance(sn, tuple)]
             for sn in socks:
@@ -254,6 +259,22 @@ class _UserFromFlags:
         self, name: str, password: str, tags: tuple[str, ...], vhosts: tuple[str, ...]
     ) -> None:
         self.name, self.password, self.tags, self.vhosts = name, password, tags, vhosts
+
+
+def _listen_hosts(addresses: list[str]) -> list[str]:
+    """--bind's addresses, without the IPv6 wildcard on a machine without IPv6 (the default
+    asks for both families; a machine with IPv4 only still starts, saying so)."""
+    out = []
+    for address in addresses:
+        if address == "::":
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+                    s.bind(("::", 0))
+            except OSError as e:
+                log.warning("not listening on IPv6 (::): %s", e.strerror or e)
+                continue
+        out.append(address)
+    return out or addresses
 
 
 def _fmt(sockname: tuple) -> str:

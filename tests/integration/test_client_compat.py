@@ -164,3 +164,51 @@ class _Frames:
         ftype, _channel, size = struct.unpack(">BHI", self._read(7))
         self._read(size + 1)
         return ftype
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_by_default_the_node_listens_on_ipv4_and_ipv6(make_node) -> None:
+    """Node.js resolves localhost to ::1 first (amqplib's connect to localhost failed)."""
+    import pika
+
+    n = make_node("--bind", "0.0.0.0,::")  # the default, over the tests' 127.0.0.1
+    for host in ("127.0.0.1", "::1"):
+        params = pika.ConnectionParameters(
+            host, n.port, credentials=pika.PlainCredentials("guest", "guest")
+        )
+        conn = pika.BlockingConnection(params)  # guest from loopback of either family
+        conn.channel().queue_declare(uid("v6"), auto_delete=True)
+        conn.close()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (Node.js) is not installed")
+@pytest.mark.skipif(
+    not (JS / "node_modules" / "@cloudamqp" / "amqp-client").is_dir(),
+    reason="@cloudamqp/amqp-client is not installed: npm ci --prefix tests/amqp10/js",
+)
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_a_nodejs_client_connects_to_localhost(make_node) -> None:
+    n = make_node("--bind", "0.0.0.0,::")
+    script = (
+        'import { AMQPClient } from "@cloudamqp/amqp-client";'
+        f'const c = await new AMQPClient("amqp://guest:guest@localhost:{n.port}").connect();'
+        "console.log(c.socket.remoteAddress); await c.close();"
+    )
+    out = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=JS,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("::1", "127.0.0.1")

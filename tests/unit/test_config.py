@@ -147,3 +147,13 @@ def test_user_tags_given_as_one_string_are_not_split_into_characters(toml):
     except ConfigError:
         return  # rejecting it is fine too
     assert cfg.users[0].tags == ("administrator",)
+
+
+def test_bind_takes_several_addresses_and_defaults_to_both_families() -> None:
+    assert Config().bind_addresses() == ["0.0.0.0", "::"]
+    assert Config(bind=" 127.0.0.1, ::1 ,127.0.0.1").bind_addresses() == ["127.0.0.1", "::1"]
+
+
+def test_a_bind_address_that_is_neither_an_address_nor_a_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="bind"):
+        load(no_flags(bind="127.0.0.1,[::1]"), environ={})
