@@ -63,8 +63,9 @@ class Config:
     # Messages a queue moving to another node (drain, rebalance) has forwarded and not yet seen
     # confirmed, at most (cluster.handover).
     handover_window: int = 1000
-    # AMQP 1.0: offer SASL ANONYMOUS (and accept clients without SASL) as the default user.
-    amqp10_anonymous: bool = False
+    # AMQP 1.0: offer SASL ANONYMOUS (and accept clients without SASL) as the default user, as
+    # RabbitMQ does (3.x default_user, 4.x anonymous_login_user); guest only from loopback.
+    amqp10_anonymous: bool = True
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -110,7 +111,8 @@ FLAGS: dict[str, str] = {
     "store_sync": "message store durability: full (fsync every commit) or normal",
     "store_max_bytes": "largest message store size in bytes, 0 = unlimited",
     "handover_window": "messages a queue moving to another node keeps unconfirmed at once",
-    "amqp10_anonymous": "AMQP 1.0: allow SASL ANONYMOUS as the default user (true/false)",
+    "amqp10_anonymous": "AMQP 1.0: allow SASL ANONYMOUS as the default user (true/false; "
+    "guest only from loopback)",
 }
 
 

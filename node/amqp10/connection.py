@@ -77,7 +77,7 @@ class Settings10:
             channel_max=config.channel_max,
             heartbeat=config.heartbeat,
             max_message_size=config.max_message_size,
-            anonymous=bool(getattr(config, "amqp10_anonymous", False)),
+            anonymous=bool(getattr(config, "amqp10_anonymous", True)),
             anonymous_user=config.default_user,
             anonymous_pass=config.default_pass,
         )

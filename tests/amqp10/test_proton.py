@@ -326,16 +326,50 @@ def test_vhost_from_hostname_and_bad_login(make_node):
         )
 
 
-def test_anonymous_only_when_configured(make_node, node):
+def test_anonymous_from_loopback_by_default_and_not_when_turned_off(make_node, node):
+    """As RabbitMQ: a 1.0 client without credentials (rhea's and proton's examples) is the
+    default user, guest, which is allowed from loopback only."""
     from proton.utils import BlockingConnection
 
-    with pytest.raises(ConnectionException):
-        BlockingConnection(f"amqp://127.0.0.1:{node.port}", timeout=5, allowed_mechs="ANONYMOUS")
-    n = make_node("--amqp10-anonymous", "true")
-    q = _queue(n)
-    c = BlockingConnection(f"amqp://127.0.0.1:{n.port}", timeout=5, allowed_mechs="ANONYMOUS")
+    q = _queue(node)
+    c = BlockingConnection(f"amqp://127.0.0.1:{node.port}", timeout=5, allowed_mechs="ANONYMOUS")
     c.create_sender(f"/queues/{q}").send(Message(body="anon"))
     c.close()
+    assert queue_count(node, q) == 1
+    n = make_node("--amqp10-anonymous", "false")
+    with pytest.raises(ConnectionException):
+        BlockingConnection(f"amqp://127.0.0.1:{n.port}", timeout=5, allowed_mechs="ANONYMOUS")
+    raw = RawClient(n)
+    raw.sock.sendall(b"AMQP\x00\x01\x00\x00")  # no SASL layer: only as the anonymous user
+    assert raw.read_exact(8) == b"AMQP\x00\x01\x00\x00"
+    close = raw.until(P.Close)
+    assert close.error.condition == "amqp:unauthorized-access"
+    raw.close()
+
+
+def _non_loopback_address() -> str | None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: picks the outgoing address
+            addr = s.getsockname()[0]
+        return None if addr.startswith("127.") else addr
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(
+    _non_loopback_address() is None, reason="this machine has no non-loopback IPv4 address"
+)
+def test_anonymous_is_guest_and_so_refused_from_another_host(make_node):
+    from proton.utils import BlockingConnection
+
+    n = make_node("--bind", "0.0.0.0")
+    with pytest.raises(ConnectionException):
+        BlockingConnection(
+            f"amqp://{_non_loopback_address()}:{n.port}", timeout=5, allowed_mechs="ANONYMOUS"
+        )
 
 
 def test_bad_frames_close_with_amqp_errors_and_spare_others(node):
@@ -362,13 +396,6 @@ def test_bad_frames_close_with_amqp_errors_and_spare_others(node):
     raw.sock.sendall(frame(0, P.Transfer(handle=7, delivery_id=0, delivery_tag=b"t"), b"x"))
     end = raw.until(P.End)
     assert end.error.condition == "amqp:session:unattached-handle"
-    raw.close()
-
-    raw = RawClient(node)
-    raw.sock.sendall(b"AMQP\x00\x01\x00\x00")  # no SASL, not configured for anonymous
-    assert raw.read_exact(8) == b"AMQP\x00\x01\x00\x00"
-    close = raw.until(P.Close)
-    assert close.error.condition == "amqp:unauthorized-access"
     raw.close()
 
     # The node and the other connection are unaffected.
