@@ -2,7 +2,14 @@
 
 Addresses are RabbitMQ 4's v2 addresses: targets /exchanges/NAME/KEY, /exchanges/NAME (key from
 the subject), /queues/NAME, or none (each message's `to` names one of these); sources /queues/NAME.
-The v1 forms /amq/queue/NAME, /queue/NAME, /exchange/NAME[/KEY] and /topic/KEY are accepted too.
+RabbitMQ 3.x's v1 forms are accepted too, as 3.x users (and the AMQP 1.0 examples of every other
+broker) write them:
+
+    /amq/queue/NAME          the queue NAME, which must exist
+    /queue/NAME              the queue NAME, declared (durable) at attach if missing
+    NAME (no leading /)      the same as /queue/NAME: rhea's and qpid-proton's examples
+    /exchange/NAME[/KEY]     target only: the exchange NAME (key from the subject if none)
+    /topic/KEY               target only: amq.topic with KEY
 
 The session (node.amqp10.session) checks a link's address at attach; a ReceiverLink
 (node.amqp10.links) parses each message's `to` on an anonymous link.
@@ -23,8 +30,20 @@ def _segment(raw: str) -> str:
     return unquote(raw)
 
 
+def declared_on_attach(address: str) -> str | None:
+    """The queue an attach to `address` declares when it is missing (v1 /queue/NAME and plain
+    names, as RabbitMQ 3.x), else None."""
+    if address.startswith("/queue/"):
+        return _segment(address[len("/queue/") :])
+    if address and not address.startswith("/"):
+        return address
+    return None
+
+
 def parse_target(address: str) -> tuple[str, str | None]:
     """(exchange, routing key or None to take the message's subject)."""
+    if address and not address.startswith("/"):
+        return "", address  # a plain name: a queue
     if address.startswith("/exchanges/"):
         parts = address[len("/exchanges/") :].split("/")
         ex = _segment(parts[0])
@@ -48,10 +67,12 @@ def parse_target(address: str) -> tuple[str, str | None]:
         return _segment(parts[0]), (parts[1] if len(parts) == 2 else None)
     if address.startswith("/topic/"):
         return "amq.topic", address[len("/topic/") :]
-    raise BadAddress("not a RabbitMQ address (/exchanges/NAME[/KEY] or /queues/NAME)")
+    raise BadAddress("not a RabbitMQ address (/exchanges/NAME[/KEY], /queues/NAME or NAME)")
 
 
 def parse_source(address: str) -> str:
+    if address and not address.startswith("/"):
+        return address  # a plain name: a queue
     if address.startswith("/queues/"):
         rest = address[len("/queues/") :]
         if "/" in rest:
@@ -60,4 +81,4 @@ def parse_source(address: str) -> str:
     for prefix in ("/amq/queue/", "/queue/"):
         if address.startswith(prefix):
             return _segment(address[len(prefix) :])
-    raise BadAddress("not a queue address (/queues/NAME)")
+    raise BadAddress("not a queue address (/queues/NAME or NAME)")

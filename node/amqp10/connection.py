@@ -327,6 +327,9 @@ class Connection10(OutputBuffer):
                     raise ConnectionError10(
                         "amqp:not-allowed", f"transfer on channel {channel} without a session"
                     )
+                if s.parked is not None:
+                    s.parked.append((perf, body, off, True))
+                    return
                 try:
                     s.on_transfer(perf, body, off)
                 except SessionError10 as e:
@@ -450,6 +453,9 @@ class Connection10(OutputBuffer):
                 "amqp:not-allowed",
                 f"{type(perf).__name__.lower()} on channel {channel} without a session",
             )
+        if s.parked is not None:
+            s.parked.append((perf, body, off, False))
+            return
         if isinstance(perf, P.End):
             s.teardown()
             del self.sessions[channel]
@@ -460,6 +466,23 @@ class Connection10(OutputBuffer):
             s.on_frame(perf, body, off)
         except SessionError10 as e:
             self.end_session(s, e.condition, e.description)
+
+    def replay(self, s: Session, item: tuple[Any, bytes, int, bool]) -> None:
+        """A frame the session held while it waited (Session.park), handled now."""
+        perf, body, off, transfer = item
+        try:
+            if transfer:
+                s.on_transfer(perf, body, off)
+            else:
+                self._session_frame(s.channel, perf, body, off)
+        except SessionError10 as e:
+            self.end_session(s, e.condition, e.description)
+        except DecodeError as e:
+            self._fatal("amqp:decode-error", str(e))
+        except _FramingError as e:
+            self._fatal(e.condition, e.description)
+        except ConnectionError10 as e:
+            self.close_connection(e.condition, e.description)
 
     def end_session(self, s: Session, condition: str, description: str) -> None:
         log.info(

@@ -15,13 +15,15 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..core.declare import DeclareError, check_queue_declare
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
 from ..core.queue import QueueHandle
+from ..metadata import commands as cmds
 from ..metadata.state import MetadataError
 from . import links as L
 from . import performatives as P
-from .addresses import BadAddress, parse_source, parse_target
+from .addresses import BadAddress, declared_on_attach, parse_source, parse_target
 from .errors import LinkError10, SessionError10
 from .links import MASK, ReceiverLink, SenderLink, _frame_head, _pB, _uint
 
@@ -62,6 +64,9 @@ class Session:
         self.accepts: list[int] = []
         self.pending: deque[tuple[int, int]] = deque()
         self.open = True
+        # While an attach waits for the queue it declares: the session's later frames, in order
+        # ((performative, body, offset, is a transfer)); the connection appends, `park` replays.
+        self.parked: deque[tuple[Any, bytes, int, bool]] | None = None
 
     @property
     def vhost(self) -> str:
@@ -158,6 +163,10 @@ class Session:
                 "amqp:not-allowed",
                 f"handle {a.handle} exceeds handle-max {self.handle_max}",
             )
+        declare = self._queue_to_declare(a)
+        if declare is not None:
+            self._declare_then_attach(a, declare)
+            return
         try:
             if a.role:  # the client receives: the node sends from a queue
                 link: Any = self._attach_sender(a)
@@ -174,6 +183,67 @@ class Session:
             )
             return
         self.links[a.handle] = link
+
+    # -- attaching to a queue that is declared on the way (v1 /queue/NAME, plain names) -------
+
+    def _queue_to_declare(self, a: Any) -> str | None:
+        terminus = a.source if a.role else a.target
+        address = getattr(terminus, "address", None)
+        if not isinstance(address, str):
+            return None
+        try:
+            name = declared_on_attach(address)
+        except BadAddress:
+            return None  # the attach refuses it, saying why
+        if name is None or self.broker.state.queue(self.vhost, name) is not None:
+            return None
+        return name
+
+    def _declare_then_attach(self, a: Any, name: str) -> None:
+        """Declare the queue (durable, as RabbitMQ 3.x does for /queue/NAME), then attach; the
+        session's frames wait meanwhile (a Raft commit in a cluster)."""
+        vhost = self.vhost
+        try:
+            check_queue_declare(vhost, name)
+            self.broker.check(self.conn.user, vhost, "configure", "queue", name)
+        except DeclareError as e:
+            self._refuse(
+                a, "amqp:unauthorized-access" if e.code == 403 else "amqp:invalid-field", e.text
+            )
+            return
+        except MetadataError as e:
+            self._refuse(a, "amqp:unauthorized-access", e.text)
+            return
+        cmd = cmds.DeclareQueue(vhost, name, True, leader=self.broker.place_queue(False))
+
+        def declared(fut: Any) -> None:
+            error = fut.exception() if not fut.cancelled() else MetadataError(541, "cancelled")
+            if error is None:
+                self.on_attach(a)
+            elif isinstance(error, MetadataError):
+                self._refuse(a, "amqp:precondition-failed", error.text)
+            else:
+                self._refuse(a, "amqp:internal-error", f"cannot declare queue '{name}': {error}")
+
+        self.park(self.broker.propose(cmd), declared)
+
+    def park(self, fut: Any, then: Any) -> None:
+        """Hold the session's later frames until `fut` resolves and `then(fut)` ran."""
+        self.parked = deque()
+
+        def resume(f: Any) -> None:
+            parked, self.parked = self.parked, None
+            if not self.open:
+                return
+            then(f)
+            conn = self.conn
+            while parked and self.parked is None and self.open:
+                conn.replay(self, parked.popleft())
+            if parked and self.parked is not None:
+                self.parked.extendleft(reversed(parked))
+            conn.flush_soon()
+
+        fut.add_done_callback(resume)
 
     def _refuse(self, a: Any, condition: str, description: str) -> None:
         """The spec's refusal: an attach with a null terminus, then a detach with the error."""

@@ -483,3 +483,31 @@ def test_delayed_exchange_holds_a_message_sent_over_amqp10(node):
     r.accept()
     assert time.monotonic() - t0 >= 0.49
     c.close()
+
+
+def test_proton_plain_and_v1_addresses(node):
+    """qpid-proton's examples use a plain name ('examples'); RabbitMQ 3.x users write
+    /queue/NAME (declared at attach if missing) and /amq/queue/NAME (must exist)."""
+    from proton.utils import BlockingConnection
+
+    plain, v1 = f"examples-{uuid.uuid4().hex[:8]}", f"v1-{uuid.uuid4().hex[:8]}"
+    c = BlockingConnection(f"amqp://127.0.0.1:{node.port}", timeout=5, allowed_mechs="ANONYMOUS")
+    try:
+        for address in (plain, f"/queue/{v1}"):
+            s = c.create_sender(address)
+            for i in range(3):
+                s.send(Message(body=f"{address}-{i}"))
+        assert queue_count(node, plain) == 3 and queue_count(node, v1) == 3
+        r = c.create_receiver(f"/amq/queue/{v1}")
+        assert [r.receive(timeout=5).body for _ in range(3)] == [
+            f"/queue/{v1}-{i}" for i in range(3)
+        ]
+        r.accept()
+        r2 = c.create_receiver(plain)
+        assert r2.receive(timeout=5).body == f"{plain}-0"
+        r2.accept()
+        with pytest.raises(LinkDetached) as info:
+            c.create_receiver(f"/amq/queue/missing-{uuid.uuid4().hex[:8]}")
+        assert "amqp:not-found" in str(info.value)
+    finally:
+        c.close()

@@ -43,3 +43,22 @@ def test_rhea_send_and_receive(node, mode):
     if mode == "unsettled":
         assert result["accepted"] == 50
     assert queue_count(node, q) == 0
+
+
+def test_rheas_examples_without_credentials_to_a_plain_address(node):
+    """rhea's simple_send/simple_recv as their users run them: SASL ANONYMOUS (guest from
+    loopback), the address 'examples' (a queue, declared at attach as RabbitMQ 3.x does)."""
+    address = f"examples-{uuid.uuid4().hex[:8]}"
+    out = subprocess.run(
+        ["node", str(JS / "examples.js"), str(node.port), address, "20"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0 and result["errors"] == [], (result, out.stderr)
+    assert result["confirmed"] == 20
+    assert result["received"] == list(range(20))
+    conn, ch = channel091(node)
+    assert ch.queue_declare(address, passive=True, durable=True).method.message_count == 0
+    conn.close()
