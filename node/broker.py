@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from .cluster_seam import ClusterSeam, LoneNode
@@ -26,6 +27,10 @@ from .core.publish import REFUSED, UNROUTED
 from .core.queue import FlowControlled, LocalQueue, MemoryBudget, QueueHandle
 from .core.queue_args import QueueOptions, effective_arguments
 from .core.queue_args import parse as parse_queue_args
+from .core.reply_to import PREFIX as REPLY_PREFIX
+from .core.reply_to import ReplyTo
+from .core.reply_to import new_name as new_reply_name
+from .core.reply_to import node_of as reply_node
 from .metadata import commands as cmds
 from .metadata.log import LocalLog, MetadataLog
 from .metadata.state import MetadataError, MetadataState, QueueDef
@@ -35,6 +40,9 @@ from .routing.exchange import Exchange
 log = logging.getLogger("merpati.broker")
 
 ACCESS_REFUSED = 403
+# Handles of reply-to consumers on other nodes kept for the replies that follow (RPC servers
+# answer many requests from few clients); the oldest goes beyond this many.
+REMOTE_REPLIES = 256
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -97,6 +105,10 @@ class Broker:
         self.blocked = False
         # Plain integers the hot path bumps; exported at scrape time (node.metrics).
         self.counters = NodeCounters()
+        # Direct reply-to consumers of this node's channels, by name (node.core.reply_to), and
+        # handles of those on other nodes that replies were routed to lately.
+        self.reply_queues: dict[str, ReplyTo] = {}
+        self._remote_replies: dict[str, QueueHandle] = {}
         # Placement, remote queues and queue moves (node.cluster_seam). The cluster side
         # subscribes to applied commands first: a queue's move or deletion reaches it before
         # the broker drops the queue's handle.
@@ -379,6 +391,8 @@ class Broker:
         vqueues = self.queues[vhost]
         if not exchange.name:
             q = vqueues.get(msg.routing_key)
+            if q is None and msg.routing_key.startswith(REPLY_PREFIX):
+                q = self.reply_queue(vhost, msg.routing_key)
             return [q] if q is not None else []
         dests = exchange.route(msg.routing_key, msg.headers)
         if not dests:
@@ -427,6 +441,35 @@ class Broker:
                         out.append(q)
                 else:
                     pending.append(dname)
+
+    # -- direct reply-to ----------------------------------------------------------------------
+
+    def open_reply_to(self, vhost: str) -> ReplyTo:
+        """A reply-to name for one channel's reply consumer (node.core.reply_to)."""
+        q = ReplyTo(vhost, new_reply_name(self.node_id), self.node_id)
+        q.on_closed = lambda q: self.reply_queues.pop(q.name, None)
+        self.reply_queues[q.name] = q
+        return q
+
+    def reply_queue(self, vhost: str, name: str) -> QueueHandle | None:
+        """Where a reply to `name` goes: the consumer here, or its node's (None: gone)."""
+        q: QueueHandle | None = self.reply_queues.get(name)
+        if q is not None:
+            return q
+        node = reply_node(name)
+        if node is None or node == self.node_id:
+            return None  # its consumer was here and is gone: routed nowhere, as RabbitMQ
+        q = self._remote_replies.get(name)
+        if q is None:
+            where = SimpleNamespace(vhost=vhost, name=name, leader=node)
+            q = self.cluster.remote_queue(where)  # type: ignore[arg-type]
+            if q is None:
+                return None
+            if len(self._remote_replies) >= REMOTE_REPLIES:
+                oldest = next(iter(self._remote_replies))
+                self._remote_replies.pop(oldest).delete("reply handle evicted")
+            self._remote_replies[name] = q
+        return q
 
     # -- users and permissions ----------------------------------------------------------------
 

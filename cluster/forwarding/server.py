@@ -30,6 +30,7 @@ import grpc
 from merpati.node.core.message import Message
 from merpati.node.core.outcome import Modified, Outcome
 from merpati.node.core.queue import QueueHandle
+from merpati.node.core.reply_to import PREFIX as REPLY_PREFIX
 from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
@@ -142,6 +143,8 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
     def _current(self, vhost: str, name: str) -> bool:
         """True when waiting cannot change what this node knows of the queue: it leads it, or it
         has handed it over to another node (a caller still sending here is the one behind)."""
+        if name.startswith(REPLY_PREFIX):
+            return True  # a direct reply-to name: never in the metadata, nothing to wait for
         q = (self.broker.queues.get(vhost) or {}).get(name)
         if q is not None and q.led_here:
             return True
@@ -329,7 +332,7 @@ class _PublishStream:
                 vq = queues.get(vhost)
                 for name in names:
                     q = vq.get(name) if vq is not None else None
-                    if q is None or not q.led_here:
+                    if (q is None or not q.led_here) and not name.startswith(REPLY_PREFIX):
                         await self.server.catch_up(vhost, names)
                         break
             self.enqueue(records)
@@ -361,7 +364,11 @@ class _PublishStream:
             for name in names:
                 q = vq.get(name) if vq else None
                 if q is None:
-                    continue  # deleted meanwhile: routed nowhere, as in RabbitMQ
+                    # A reply to a direct reply-to consumer here (gone: dropped, as RabbitMQ),
+                    # or a queue deleted meanwhile: routed nowhere, as in RabbitMQ.
+                    q = broker.reply_queues.get(name)
+                    if q is None:
+                        continue
                 if not q.led_here:
                     # Moved to another node. Never forward a forwarded message: two nodes with
                     # different views of a move would pass it back and forth, each confirm

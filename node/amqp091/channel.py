@@ -43,6 +43,7 @@ from .channel_publish import PublishMixin
 from .constants import COMMAND_INVALID, NOT_FOUND, RESOURCE_LOCKED
 
 if TYPE_CHECKING:
+    from ..core.reply_to import ReplyTo
     from .connection import Connection091
 
 __all__ = ["OUT_LIMIT", "Channel", "ChannelError", "ConnectionError091", "Consumer091"]
@@ -76,6 +77,9 @@ class Channel(DeclareMixin, ConsumeMixin, PublishMixin):
         # While this channel deletes a queue: the queue's name, and the tags of its consumers
         # here that the deletion cancelled, whose basic.cancel follows queue.delete-ok.
         self.deleting_queue: str | None = None
+        # Direct reply-to: this channel's reply consumer's queue, once it consumes from
+        # amq.rabbitmq.reply-to (node.core.reply_to).
+        self.reply_to: ReplyTo | None = None
         self.held_cancels: list[str] = []
         self._exchange_cache: dict[str, Any] = {}
         self._handlers: dict[str, Callable[[Any], None]] = {

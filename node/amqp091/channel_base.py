@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..broker import Broker
     from ..core.message import Message
     from ..core.queue import QueueHandle
+    from ..core.reply_to import ReplyTo
     from ..metrics.counters import NodeCounters
     from .channel_consume import Consumer091
     from .connection import Connection091
@@ -65,6 +66,7 @@ class ChannelCore:
     tx: list[Callable[[], None]] | None
     parked: deque[tuple[str, tuple]] | None
     deleting_queue: str | None
+    reply_to: ReplyTo | None
     held_cancels: list[str]
     _exchange_cache: dict[str, Any]
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED
 from ..core.queue import QueueHandle
+from ..core.reply_to import PSEUDO_QUEUE as REPLY_TO
 from ..wire.table import as_int, encode_shortstr
 from . import render, spec
 from .channel_base import (
@@ -155,6 +156,9 @@ class ConsumeMixin(ChannelCore):
         self.kick_consumers()
 
     def _basic_consume(self, m: Any) -> None:
+        if m.queue == REPLY_TO:
+            self._consume_replies(m)
+            return
         name = self._queue_name(m.queue)
         q = self._existing_queue(name)
         self.broker.check(self.user, self.vhost, "read", "queue", name)
@@ -180,6 +184,22 @@ class ConsumeMixin(ChannelCore):
             self.send_method(spec.BasicConsumeOk(consumer_tag=tag))
         q.subscribe(consumer)
 
+    def _consume_replies(self, m: Any) -> None:
+        """Direct reply-to (node.core.reply_to): this channel's reply consumer."""
+        if not m.no_ack:
+            raise ChannelError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", 60, 20)
+        if self.reply_to is not None:
+            raise ChannelError(PRECONDITION_FAILED, "reply consumer already set", 60, 20)
+        tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
+        if tag in self.consumers:
+            raise ConnectionError091(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
+        q = self.reply_to = self.broker.open_reply_to(self.vhost)
+        consumer = Consumer091(self, tag, q, True, False, 0, m.arguments or {})
+        self.consumers[tag] = consumer
+        if not m.nowait:
+            self.send_method(spec.BasicConsumeOk(consumer_tag=tag))
+        q.subscribe(consumer)
+
     def _basic_cancel(self, m: Any) -> None:
         consumer = self.consumers.pop(m.consumer_tag, None)
         deleting = None
@@ -188,6 +208,8 @@ class ConsumeMixin(ChannelCore):
             # they are released when the channel closes.
             consumer.queue.unsubscribe(consumer)
             deleting = consumer.queue.deleting
+            if consumer.queue is self.reply_to:
+                self.reply_to = None
         if m.nowait:
             return
         ok = spec.BasicCancelOk(consumer_tag=m.consumer_tag)

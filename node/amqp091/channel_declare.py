@@ -15,6 +15,7 @@ from ..core.declare import (
     check_queue_arguments,
     check_reserved_name,
 )
+from ..core.reply_to import PSEUDO_QUEUE as REPLY_TO
 from ..metadata import commands as cmds
 from ..routing.headers import HeadersError, HeadersMatcher
 from . import spec
@@ -151,6 +152,11 @@ class DeclareMixin(ChannelCore):
         state = self.broker.state
         name = m.queue
         if m.passive:
+            if name == REPLY_TO:  # direct reply-to's pseudo-queue always exists, as RabbitMQ
+                self._reply(
+                    m.nowait, spec.QueueDeclareOk(queue=name, message_count=0, consumer_count=0)
+                )
+                return
             name = self._queue_name(name)
             qdef = state.queue(self.vhost, name)
             if qdef is None:

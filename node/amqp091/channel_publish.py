@@ -11,7 +11,14 @@ from typing import Any
 
 from ..core.message import Message
 from ..core.publish import UNROUTED
-from ..wire.properties import FLAG_USER_ID, decode_properties, flags_of
+from ..core.reply_to import PSEUDO_QUEUE as REPLY_TO
+from ..wire.properties import (
+    FLAG_REPLY_TO,
+    FLAG_USER_ID,
+    decode_properties,
+    encode_properties,
+    flags_of,
+)
 from . import render, spec
 from .channel_base import ChannelCore, ChannelError, ConnectionError091, _settled
 from .constants import (
@@ -22,6 +29,10 @@ from .constants import (
     PRECONDITION_FAILED,
     RESOURCE_ERROR,
 )
+
+# Found in the property bytes before anything is decoded (publishes with other reply_to values
+# pay one substring search).
+_REPLY_TO_RAW = REPLY_TO.encode("ascii")
 
 
 class PublishMixin(ChannelCore):
@@ -91,7 +102,8 @@ class PublishMixin(ChannelCore):
         ex = self._exchange_cache.get(exchange)
         if ex is None or self.broker.state.exchange(self.vhost, exchange) is not ex:
             ex = self._lookup_exchange(exchange)
-        if flags_of(props_raw) & FLAG_USER_ID:
+        flags = flags_of(props_raw)
+        if flags & FLAG_USER_ID:
             user_id = decode_properties(props_raw).get("user_id")  # validated by the frame reader
             if user_id != self.user:
                 raise ChannelError(
@@ -100,6 +112,8 @@ class PublishMixin(ChannelCore):
                     60,
                     40,
                 )
+        if flags & FLAG_REPLY_TO and _REPLY_TO_RAW in props_raw:
+            props_raw = self._direct_reply_to(props_raw)
         msg = Message(exchange, routing_key, route_raw, props_raw, body)
         msg.publisher = self.conn
         self.counters.published += 1
@@ -109,6 +123,16 @@ class PublishMixin(ChannelCore):
             self.tx.append(lambda: self._route(ex, msg, mandatory, 0))
             return
         self._route(ex, msg, mandatory, self.publish_seq if self.confirm else 0)
+
+    def _direct_reply_to(self, props_raw: bytes) -> bytes:
+        """reply_to amq.rabbitmq.reply-to becomes this channel's reply-to name."""
+        props = decode_properties(props_raw)
+        if props.get("reply_to") != REPLY_TO:
+            return props_raw  # a longer name that merely contains it
+        if self.reply_to is None:
+            raise ChannelError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
+        props["reply_to"] = self.reply_to.name
+        return encode_properties(props)
 
     def _lookup_exchange(self, exchange: str) -> Any:
         ex = self.broker.state.exchange(self.vhost, exchange)

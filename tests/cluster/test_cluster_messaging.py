@@ -229,3 +229,45 @@ def test_forwarding_metrics_count_messages_between_nodes(cluster):
     assert sent[f'merpati_forwarding_sent_messages_total{{peer="{leader}"}}'] >= 25
     assert sent[f'merpati_forwarding_peer_up{{peer="{leader}"}}'] == 1
     assert scrape(leader)["merpati_forwarding_received_messages_total"] >= 25
+
+
+def _rpc_round_trip(client_node, server_node, requests: int) -> list[bytes]:
+    """pika's direct reply-to RPC: the client on one node, the server on another."""
+    q = uid("rpc")
+    server = connect(server_node)
+    sch = server.channel()
+    sch.queue_declare(q)
+
+    def serve(ch, method, props, body):
+        ch.basic_publish(
+            "",
+            props.reply_to,
+            b"re:" + body,
+            pika.BasicProperties(correlation_id=props.correlation_id),
+        )
+
+    sch.basic_consume(q, serve, auto_ack=True)
+    client = connect(client_node)
+    cch = client.channel()
+    replies: list[bytes] = []
+    cch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append(b), auto_ack=True)
+    for i in range(requests):
+        cch.basic_publish(
+            "",
+            q,
+            b"%d" % i,
+            pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id=str(i)),
+        )
+    deadline = time.monotonic() + 10
+    while len(replies) < requests and time.monotonic() < deadline:
+        server.process_data_events(time_limit=0.02)
+        client.process_data_events(time_limit=0.02)
+    server.close()
+    client.close()
+    return replies
+
+
+def test_direct_reply_to_with_the_server_on_another_node(cluster):
+    """The replier publishes to the client's reply-to name on its own node: the reply travels
+    to the node holding the reply consumer."""
+    assert _rpc_round_trip(cluster["n1"], cluster["n2"], 20) == [b"re:%d" % i for i in range(20)]

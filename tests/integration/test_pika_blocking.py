@@ -1508,3 +1508,30 @@ vhosts = ["orders"]
     with pytest.raises(pex.ProbableAuthenticationError) as ei:
         pika.BlockingConnection(pika.URLParameters(f"amqp://app:wrong@127.0.0.1:{n.port}/orders"))
     assert "403" in str(ei.value)
+
+
+def test_direct_reply_to_rpc(node):
+    """pika's RPC with direct reply-to (amq.rabbitmq.reply-to), as the RabbitMQ tutorials."""
+    conn = pika.BlockingConnection(pika.URLParameters(node.url))
+    ch = conn.channel()
+    q = f"rpc-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(q, auto_delete=True)
+    replies = []
+    ch.basic_consume(
+        "amq.rabbitmq.reply-to",
+        lambda c, m, p, b: replies.append((p.correlation_id, b)),
+        auto_ack=True,
+    )
+    ch.basic_publish(
+        "", q, b"6", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c1")
+    )
+    _, props, body = ch.basic_get(q, auto_ack=True)
+    assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
+    ch.basic_publish(
+        "", props.reply_to, b"%d" % (int(body) * 7), pika.BasicProperties(correlation_id="c1")
+    )
+    deadline = time.monotonic() + 5
+    while not replies and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert replies == [("c1", b"42")]
+    conn.close()

@@ -359,3 +359,45 @@ async def test_queue_delete_ok_comes_before_the_cancel_of_the_channels_own_consu
     assert [f.name for f in out] == ["queue.delete-ok", "basic.cancel"]
     assert out[1].method.consumer_tag == "mine"
     assert not c.conn.channels[1].held_cancels
+
+
+# -- direct reply-to --------------------------------------------------------------------------
+
+
+@in_loop
+async def test_direct_reply_to_round_trip_and_its_errors() -> None:
+    c = await opened(1, 2)  # channel 1: the RPC client; channel 2: the server
+    c.declare(2, "rpc")
+    # A reply consumer must be no-ack, and one per channel.
+    out = c.send(1, spec.BasicConsume(queue="amq.rabbitmq.reply-to", no_ack=False))
+    (close,) = [f.method for f in out if f.is_(spec.ChannelClose)]
+    assert close.reply_code == PRECONDITION_FAILED and "cannot acknowledge" in close.reply_text
+    c.send(1, spec.ChannelCloseOk())
+    c.send(1, spec.ChannelOpen())
+    # Publishing with reply_to amq.rabbitmq.reply-to needs that consumer first.
+    out = c.publish(1, "", "rpc", b"early", properties={"reply_to": "amq.rabbitmq.reply-to"})
+    (close,) = [f.method for f in out if f.is_(spec.ChannelClose)]
+    assert close.reply_code == PRECONDITION_FAILED
+    assert "fast reply consumer does not exist" in close.reply_text
+    c.send(1, spec.ChannelCloseOk())
+    c.send(1, spec.ChannelOpen())
+    ok = c.send(1, spec.BasicConsume(queue="amq.rabbitmq.reply-to", consumer_tag="r", no_ack=True))
+    assert [f.name for f in ok] == ["basic.consume-ok"]
+    c.publish(1, "", "rpc", b"ping", properties={"reply_to": "amq.rabbitmq.reply-to"})
+    # The server sees a name of the channel's own, and replies to it through "".
+    (got,) = [
+        f for f in c.send(2, spec.BasicGet(queue="rpc", no_ack=True)) if f.is_(spec.BasicGetOk)
+    ]
+    reply_to = got.properties["reply_to"]
+    assert reply_to.startswith("amq.rabbitmq.reply-to.") and reply_to != "amq.rabbitmq.reply-to"
+    out = c.publish(2, "", reply_to, b"pong", properties={"correlation_id": "1"})
+    (deliver,) = [f for f in out if f.is_(spec.BasicDeliver)]
+    assert deliver.channel == 1 and deliver.body == b"pong"
+    assert deliver.method.consumer_tag == "r" and deliver.method.routing_key == reply_to
+    # Once the consumer is gone the name routes nowhere: a mandatory reply comes back.
+    c.send(1, spec.BasicCancel(consumer_tag="r"))
+    out = c.publish(2, "", reply_to, b"late", mandatory=True)
+    assert [f.name for f in out] == ["basic.return"] and out[0].method.reply_code == 312
+    # The pseudo-queue always exists to a passive declare.
+    ok = c.send(1, spec.QueueDeclare(queue="amq.rabbitmq.reply-to", passive=True))
+    assert [f.name for f in ok] == ["queue.declare-ok"]
