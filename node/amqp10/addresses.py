@@ -8,8 +8,9 @@ broker) write them:
     /amq/queue/NAME          the queue NAME, which must exist
     /queue/NAME              the queue NAME, declared (durable) at attach if missing
     NAME (no leading /)      the same as /queue/NAME: rhea's and qpid-proton's examples
-    /exchange/NAME[/KEY]     target only: the exchange NAME (key from the subject if none)
-    /topic/KEY               target only: amq.topic with KEY
+    /exchange/NAME[/KEY]     target: the exchange NAME (key from the subject if none); source:
+                             a queue of the link's own bound to NAME with KEY ("" if none)
+    /topic/KEY               amq.topic with KEY, the same way
 
 The session (node.amqp10.session) checks a link's address at attach; a ReceiverLink
 (node.amqp10.links) parses each message's `to` on an anonymous link.
@@ -70,6 +71,16 @@ def parse_target(address: str) -> tuple[str, str | None]:
     raise BadAddress("not a RabbitMQ address (/exchanges/NAME[/KEY], /queues/NAME or NAME)")
 
 
+def exchange_source(address: str) -> tuple[str, str] | None:
+    """(exchange, binding key) of a v1 source that subscribes to an exchange, else None."""
+    if address.startswith("/exchange/"):
+        parts = address[len("/exchange/") :].split("/", 1)
+        return _segment(parts[0]), (unquote(parts[1]) if len(parts) == 2 else "")
+    if address.startswith("/topic/"):
+        return "amq.topic", unquote(address[len("/topic/") :])
+    return None
+
+
 def parse_source(address: str) -> str:
     if address and not address.startswith("/"):
         return address  # a plain name: a queue
@@ -81,4 +92,4 @@ def parse_source(address: str) -> str:
     for prefix in ("/amq/queue/", "/queue/"):
         if address.startswith(prefix):
             return _segment(address[len(prefix) :])
-    raise BadAddress("not a queue address (/queues/NAME or NAME)")
+    raise BadAddress("not a queue address (/queues/NAME, NAME, /exchange/NAME/KEY or /topic/KEY)")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..broker import AuthError, Broker
 from ..core.output import OutputBuffer
+from ..metadata import commands as cmds
 from . import performatives as P
 from .codec import DecodeError, Symbol, symbol_array
 from .errors import ConnectionError10, LinkError10, SessionError10
@@ -555,6 +556,12 @@ class Connection10(OutputBuffer):
             s.teardown()
         self.dirty.clear()
         self.broker.connections.discard(self)
+        # The queues of links attached to exchange sources: exclusive to this connection.
+        names, self.exclusive_queues = self.exclusive_queues, set()
+        for name in names:
+            if self.vhost and self.broker.state.queue(self.vhost, name) is not None:
+                fut = self.broker.propose(cmds.DeleteQueue(self.vhost, name))
+                fut.add_done_callback(lambda f: f.exception())
 
     def force_close(self, reason: str = "shutdown") -> None:
         self.close_connection(

@@ -15,6 +15,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..broker import generate_queue_name
 from ..core.declare import DeclareError, check_queue_declare
 from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
@@ -23,7 +24,13 @@ from ..metadata import commands as cmds
 from ..metadata.state import MetadataError
 from . import links as L
 from . import performatives as P
-from .addresses import BadAddress, declared_on_attach, parse_source, parse_target
+from .addresses import (
+    BadAddress,
+    declared_on_attach,
+    exchange_source,
+    parse_source,
+    parse_target,
+)
 from .errors import LinkError10, SessionError10
 from .links import MASK, ReceiverLink, SenderLink, _frame_head, _pB, _uint
 
@@ -67,6 +74,8 @@ class Session:
         # While an attach waits for the queue it declares: the session's later frames, in order
         # ((performative, body, offset, is a transfer)); the connection appends, `park` replays.
         self.parked: deque[tuple[Any, bytes, int, bool]] | None = None
+        # Links attached to a v1 exchange source: handle -> the link's own queue.
+        self.source_queues: dict[int, str] = {}
 
     @property
     def vhost(self) -> str:
@@ -167,6 +176,11 @@ class Session:
         if declare is not None:
             self._declare_then_attach(a, declare)
             return
+        if a.role and a.handle not in self.source_queues:
+            source = self._exchange_source(a)
+            if source is not None:
+                self._subscribe_to_exchange(a, *source)
+                return
         try:
             if a.role:  # the client receives: the node sends from a queue
                 link: Any = self._attach_sender(a)
@@ -226,6 +240,54 @@ class Session:
                 self._refuse(a, "amqp:internal-error", f"cannot declare queue '{name}': {error}")
 
         self.park(self.broker.propose(cmd), declared)
+
+    def _exchange_source(self, a: Any) -> tuple[str, str] | None:
+        address = getattr(a.source, "address", None)
+        if not isinstance(address, str):
+            return None
+        try:
+            return exchange_source(address)
+        except BadAddress:
+            return None  # the attach refuses it, saying why
+
+    def _subscribe_to_exchange(self, a: Any, exchange: str, key: str) -> None:
+        """A v1 /exchange/NAME/KEY or /topic/KEY source, as RabbitMQ 3.x: a server-named queue
+        of the link's own (exclusive to the connection, gone with the link), bound to the
+        exchange with the key; the link then consumes from it."""
+        vhost = self.vhost
+        broker = self.broker
+        if broker.state.exchange(vhost, exchange) is None:
+            self._refuse(a, "amqp:not-found", f"no exchange '{exchange}' in vhost '{vhost}'")
+            return
+        try:
+            broker.check(self.conn.user, vhost, "read", "exchange", exchange)
+        except MetadataError as e:
+            self._refuse(a, "amqp:unauthorized-access", e.text)
+            return
+        name = generate_queue_name()
+        declare = cmds.DeclareQueue(
+            vhost, name, False, self.conn.id, True, leader=broker.place_queue(True)
+        )
+        bind = cmds.Bind(vhost, exchange, "q", name, key)
+
+        def failed(fut: Any) -> bool:
+            error = fut.exception() if not fut.cancelled() else MetadataError(541, "cancelled")
+            if error is not None:
+                text = error.text if isinstance(error, MetadataError) else str(error)
+                self._refuse(a, "amqp:precondition-failed", text)
+            return error is not None
+
+        def declared(fut: Any) -> None:
+            if not failed(fut):
+                self.conn.exclusive_queues.add(name)
+                self.park(broker.propose(bind), bound)
+
+        def bound(fut: Any) -> None:
+            if not failed(fut):
+                self.source_queues[a.handle] = name
+                self.on_attach(a)
+
+        self.park(broker.propose(declare), declared)
 
     def park(self, fut: Any, then: Any) -> None:
         """Hold the session's later frames until `fut` resolves and `then(fut)` ran."""
@@ -324,8 +386,10 @@ class Session:
         address = source.address
         if not isinstance(address, str):
             raise LinkError10("amqp:invalid-field", "source address is not a string")
+        name = self.source_queues.get(a.handle)
         try:
-            name = parse_source(address)
+            if name is None:
+                name = parse_source(address)
         except BadAddress as e:
             raise LinkError10("amqp:invalid-field", f"bad source address '{address}': {e}")
         vhost = self.vhost
@@ -436,6 +500,7 @@ class Session:
             return
         link = self._link(d.handle, "detach")
         del self.links[d.handle]
+        self.source_queues.pop(d.handle, None)  # its queue goes with its last consumer
         if d.error is not None:
             log.info("AMQP 1.0 link detached by the client: %s", d.error)
         if not link.detached:

@@ -511,3 +511,45 @@ def test_proton_plain_and_v1_addresses(node):
         assert "amqp:not-found" in str(info.value)
     finally:
         c.close()
+
+
+def test_proton_receives_from_v1_exchange_and_topic_sources(node):
+    """RabbitMQ 3.x's /exchange/NAME/KEY and /topic/KEY sources: a queue of the link's own,
+    bound with the key, gone when the link detaches."""
+    from proton.utils import BlockingConnection
+
+    ex = f"ex-{uuid.uuid4().hex[:8]}"
+    conn, ch = channel091(node)
+    ch.exchange_declare(ex, "direct")
+    conn.close()
+    from tests.support.http import call
+
+    def generated() -> set[str]:
+        queues = call(f"http://127.0.0.1:{node.management_port}", "GET", "/api/queues/%2F")[1]
+        return {q["name"] for q in queues if q["name"].startswith("amq.gen-")}
+
+    before = generated()
+    c = BlockingConnection(f"amqp://127.0.0.1:{node.port}", timeout=5, allowed_mechs="ANONYMOUS")
+    try:
+        r1 = c.create_receiver(f"/exchange/{ex}/k1")
+        assert len(generated() - before) == 1
+        r2 = c.create_receiver("/topic/news.*")
+        c.create_sender(f"/exchange/{ex}/k1").send(Message(body="direct"))
+        c.create_sender("/topic/news.today").send(Message(body="topic"))
+        assert r1.receive(timeout=5).body == "direct"
+        r1.accept()
+        assert r2.receive(timeout=5).body == "topic"
+        r2.accept()
+        with pytest.raises(Exception):  # noqa: B017 - proton's Timeout: nothing else came
+            r1.receive(timeout=0.5)  # the topic message is not r1's
+        r1.close()
+        r2.close()
+        deadline = time.monotonic() + 5
+        while generated() - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert generated() - before == set()  # the links' queues went with them
+        with pytest.raises(LinkDetached) as info:
+            c.create_receiver("/exchange/missing-exchange/k")
+        assert "amqp:not-found" in str(info.value)
+    finally:
+        c.close()
