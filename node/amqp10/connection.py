@@ -170,12 +170,8 @@ class Connection10(OutputBuffer):
         self.receiving = True
         try:
             self._feed(data)
-        except DecodeError as e:
-            self._fatal("amqp:decode-error", str(e))
-        except _FramingError as e:
-            self._fatal(e.condition, e.description)
-        except ConnectionError10 as e:
-            self.close_connection(e.condition, e.description)
+        except (DecodeError, _FramingError, ConnectionError10) as e:
+            self._error(e)
         except Exception:
             log.exception("internal error on AMQP 1.0 connection %s", self.id)
             self._fatal("amqp:internal-error", "internal error while handling a frame")
@@ -478,11 +474,17 @@ class Connection10(OutputBuffer):
                 self._session_frame(s.channel, perf, body, off)
         except SessionError10 as e:
             self.end_session(s, e.condition, e.description)
-        except DecodeError as e:
+        except (DecodeError, _FramingError, ConnectionError10) as e:
+            self._error(e)
+
+    def _error(self, e: Exception) -> None:
+        """A connection-level error: malformed input ends the connection at once (its bytes
+        cannot be trusted), a protocol violation closes it with its condition."""
+        if isinstance(e, DecodeError):
             self._fatal("amqp:decode-error", str(e))
-        except _FramingError as e:
+        elif isinstance(e, _FramingError):
             self._fatal(e.condition, e.description)
-        except ConnectionError10 as e:
+        elif isinstance(e, ConnectionError10):
             self.close_connection(e.condition, e.description)
 
     def end_session(self, s: Session, condition: str, description: str) -> None:

@@ -22,6 +22,7 @@ from proton.reactor import AtMostOnce, Container  # noqa: E402
 from proton.utils import LinkDetached, SendException  # noqa: E402
 
 from merpati.node.amqp10 import performatives as P  # noqa: E402
+from tests.support.net import non_loopback_address  # noqa: E402
 
 from ._support import RawClient, blocking, channel091, frame, queue_count  # noqa: E402
 
@@ -347,20 +348,8 @@ def test_anonymous_from_loopback_by_default_and_not_when_turned_off(make_node, n
     raw.close()
 
 
-def _non_loopback_address() -> str | None:
-    import socket
-
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: picks the outgoing address
-            addr = s.getsockname()[0]
-        return None if addr.startswith("127.") else addr
-    except OSError:
-        return None
-
-
 @pytest.mark.skipif(
-    _non_loopback_address() is None, reason="this machine has no non-loopback IPv4 address"
+    non_loopback_address() is None, reason="this machine has no non-loopback IPv4 address"
 )
 def test_anonymous_is_guest_and_so_refused_from_another_host(make_node):
     from proton.utils import BlockingConnection
@@ -368,7 +357,7 @@ def test_anonymous_is_guest_and_so_refused_from_another_host(make_node):
     n = make_node("--bind", "0.0.0.0")
     with pytest.raises(ConnectionException):
         BlockingConnection(
-            f"amqp://{_non_loopback_address()}:{n.port}", timeout=5, allowed_mechs="ANONYMOUS"
+            f"amqp://{non_loopback_address()}:{n.port}", timeout=5, allowed_mechs="ANONYMOUS"
         )
 
 

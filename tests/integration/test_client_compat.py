@@ -16,6 +16,7 @@ import pytest
 
 from merpati.node.amqp091 import render, spec
 from tests.support.names import uid
+from tests.support.net import ipv6_loopback
 
 amqpstorm = pytest.importorskip("amqpstorm", reason="amqpstorm is not installed")
 aiormq = pytest.importorskip("aiormq", reason="aiormq is not installed")
@@ -166,16 +167,7 @@ class _Frames:
         return ftype
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 def test_by_default_the_node_listens_on_ipv4_and_ipv6(make_node) -> None:
     """Node.js resolves localhost to ::1 first (amqplib's connect to localhost failed)."""
     import pika
@@ -195,7 +187,7 @@ def test_by_default_the_node_listens_on_ipv4_and_ipv6(make_node) -> None:
     not (JS / "node_modules" / "@cloudamqp" / "amqp-client").is_dir(),
     reason="@cloudamqp/amqp-client is not installed: npm ci --prefix tests/amqp10/js",
 )
-@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 def test_a_nodejs_client_connects_to_localhost(make_node) -> None:
     n = make_node("--bind", "0.0.0.0,::")
     script = (

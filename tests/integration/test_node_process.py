@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.support.net import non_loopback_address
 from tests.support.node import NodeProcess, free_port
 
 
@@ -141,22 +141,12 @@ def test_bad_configuration_is_reported(tmp_path):
     assert out.returncode == 2 and b"unknown setting" in out.stderr
 
 
-def _non_loopback_address() -> str | None:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # no packet is sent; this only picks the outgoing interface
-            addr = s.getsockname()[0]
-        return None if addr.startswith("127.") else addr
-    except OSError:
-        return None
-
-
 @pytest.mark.skipif(
-    _non_loopback_address() is None, reason="this machine has no non-loopback IPv4 address"
+    non_loopback_address() is None, reason="this machine has no non-loopback IPv4 address"
 )
 def test_guest_only_from_loopback(make_node):
     n = make_node("--bind", "0.0.0.0")
-    addr = _non_loopback_address()
+    addr = non_loopback_address()
     with pytest.raises(
         (
             pika.exceptions.ProbableAccessDeniedError,
