@@ -29,6 +29,7 @@ from .membership import (
     place_queue,
 )
 from .queue_moves import QueueMoves
+from .replication.queues import ReplicatedQueues
 
 log = logging.getLogger("merpati.cluster")
 
@@ -53,6 +54,10 @@ class ClusterNode:
         self.moves = QueueMoves() if handover_window is None else QueueMoves(handover_window)
         # Where the members are kept for the next start (DNS form of --peers only).
         self.members_file: MembersFile | None = None
+        me = membership.me.node_id
+        self.replicated = ReplicatedQueues(
+            me, membership.live, lambda: membership.leader_node() == me
+        )
 
     @classmethod
     def from_config(cls, cfg: Any) -> ClusterNode:
@@ -114,11 +119,21 @@ class ClusterNode:
     def bind(self, broker: Any) -> None:
         self.broker = broker
         self.moves.bind(broker)
+        self.replicated.bind(broker)
         broker.metadata.subscribe(self._on_applied)
 
     def place_queue(self, exclusive: bool) -> str:
         broker = self.broker
         return place_queue(broker.state, self.membership.live(), broker.node_id, exclusive)
+
+    def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
+        m = self.membership
+        return self.replicated.place(
+            self.broker.state, sorted(m.members), m.live(), leader, min(count, len(m.members))
+        )
+
+    def replicated_queue(self, qdef: Any) -> Any:
+        return self.replicated.handle(qdef)
 
     def remote_queue(self, qdef: Any) -> Any:
         return self.forwarding.remote_queue(qdef) if self.forwarding is not None else None
@@ -131,6 +146,7 @@ class ClusterNode:
 
     def recovered(self) -> None:
         self.moves.recovered()
+        self.replicated.start()
 
     async def wait_handovers(self, timeout: float) -> bool:
         if self.moves.handovers:
@@ -160,7 +176,9 @@ class ClusterNode:
             secret=self.secret,
             moves=self.moves,
             batch_messages=batch_messages,
+            servicers=[self.replicated.servicer],
         )
+        self.replicated.forwarding = self.forwarding
         self.moves.forwarding = self.forwarding
         self.membership.peer_state = self.forwarding.peer_state
 
@@ -289,6 +307,7 @@ class ClusterNode:
         return await undrain_node(broker, self, node_id)
 
     async def detach(self) -> None:
+        await self.replicated.stop()
         if self.forwarding is not None:
             await self.forwarding.stop()
             self.forwarding = None

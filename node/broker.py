@@ -155,6 +155,10 @@ class Broker:
     def install_queue(self, qdef: QueueDef) -> QueueHandle | None:
         """Make the handle of a queue the metadata names: a LocalQueue when this node leads it
         (unless recover() will), else the cluster's handle of the queue on its leader."""
+        if qdef.replicated:
+            if self.defer_local_queues:
+                return None  # recover() sets it up
+            return self._register(self.cluster.replicated_queue(qdef))
         if qdef.leader == self.node_id:
             return None if self.defer_local_queues else self._create_queue(qdef)
         q = self.cluster.remote_queue(qdef)
@@ -162,7 +166,14 @@ class Broker:
             self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
         return q
 
-    def _create_queue(self, qdef: QueueDef) -> LocalQueue:
+    def _register(self, q: QueueHandle | None) -> QueueHandle | None:
+        if q is not None:
+            self.queues.setdefault(q.vhost, {})[q.name] = q
+        return q
+
+    def _create_queue(self, qdef: QueueDef, store: Any = None) -> LocalQueue:
+        """This node's LocalQueue of `qdef`, with the node's store and memory budget, or with
+        `store` (a replicated queue's replica log) and everything in memory."""
         q = LocalQueue(
             qdef.vhost,
             qdef.name,
@@ -170,8 +181,8 @@ class Broker:
             qdef.exclusive_owner,
             qdef.auto_delete,
             qdef.arguments,
-            store=self.store,
-            budget=self.budget,
+            store=store if store is not None else self.store,
+            budget=self.budget if store is None else None,
             options=self.queue_options(qdef.vhost, qdef.name, qdef.arguments),
             leader=self.node_id,
         )
@@ -181,9 +192,28 @@ class Broker:
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
         return q
 
-    def place_queue(self, exclusive: bool) -> str:
-        """The node that leads a new queue (the proposer decides; the command carries it)."""
-        return self.cluster.place_queue(exclusive)
+    def declare_queue(
+        self,
+        vhost: str,
+        name: str,
+        durable: bool = False,
+        exclusive_owner: str | None = None,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> cmds.DeclareQueue:
+        """The command declaring a queue, with what the proposer decides: the node that leads
+        it and, for a replicated (quorum) queue, its replicas and incarnation id."""
+        args = dict(arguments or {})
+        leader = self.cluster.place_queue(exclusive_owner is not None)
+        replicas: tuple[str, ...] = ()
+        incarnation = ""
+        if replicated_type(args, durable, exclusive_owner, auto_delete):
+            replicas = self.cluster.place_replicas(leader, replica_count(args))
+            if replicas:
+                incarnation = secrets.token_hex(8)
+        return cmds.DeclareQueue(
+            vhost, name, durable, exclusive_owner, auto_delete, args, leader, replicas, incarnation
+        )
 
     def queue_options(self, vhost: str, name: str, arguments: dict[str, Any]) -> QueueOptions:
         vh = self.state.vhosts.get(vhost)
@@ -266,6 +296,11 @@ class Broker:
                     total += count
             for name, qdef in vh.queues.items():
                 if name in self.queues[vhost]:
+                    continue
+                if qdef.replicated:
+                    if self.node_id in qdef.replicas:
+                        keep.add((vhost, name))
+                    self._register(self.cluster.replicated_queue(qdef))
                     continue
                 if qdef.leader != self.node_id:
                     self.install_queue(qdef)
@@ -517,6 +552,28 @@ class Broker:
         log.warning("memory alarm %s", "raised: blocking publishers" if raised else "cleared")
         for listener in list(self.alarm_listeners):
             listener(raised)
+
+
+def replicated_type(
+    arguments: dict[str, Any], durable: bool, exclusive_owner: str | None, auto_delete: bool
+) -> bool:
+    """A queue that gets replicas: `x-queue-type: quorum`, durable, neither exclusive nor
+    auto-delete (RabbitMQ refuses those properties for quorum queues; here they keep the
+    queue a single copy)."""
+    qtype = arguments.get("x-queue-type")
+    if isinstance(qtype, bytes):
+        qtype = qtype.decode("utf-8", "replace")
+    return qtype == "quorum" and durable and exclusive_owner is None and not auto_delete
+
+
+def replica_count(arguments: dict[str, Any]) -> int:
+    """x-quorum-initial-group-size, else 3 (as RabbitMQ)."""
+    size = arguments.get("x-quorum-initial-group-size")
+    try:
+        n = int(size) if size is not None and not isinstance(size, bool) else 3
+    except (TypeError, ValueError):
+        n = 3
+    return max(1, n)
 
 
 def _ignore_result(fut: asyncio.Future) -> None:

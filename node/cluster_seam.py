@@ -30,6 +30,14 @@ class ClusterSeam(Protocol):
     def place_queue(self, exclusive: bool) -> str:
         """The node that leads a new queue (exclusive ones stay with their connection)."""
 
+    def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
+        """The nodes holding a new replicated queue's replicas, `leader` first (empty: this
+        cluster does not replicate; the queue is a single copy)."""
+
+    def replicated_queue(self, qdef: QueueDef) -> QueueHandle | None:
+        """The handle of a replicated queue (this node's replica when it leads it, else the
+        leader's), after setting up this node's replica of it if it holds one."""
+
     def remote_queue(self, qdef: QueueDef) -> QueueHandle | None:
         """The handle of a queue another node leads (None: that node cannot be reached yet)."""
 
@@ -58,6 +66,12 @@ class LoneNode:
 
     def place_queue(self, exclusive: bool) -> str:
         return self.node_id
+
+    def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
+        return ()
+
+    def replicated_queue(self, qdef: QueueDef) -> QueueHandle | None:
+        return None
 
     def remote_queue(self, qdef: QueueDef) -> QueueHandle | None:
         return None

@@ -70,6 +70,9 @@ class RemoteQueue:
         # Deliveries held by consumers here, by queue seq: (subscription or None for a get, msg).
         self.outstanding: dict[int, tuple[_Subscription | None, Message]] = {}
         self._peer: Any = None
+        # A replicated queue: its consumers outlive its leader (see peer_down).
+        self.replicated = False
+        self._waiting: list[Any] = []
         self._attach()
 
     # -- the peer -------------------------------------------------------------------------------
@@ -101,13 +104,17 @@ class RemoteQueue:
         return fut
 
     def peer_down(self, peer: Any) -> None:
-        """The leader went away: cancel every consumer, as RabbitMQ does."""
+        """The leader went away: cancel every consumer, as RabbitMQ does for a classic queue. A
+        replicated queue's consumers wait instead for the new leader (`detach_consumers`)."""
         reason = f"node '{self.leader}' is down"
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
             sub.close()
-            sub.consumer.cancelled(self, reason)
+            if self.replicated:
+                self._waiting.append(sub.consumer)
+            else:
+                sub.consumer.cancelled(self, reason)
         self.outstanding.clear()
         self.unacked = 0
         self.congested = False
@@ -142,6 +149,9 @@ class RemoteQueue:
 
     def subscribe(self, consumer: Any) -> None:
         peer = self._live_peer()
+        if peer is None and self.replicated and not self.deleted:
+            self._waiting.append(consumer)  # until the new leader is known
+            return
         if peer is None or self.deleted:
             reason = f"node '{self.leader}' is down" if not self.deleted else "queue deleted"
             asyncio.get_running_loop().call_soon(consumer.cancelled, self, reason)
@@ -154,6 +164,8 @@ class RemoteQueue:
         sub = self._subs.pop(id(consumer), None)
         if sub is not None:
             sub.cancel()
+        elif consumer in self._waiting:
+            self._waiting.remove(consumer)
 
     def kick(self) -> None:
         for sub in list(self._subs.values()):
@@ -259,6 +271,24 @@ class RemoteQueue:
         """Policies apply on the leader (which applies the same metadata)."""
 
     # -- deletion -------------------------------------------------------------------------------
+
+    def detach_consumers(self) -> list[Any]:
+        """A replicated queue has a new leader: give up the consumers (their streams close, the
+        old leader releases what they held) without cancelling them."""
+        self.deleted = True
+        consumers = list(self._waiting)
+        self._waiting.clear()
+        subs = list(self._subs.values())
+        self._subs.clear()
+        for sub in subs:
+            sub.close()
+            if sub.active:
+                consumers.append(sub.consumer)
+        self.outstanding.clear()
+        self.unacked = 0
+        if self._peer is not None:
+            self._peer.queues.discard(self)
+        return consumers
 
     def delete(self, reason: str) -> int:
         """The queue was deleted or moved (metadata): cancel the consumers here, close their

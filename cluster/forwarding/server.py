@@ -96,6 +96,8 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
         self._token = auth_token(secret)
         self.counters = ServerCounters()
         self._server: grpc.aio.Server | None = None
+        # Other services served on the same port (cluster.replication's), each with register().
+        self.extra: list[Any] = []
         # Unsettled basic.get deliveries per calling node: (vhost, queue, seq) -> (queue, msg).
         self._gets: dict[str, dict[tuple[str, str, int], tuple[Any, Message]]] = defaultdict(dict)
         self._sessions: dict[str, int] = defaultdict(int)  # open Publish streams per node
@@ -107,6 +109,8 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
         """Listen on host:port (0 = any free port); returns the port."""
         server = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_ForwardingServicer_to_server(self, server)
+        for servicer in self.extra:
+            servicer.register(server)
         host = f"[{bind_host}]" if ":" in bind_host and not bind_host.startswith("[") else bind_host
         bound = server.add_insecure_port(f"{host}:{port}")
         if not bound:

@@ -112,11 +112,14 @@ async def start_forwarding(
     secret: str | bytes | None = None,
     batch_messages: int | None = None,
     moves: Any = None,
+    servicers: list[Any] = (),  # type: ignore[assignment]
 ) -> Forwarding:
     """Serve this node's queues to the others on `cluster_port` (0: a free port, see `.port`)
     and connect to `peers` ({node id: "host:port"}; this node's own entry is skipped). `moves`
     (cluster.queue_moves.QueueMoves) answers the other nodes' purges of queues it hands over."""
     fw = Forwarding(broker, node_id, secret, batch_messages, moves)
+    # Other services on the same port and authentication: make(caller) -> a servicer.
+    fw.server.extra = [make(fw.server._caller) for make in servicers]
     fw.port = await fw.server.start(bind_host, cluster_port)
     for peer_id, address in peers.items():
         fw.add_peer(peer_id, address)

@@ -48,12 +48,34 @@ class ReplicaLog:
         return self.last_epoch, self.end
 
     def epoch_at(self, offset: int) -> int:
-        """The epoch of the entry at `offset` (0 for none: before the log's first entry)."""
-        if offset < self.start:
+        """The epoch of the entry at `offset` (0 for none: before the log's first entry). Below
+        `start` (compacted away) the epoch history still answers."""
+        if offset < 0:
             return 0
         if offset >= self.end:
             raise LogError(f"no entry at {offset}: the log ends at {self.end}")
-        return self.entries[offset - self.start].epoch
+        if offset >= self.start:
+            return self.entries[offset - self.start].epoch
+        epoch = 0
+        for e, first in self.epochs:
+            if first > offset:
+                break
+            epoch = e
+        return epoch
+
+    def compact(self, offset: int) -> None:
+        """Forget the entries before `offset` (applied to the queue's state, held by every
+        replica or given up on); the epoch history stays, truncation still goes by it."""
+        offset = min(offset, self.end)
+        if offset > self.start:
+            del self.entries[: offset - self.start]
+            self.start = offset
+
+    def reset(self, start: int, epochs: list[tuple[int, int]]) -> None:
+        """Empty, continuing at `start` with the given epoch history (a snapshot's)."""
+        self.entries = []
+        self.start = start
+        self.epochs = [tuple(e) for e in epochs if e[1] <= start]  # type: ignore[misc]
 
     def append(self, epoch: int, data: bytes) -> Entry:
         if epoch < self.last_epoch:
@@ -91,6 +113,8 @@ class ReplicaLog:
         if offset >= self.end:
             return 0
         if offset < self.start:
+            # Entries before `start` were applied: only committed entries are, and a committed
+            # entry never diverges. Reaching here means this copy cannot be trusted.
             raise LogError(f"cannot truncate to {offset}, before the log's start {self.start}")
         dropped = self.end - offset
         del self.entries[offset - self.start :]

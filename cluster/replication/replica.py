@@ -61,6 +61,9 @@ class FetchReply:
     entries: tuple[Entry, ...] = ()
     commit: int = 0
     diverging: Diverging | None = None
+    # The follower's offset is before the leader's log start (compacted): it needs a snapshot of
+    # the queue's state, then fetches on from the snapshot's offset.
+    snapshot: bool = False
 
 
 class Replica:
@@ -83,8 +86,10 @@ class Replica:
     # -- roles (the controller's decisions) -----------------------------------------------------
 
     def become_leader(self, epoch: int, replicas: Iterable[str]) -> bool:
-        """Lead from `epoch` on (False: a stale decision, ignored). Writes the epoch's marker."""
-        if epoch <= self.epoch:
+        """Lead from `epoch` on (False: a stale decision, ignored). Writes the epoch's marker.
+        `epoch` may equal the one this replica has seen: the controller fences the replicas at
+        an election's epoch (`fence`) before it names the leader of that epoch."""
+        if epoch < self.epoch or (epoch == self.epoch and self.role == "leader"):
             return False
         self.epoch = epoch
         self.role = "leader"
@@ -106,6 +111,17 @@ class Replica:
         self.parked = {}
         self.match = {}
         return True
+
+    def fence(self, epoch: int) -> None:
+        """An election for `epoch` is under way: from now on this replica neither follows nor
+        acknowledges a leader of an older epoch (its fetches carry `epoch`, which deposes that
+        leader), so nothing can commit behind the controller's back while it chooses."""
+        if epoch > self.epoch:
+            self.epoch = epoch
+            if self.role == "leader":
+                self.deposed = True
+            self.role = "follower"
+            self.leader = None
 
     @property
     def leads(self) -> bool:
@@ -141,6 +157,8 @@ class Replica:
         if not self.leads or fetch.replica not in self.match:
             return None
         log = self.log
+        if fetch.offset < log.start:
+            return FetchReply(self.epoch, fetch.replica, snapshot=True)
         if fetch.offset > log.end or (
             fetch.offset > log.start and log.epoch_at(fetch.offset - 1) != fetch.last_epoch
         ):
@@ -175,6 +193,13 @@ class Replica:
                     out.append(reply)
         return out
 
+    def compact_floor(self) -> int:
+        """The offset before which no replica needs entries any more (leader: what every
+        follower holds; a follower never serves fetches)."""
+        if self.role != "leader":
+            return self.commit
+        return min([self.commit, *self.match.values()])
+
     def _advance_commit(self) -> None:
         held = sorted([self.flushed_to, *self.match.values()], reverse=True)
         majority = len(self.replicas) // 2 + 1
@@ -184,6 +209,16 @@ class Replica:
             self.commit = candidate
 
     # -- follower -------------------------------------------------------------------------------
+
+    def position(self) -> tuple[int, int]:
+        """(last epoch, end offset) of what is durable here: what an election compares."""
+        return self.log.epoch_at(self.flushed_to - 1), self.flushed_to
+
+    def restore(self, start: int, epochs: list[tuple[int, int]]) -> None:
+        """The queue's state was replaced by a snapshot taken at `start`: the log continues
+        there (follower only)."""
+        self.log.reset(start, epochs)
+        self.flushed_to = self.commit = start
 
     def fetch(self) -> Fetch:
         """What to ask the leader next: everything after what is durable here."""
@@ -197,6 +232,8 @@ class Replica:
             return []  # a deposed leader's answer: fenced
         if reply.epoch > self.epoch:
             self.epoch = reply.epoch
+        if reply.snapshot:
+            return []  # the caller fetches a snapshot (cluster.replication.member)
         if reply.diverging is not None:
             # Where the leader's epoch ends there, or where that epoch ends here if this log
             # went on into an epoch the leader never had (KIP-279): else the same fetch would

@@ -177,14 +177,8 @@ class DeclareMixin(ChannelCore):
         qdef = state.queue(self.vhost, name)
         if qdef is not None:
             self._check_exclusive(qdef)
-        cmd = cmds.DeclareQueue(
-            self.vhost,
-            name,
-            m.durable,
-            self.conn.id if m.exclusive else None,
-            m.auto_delete,
-            args,
-            self.broker.place_queue(m.exclusive),
+        cmd = self.broker.declare_queue(
+            self.vhost, name, m.durable, self.conn.id if m.exclusive else None, m.auto_delete, args
         )
 
         def done(result: Any) -> None:

@@ -228,7 +228,7 @@ class Session:
         except MetadataError as e:
             self._refuse(a, "amqp:unauthorized-access", e.text)
             return
-        cmd = cmds.DeclareQueue(vhost, name, True, leader=self.broker.place_queue(False))
+        cmd = self.broker.declare_queue(vhost, name, True)
 
         def declared(fut: Any) -> None:
             error = fut.exception() if not fut.cancelled() else MetadataError(541, "cancelled")
@@ -265,9 +265,7 @@ class Session:
             self._refuse(a, "amqp:unauthorized-access", e.text)
             return
         name = generate_queue_name()
-        declare = cmds.DeclareQueue(
-            vhost, name, False, self.conn.id, True, leader=broker.place_queue(True)
-        )
+        declare = broker.declare_queue(vhost, name, False, self.conn.id, True)
         bind = cmds.Bind(vhost, exchange, "q", name, key)
 
         def failed(fut: Any) -> bool:

@@ -197,7 +197,10 @@ class LocalQueue:
         self.congested = False
         self._blocked: set[FlowControlled] = set()
         # Persistence and paging (node.store.SQLiteStore); None keeps everything in memory.
+        # A replicated queue's store is its replica's log (cluster.replication), which keeps
+        # every message, persistent or not (as RabbitMQ's quorum queues do).
         self.store = store
+        self.store_all = bool(getattr(store, "keeps_every_message", False))
         self.qid = store.queue_id(vhost, name, durable) if store is not None else 0
         self.budget = budget
         self._paged = 0  # messages only in the store, all younger than anything in memory
@@ -250,7 +253,7 @@ class LocalQueue:
         store = self.store
         if self._features or (msg.props_raw and msg.props_raw[0] & 1):  # 0x0100: expiration
             self._set_expiry(msg)
-        if store is not None and self.durable and msg.persistent:
+        if store is not None and (self.store_all or (self.durable and msg.persistent)):
             epoch = store.append(
                 self.qid, seq, False, msg.route_raw, msg.props_raw, msg.body, msg.expires
             )
@@ -762,6 +765,19 @@ class LocalQueue:
         self.congested = True
         self._check_flow()
         return ready, self._cursor, paged, consumers
+
+    def detach_consumers(self) -> list[Consumer]:
+        """Another copy of this queue takes over (a replicated queue's new leader): give up
+        the consumers without cancelling them, and settle nothing here from now on."""
+        consumers = list(self._consumers)
+        self._consumers.clear()
+        self._levels = None
+        self.deleted = True
+        for t in (self._expiry_timer, self._unused_timer):
+            if t is not None:
+                t.cancel()
+        self._expiry_timer = self._unused_timer = None
+        return consumers
 
     def delete(self, reason: str) -> int:
         """Mark deleted, cancel consumers, drop messages; returns the number of ready messages."""

@@ -170,7 +170,6 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
     from ..broker import hash_password
 
     out: list[Any] = []
-    leader = node.broker.node_id
 
     def vh(item: dict[str, Any]) -> str:
         return only_vhost if only_vhost is not None else str(item.get("vhost", "/"))
@@ -240,14 +239,13 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
             except DeclareError as err:
                 raise _refused("queue", name, vh(q), err.text)
             out.append(
-                cmds.DeclareQueue(
+                node.broker.declare_queue(
                     vh(q),
                     name,
                     bool(q.get("durable", True)),
                     None,
                     bool(q.get("auto_delete", False)),
                     arguments,
-                    leader,
                 )
             )
         for b in _list(body, "bindings"):

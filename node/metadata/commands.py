@@ -70,6 +70,10 @@ class DeclareQueue:
     auto_delete: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
     leader: str = ""  # node id chosen by the proposer
+    # A replicated (quorum) queue: the nodes holding a replica (the leader first) and a random
+    # id telling this queue from an earlier one of the same name. Empty: one copy, on `leader`.
+    replicas: tuple[str, ...] = ()
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,30 @@ class QueueHandedOver:
 
 
 @dataclass(frozen=True)
+class QueueElection:
+    """The controller starts choosing a new leader of a replicated queue for `epoch` (the
+    queue's epoch + 1). Every replica applies it as a fence: from then on it follows no leader
+    of an older epoch. A controller that takes over finishes an election it finds under way."""
+
+    vhost: str
+    name: str
+    incarnation: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class QueueLeader:
+    """`leader` (one of the replicas) leads the replicated queue from `epoch` on; the epoch is
+    the one of the election under way, or the queue's epoch + 1 (a leader transfer)."""
+
+    vhost: str
+    name: str
+    incarnation: str
+    epoch: int
+    leader: str
+
+
+@dataclass(frozen=True)
 class SetNodeDraining:
     """A draining node gets no new queues (placement skips it). Cleared by draining=False or by
     the node's next NodeStarted: a node that starts again is a normal member again."""
@@ -191,6 +219,8 @@ Command = (
     | NodeLeft
     | MoveQueue
     | QueueHandedOver
+    | QueueElection
+    | QueueLeader
     | SetNodeDraining
     | NodeStarted
 )

@@ -68,6 +68,16 @@ class QueueDef:
     # MoveQueues applied to the queue so far: a QueueHandedOver proposed before a later move
     # (the queue moved back to its proposer and away again) is stale and refused.
     moves: int = 0
+    # Replicated (quorum) queues (cluster/replication): the nodes with a replica, the leader's
+    # epoch, the epoch of an election under way (0: none), and the queue's incarnation id.
+    replicas: tuple[str, ...] = ()
+    epoch: int = 0
+    electing: int = 0
+    incarnation: str = ""
+
+    @property
+    def replicated(self) -> bool:
+        return bool(self.replicas)
 
 
 @dataclass
@@ -280,6 +290,9 @@ class MetadataState:
             cmd.auto_delete,
             dict(cmd.arguments),
             cmd.leader,
+            replicas=tuple(cmd.replicas),
+            epoch=1 if cmd.replicas else 0,
+            incarnation=cmd.incarnation,
         )
         return "created"
 
@@ -347,6 +360,12 @@ class MetadataState:
             raise MetadataError(
                 PRECONDITION_FAILED, f"queue '{cmd.name}' is exclusive to a connection"
             )
+        if q.replicated:
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"queue '{cmd.name}' is replicated: its leadership changes by election, "
+                "not by a move",
+            )
         if cmd.to_node == cmd.from_node:
             raise MetadataError(
                 PRECONDITION_FAILED, f"queue '{cmd.name}' is already led by '{cmd.to_node}'"
@@ -371,6 +390,38 @@ class MetadataState:
             )
         q.handing_over = tuple(n for n in q.handing_over if n != cmd.node_id)
         return "handed-over"
+
+    def _replicated(self, vhost: str, name: str, incarnation: str) -> QueueDef:
+        q = self._vhost(vhost).queues.get(name)
+        if q is None or not q.replicated or q.incarnation != incarnation:
+            raise MetadataError(
+                NOT_FOUND, f"no replicated queue '{name}' ({incarnation}) in vhost '{vhost}'"
+            )
+        return q
+
+    def _apply_QueueElection(self, cmd: c.QueueElection) -> Any:
+        q = self._replicated(cmd.vhost, cmd.name, cmd.incarnation)
+        if cmd.epoch != q.epoch + 1 or q.electing:
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"queue '{cmd.name}': no election for epoch {cmd.epoch} (epoch {q.epoch}, "
+                f"electing {q.electing})",
+            )
+        q.electing = cmd.epoch
+        return "electing"
+
+    def _apply_QueueLeader(self, cmd: c.QueueLeader) -> Any:
+        q = self._replicated(cmd.vhost, cmd.name, cmd.incarnation)
+        if cmd.epoch != q.epoch + 1 or cmd.leader not in q.replicas:
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"queue '{cmd.name}': '{cmd.leader}' cannot lead epoch {cmd.epoch} "
+                f"(epoch {q.epoch}, replicas {', '.join(q.replicas)})",
+            )
+        q.epoch = cmd.epoch
+        q.electing = 0
+        q.leader = cmd.leader
+        return "leader"
 
     def _apply_SetNodeDraining(self, cmd: c.SetNodeDraining) -> Any:
         if cmd.node_id not in self.members:

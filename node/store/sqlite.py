@@ -34,6 +34,7 @@ name back after a restart.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue as queue_mod
 import sqlite3
@@ -83,6 +84,20 @@ CREATE TABLE IF NOT EXISTS messages (
     props BLOB NOT NULL,
     body BLOB NOT NULL
 );
+-- Replicated queues (cluster/replication): the replica's place in the queue's log, and the log
+-- entries it holds durably but has not applied to `messages` yet (id packs qid and offset).
+CREATE TABLE IF NOT EXISTS replicas (
+    qid INTEGER PRIMARY KEY,
+    incarnation TEXT NOT NULL,
+    epoch INTEGER NOT NULL,    -- the highest leader epoch this replica has seen
+    applied INTEGER NOT NULL,  -- entries before this offset are applied to `messages`; -1: reset
+    epochs TEXT NOT NULL       -- JSON [[epoch, first offset], ...]: the log's epoch history
+);
+CREATE TABLE IF NOT EXISTS qlog (
+    id INTEGER PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
 """
 
 
@@ -106,7 +121,20 @@ def handover_name(stored_name: str) -> tuple[str, bool]:
 
 
 class _Batch:
-    __slots__ = ("epoch", "inserts", "deletes", "delivered", "queues", "drops", "purges", "renames")
+    __slots__ = (
+        "epoch",
+        "inserts",
+        "deletes",
+        "delivered",
+        "queues",
+        "drops",
+        "purges",
+        "renames",
+        "log_rows",
+        "log_cuts",
+        "replicas",
+        "callbacks",
+    )
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -117,10 +145,20 @@ class _Batch:
         self.drops: list[int] = []
         self.purges: list[tuple[int, int]] = []
         self.renames: list[tuple[str, int]] = []  # (new name, qid)
+        # Replicated queues: log entries to keep, qlog id ranges to drop, replica rows.
+        self.log_rows: list[tuple[int, int, bytes]] = []
+        self.log_cuts: list[tuple[int, int]] = []
+        self.replicas: dict[int, tuple] = {}
+        # Told (in the loop) whether the batch committed.
+        self.callbacks: list[Callable[[bool], None]] = []
 
     def empty(self) -> bool:
         return not (
-            self.inserts
+            self.log_rows
+            or self.log_cuts
+            or self.replicas
+            or self.callbacks
+            or self.inserts
             or self.deletes
             or self.delivered
             or self.queues
@@ -357,6 +395,68 @@ class SQLiteStore:
         batch.purges.append((qid, seq))
         self._touch()
 
+    # -- replicated queues (cluster/replication) ----------------------------------------------
+
+    def log_append(self, qid: int, offset: int, epoch: int, data: bytes) -> None:
+        self._batch.log_rows.append(((qid << SEQ_BITS) | offset, epoch, data))
+        self._touch()
+
+    def log_cut(self, qid: int, start: int, end: int | None = None) -> None:
+        """Drop the replica's log entries from `start` up to `end` (None: all after start)."""
+        hi = _hi(qid) if end is None else (qid << SEQ_BITS) | end
+        self._batch.log_cuts.append(((qid << SEQ_BITS) | start, hi))
+        self._touch()
+
+    def set_replica(
+        self, qid: int, incarnation: str, epoch: int, applied: int, epochs: Any
+    ) -> None:
+        self._batch.replicas[qid] = (qid, incarnation, epoch, applied, json.dumps(epochs))
+        self._touch()
+
+    def after_commit(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(ok)` in the loop once everything asked of the store so far is
+        committed (ok) or failed."""
+        self._batch.callbacks.append(callback)
+        self._touch()
+
+    def load_replica(self, qid: int) -> tuple[tuple | None, list[tuple[int, int, bytes]]]:
+        """At start: (incarnation, epoch, applied, epochs) of a replica (None: none here) and
+        its unapplied log entries as (offset, epoch, data)."""
+        row = self._reader.execute(
+            "SELECT incarnation, epoch, applied, epochs FROM replicas WHERE qid = ?", (qid,)
+        ).fetchone()
+        if row is None:
+            return None, []
+        entries = self._reader.execute(
+            "SELECT id, epoch, data FROM qlog WHERE id >= ? AND id < ? ORDER BY id",
+            (_lo(qid), _hi(qid)),
+        ).fetchall()
+        meta = (row[0], row[1], row[2], json.loads(row[3]))
+        return meta, [(i & SEQ_MASK, e, d) for i, e, d in entries]
+
+    def delivered_mark(self, qid: int) -> int:
+        """At start: the queue's delivered mark."""
+        row = self._reader.execute("SELECT delivered FROM queues WHERE qid = ?", (qid,)).fetchone()
+        return row[0] if row else 0
+
+    def read_queue(
+        self, qid: int, after_seq: int, limit: int, callback: Callable[[list, int], None]
+    ) -> None:
+        """Like page_in, and the queue's delivered mark with the rows: (rows, delivered)."""
+        result: list = []
+
+        def rows(r: list) -> None:
+            result.append(_seqs(r))
+
+        self.page_in(qid, after_seq, limit, rows)
+        self._inbox.put(
+            _Read(
+                "SELECT delivered FROM queues WHERE qid = ?",
+                (qid,),
+                lambda r: callback(result[0], r[0][0] if r else 0),
+            )
+        )
+
     def page_in(
         self, qid: int, after_seq: int, limit: int, callback: Callable[[list], None]
     ) -> None:
@@ -395,8 +495,19 @@ class SQLiteStore:
         self._batch = _Batch(0)
         self._inbox.put(batch)
 
-    def _on_commit(self, epochs: list[int], failed: list[_Batch], error: str | None) -> None:
+    def _on_commit(
+        self,
+        epochs: list[int],
+        failed: list[_Batch],
+        error: str | None,
+        callbacks: list[Callable[[bool], None]] = (),  # type: ignore[assignment]
+    ) -> None:
         """In the loop: the batches holding these ledger tokens are committed (or all failed)."""
+        for cb in callbacks:
+            try:
+                cb(not failed)
+            except Exception:  # noqa: BLE001 - one replica's bug must not stop the store
+                log.exception("store commit callback failed")
         if failed:
             # Deletes, delivery marks and queue drops are retried: acked messages must not return.
             retry = self._batch
@@ -467,11 +578,14 @@ class SQLiteStore:
                 [b.epoch for b in batches if b.epoch],
                 batches if error else [],
                 error,
+                [cb for b in batches for cb in b.callbacks],
             )
         conn.close()
 
     def _write(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
-        if len(batches) > 1 and not any(b.drops or b.purges or b.renames for b in batches):
+        if len(batches) > 1 and not any(
+            b.drops or b.purges or b.renames or b.log_cuts for b in batches
+        ):
             batches = [_merge(batches)]
         started = time.perf_counter()
         conn.execute("BEGIN")
@@ -483,6 +597,8 @@ class SQLiteStore:
             for qid in b.drops:
                 conn.execute("DELETE FROM messages WHERE id >= ? AND id < ?", (_lo(qid), _hi(qid)))
                 conn.execute("DELETE FROM queues WHERE qid = ?", (qid,))
+                conn.execute("DELETE FROM qlog WHERE id >= ? AND id < ?", (_lo(qid), _hi(qid)))
+                conn.execute("DELETE FROM replicas WHERE qid = ?", (qid,))
             if b.queues:
                 # REPLACE: a queue deleted and declared again under the same name gets a new qid.
                 conn.executemany(
@@ -508,6 +624,17 @@ class SQLiteStore:
                     "DELETE FROM messages WHERE id > ? AND id < ?",
                     [(_lo(qid) | seq, _hi(qid)) for qid, seq in b.purges],
                 )
+            if b.log_cuts:
+                conn.executemany("DELETE FROM qlog WHERE id >= ? AND id < ?", b.log_cuts)
+            if b.log_rows:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO qlog (id, epoch, data) VALUES (?, ?, ?)", b.log_rows
+                )
+            if b.replicas:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO replicas (qid, incarnation, epoch, applied, epochs) VALUES (?, ?, ?, ?, ?)",
+                    b.replicas.values(),
+                )
         conn.execute("COMMIT")
         self.commits += 1
         self.committed_rows += rows
@@ -522,6 +649,8 @@ def _merge(batches: list[_Batch]) -> _Batch:
     inserts = out.inserts
     for b in batches:
         out.queues.extend(b.queues)
+        out.log_rows.extend(b.log_rows)
+        out.replicas.update(b.replicas)
         inserts.update(b.inserts)
         for key in b.deletes:
             if inserts.pop(key[0], None) is None:

@@ -3,6 +3,7 @@ directory written then loads, and old and new nodes read each other's log during
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import pickletools
 from pathlib import Path
@@ -72,6 +73,10 @@ def canonical(value: Any, depth: int = 0) -> Any:
         return sorted(repr(canonical(v, depth + 1)) for v in value)
     if isinstance(value, (list, tuple)):
         return [canonical(v, depth + 1) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Every field, also one added since the pickle was written (read as its default).
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return [type(value).__qualname__, canonical(fields, depth + 1)]
     if hasattr(value, "__dict__") or hasattr(type(value), "__slots__"):
         fields = dict(getattr(value, "__dict__", {}))
         for cls in type(value).__mro__:

@@ -48,14 +48,13 @@ class QueuesApi(ApiBase):
         with _declare_refused():
             check_queue_declare(vhost, name, args)
         result = await self._propose(
-            cmds.DeclareQueue(
+            self.broker.declare_queue(
                 vhost,
                 name,
                 _bool(body, "durable", True),
                 None,
                 _bool(body, "auto_delete", False),
                 args,
-                self.broker.place_queue(False),
             )
         )
         return web.Response(status=201 if result == "created" else 204)

@@ -1,0 +1,228 @@
+"""Replicated queues on this node: the replicas it holds, the broker's handles of the queues,
+and what the metadata's replication commands mean here.
+
+Theory of operation. The metadata names, per replicated queue, its replicas, its leader and the
+leader's epoch (node/metadata/state.py). Every node applies the same commands:
+- DeclareQueue: each replica opens (member.py); the leader leads epoch 1, the others follow it.
+- QueueElection (the controller starts choosing a new leader, controller.py): every replica
+  fences itself at the election's epoch at once.
+- QueueLeader: the named replica leads the epoch, loads the queue's state (its rows and its
+  log's unapplied suffix) into a LocalQueue, and the broker's handle of the queue becomes that
+  LocalQueue there and a RemoteQueue for the new leader elsewhere. Consumers of the old handle
+  move to the new one without being cancelled; what they held unsettled comes again,
+  redelivered.
+- DeleteQueue: the replicas drop their data.
+
+A node that (re)starts never leads again in the epoch it led before it stopped: followers may
+hold entries it sent and never made durable, and would take different entries of the same
+epoch at the same offsets for the same ones. It asks for an election instead (only a queue with
+a single replica, which has no one to disagree with, carries on at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from merpati.node.metadata import commands as cmds
+from merpati.node.metadata.state import MetadataError, QueueDef
+
+from .controller import Controller
+from .links import ReplicaLinks, ReplicationServicer
+from .member import QueueReplica
+
+if TYPE_CHECKING:
+    from merpati.node.broker import Broker
+
+log = logging.getLogger("merpati.replication")
+
+
+class ReplicatedQueues:
+    def __init__(self, node_id: str, live: Any, is_controller: Any) -> None:
+        self.node_id = node_id
+        self.broker: Broker | None = None
+        self.forwarding: Any = None
+        self.links = ReplicaLinks(node_id, self._peer)
+        self.controller = Controller(self, live, is_controller)
+        self._proposals: set[asyncio.Task] = set()
+
+    def _peer(self, node: str) -> Any:
+        fw = self.forwarding
+        return fw.peer(node) if fw is not None else None
+
+    def bind(self, broker: Broker) -> None:
+        self.broker = broker
+        broker.metadata.subscribe(self._on_applied)
+
+    def servicer(self, caller: Any) -> ReplicationServicer:
+        return ReplicationServicer(self.links, caller)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    async def stop(self) -> None:
+        await self.controller.stop()
+        for member in list(self.links.members.values()):
+            member.close(drop=False)
+        await self.links.close()
+        for task in list(self._proposals):
+            task.cancel()
+
+    # -- placement --------------------------------------------------------------------------------
+
+    @staticmethod
+    def place(state: Any, members: list[str], live: set[str], leader: str, count: int) -> tuple:
+        """`leader` and count - 1 other members (live ones first, holding the fewest replicas)."""
+        held = dict.fromkeys(members, 0)
+        for vh in state.vhosts.values():
+            for q in vh.queues.values():
+                for r in q.replicas:
+                    if r in held:
+                        held[r] += 1
+        others = sorted(
+            (m for m in members if m != leader), key=lambda m: (m not in live, held[m], m)
+        )
+        return (leader, *others[: max(0, count - 1)])
+
+    # -- the broker's handles ---------------------------------------------------------------------
+
+    def handle(self, qdef: QueueDef) -> Any:
+        """The broker's handle of a replicated queue (see ClusterSeam.replicated_queue)."""
+        broker = self.broker
+        assert broker is not None
+        member = self._member(qdef)
+        if qdef.leader == self.node_id and member is not None:
+            restart = not broker.recovered
+            if restart and len(qdef.replicas) > 1:
+                # Not the same epoch again (module docstring): ask for an election; the queue
+                # waits for it (publishes are refused, consumers wait).
+                self._propose(
+                    cmds.QueueElection(qdef.vhost, qdef.name, qdef.incarnation, qdef.epoch + 1)
+                )
+                return self._remote(qdef)
+            if member.lead(qdef.epoch) or member.replica.leads:
+                return self._local(qdef, member, sync=True)
+            return self._remote(qdef)
+        if member is not None and qdef.leader != self.node_id:
+            member.follow(qdef.epoch, qdef.leader)
+        return self._remote(qdef)
+
+    def _member(self, qdef: QueueDef) -> QueueReplica | None:
+        if self.node_id not in qdef.replicas:
+            return None
+        key = (qdef.vhost, qdef.name, qdef.incarnation)
+        member = self.links.member(key)
+        if member is None:
+            broker = self.broker
+            assert broker is not None
+            member = QueueReplica(self.links, qdef, self.node_id, broker.store, broker.store.ledger)
+            member.open(max(qdef.epoch, qdef.electing))
+            self.links.add(member)
+        return member
+
+    def _local(self, qdef: QueueDef, member: QueueReplica, sync: bool) -> Any:
+        """The LocalQueue of a replica that now leads, filled from its state."""
+        broker = self.broker
+        assert broker is not None
+        store = member.leader_store()
+        q = broker._create_queue(qdef, store=store)
+        generation = member.generation
+
+        def loaded(rows: list[tuple], delivered: int, max_seq: int) -> None:
+            if generation != member.generation or q.deleted:
+                return
+            size = sum(len(r[4]) for r in rows)
+            q.recover(rows, len(rows), max_seq, delivered, size)
+            log.info(
+                "queue '%s' in vhost '%s': leading epoch %d with %d messages",
+                qdef.name,
+                qdef.vhost,
+                member.replica.epoch,
+                len(rows),
+            )
+
+        member.load_rows(loaded, sync)
+        return q
+
+    def _remote(self, qdef: QueueDef) -> Any:
+        fw = self.forwarding
+        if fw is None:
+            return None
+        q = fw.remote_queue(qdef)
+        q.replicated = True
+        return q
+
+    # -- applied commands -------------------------------------------------------------------------
+
+    def _on_applied(self, cmd: Any, result: Any) -> None:
+        if isinstance(result, MetadataError):
+            return
+        broker = self.broker
+        assert broker is not None
+        if isinstance(cmd, cmds.QueueElection):
+            member = self.links.member((cmd.vhost, cmd.name, cmd.incarnation))
+            if member is not None:
+                member.fence(cmd.epoch)
+        elif isinstance(cmd, cmds.QueueLeader):
+            if broker.recovered:
+                self._new_leader(cmd)
+        elif isinstance(cmd, cmds.DeleteQueue):
+            self._close(cmd.vhost, cmd.name)
+        elif isinstance(cmd, cmds.DeleteVhost):
+            self._close(cmd.name, None)
+
+    def _new_leader(self, cmd: cmds.QueueLeader) -> None:
+        broker = self.broker
+        assert broker is not None
+        qdef = broker.state.queue(cmd.vhost, cmd.name)
+        if qdef is None:
+            return
+        old = broker.queues.get(cmd.vhost, {}).get(cmd.name)
+        member = self._member(qdef)
+        if cmd.leader == self.node_id and member is not None:
+            if not member.lead(cmd.epoch):
+                return
+            new = self._local(qdef, member, sync=False)
+        else:
+            if member is not None:
+                member.follow(cmd.epoch, cmd.leader)
+            new = self._remote(qdef)
+        log.info(
+            "queue '%s' in vhost '%s': node %s leads epoch %d",
+            cmd.name,
+            cmd.vhost,
+            cmd.leader,
+            cmd.epoch,
+        )
+        if new is None:
+            return
+        broker._register(new)
+        consumers = old.detach_consumers() if old is not None and old is not new else []
+        for c in consumers:
+            c.queue = new
+            new.subscribe(c)
+
+    def _close(self, vhost: str, name: str | None) -> None:
+        for key, member in list(self.links.members.items()):
+            if key[0] == vhost and (name is None or key[1] == name):
+                member.close(drop=True)
+
+    def _propose(self, cmd: Any) -> None:
+        broker = self.broker
+        assert broker is not None
+
+        async def run() -> None:
+            for _ in range(60):
+                try:
+                    await broker.propose(cmd)
+                    return
+                except MetadataError:
+                    return  # applied with a verdict (already electing, or gone)
+                except Exception as e:  # noqa: BLE001 - no Raft leader yet
+                    log.debug("%s not committed yet: %s", type(cmd).__name__, e)
+                    await asyncio.sleep(1.0)
+
+        task = asyncio.ensure_future(run())
+        self._proposals.add(task)
+        task.add_done_callback(self._proposals.discard)
