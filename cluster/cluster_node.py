@@ -135,6 +135,9 @@ class ClusterNode:
     def replicated_queue(self, qdef: Any) -> Any:
         return self.replicated.handle(qdef)
 
+    def replica_status(self, vhost: str, name: str) -> dict[str, Any] | None:
+        return self.replicated.status(vhost, name)
+
     def remote_queue(self, qdef: Any) -> Any:
         return self.forwarding.remote_queue(qdef) if self.forwarding is not None else None
 

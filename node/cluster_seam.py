@@ -12,7 +12,7 @@ before it applies any metadata, so the cluster side can subscribe to the same ap
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -37,6 +37,9 @@ class ClusterSeam(Protocol):
     def replicated_queue(self, qdef: QueueDef) -> QueueHandle | None:
         """The handle of a replicated queue (this node's replica when it leads it, else the
         leader's), after setting up this node's replica of it if it holds one."""
+
+    def replica_status(self, vhost: str, name: str) -> dict[str, Any] | None:
+        """This node's replica of a replicated queue, for operators (None: it holds none)."""
 
     def remote_queue(self, qdef: QueueDef) -> QueueHandle | None:
         """The handle of a queue another node leads (None: that node cannot be reached yet)."""
@@ -71,6 +74,9 @@ class LoneNode:
         return ()
 
     def replicated_queue(self, qdef: QueueDef) -> QueueHandle | None:
+        return None
+
+    def replica_status(self, vhost: str, name: str) -> dict[str, Any] | None:
         return None
 
     def remote_queue(self, qdef: QueueDef) -> QueueHandle | None:

@@ -123,6 +123,26 @@ class QueueReplica:
     def key(self) -> tuple[str, str, str]:
         return self.vhost, self.name, self.incarnation
 
+    def status(self) -> dict[str, Any]:
+        """This replica as operators see it (the leader also knows how far each follower is)."""
+        r = self.replica
+        out: dict[str, Any] = {
+            "role": "leader" if r.leads else r.role,
+            "epoch": r.epoch,
+            "leader": r.leader,
+            "log_end": r.log.end,
+            "durable": r.flushed_to,
+            "commit": r.commit,
+            "applied": self.applied,
+            "snapshotting": self.snapshotting,
+        }
+        if r.leads:
+            out["followers"] = {
+                name: {"durable": match, "lag": max(0, r.log.end - match)}
+                for name, match in sorted(r.match.items())
+            }
+        return out
+
     # -- opening --------------------------------------------------------------------------------
 
     def open(self, min_epoch: int = 0) -> None:

@@ -153,6 +153,12 @@ class ReplicatedQueues:
         q.replicated = True
         return q
 
+    def status(self, vhost: str, name: str) -> dict[str, Any] | None:
+        for key, member in self.links.members.items():
+            if key[0] == vhost and key[1] == name:
+                return member.status()
+        return None
+
     # -- applied commands -------------------------------------------------------------------------
 
     def _on_applied(self, cmd: Any, result: Any) -> None:

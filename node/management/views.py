@@ -41,6 +41,11 @@ def jsonable(value: Any) -> Any:
 # -- queues -----------------------------------------------------------------------------------
 
 
+def live_nodes(node: Node) -> set[str]:
+    cluster = getattr(node, "cluster", None)
+    return cluster.membership.live() if cluster is not None else {node.node_id}
+
+
 async def queue_figures(q: Any) -> tuple[int, int, int]:
     """(ready, unacked, consumers) of a queue handle, as its leader answers."""
     if q is None:
@@ -74,7 +79,13 @@ async def queue_json(node: Node, vhost: str, qdef: Any) -> dict[str, Any]:
         "arguments": jsonable(args),
         "node": qdef.leader,
         "leader": qdef.leader,
-        "members": [qdef.leader],
+        # RabbitMQ's fields for a quorum queue: its replicas, and those reachable from here.
+        "members": list(qdef.replicas) or [qdef.leader],
+        "online": [m for m in (qdef.replicas or (qdef.leader,)) if m in live_nodes(node)],
+        # Merpati's: the leader's epoch, and this node's replica (the leader's shows each
+        # follower's lag).
+        "epoch": qdef.epoch,
+        "replica": broker.cluster.replica_status(vhost, qdef.name),
         # Former leaders still handing their messages over after a move (drain, rebalance).
         "handing_over": list(qdef.handing_over),
         "state": "running",

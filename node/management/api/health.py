@@ -24,9 +24,9 @@ class HealthApi(ApiBase):
         return json_response({"status": "ok"})
 
     async def health_quorum_critical(self, request: web.Request) -> web.Response:
-        """Critical: stopping this node would leave the metadata (Raft) without a majority.
-        Queues are not replicated yet, so the metadata is the only quorum there is; a single
-        node has none to lose, and RabbitMQ answers ok there too."""
+        """Critical: stopping this node would leave the metadata (Raft), or a quorum queue with
+        a replica here, without a majority of its members running. A single node has none to
+        lose, and RabbitMQ answers ok there too."""
         plan = getattr(self.node, "cluster", None)
         if plan is None or not plan.clustered:
             return json_response({"status": "ok"})
@@ -39,6 +39,24 @@ class HealthApi(ApiBase):
                     "status": "failed",
                     "reason": f"stopping this node would leave {len(live) - 1} of {len(members)} "
                     f"members running, fewer than the Raft majority of {majority}",
+                },
+                status=503,
+            )
+        me = self.node.node_id
+        critical = []
+        for vh in self.node.broker.state.vhosts.values():
+            for q in vh.queues.values():
+                if me in q.replicas:
+                    running = sum(1 for r in q.replicas if r in live)
+                    if running - 1 < len(q.replicas) // 2 + 1:
+                        critical.append({"name": q.name, "virtual_host": q.vhost})
+        if critical:
+            return json_response(
+                {
+                    "status": "failed",
+                    "reason": "There are quorum queues that would lose their quorum if the "
+                    "target node is shut down",
+                    "queues": critical,
                 },
                 status=503,
             )

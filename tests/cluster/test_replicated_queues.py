@@ -1,0 +1,241 @@
+"""Replicated (quorum) queues on a real three-node cluster: replicas, failover under SIGKILL,
+consumers that outlive their queue's leader, a replica that comes back and catches up.
+
+Each test starts its own cluster: they kill nodes."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+
+import pika
+import pika.exceptions as pex
+import pytest
+
+from tests.cluster.conftest import start_cluster
+from tests.support.clients import connect
+from tests.support.http import call, q
+from tests.support.names import uid
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+@pytest.fixture
+def three(request):
+    c = start_cluster()
+    yield c
+    c.stop()
+    c.discard(keep=request.session.testsfailed > 0)
+
+
+def queue_info(node, name: str) -> dict:
+    status, body = call(node.management_url, "GET", f"/api/queues/%2F/{q(name)}")
+    assert status == 200, body
+    return body
+
+
+def wait_for(what, timeout: float = 30.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(every)
+
+
+def publish_confirmed(ch, queue: str, bodies: list[bytes], timeout: float = 30.0) -> int:
+    """Publish each body until the broker confirms it (a nack means: publish again, as a
+    publisher does); returns how many nacks there were."""
+    nacks = 0
+    deadline = time.monotonic() + timeout
+    for body in bodies:
+        while True:
+            try:
+                ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+                break
+            except pex.NackError:
+                nacks += 1
+                assert time.monotonic() < deadline, f"{body!r} never confirmed"
+                time.sleep(0.05)
+    return nacks
+
+
+def drain(ch, queue: str) -> list[tuple[bytes, bool]]:
+    out = []
+    while True:
+        method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append((body, method.redelivered))
+
+
+def others(cluster, name: str) -> list[str]:
+    return [n for n in ("n1", "n2", "n3") if n != name]
+
+
+def test_quorum_queue_gets_three_replicas_and_shows_them(three):
+    name = uid("qq")
+    conn = connect(three["n1"])
+    conn.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    info = queue_info(three["n2"], name)
+    assert info["type"] == "quorum"
+    assert sorted(info["members"]) == ["n1", "n2", "n3"]
+    assert sorted(info["online"]) == ["n1", "n2", "n3"]
+    assert info["epoch"] == 1
+    leader = info["leader"]
+    led = queue_info(three[leader], name)["replica"]
+    assert led["role"] == "leader" and set(led["followers"]) == set(others(three, leader))
+    # A classic queue stays a single copy.
+    classic = uid("cq")
+    conn.channel().queue_declare(classic, durable=True)
+    assert queue_info(three["n1"], classic)["members"] == [queue_info(three["n1"], classic)["leader"]]
+    # x-quorum-initial-group-size picks fewer replicas.
+    small = uid("q2")
+    conn.channel().queue_declare(
+        small, durable=True, arguments={**QUORUM, "x-quorum-initial-group-size": 2}
+    )
+    assert len(queue_info(three["n1"], small)["members"]) == 2
+    conn.close()
+
+
+def test_kill_the_leader_nothing_confirmed_is_lost_and_publishers_carry_on(three):
+    name = uid("qq")
+    c = connect(three["n1"])
+    c.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    c.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    survivor = others(three, leader)[0]
+    pub = connect(three[survivor])
+    ch = pub.channel()
+    ch.confirm_delivery()
+    before = [b"m%d" % i for i in range(300)]
+    publish_confirmed(ch, name, before)
+    # Three deliveries unsettled when the leader dies.
+    getter = pub.channel()
+    held = [getter.basic_get(name, auto_ack=False) for _ in range(3)]
+    assert [h[2] for h in held] == before[:3]
+
+    killed_at = time.monotonic()
+    three[leader].stop(sig=signal.SIGKILL)
+    after = [b"a%d" % i for i in range(100)]
+    publish_confirmed(ch, name, after)
+    took = time.monotonic() - killed_at
+    assert ch.is_open  # the publisher's channel was never closed
+
+    info = queue_info(three[survivor], name)
+    assert info["leader"] != leader and info["epoch"] == 2
+    got = drain(ch, name)
+    bodies = [b for b, _ in got]
+    assert set(bodies) == set(before) | set(after), "a confirmed message was lost"
+    # Nothing published before the failover comes twice; what was held comes again, flagged.
+    assert sorted(b for b in bodies if b.startswith(b"m")) == sorted(before)
+    redelivered = {b for b, r in got if r}
+    assert set(before[:3]) <= redelivered
+    print(f"first publish confirmed {took:.2f} s after SIGKILL of the leader")
+
+
+def test_a_consumer_on_a_surviving_node_keeps_consuming_across_the_failover(three):
+    name = uid("qq")
+    c = connect(three["n1"])
+    c.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    c.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    survivor = others(three, leader)[0]
+    conn = connect(three[survivor])
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=10)
+    got: list[bytes] = []
+    cancelled = []
+
+    def on_message(c, method, props, body):
+        got.append(body)
+        c.basic_ack(method.delivery_tag)
+
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame))
+    ch.basic_consume(name, on_message)
+    pub = connect(three[survivor])
+    pch = pub.channel()
+    pch.confirm_delivery()
+    publish_confirmed(pch, name, [b"x%d" % i for i in range(20)])
+    deadline = time.monotonic() + 10
+    while len(got) < 20 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert len(got) == 20
+
+    three[leader].stop(sig=signal.SIGKILL)
+    publish_confirmed(pch, name, [b"y%d" % i for i in range(20)])
+    deadline = time.monotonic() + 20
+    while len({b for b in got if b.startswith(b"y")}) < 20 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert {b for b in got if b.startswith(b"y")} == {b"y%d" % i for i in range(20)}
+    assert not cancelled, "the consumer was cancelled by the failover"
+    assert ch.is_open
+
+
+def test_a_replica_that_was_down_catches_up_and_can_lead(three):
+    name = uid("qq")
+    c = connect(three["n1"])
+    c.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    c.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    down, third = others(three, leader)
+    three[down].stop()
+    pub = connect(three[leader])
+    ch = pub.channel()
+    ch.confirm_delivery()
+    # Confirmed by the leader and the third replica alone: two of three.
+    publish_confirmed(ch, name, [b"m%d" % i for i in range(200)])
+    for _ in range(50):
+        ch.basic_get(name, auto_ack=True)
+    pub.close()
+    three[down].start()
+
+    def caught_up():
+        led = queue_info(three[leader], name)["replica"]
+        f = led["followers"][down]
+        return f["lag"] == 0 and queue_info(three[down], name)["replica"]["applied"] > 0
+
+    wait_for(caught_up)
+    # Now the replica that was down and the leader hold it: kill the third, then the leader.
+    three[third].stop(sig=signal.SIGKILL)
+    conn = connect(three[down])
+    got = drain(conn.channel(), name)
+    assert sorted(b for b, _ in got) == sorted(b"m%d" % i for i in range(50, 200))
+
+
+def test_a_replica_with_an_empty_store_reads_a_snapshot(three):
+    name = uid("qq")
+    c = connect(three["n1"])
+    c.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    c.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    lost = others(three, leader)[0]
+    pub = connect(three[leader])
+    ch = pub.channel()
+    ch.confirm_delivery()
+    publish_confirmed(ch, name, [b"m%d" % i for i in range(100)])
+    # Acks commit and the leader compacts its log: what came before is only in its rows now.
+    for _ in range(20):
+        ch.basic_get(name, auto_ack=True)
+    publish_confirmed(ch, name, [b"n%d" % i for i in range(10)])
+    wait_for(lambda: queue_info(three[leader], name)["replica"]["followers"][lost]["lag"] == 0)
+    three[lost].stop()
+    store = (three[lost].dir / "data") / "messages.db"
+    assert store.exists()
+    for p in (three[lost].dir / "data").glob("messages.db*"):
+        p.unlink()
+    three[lost].start()
+    wait_for(lambda: queue_info(three[lost], name)["replica"]["applied"] > 0)
+    three[lost].stop()
+    db = sqlite3.connect(store)
+    (qid,) = db.execute("SELECT qid FROM queues WHERE name = ?", (name,)).fetchone()
+    rows = db.execute(
+        "SELECT body FROM messages WHERE id >= ? AND id < ?", (qid << 40, (qid + 1) << 40)
+    ).fetchall()
+    db.close()
+    assert sorted(r[0] for r in rows) == sorted(
+        [b"m%d" % i for i in range(20, 100)] + [b"n%d" % i for i in range(10)]
+    )
