@@ -57,6 +57,54 @@ def test_the_log_keeps_where_each_epoch_starts_and_truncates_them_away() -> None
         log.append(1, b"older epoch")
 
 
+def test_compaction_forgets_entries_but_not_the_epoch_history() -> None:
+    log = ReplicaLog()
+    for epoch in (1, 1, 2, 2, 3, 3):
+        log.append(epoch, b"e%d" % epoch)
+    log.compact(4)
+    assert log.start == 4 and log.end == 6
+    assert [(e.offset, e.epoch) for e in log.entries] == [(4, 3), (5, 3)]
+    assert log.read(0, 10) == log.entries  # nothing before start to read
+    # Below start the epoch history answers.
+    assert [log.epoch_at(o) for o in range(-1, 6)] == [0, 1, 1, 2, 2, 3, 3]
+    assert log.epochs == [(1, 0), (2, 2), (3, 4)]
+    assert log.epoch_end(2) == (2, 4) and log.position() == (3, 6)
+    log.compact(3)  # below start: nothing to do
+    assert log.start == 4
+    log.compact(99)  # past the end: up to the end
+    assert (log.start, log.end, log.entries) == (6, 6, [])
+    assert log.epoch_at(5) == 3
+    assert log.append(3, b"next").offset == 6 and log.epochs[-1] == (3, 4)
+
+
+def test_reset_empties_the_log_at_a_snapshots_offset_with_its_epoch_history() -> None:
+    log = ReplicaLog()
+    for epoch in (1, 1, 1):
+        log.append(epoch, b"old")
+    # The history comes from JSON (lists); epochs that start after `start` are not the snapshot's.
+    log.reset(7, [[1, 0], [2, 5], [4, 7], [6, 9]])
+    assert (log.start, log.end, log.entries) == (7, 7, [])
+    assert log.epochs == [(1, 0), (2, 5), (4, 7)]
+    assert log.epoch_at(4) == 1 and log.epoch_at(6) == 2
+    with pytest.raises(LogError):
+        log.epoch_at(7)  # no entry there yet
+    assert log.append(4, b"x") == log.entries[0] and log.entries[0].offset == 7
+    assert log.epochs == [(1, 0), (2, 5), (4, 7)]  # epoch 4 already starts at 7
+
+
+def test_truncating_below_the_logs_start_is_refused() -> None:
+    log = ReplicaLog()
+    for epoch in (1, 1, 2, 2):
+        log.append(epoch, b"x")
+    log.compact(2)
+    with pytest.raises(LogError, match="before the log's start"):
+        log.truncate(1)
+    assert log.end == 4 and log.epochs == [(1, 0), (2, 2)]  # unchanged
+    assert log.truncate(9) == 0
+    assert log.truncate(2) == 2  # down to start: allowed, empties it
+    assert (log.start, log.end, log.epochs) == (2, 2, [(1, 0)])
+
+
 # -- commit -----------------------------------------------------------------------------------------
 
 
@@ -163,6 +211,62 @@ def test_a_follower_far_behind_catches_up_in_batches() -> None:
     assert a.commit == a.log.end
 
 
+def test_a_follower_behind_the_leaders_compacted_log_is_told_to_read_a_snapshot() -> None:
+    reps = group()
+    a, b = reps["a"], reps["b"]
+    for i in range(5):
+        a.append(b"m%d" % i)
+    a.flushed(a.log.end)
+    a.log.compact(4)
+    assert b.fetch().offset == 0
+    reply = a.on_fetch(b.fetch())
+    assert reply == FetchReply(1, "b", snapshot=True)
+    assert a.match["b"] == 0 and a.commit == 0  # not an acknowledgement
+    assert b.on_reply(reply) == [] and b.log.end == 0  # the caller reads a snapshot
+
+
+def test_position_is_the_epoch_and_end_of_what_is_durable() -> None:
+    b = Replica("b")
+    assert b.position() == (0, 0)
+    for epoch in (1, 1, 3, 3):
+        b.log.append(epoch, b"x")
+    b.flushed(2)  # only the epoch-1 entries are durable
+    assert b.position() == (1, 2) and b.log.position() == (3, 4)
+    b.flushed(3)
+    assert b.position() == (3, 3)
+    b.flushed(99)  # never past the log's end
+    assert b.position() == (3, 4)
+    b.flushed(1)  # never backwards
+    assert b.flushed_to == 4
+
+
+def test_a_follower_restored_from_a_snapshot_fetches_on_from_its_offset() -> None:
+    reps = group()
+    a, b = reps["a"], reps["b"]
+    for i in range(6):
+        a.append(b"m%d" % i)  # marker at 0 (epoch 1), m0..m5 at 1..6
+    a.flushed(a.log.end)
+    a.log.compact(5)
+    b.log.append(1, b"stale")  # what the snapshot replaces
+    b.restore(5, a.log.epochs)
+    assert (b.log.start, b.log.end, b.flushed_to, b.commit) == (5, 5, 5, 5)
+    fetch = b.fetch()
+    assert (fetch.offset, fetch.last_epoch, fetch.epoch) == (5, 1, 1)
+    assert b.position() == (1, 5)
+    reply = a.on_fetch(fetch)
+    assert reply is not None and not reply.snapshot and reply.diverging is None
+    assert [e.data for e in b.on_reply(reply)] == [b"m4", b"m5"]
+    assert a.match["b"] == 5 and a.commit == 5  # the fetch acknowledged the snapshot's offset
+
+
+def test_the_fetch_after_a_restore_names_the_epoch_before_the_snapshots_offset() -> None:
+    b = Replica("b")
+    b.become_follower(6, "a")
+    b.restore(9, [(1, 0), (2, 5), (4, 9), (6, 12)])
+    assert b.log.epochs == [(1, 0), (2, 5), (4, 9)]
+    assert b.fetch() == Fetch(6, "b", 9, 2)  # entry 8 is epoch 2's; epoch 4 starts at 9
+
+
 # -- fencing ----------------------------------------------------------------------------------
 
 
@@ -195,6 +299,54 @@ def test_a_fetch_from_an_unknown_replica_or_another_epoch_is_not_an_acknowledgem
     reply = a.on_fetch(Fetch(0, "b", 1, 1))  # b behind by an epoch: answered, to learn it
     assert reply is not None and reply.epoch == 1
     assert a.commit == 1  # a and b hold the marker
+
+
+def test_fence_deposes_a_leader_and_refuses_older_epochs() -> None:
+    reps = group()
+    a, c = reps["a"], reps["c"]
+    a.append(b"m")
+    a.flushed(a.log.end)
+    stale_reply = a.on_fetch(c.fetch())  # epoch 1 entries, not yet delivered to c
+    assert stale_reply is not None and stale_reply.entries
+    a.fence(1)  # not newer: nothing changes
+    assert a.leads
+    a.fence(2)
+    assert (a.epoch, a.role, a.leader, a.deposed, a.leads) == (2, "follower", None, True, False)
+    with pytest.raises(NotLeader):
+        a.append(b"after the fence")
+    assert a.flushed(a.log.end) == [] and a.wake() == []
+    # A fenced follower drops an epoch-1 answer, and its next fetch deposes an epoch-1 leader.
+    c.fence(2)
+    assert c.leader is None
+    assert c.on_reply(stale_reply) == [] and c.log.end == 0
+    b = reps["b"]
+    assert b.on_fetch(Fetch(2, "c", 0, 0)) is None and not b.deposed  # b never led
+    old = Replica("old")
+    old.become_leader(1, ("old", "c"))
+    assert old.on_fetch(c.fetch()) is None and old.deposed
+
+
+def test_a_fenced_replica_may_lead_the_elections_epoch_once() -> None:
+    reps = group()
+    a, b = reps["a"], reps["b"]
+    sync(a, b)
+    b.fence(2)
+    a.fence(2)
+    assert b.become_leader(2, NAMES)
+    assert b.leads and b.epoch == 2
+    marker = b.log.entries[-1]
+    assert (marker.offset, marker.epoch, marker.data) == (1, 2, b"")
+    assert b.log.epochs == [(1, 0), (2, 1)]
+    assert not b.become_leader(2, NAMES)  # the same decision again: no second marker
+    c = reps["c"]
+    c.fence(3)
+    assert not c.become_leader(2, NAMES) and c.log.end == 0  # older than the fence: no marker
+    assert b.log.end == 2
+    # The deposed leader of epoch 1, fenced at 2, follows; it could have led 2 as well.
+    assert a.become_follower(2, "b")
+    other = group()["a"]
+    other.fence(2)
+    assert other.deposed and other.become_leader(2, NAMES) and other.leads
 
 
 # -- election -------------------------------------------------------------------------------------
