@@ -177,6 +177,8 @@ class QueueReplica:
         rlog = self.replica.log
         rlog.reset(applied, [tuple(e) for e in history_list])
         for offset, e_epoch, data in entries:
+            if offset < rlog.end:
+                continue  # applied already (its cut did not commit before the stop)
             if offset != rlog.end or e_epoch < rlog.last_epoch:
                 break
             rlog.append(e_epoch, data)

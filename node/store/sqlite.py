@@ -369,6 +369,11 @@ class SQLiteStore:
         lo, hi = _lo(qid), _hi(qid)
         for key in [k for k in batch.inserts if lo <= k < hi]:
             del batch.inserts[key]
+        # Drops run first in _write: what this turn asked for the queue before goes with it.
+        batch.log_rows = [r for r in batch.log_rows if not lo <= r[0] < hi]
+        batch.replicas.pop(qid, None)
+        batch.queues = [row for row in batch.queues if row[0] != qid]
+        batch.delivered.pop(qid, None)
         batch.drops.append(qid)
         for key, value in list(self._qids.items()):
             if value == qid:
@@ -403,8 +408,13 @@ class SQLiteStore:
 
     def log_cut(self, qid: int, start: int, end: int | None = None) -> None:
         """Drop the replica's log entries from `start` up to `end` (None: all after start)."""
+        lo = (qid << SEQ_BITS) | start
         hi = _hi(qid) if end is None else (qid << SEQ_BITS) | end
-        self._batch.log_cuts.append(((qid << SEQ_BITS) | start, hi))
+        batch = self._batch
+        # Cuts run before the batch's appends (_write): an entry appended earlier in this turn
+        # is cut here, one appended later (a truncated log written anew) stays.
+        batch.log_rows = [r for r in batch.log_rows if not lo <= r[0] < hi]
+        batch.log_cuts.append((lo, hi))
         self._touch()
 
     def set_replica(
@@ -605,6 +615,13 @@ class SQLiteStore:
                     "INSERT OR REPLACE INTO queues (qid, vhost, name, durable) VALUES (?, ?, ?, ?)",
                     b.queues,
                 )
+            if b.purges:
+                # Before the inserts: purge_after dropped this batch's inserts it covered, so
+                # those left were asked for after the purge and must stay.
+                conn.executemany(
+                    "DELETE FROM messages WHERE id > ? AND id < ?",
+                    [(_lo(qid) | seq, _hi(qid)) for qid, seq in b.purges],
+                )
             if b.inserts:
                 conn.executemany(
                     "INSERT OR REPLACE INTO messages (id, transient, route, props, body, expires) VALUES (?, ?, ?, ?, ?, ?)",
@@ -618,11 +635,6 @@ class SQLiteStore:
                 conn.executemany(
                     "UPDATE queues SET delivered = max(delivered, ?) WHERE qid = ?",
                     [(seq, qid) for qid, seq in b.delivered.items()],
-                )
-            if b.purges:
-                conn.executemany(
-                    "DELETE FROM messages WHERE id > ? AND id < ?",
-                    [(_lo(qid) | seq, _hi(qid)) for qid, seq in b.purges],
                 )
             if b.log_cuts:
                 conn.executemany("DELETE FROM qlog WHERE id >= ? AND id < ?", b.log_cuts)

@@ -291,16 +291,6 @@ def test_drop_queue_removes_the_replica_row_and_its_log(tmp_path: Path) -> None:
     _run(tmp_path, main)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "node/store/sqlite.py: drop_queue() removes the queue's pending message inserts from the "
-        "open batch but not its pending log_rows or replicas row, and _write() runs a batch's "
-        "drops before its log_rows/replicas inserts; so a replica row or log entry asked for in "
-        "the same loop turn as the drop (e.g. QueueReplica._save_meta then close(drop=True)) is "
-        "written after the DELETE and outlives the queue"
-    ),
-    strict=True,
-)
 def test_drop_queue_also_drops_replica_writes_asked_for_in_the_same_turn(tmp_path: Path) -> None:
     async def main(path: Path) -> None:
         store, _ = await _open(path)
@@ -364,17 +354,6 @@ def test_applying_entries_to_the_store_gives_the_rows_replay_gives(tmp_path: Pat
     _run(tmp_path, main)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "node/store/sqlite.py: purge_after() only drops the open batch's inserts made *before* "
-        "it, and _write() runs a batch's purges (DELETE id > seq) after its inserts; so a message "
-        "appended after a purge_after in the same loop turn is deleted by that purge. "
-        "QueueReplica._advance applies every newly committed entry in one turn (ops.apply), so a "
-        "replica loses messages enqueued after a purge (e.g. a leader turn with queue.purge then "
-        "basic.publish, or a PURGE entry followed by ENQ entries committed together)"
-    ),
-    strict=True,
-)
 def test_applying_a_committed_range_in_one_turn_gives_the_rows_replay_gives(
     tmp_path: Path,
 ) -> None:
