@@ -138,6 +138,19 @@ class ClusterNode:
     def replica_status(self, vhost: str, name: str) -> dict[str, Any] | None:
         return self.replicated.status(vhost, name)
 
+    async def step_down(self, timeout: float) -> None:
+        if not self.clustered or self.broker is None:
+            return
+        try:
+            kept = await self.replicated.transfer(self.membership.me.node_id, timeout)
+        except Exception as e:  # noqa: BLE001 - no Raft majority: the controller fails over
+            log.warning("could not hand the leadership of quorum queues over: %s", e)
+            return
+        if kept:
+            log.warning(
+                "stopping while still leading %d quorum queue(s); they fail over", len(kept)
+            )
+
     def remote_queue(self, qdef: Any) -> Any:
         return self.forwarding.remote_queue(qdef) if self.forwarding is not None else None
 

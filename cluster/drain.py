@@ -25,7 +25,7 @@ import asyncio
 import time
 from typing import Any
 
-from merpati.node.metadata.commands import MoveQueue, SetNodeDraining
+from merpati.node.metadata.commands import MoveQueue, QueueElection, SetNodeDraining
 from merpati.node.metadata.state import MetadataError
 
 DEFAULT_TIMEOUT = 60.0
@@ -91,7 +91,7 @@ async def drain_node(
     for _ in range(PASSES):
         await _move_all(broker, node, targets, moved, not_moved)
         # Wait until the node holds nothing of them (QueueHandedOver), or the timeout.
-        while loop.time() < deadline and _waiting_for(state, node):
+        while loop.time() < deadline and (_waiting_for(state, node) or _electing(state, node)):
             await asyncio.sleep(POLL)
         if loop.time() >= deadline or not _movable(state, node, not_moved):
             break
@@ -104,6 +104,11 @@ def _movable(state: Any, node: str, not_moved: dict[tuple[str, str], str]) -> li
         for q in _led_by(state, node)
         if q.exclusive_owner is None and (q.vhost, q.name) not in not_moved
     ]
+
+
+def _electing(state: Any, node: str) -> bool:
+    """A replicated queue the node leads is choosing another leader."""
+    return any(q.electing and q.replicated for q in _led_by(state, node))
 
 
 def _waiting_for(state: Any, node: str) -> list[tuple[str, str]]:
@@ -131,6 +136,17 @@ async def _move_all(
             not_moved[key] = "exclusive: it stays with its connection and goes when it closes"
             continue
         if key in not_moved:
+            continue
+        if q.replicated:
+            # Its replicas hold the messages already: only the leadership moves, by an
+            # election the controller prefers another replica in (drain_node waits for it).
+            if not q.electing:
+                try:
+                    await broker.propose(QueueElection(q.vhost, q.name, q.incarnation, q.epoch + 1))
+                except Exception as e:  # noqa: BLE001 - refused or not committed: reported
+                    not_moved[key] = f"the leader election was not started: {e}"
+                    continue
+            moved[key] = ""
             continue
         # Least loaded first; ties by node id, so the same state gives the same plan.
         to = min(sorted(counts), key=lambda n: counts[n])
@@ -167,6 +183,11 @@ def _report(
     waiting = set(_waiting_for(state, node))
     done_moves, pending = [], []
     for (vhost, name), to in sorted(moved.items()):
+        qdef = state.queue(vhost, name)
+        if qdef is not None and qdef.replicated:
+            if qdef.leader == node:
+                continue  # elected again (its followers were behind): listed under not_moved
+            to = qdef.leader
         entry = {"vhost": vhost, "queue": name, "to": to}
         if (vhost, name) in waiting:
             entry.update(local.get((vhost, name), {}))
@@ -184,6 +205,12 @@ def _report(
         for q in _led_by(state, node)
     ]
     for row in leads:
+        qdef = state.queue(row["vhost"], row["queue"])
+        if not row["reason"] and qdef is not None and qdef.replicated:
+            row["reason"] = (
+                "quorum queue: no other replica was as far as this one when it was fenced "
+                "(or no majority answered); drain again"
+            )
         if not row["reason"]:
             row["reason"] = "declared on the node during the drain"
     report: dict[str, Any] = {

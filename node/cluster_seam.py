@@ -54,6 +54,10 @@ class ClusterSeam(Protocol):
     def recovered(self) -> None:
         """Recovery is over; the node serves clients from now on."""
 
+    async def step_down(self, timeout: float) -> None:
+        """At stop, first: hand the leadership of replicated queues led here to other replicas
+        (waiting up to `timeout` s), so they do not wait for a failover."""
+
     async def wait_handovers(self, timeout: float) -> bool:
         """At stop: wait up to `timeout` s for queue moves under way; True when none is left."""
 
@@ -90,6 +94,9 @@ class LoneNode:
 
     def recovered(self) -> None:
         """Nothing to announce: a lone node never hands a queue over."""
+
+    async def step_down(self, timeout: float) -> None:
+        """Nothing is replicated on a lone node."""
 
     async def wait_handovers(self, timeout: float) -> bool:
         return True

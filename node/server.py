@@ -22,6 +22,8 @@ log = logging.getLogger("merpati.server")
 
 # Seconds a stopping node waits for queue handovers still under way (see Node.stop).
 HANDOVER_GRACE = 10.0
+# How long a stopping node waits for other replicas to lead the quorum queues it leads.
+STEP_DOWN_GRACE = 5.0
 
 
 class StartupError(Exception):
@@ -205,6 +207,8 @@ class Node:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self.broker is not None and self.broker.recovered:
+            await self.broker.cluster.step_down(STEP_DOWN_GRACE)
         conns = list(self.broker.connections) if self.broker is not None else []
         for conn in conns:
             conn.force_close("shutdown")

@@ -105,6 +105,17 @@ class Controller:
 
         task.add_done_callback(done)
 
+    def _prefer(
+        self, vhost: str, name: str, positions: dict[str, tuple[int, int]], best: tuple[int, int]
+    ) -> str:
+        """Among the replicas holding the most (any of them is safe), one that is neither the
+        leader before the election (a transfer: drain, stop) nor draining."""
+        state = self.queues.broker.state
+        qdef = state.queue(vhost, name)
+        avoid = set(state.draining) | ({qdef.leader} if qdef is not None else set())
+        tied = sorted(r for r, p in positions.items() if p == best)
+        return min(tied, key=lambda r: (r in avoid, r))
+
     async def _election(
         self, key: tuple[str, str, str], epoch: int, replicas: tuple[str, ...], propose_first: bool
     ) -> None:
@@ -120,6 +131,8 @@ class Controller:
             )
             positions = {r: p for r, p in zip(asked, answers, strict=True) if p is not None}
             leader = choose_leader(replicas, positions)
+            if leader is not None:
+                leader = self._prefer(vhost, name, positions, positions[leader])
             if leader is None:
                 log.warning(
                     "queue '%s' in vhost '%s': no new leader for epoch %d yet: %d of %d "

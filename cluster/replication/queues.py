@@ -153,6 +153,35 @@ class ReplicatedQueues:
         q.replicated = True
         return q
 
+    async def transfer(self, node: str, timeout: float) -> list[tuple[str, str]]:
+        """Ask for an election of every replicated queue `node` leads (a drain, or the node
+        stopping), and wait up to `timeout` s until another replica leads each; returns those
+        it still leads (its followers were behind, or no majority answered)."""
+        broker = self.broker
+        assert broker is not None
+
+        def led() -> list[Any]:
+            return [
+                q
+                for vh in broker.state.vhosts.values()
+                for q in vh.queues.values()
+                if q.replicated and q.leader == node and len(q.replicas) > 1
+            ]
+
+        for q in led():
+            if not q.electing:
+                try:
+                    await broker.propose(
+                        cmds.QueueElection(q.vhost, q.name, q.incarnation, q.epoch + 1)
+                    )
+                except MetadataError:
+                    pass  # an election is under way already
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(q.electing for q in led()):
+            await asyncio.sleep(0.05)
+        return [(q.vhost, q.name) for q in led()]
+
     def status(self, vhost: str, name: str) -> dict[str, Any] | None:
         for key, member in self.links.members.items():
             if key[0] == vhost and key[1] == name:

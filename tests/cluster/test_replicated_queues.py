@@ -239,3 +239,50 @@ def test_a_replica_with_an_empty_store_reads_a_snapshot(three):
     assert sorted(r[0] for r in rows) == sorted(
         [b"m%d" % i for i in range(20, 100)] + [b"n%d" % i for i in range(10)]
     )
+
+
+def test_sigterm_of_the_leader_hands_the_leadership_over_before_it_stops(three):
+    name = uid("qq")
+    c = connect(three["n1"])
+    c.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    c.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    survivor = others(three, leader)[0]
+    pub = connect(three[survivor])
+    ch = pub.channel()
+    ch.confirm_delivery()
+    publish_confirmed(ch, name, [b"m%d" % i for i in range(100)])
+    three[leader].stop()  # SIGTERM
+    # The stopping node handed over while it ran: a new leader is named already, no failover
+    # detection needed.
+    info = queue_info(three[survivor], name)
+    assert info["leader"] != leader and info["epoch"] == 2
+    assert "stopping while still leading" not in three[leader].log()
+    publish_confirmed(ch, name, [b"a%d" % i for i in range(10)])
+    got = [b for b, _ in drain(ch, name)]
+    assert sorted(got) == sorted([b"m%d" % i for i in range(100)] + [b"a%d" % i for i in range(10)])
+
+
+def test_drain_node_moves_quorum_leadership_without_copying_messages(three):
+    import json
+
+    from tests.support.ctl import ctl
+
+    name = uid("qq")
+    c = connect(three["n1"])
+    ch = c.channel()
+    ch.queue_declare(name, durable=True, arguments=QUORUM)
+    leader = queue_info(three["n1"], name)["leader"]
+    ch.confirm_delivery()
+    publish_confirmed(ch, name, [b"m%d" % i for i in range(50)])
+    report = json.loads(
+        ctl(three[leader], "--formatter", "json", "drain-node", "--wait", "30").stdout
+    )
+    moved = {r["queue"]: r["to"] for r in report["moved"]}
+    assert moved[name] not in ("", leader), report
+    assert report["complete"], report
+    info = queue_info(three["n1"], name)
+    assert info["leader"] == moved[name] and info["epoch"] == 2
+    assert info["handing_over"] == []  # the replicas had the messages: nothing was copied
+    got = [b for b, _ in drain(ch, name)]
+    assert sorted(got) == sorted(b"m%d" % i for i in range(50))
