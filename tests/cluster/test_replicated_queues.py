@@ -286,3 +286,46 @@ def test_drain_node_moves_quorum_leadership_without_copying_messages(three):
     assert info["handing_over"] == []  # the replicas had the messages: nothing was copied
     got = [b for b, _ in drain(ch, name)]
     assert sorted(got) == sorted(b"m%d" % i for i in range(50))
+
+
+def test_a_paused_leader_that_wakes_up_cannot_confirm_and_nothing_is_lost(three):
+    name = uid("qq")
+    c = connect(three["n1"])
+    c.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    c.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    survivor = others(three, leader)[0]
+    # A publisher on the leader's own node, and one on a survivor.
+    stale = connect(three[leader])
+    sch = stale.channel()
+    sch.confirm_delivery()
+    publish_confirmed(sch, name, [b"s%d" % i for i in range(20)])
+    pub = connect(three[survivor])
+    ch = pub.channel()
+    ch.confirm_delivery()
+
+    t0 = time.monotonic()
+    three[leader].proc.send_signal(signal.SIGSTOP)
+    try:
+        publish_confirmed(ch, name, [b"a%d" % i for i in range(50)])
+        info = queue_info(three[survivor], name)
+        assert info["leader"] != leader and info["epoch"] == 2
+    finally:
+        three[leader].proc.send_signal(signal.SIGCONT)
+    # The old leader wakes up believing it leads: what it is sent now is never confirmed by
+    # it alone; a nack makes the publisher send again, and the message then reaches the new
+    # leader through this node.
+    t1 = time.monotonic()
+    publish_confirmed(sch, name, [b"t%d" % i for i in range(20)], timeout=60)
+    print(f"failover {t1 - t0:.1f} s, stale publisher done {time.monotonic() - t1:.1f} s later")
+    wait_for(lambda: queue_info(three[leader], name)["replica"]["role"] == "follower")
+    got = [b for b, _ in drain(ch, name)]
+    expected = (
+        [b"s%d" % i for i in range(20)]
+        + [b"a%d" % i for i in range(50)]
+        + [b"t%d" % i for i in range(20)]
+    )
+    assert set(got) == set(expected), "a confirmed message was lost"
+    assert sorted(b for b in got if not b.startswith(b"t")) == sorted(
+        b for b in expected if not b.startswith(b"t")
+    )
