@@ -384,6 +384,47 @@ def build() -> dict:
         ),
     ]
     advance(8)
+    panels.append(row("Quorum queues (merpati_*)"))
+    panels += [
+        series(
+            "Replicas in sync / replicas, by queue",
+            [
+                (
+                    f"sum by(vhost, queue) (merpati_quorum_queue_replicas_in_sync{JOIN})",
+                    "in sync {{vhost}}/{{queue}}",
+                ),
+                (
+                    f"sum by(vhost, queue) (merpati_quorum_queue_replicas{JOIN})",
+                    "replicas {{vhost}}/{{queue}}",
+                ),
+            ],
+            0,
+            8,
+        ),
+        series(
+            "Follower lag (log entries)",
+            [
+                (
+                    f"max by(vhost, queue, replica) (merpati_quorum_queue_follower_lag{JOIN})",
+                    "{{vhost}}/{{queue}} on {{replica}}",
+                ),
+            ],
+            8,
+            8,
+        ),
+        series(
+            "Leader elections per hour",
+            [
+                (
+                    f"sum by(rabbitmq_node) (increase(merpati_quorum_leader_elections_total[1h]){JOIN})",
+                    "controller {{rabbitmq_node}}",
+                ),
+            ],
+            16,
+            8,
+        ),
+    ]
+    advance(8)
     return {
         "__inputs": [
             {

@@ -168,6 +168,7 @@ class NodeCollector:
         yield from self._raft()
         yield from self._store()
         yield from self._forwarding()
+        yield from self._replication()
 
     def _identity(self) -> Iterator[Metric]:
         node = self.node
@@ -483,6 +484,52 @@ class NodeCollector:
         yield writes
         yield up
         yield inflight
+
+
+    def _replication(self) -> Iterator[Metric]:
+        """Quorum queues this node leads: replicas, how many hold every committed entry, each
+        follower's lag (entries it does not hold yet), and the elections run from here."""
+        plan = getattr(self.node, "cluster", None)
+        replicated = getattr(plan, "replicated", None) if plan is not None else None
+        if replicated is None:
+            return
+        labels = ["vhost", "queue"]
+        replicas = GaugeMetricFamily(
+            "merpati_quorum_queue_replicas", "Replicas of a quorum queue led here", labels=labels
+        )
+        in_sync = GaugeMetricFamily(
+            "merpati_quorum_queue_replicas_in_sync",
+            "Replicas holding every committed entry of a quorum queue led here (leader included)",
+            labels=labels,
+        )
+        epoch = GaugeMetricFamily(
+            "merpati_quorum_queue_epoch", "Leader epoch of a quorum queue led here", labels=labels
+        )
+        lag = GaugeMetricFamily(
+            "merpati_quorum_queue_follower_lag",
+            "Log entries a follower of a quorum queue led here does not hold yet",
+            labels=[*labels, "replica"],
+        )
+        for (vhost, name, _inc), member in list(replicated.links.members.items()):
+            r = member.replica
+            if not r.leads:
+                continue
+            replicas.add_metric([vhost, name], len(member.replicas))
+            in_sync.add_metric(
+                [vhost, name], 1 + sum(1 for m in r.match.values() if m >= r.commit)
+            )
+            epoch.add_metric([vhost, name], r.epoch)
+            for follower, match in r.match.items():
+                lag.add_metric([vhost, name, follower], max(0, r.log.end - match))
+        yield replicas
+        yield in_sync
+        yield epoch
+        yield lag
+        yield _counter(
+            "merpati_quorum_leader_elections",
+            "Quorum queue leaders named by this node as the controller",
+            replicated.controller.elections,
+        )
 
 
 def queue_rows(broker: Any) -> Iterator[tuple[str, str, int, int, int]]:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.cluster.conftest import start_cluster
 from tests.support.clients import connect
-from tests.support.http import call, q
+from tests.support.http import call, q, samples, scrape
 from tests.support.names import uid
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -88,6 +88,13 @@ def test_quorum_queue_gets_three_replicas_and_shows_them(three):
     leader = info["leader"]
     led = queue_info(three[leader], name)["replica"]
     assert led["role"] == "leader" and set(led["followers"]) == set(others(three, leader))
+    # The leader's node exports the queue's replication figures.
+    def metric(family: str) -> float | None:
+        found = samples(scrape(three[leader].metrics_url))
+        return found.get(f'{family}{{queue="{name}",vhost="/"}}')
+
+    assert metric("merpati_quorum_queue_replicas") == 3
+    assert wait_for(lambda: metric("merpati_quorum_queue_replicas_in_sync") == 3)
     # A classic queue stays a single copy.
     classic = uid("cq")
     conn.channel().queue_declare(classic, durable=True)
