@@ -56,6 +56,7 @@ class RemoteQueue:
 
     led_here = False
     deleting = None  # auto-delete is the leader's business
+    counts_requeues = False  # a replicated (quorum) queue's handle sets it
 
     def __init__(self, vhost: str, name: str, leader: str, links: Any) -> None:
         self.vhost = vhost

@@ -151,6 +151,7 @@ class ReplicatedQueues:
             return None
         q = fw.remote_queue(qdef)
         q.replicated = True
+        q.counts_requeues = True
         return q
 
     async def transfer(self, node: str, timeout: float) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..core.message import Message
-from ..core.outcome import ACCEPTED, REJECTED, RELEASED
+from ..core.outcome import ACCEPTED, MODIFIED, REJECTED, RELEASED, Modified
 from ..core.queue import QueueHandle
 from ..core.reply_to import PSEUDO_QUEUE as REPLY_TO
 from ..wire.table import as_int, encode_shortstr
@@ -288,7 +288,10 @@ class ConsumeMixin(ChannelCore):
             if consumer is not None:
                 consumer.unacked -= 1
                 kick = True
-            q.settle(msg, outcome)
+            if outcome is RELEASED:
+                self._requeue(q, msg)
+            else:
+                q.settle(msg, outcome)
         if kick:
             self.kick_consumers()
 
@@ -334,6 +337,14 @@ class ConsumeMixin(ChannelCore):
             self._defer(tag, multiple, outcome)
             return
         self._settle(self._take(tag, multiple), outcome)
+
+    def _requeue(self, q: Any, msg: Any) -> None:
+        """basic.reject/nack requeue=true: released, except that a quorum queue counts it as a
+        failed delivery (RabbitMQ 4), so its delivery limit ends a poison-message loop."""
+        if q.counts_requeues:
+            q.settle(msg, MODIFIED, Modified(delivery_failed=True))
+        else:
+            q.settle(msg, RELEASED)
 
     def _recover(self, requeue: bool) -> None:
         if requeue:

@@ -31,3 +31,4 @@ class Modified:
 ACCEPTED = Outcome.ACCEPTED
 REJECTED = Outcome.REJECTED
 RELEASED = Outcome.RELEASED
+MODIFIED = Outcome.MODIFIED

@@ -91,6 +91,7 @@ class QueueHandle(Protocol):
     vhost: str
     name: str
     leader: str  # the node that leads it
+    counts_requeues: bool  # a quorum queue: a 0-9-1 requeue is a failed delivery (DESIGN)
     led_here: bool  # this node leads it: its messages are here
     deleted: bool
     congested: bool  # its publishers should pause (block_publisher) until it drains
@@ -224,6 +225,7 @@ class LocalQueue:
     def configure(self, options: QueueOptions) -> None:
         """Apply options (at creation, and again when a policy changes)."""
         self.options = options
+        self.counts_requeues = options.quorum
         self._features = bool(
             options.message_ttl is not None or options.limited or options.delivery_limit is not None
         )

@@ -53,10 +53,17 @@ class QueueOptions:
     max_priority: int | None = None
     single_active_consumer: bool = False
     delivery_limit: int | None = None
+    # A quorum queue (x-queue-type): a 0-9-1 requeue counts toward its delivery limit.
+    quorum: bool = False
 
     @property
     def limited(self) -> bool:
         return self.max_length is not None or self.max_length_bytes is not None
+
+
+# RabbitMQ 4's default delivery limit of a quorum queue (3.x had none): a poison message is
+# dead-lettered, or dropped, after 20 failed deliveries instead of looping for ever.
+QUORUM_DELIVERY_LIMIT = 20
 
 
 def effective_arguments(
@@ -84,6 +91,10 @@ def parse(arguments: dict[str, Any]) -> QueueOptions:
 
     sac = arguments.get("x-single-active-consumer")
     max_priority = num("x-max-priority")
+    quorum = _text(arguments.get("x-queue-type")) == "quorum"
+    limit = num("x-delivery-limit")
+    if quorum and limit is None:
+        limit = QUORUM_DELIVERY_LIMIT
     return QueueOptions(
         message_ttl=num("x-message-ttl"),
         expires=num("x-expires"),
@@ -94,5 +105,6 @@ def parse(arguments: dict[str, Any]) -> QueueOptions:
         dlrk=_text(arguments.get("x-dead-letter-routing-key")),
         max_priority=min(max_priority, 255) if max_priority else None,
         single_active_consumer=sac is True,
-        delivery_limit=num("x-delivery-limit"),
+        delivery_limit=limit,
+        quorum=quorum,
     )

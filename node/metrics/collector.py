@@ -485,7 +485,6 @@ class NodeCollector:
         yield up
         yield inflight
 
-
     def _replication(self) -> Iterator[Metric]:
         """Quorum queues this node leads: replicas, how many hold every committed entry, each
         follower's lag (entries it does not hold yet), and the elections run from here."""
@@ -515,9 +514,7 @@ class NodeCollector:
             if not r.leads:
                 continue
             replicas.add_metric([vhost, name], len(member.replicas))
-            in_sync.add_metric(
-                [vhost, name], 1 + sum(1 for m in r.match.values() if m >= r.commit)
-            )
+            in_sync.add_metric([vhost, name], 1 + sum(1 for m in r.match.values() if m >= r.commit))
             epoch.add_metric([vhost, name], r.epoch)
             for follower, match in r.match.items():
                 lag.add_metric([vhost, name, follower], max(0, r.log.end - match))
