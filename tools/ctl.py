@@ -543,6 +543,22 @@ def cmd_purge_queue(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "quorum_status",
+    "a quorum queue's replicas: role, epoch, log end, what is durable, commit, lag",
+    lambda p: (_vhost_opt(p), p.add_argument("queue")),
+)
+def cmd_quorum_status(c: Client, args: argparse.Namespace) -> int:
+    st = c.get(f"/api/merpati/quorum/{v(args.vhost)}/{v(args.queue)}")
+    banner = (
+        f"Status of quorum queue '{args.queue}' in vhost '{args.vhost}': leader {st['leader']}, "
+        f"epoch {st['epoch']}" + (f", electing epoch {st['electing']}" if st["electing"] else "")
+    )
+    cols = ["node", "role", "online", "epoch", "log_end", "durable", "commit", "applied", "lag"]
+    print_table(st["members"], cols, {}, args, banner)
+    return 0
+
+
 def _delete_queue_setup(p: argparse.ArgumentParser) -> None:
     _vhost_opt(p)
     p.add_argument("queue")

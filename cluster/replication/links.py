@@ -12,6 +12,7 @@ those with nothing new, positions for the controller's elections, and snapshot c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -188,6 +189,21 @@ class ReplicaLinks:
             return None
         return (resp.last_epoch, resp.end) if resp.found else None
 
+    async def status(self, node: str, key: tuple[str, str, str]) -> dict[str, Any] | None:
+        """`node`'s replica of the queue as it reports itself (None: no answer, or none there)."""
+        if node == self.node_id:
+            member = self.members.get(key)
+            return member.status() if member is not None else None
+        link = self.stub(node)
+        if link is None:
+            return None
+        stub, md = link
+        try:
+            resp = await stub.Status(ref(key), metadata=md, timeout=POSITION_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            return None
+        return json.loads(resp.json) if resp.found else None
+
     async def close(self) -> None:
         self.closed = True
         for stream in self._streams.values():
@@ -335,6 +351,13 @@ class ReplicationServicer(pb_grpc.ReplicationServicer):
             return pb.PositionReply(found=False)
         last_epoch, end = member.fence(request.epoch)
         return pb.PositionReply(found=True, last_epoch=last_epoch, end=end)
+
+    async def Status(self, request: pb.ReplicaRef, context: Any) -> pb.StatusReply:
+        await self.caller(context)
+        member = self.links.member(key_of(request))
+        if member is None:
+            return pb.StatusReply(found=False)
+        return pb.StatusReply(found=True, json=json.dumps(member.status()))
 
     async def Snapshot(self, request: pb.SnapshotRequest, context: Any) -> pb.SnapshotChunk:
         node = await self.caller(context)

@@ -183,6 +183,39 @@ class ReplicatedQueues:
             await asyncio.sleep(0.05)
         return [(q.vhost, q.name) for q in led()]
 
+    async def quorum_status(self, qdef: QueueDef) -> dict[str, Any]:
+        """Every replica of a queue as it reports itself (the leader's adds each follower's lag)."""
+        key = (qdef.vhost, qdef.name, qdef.incarnation)
+        found = await asyncio.gather(*(self.links.status(n, key) for n in qdef.replicas))
+        leader_view = dict(zip(qdef.replicas, found, strict=True)).get(qdef.leader) or {}
+        followers = leader_view.get("followers", {})
+        members = []
+        for node, st in zip(qdef.replicas, found, strict=True):
+            row: dict[str, Any] = {"node": node, "online": st is not None}
+            if st is not None:
+                row.update(
+                    role=st["role"],
+                    epoch=st["epoch"],
+                    log_end=st["log_end"],
+                    durable=st["durable"],
+                    commit=st["commit"],
+                    applied=st["applied"],
+                )
+            if node in followers:
+                row["lag"] = followers[node]["lag"]
+            elif node == qdef.leader and st is not None:
+                row["lag"] = 0
+            members.append(row)
+        return {
+            "vhost": qdef.vhost,
+            "name": qdef.name,
+            "leader": qdef.leader,
+            "epoch": qdef.epoch,
+            "electing": qdef.electing,
+            "incarnation": qdef.incarnation,
+            "members": members,
+        }
+
     def status(self, vhost: str, name: str) -> dict[str, Any] | None:
         for key, member in self.links.members.items():
             if key[0] == vhost and key[1] == name:

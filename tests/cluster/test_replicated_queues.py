@@ -5,6 +5,7 @@ Each test starts its own cluster: they kill nodes."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from tests.cluster.conftest import start_cluster
 from tests.support.clients import connect
+from tests.support.ctl import ctl_out
 from tests.support.http import call, q, samples, scrape
 from tests.support.names import uid
 
@@ -88,6 +90,7 @@ def test_quorum_queue_gets_three_replicas_and_shows_them(three):
     leader = info["leader"]
     led = queue_info(three[leader], name)["replica"]
     assert led["role"] == "leader" and set(led["followers"]) == set(others(three, leader))
+
     # The leader's node exports the queue's replication figures.
     def metric(family: str) -> float | None:
         found = samples(scrape(three[leader].metrics_url))
@@ -95,10 +98,20 @@ def test_quorum_queue_gets_three_replicas_and_shows_them(three):
 
     assert metric("merpati_quorum_queue_replicas") == 3
     assert wait_for(lambda: metric("merpati_quorum_queue_replicas_in_sync") == 3)
+    # merpati ctl quorum_status, asked of any node, shows every replica as it reports itself.
+    rows = json.loads(ctl_out(three["n3"], "--formatter", "json", "quorum_status", name))
+    assert {r["node"]: r["role"] for r in rows} == {
+        n: ("leader" if n == leader else "follower") for n in ("n1", "n2", "n3")
+    }
+    assert all(r["online"] and r["epoch"] == 1 and r["lag"] == 0 for r in rows), rows
+    out = ctl_out(three["n3"], "quorum_status", name)
+    assert f"leader {leader}, epoch 1" in out
     # A classic queue stays a single copy.
     classic = uid("cq")
     conn.channel().queue_declare(classic, durable=True)
-    assert queue_info(three["n1"], classic)["members"] == [queue_info(three["n1"], classic)["leader"]]
+    assert queue_info(three["n1"], classic)["members"] == [
+        queue_info(three["n1"], classic)["leader"]
+    ]
     # x-quorum-initial-group-size picks fewer replicas.
     small = uid("q2")
     conn.channel().queue_declare(

@@ -31,6 +31,16 @@ class ClusterOpsApi(ApiBase):
             raise bad_request(str(e))
         return json_response({"node": node_id, "address": address}, status=201)
 
+    async def quorum_status(self, request: web.Request) -> web.Response:
+        """A quorum queue's replicas, as each reports itself (`merpati ctl quorum_status`)."""
+        vhost, name = self._vhost(request), request.match_info["name"]
+        qdef = self.broker.state.queue(vhost, name)
+        if qdef is None:
+            raise not_found(f"no queue '{name}' in vhost '{vhost}'")
+        if not qdef.replicated:
+            raise bad_request(f"queue '{name}' in vhost '{vhost}' is not a quorum queue")
+        return json_response(await self._plan().replicated.quorum_status(qdef))
+
     async def cluster_remove_node(self, request: web.Request) -> web.Response:
         self._admin(request)
         try:

@@ -24,37 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/merpati/v1/replication.proto\x12\nmerpati.v1\"?\n\nReplicaRef\x12\r\n\x05vhost\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"f\n\nQueueFetch\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x12\n\nlast_epoch\x18\x04 \x01(\x04\"8\n\rFetchRequests\x12\'\n\x07\x66\x65tches\x18\x01 \x03(\x0b\x32\x16.merpati.v1.QueueFetch\"7\n\x08LogEntry\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xdf\x01\n\nQueueReply\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12%\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x14.merpati.v1.LogEntry\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\x04\x12\x11\n\tdiverging\x18\x05 \x01(\x08\x12\x17\n\x0f\x64iverging_epoch\x18\x06 \x01(\x04\x12\x15\n\rdiverging_end\x18\x07 \x01(\x04\x12\x10\n\x08snapshot\x18\x08 \x01(\x08\x12\x0f\n\x07refused\x18\t \x01(\t\"7\n\x0c\x46\x65tchReplies\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.merpati.v1.QueueReply\"G\n\x0fPositionRequest\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"?\n\rPositionReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x12\n\nlast_epoch\x18\x02 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x04\"[\n\x0fSnapshotRequest\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tafter_seq\x18\x03 \x01(\x04\"*\n\nEpochStart\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05\x66irst\x18\x02 \x01(\x04\"Y\n\rStoredMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05route\x18\x02 \x01(\x0c\x12\r\n\x05props\x18\x03 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x04\"\xa4\x01\n\rSnapshotChunk\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12&\n\x06\x65pochs\x18\x03 \x03(\x0b\x32\x16.merpati.v1.EpochStart\x12\x11\n\tdelivered\x18\x04 \x01(\x04\x12+\n\x08messages\x18\x05 \x03(\x0b\x32\x19.merpati.v1.StoredMessage\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x32\xd7\x01\n\x0bReplication\x12@\n\x05\x46\x65tch\x12\x19.merpati.v1.FetchRequests\x1a\x18.merpati.v1.FetchReplies(\x01\x30\x01\x12\x42\n\x08Position\x12\x1b.merpati.v1.PositionRequest\x1a\x19.merpati.v1.PositionReply\x12\x42\n\x08Snapshot\x12\x1b.merpati.v1.SnapshotRequest\x1a\x19.merpati.v1.SnapshotChunkb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/merpati/v1/replication.proto\x12\nmerpati.v1\"*\n\x0bStatusReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0c\n\x04json\x18\x02 \x01(\t\"?\n\nReplicaRef\x12\r\n\x05vhost\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"f\n\nQueueFetch\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x12\n\nlast_epoch\x18\x04 \x01(\x04\"8\n\rFetchRequests\x12\'\n\x07\x66\x65tches\x18\x01 \x03(\x0b\x32\x16.merpati.v1.QueueFetch\"7\n\x08LogEntry\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xdf\x01\n\nQueueReply\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12%\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x14.merpati.v1.LogEntry\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\x04\x12\x11\n\tdiverging\x18\x05 \x01(\x08\x12\x17\n\x0f\x64iverging_epoch\x18\x06 \x01(\x04\x12\x15\n\rdiverging_end\x18\x07 \x01(\x04\x12\x10\n\x08snapshot\x18\x08 \x01(\x08\x12\x0f\n\x07refused\x18\t \x01(\t\"7\n\x0c\x46\x65tchReplies\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.merpati.v1.QueueReply\"G\n\x0fPositionRequest\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"?\n\rPositionReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x12\n\nlast_epoch\x18\x02 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x04\"[\n\x0fSnapshotRequest\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.merpati.v1.ReplicaRef\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tafter_seq\x18\x03 \x01(\x04\"*\n\nEpochStart\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05\x66irst\x18\x02 \x01(\x04\"Y\n\rStoredMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05route\x18\x02 \x01(\x0c\x12\r\n\x05props\x18\x03 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x04\"\xa4\x01\n\rSnapshotChunk\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12&\n\x06\x65pochs\x18\x03 \x03(\x0b\x32\x16.merpati.v1.EpochStart\x12\x11\n\tdelivered\x18\x04 \x01(\x04\x12+\n\x08messages\x18\x05 \x03(\x0b\x32\x19.merpati.v1.StoredMessage\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x32\x92\x02\n\x0bReplication\x12@\n\x05\x46\x65tch\x12\x19.merpati.v1.FetchRequests\x1a\x18.merpati.v1.FetchReplies(\x01\x30\x01\x12\x42\n\x08Position\x12\x1b.merpati.v1.PositionRequest\x1a\x19.merpati.v1.PositionReply\x12\x42\n\x08Snapshot\x12\x1b.merpati.v1.SnapshotRequest\x1a\x19.merpati.v1.SnapshotChunk\x12\x39\n\x06Status\x12\x16.merpati.v1.ReplicaRef\x1a\x17.merpati.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.merpati.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICAREF']._serialized_start=50
-  _globals['_REPLICAREF']._serialized_end=113
-  _globals['_QUEUEFETCH']._serialized_start=115
-  _globals['_QUEUEFETCH']._serialized_end=217
-  _globals['_FETCHREQUESTS']._serialized_start=219
-  _globals['_FETCHREQUESTS']._serialized_end=275
-  _globals['_LOGENTRY']._serialized_start=277
-  _globals['_LOGENTRY']._serialized_end=332
-  _globals['_QUEUEREPLY']._serialized_start=335
-  _globals['_QUEUEREPLY']._serialized_end=558
-  _globals['_FETCHREPLIES']._serialized_start=560
-  _globals['_FETCHREPLIES']._serialized_end=615
-  _globals['_POSITIONREQUEST']._serialized_start=617
-  _globals['_POSITIONREQUEST']._serialized_end=688
-  _globals['_POSITIONREPLY']._serialized_start=690
-  _globals['_POSITIONREPLY']._serialized_end=753
-  _globals['_SNAPSHOTREQUEST']._serialized_start=755
-  _globals['_SNAPSHOTREQUEST']._serialized_end=846
-  _globals['_EPOCHSTART']._serialized_start=848
-  _globals['_EPOCHSTART']._serialized_end=890
-  _globals['_STOREDMESSAGE']._serialized_start=892
-  _globals['_STOREDMESSAGE']._serialized_end=981
-  _globals['_SNAPSHOTCHUNK']._serialized_start=984
-  _globals['_SNAPSHOTCHUNK']._serialized_end=1148
-  _globals['_REPLICATION']._serialized_start=1151
-  _globals['_REPLICATION']._serialized_end=1366
+  _globals['_STATUSREPLY']._serialized_start=50
+  _globals['_STATUSREPLY']._serialized_end=92
+  _globals['_REPLICAREF']._serialized_start=94
+  _globals['_REPLICAREF']._serialized_end=157
+  _globals['_QUEUEFETCH']._serialized_start=159
+  _globals['_QUEUEFETCH']._serialized_end=261
+  _globals['_FETCHREQUESTS']._serialized_start=263
+  _globals['_FETCHREQUESTS']._serialized_end=319
+  _globals['_LOGENTRY']._serialized_start=321
+  _globals['_LOGENTRY']._serialized_end=376
+  _globals['_QUEUEREPLY']._serialized_start=379
+  _globals['_QUEUEREPLY']._serialized_end=602
+  _globals['_FETCHREPLIES']._serialized_start=604
+  _globals['_FETCHREPLIES']._serialized_end=659
+  _globals['_POSITIONREQUEST']._serialized_start=661
+  _globals['_POSITIONREQUEST']._serialized_end=732
+  _globals['_POSITIONREPLY']._serialized_start=734
+  _globals['_POSITIONREPLY']._serialized_end=797
+  _globals['_SNAPSHOTREQUEST']._serialized_start=799
+  _globals['_SNAPSHOTREQUEST']._serialized_end=890
+  _globals['_EPOCHSTART']._serialized_start=892
+  _globals['_EPOCHSTART']._serialized_end=934
+  _globals['_STOREDMESSAGE']._serialized_start=936
+  _globals['_STOREDMESSAGE']._serialized_end=1025
+  _globals['_SNAPSHOTCHUNK']._serialized_start=1028
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1192
+  _globals['_REPLICATION']._serialized_start=1195
+  _globals['_REPLICATION']._serialized_end=1469
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class ReplicationStub:
                 request_serializer=proto_dot_merpati_dot_v1_dot_replication__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=proto_dot_merpati_dot_v1_dot_replication__pb2.SnapshotChunk.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/merpati.v1.Replication/Status',
+                request_serializer=proto_dot_merpati_dot_v1_dot_replication__pb2.ReplicaRef.SerializeToString,
+                response_deserializer=proto_dot_merpati_dot_v1_dot_replication__pb2.StatusReply.FromString,
+                _registered_method=True)
 
 
 class ReplicationServicer:
@@ -78,6 +83,14 @@ class ReplicationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """For operators (merpati ctl quorum_status): the replica's state as JSON (on the leader, each
+        follower's lag too); not a hot path, so not worth a schema of its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=proto_dot_merpati_dot_v1_dot_replication__pb2.SnapshotRequest.FromString,
                     response_serializer=proto_dot_merpati_dot_v1_dot_replication__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=proto_dot_merpati_dot_v1_dot_replication__pb2.ReplicaRef.FromString,
+                    response_serializer=proto_dot_merpati_dot_v1_dot_replication__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class Replication:
             '/merpati.v1.Replication/Snapshot',
             proto_dot_merpati_dot_v1_dot_replication__pb2.SnapshotRequest.SerializeToString,
             proto_dot_merpati_dot_v1_dot_replication__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/merpati.v1.Replication/Status',
+            proto_dot_merpati_dot_v1_dot_replication__pb2.ReplicaRef.SerializeToString,
+            proto_dot_merpati_dot_v1_dot_replication__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
