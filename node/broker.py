@@ -81,8 +81,11 @@ class Broker:
         memory_budget: int = 0,
         cluster: ClusterSeam | None = None,
         defer_local_queues: bool = False,
+        default_queue_type: str = "classic",
     ) -> None:
         self.node_id = node_id
+        # The x-queue-type of a queue declared without one (only quorum changes anything).
+        self.default_queue_type = default_queue_type
         # Distinguishes this run of the node from earlier ones (exclusive queue owners).
         self.incarnation = secrets.token_hex(4)
         self.store = store
@@ -204,6 +207,14 @@ class Broker:
         """The command declaring a queue, with what the proposer decides: the node that leads
         it and, for a replicated (quorum) queue, its replicas and incarnation id."""
         args = dict(arguments or {})
+        if (
+            "x-queue-type" not in args
+            and self.default_queue_type == "quorum"
+            and replicated_type({"x-queue-type": "quorum"}, durable, exclusive_owner, auto_delete)
+        ):
+            # Recorded in the queue's arguments, as RabbitMQ does: a redeclare without the
+            # argument is equivalent, and the queue stays quorum if the default changes.
+            args["x-queue-type"] = "quorum"
         leader = self.cluster.place_queue(exclusive_owner is not None)
         replicas: tuple[str, ...] = ()
         incarnation = ""

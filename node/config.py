@@ -66,6 +66,9 @@ class Config:
     # AMQP 1.0: offer SASL ANONYMOUS (and accept clients without SASL) as the default user, as
     # RabbitMQ does (3.x default_user, 4.x anonymous_login_user); guest only from loopback.
     amqp10_anonymous: bool = True
+    # The type of a queue declared without x-queue-type (RabbitMQ's default_queue_type): classic
+    # or quorum (then durable, non-exclusive, non-auto-delete queues get replicas).
+    default_queue_type: str = "classic"
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -113,6 +116,7 @@ FLAGS: dict[str, str] = {
     "handover_window": "messages a queue moving to another node keeps unconfirmed at once",
     "amqp10_anonymous": "AMQP 1.0: allow SASL ANONYMOUS as the default user (true/false; "
     "guest only from loopback)",
+    "default_queue_type": "type of queues declared without x-queue-type: classic or quorum",
 }
 
 
@@ -218,6 +222,10 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError("frame-max must be at least 4096")
     if cfg.handover_window < 1:
         raise ConfigError("handover-window must be at least 1")
+    if cfg.default_queue_type not in ("classic", "quorum"):
+        raise ConfigError(
+            f"default-queue-type must be classic or quorum, not {cfg.default_queue_type!r}"
+        )
     if cfg.store_sync.lower() not in ("full", "normal"):
         raise ConfigError(f"store-sync must be full or normal, not {cfg.store_sync!r}")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -107,6 +107,7 @@ class Node:
             memory_budget=cfg.message_memory_budget,
             cluster=self.cluster,
             defer_local_queues=True,  # until recover() below
+            default_queue_type=cfg.default_queue_type,
         )
         self.broker.alarm_listeners.append(self._on_alarm)
         only_member = True

@@ -84,3 +84,22 @@ def test_a_quorum_queue_has_rabbitmq_4s_default_delivery_limit_and_classic_queue
         ch.basic_reject(method.delivery_tag, requeue=True)
     assert ch.queue_declare(classic, passive=True).method.message_count == 1
     conn.close()
+
+
+def test_default_queue_type_quorum_makes_durable_queues_quorum(make_node):
+    from tests.support.http import call, q
+
+    n = make_node("--default-queue-type", "quorum")
+    conn = connect(n)
+    ch = conn.channel()
+    durable, transient = uid("d"), uid("t")
+    ch.queue_declare(durable, durable=True)
+    ch.queue_declare(transient, exclusive=True)
+    ch.queue_declare(durable, durable=True)  # redeclared without the argument: equivalent
+    types = {}
+    for name in (durable, transient):
+        status, body = call(n.management_url, "GET", f"/api/queues/%2F/{q(name)}")
+        assert status == 200, body
+        types[name] = body["type"]
+    assert types == {durable: "quorum", transient: "classic"}
+    conn.close()

@@ -157,3 +157,11 @@ def test_bind_takes_several_addresses_and_defaults_to_both_families() -> None:
 def test_a_bind_address_that_is_neither_an_address_nor_a_name_is_refused() -> None:
     with pytest.raises(ConfigError, match="bind"):
         load(no_flags(bind="127.0.0.1,[::1]"), environ={})
+
+
+def test_default_queue_type_is_classic_or_quorum():
+    assert load(no_flags(), environ={}).default_queue_type == "classic"
+    cfg = load(no_flags(), environ={"MERPATI_DEFAULT_QUEUE_TYPE": "quorum"})
+    assert cfg.default_queue_type == "quorum"
+    with pytest.raises(ConfigError, match="default-queue-type must be classic or quorum"):
+        load(no_flags(default_queue_type="stream"), environ={})
