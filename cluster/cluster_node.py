@@ -245,6 +245,10 @@ class ClusterNode:
         member = self.membership.members.get(node_id)
         if member is None:
             raise PeersError(f"no node '{node_id}' in the cluster")
+        # Its quorum queue replicas are re-created on other nodes first: the queues keep their
+        # replica count (and a majority) after it goes.
+        for vhost, name, what in await self.replicated.shrink(node_id, replace=True):
+            log.info("queue '%s' in vhost '%s' on removing %s: %s", name, vhost, node_id, what)
         await self.metadata_log.change_membership("remove", member.raft_address)
         await broker.propose(NodeLeft(node_id))
 

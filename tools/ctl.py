@@ -559,6 +559,35 @@ def cmd_quorum_status(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _grow_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node")
+    p.add_argument("which", nargs="?", choices=("all", "even"), default="all")
+
+
+@command(
+    "grow",
+    "add a replica on NODE to every quorum queue (all, or those with an even count)",
+    _grow_setup,
+)
+def cmd_grow(c: Client, args: argparse.Namespace) -> int:
+    out = c.call("POST", "/api/merpati/quorum/grow", {"node": args.node, "which": args.which})
+    rows = [{"vhost": g["vhost"], "name": g["queue"], "result": "grown"} for g in out["grown"]]
+    print_table(
+        rows, ["vhost", "name", "result"], {}, args, f"Growing quorum queues onto {args.node} ..."
+    )
+    return 0
+
+
+@command("shrink", "remove NODE's replica of every quorum queue", lambda p: p.add_argument("node"))
+def cmd_shrink(c: Client, args: argparse.Namespace) -> int:
+    out = c.call("POST", "/api/merpati/quorum/shrink", {"node": args.node})
+    rows = [{"vhost": r["vhost"], "name": r["queue"], "result": r["result"]} for r in out["queues"]]
+    print_table(
+        rows, ["vhost", "name", "result"], {}, args, f"Shrinking quorum queues on {args.node} ..."
+    )
+    return 1 if any(r["result"].startswith("kept") for r in rows) else 0
+
+
 def _delete_queue_setup(p: argparse.ArgumentParser) -> None:
     _vhost_opt(p)
     p.add_argument("queue")

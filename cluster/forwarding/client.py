@@ -136,6 +136,8 @@ class Peer:
         self._open_publish()
         if was == DOWN:
             log.info("node %s (%s) is reachable again", self.node_id, self.address)
+            for q in list(self.queues):
+                q.peer_up(self)
 
     def _went_down(self, reason: str) -> None:
         if self.state == DOWN:

@@ -56,7 +56,7 @@ class RemoteQueue:
 
     led_here = False
     deleting = None  # auto-delete is the leader's business
-    counts_requeues = False  # a replicated (quorum) queue's handle sets it
+    counts_requeues = False  # see cluster.replication.remote for a quorum queue's handle
 
     def __init__(self, vhost: str, name: str, leader: str, links: Any) -> None:
         self.vhost = vhost
@@ -71,9 +71,6 @@ class RemoteQueue:
         # Deliveries held by consumers here, by queue seq: (subscription or None for a get, msg).
         self.outstanding: dict[int, tuple[_Subscription | None, Message]] = {}
         self._peer: Any = None
-        # A replicated queue: its consumers outlive its leader (see peer_down).
-        self.replicated = False
-        self._waiting: list[Any] = []
         self._attach()
 
     # -- the peer -------------------------------------------------------------------------------
@@ -105,27 +102,42 @@ class RemoteQueue:
         return fut
 
     def peer_down(self, peer: Any) -> None:
-        """The leader went away: cancel every consumer, as RabbitMQ does for a classic queue. A
-        replicated queue's consumers wait instead for the new leader (`detach_consumers`)."""
+        """The leader went away: cancel every consumer, as RabbitMQ does for a classic queue (a
+        replicated queue's handle keeps them for the new leader: `leader_lost`)."""
         reason = f"node '{self.leader}' is down"
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
             sub.close()
-            if self.replicated:
-                self._waiting.append(sub.consumer)
-            else:
-                sub.consumer.cancelled(self, reason)
+            self.leader_lost(sub.consumer, reason)
         self.outstanding.clear()
         self.unacked = 0
         self.congested = False
 
+    def peer_up(self, peer: Any) -> None:
+        """The leader is reachable again (its consumers here were cancelled: nothing to do)."""
+
     # -- publishing -----------------------------------------------------------------------------
+
+    def leader_lost(self, consumer: Any, reason: str) -> None:
+        """A consumer's leader is gone."""
+        consumer.cancelled(self, reason)
+
+    def enqueue_without_leader(self, msg: Message, confirm: bool) -> int:
+        """A publish while the leader is unreachable: refused (the publisher gets a nack)."""
+        return REJECTED
+
+    def subscribe_without_leader(self, consumer: Any) -> None:
+        """A consumer while the leader is unreachable: cancelled at once."""
+        reason = f"node '{self.leader}' is down"
+        asyncio.get_running_loop().call_soon(consumer.cancelled, self, reason)
 
     def enqueue(self, msg: Message, confirm: bool = True) -> int:
         peer = self._live_peer()
-        if peer is None or self.deleted:
+        if self.deleted:
             return REJECTED
+        if peer is None:
+            return self.enqueue_without_leader(msg, confirm)
         token = peer.publish(self.vhost, self.name, msg, confirm)
         self.congested = peer.congested
         return token
@@ -150,12 +162,11 @@ class RemoteQueue:
 
     def subscribe(self, consumer: Any) -> None:
         peer = self._live_peer()
-        if peer is None and self.replicated and not self.deleted:
-            self._waiting.append(consumer)  # until the new leader is known
+        if self.deleted:
+            asyncio.get_running_loop().call_soon(consumer.cancelled, self, "queue deleted")
             return
-        if peer is None or self.deleted:
-            reason = f"node '{self.leader}' is down" if not self.deleted else "queue deleted"
-            asyncio.get_running_loop().call_soon(consumer.cancelled, self, reason)
+        if peer is None:
+            self.subscribe_without_leader(consumer)
             return
         sub = _Subscription(self, peer, consumer)
         self._subs[id(consumer)] = sub
@@ -165,8 +176,6 @@ class RemoteQueue:
         sub = self._subs.pop(id(consumer), None)
         if sub is not None:
             sub.cancel()
-        elif consumer in self._waiting:
-            self._waiting.remove(consumer)
 
     def kick(self) -> None:
         for sub in list(self._subs.values()):
@@ -198,6 +207,20 @@ class RemoteQueue:
     def release_many(self, msgs: list[Message]) -> None:
         for msg in msgs:
             self.settle(msg, Outcome.RELEASED)
+
+    def settle_earlier(
+        self, seqs: list[int], outcome: Outcome, modified: Modified | None = None
+    ) -> None:
+        peer = self._live_peer()
+        if peer is None:
+            return
+        req = pb.SettleRequest(
+            queue=pb.QueueRef(vhost=self.vhost, queue=self.name),
+            settlement=_settlement(seqs, outcome, modified),
+            earlier=True,
+        )
+        task = asyncio.ensure_future(peer.call("Settle", req))
+        task.add_done_callback(quiet)
 
     # -- get, purge, stats ----------------------------------------------------------------------
 
@@ -272,24 +295,6 @@ class RemoteQueue:
         """Policies apply on the leader (which applies the same metadata)."""
 
     # -- deletion -------------------------------------------------------------------------------
-
-    def detach_consumers(self) -> list[Any]:
-        """A replicated queue has a new leader: give up the consumers (their streams close, the
-        old leader releases what they held) without cancelling them."""
-        self.deleted = True
-        consumers = list(self._waiting)
-        self._waiting.clear()
-        subs = list(self._subs.values())
-        self._subs.clear()
-        for sub in subs:
-            sub.close()
-            if sub.active:
-                consumers.append(sub.consumer)
-        self.outstanding.clear()
-        self.unacked = 0
-        if self._peer is not None:
-            self._peer.queues.discard(self)
-        return consumers
 
     def delete(self, reason: str) -> int:
         """The queue was deleted or moved (metadata): cancel the consumers here, close their

@@ -256,6 +256,17 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
 
     async def Settle(self, request: pb.SettleRequest, context: Any) -> pb.SettleResponse:  # noqa: N802
         node = await self._caller(context)
+        if request.earlier:
+            ref = request.queue
+            q = (self.broker.queues.get(ref.vhost) or {}).get(ref.queue)
+            settlement = request.settlement
+            outcome = OUTCOMES.get(settlement.outcome)
+            if q is not None and outcome is not None:
+                modified = None
+                if outcome is Outcome.MODIFIED:
+                    modified = Modified(settlement.delivery_failed, settlement.undeliverable_here)
+                q.settle_earlier(list(settlement.seqs), outcome, modified)
+            return pb.SettleResponse()
         gets = self._gets.get(node)
         if gets:
             ref = request.queue

@@ -210,6 +210,13 @@ class QueueReplica:
             self._step_down()
         self.links.follow(self, leader)
 
+    def set_replicas(self, replicas: tuple[str, ...]) -> None:
+        commit = self.replica.commit
+        self.replicas = tuple(replicas)
+        self.replica.set_replicas(replicas)
+        if self.replica.commit > commit:
+            self._advance()  # one replica fewer to wait for
+
     def fence(self, epoch: int) -> tuple[int, int]:
         """An election for `epoch`: stop following older leaders; returns this replica's
         (last epoch, end offset)."""
@@ -252,31 +259,31 @@ class QueueReplica:
     def leader_store(self) -> LeaderStore:
         return LeaderStore(self, self.generation)
 
-    def load_rows(self, done: Callable[[list[tuple], int, int], None], sync: bool) -> None:
-        """The queue's state for its new leader: `done(rows, delivered, max_seq)` with rows as
-        a LocalQueue recovers them; from the store (its applied rows, read in order after
-        every write asked before) plus the log's unapplied entries."""
-        start = self.applied
-        suffix = [e.data for e in self.replica.log.read(start, 1 << 62) if e.data]
-
-        def finish(rows: list, delivered: int) -> None:
-            state = {r[0]: [r[1], r[2], r[3], r[4], r[5]] for r in rows}
-            max_seq = max([self.max_seq, *state])
-            for data in suffix:
-                for op in ops.parse(data):
-                    if op[0] == ops.ENQ:
-                        max_seq = max(max_seq, op[1])
-                delivered = ops.replay(state, delivered, data)
-            out = [(seq, *state[seq]) for seq in sorted(state)]
-            epoch_floor = self.replica.epoch << SEQ_EPOCH_SHIFT
-            done(out, delivered, max(max_seq, epoch_floor))
-
-        if sync:
-            rows = self.store.load_head(self.qid, 1 << 62)[0]
-            delivered = self.store.delivered_mark(self.qid)
-            finish(rows, delivered)
-        else:
-            self.store.read_queue(self.qid, 0, 1 << 40, finish)
+    def load_rows(self) -> tuple[list[tuple], int, int, int]:
+        """The queue's state for its new leader: (rows as a LocalQueue recovers them, the seq
+        up to which they may have been delivered, up to which they were as far as the log says,
+        highest seq used), from the store's applied rows plus the log's unapplied
+        entries. Read at once, before the queue takes any message: a message enqueued before
+        the old ones are back would overtake them, or take a seq one of them has."""
+        if not self.store.settle_writes():
+            log.warning("queue '%s': the store is slow; loading what it committed", self.name)
+        rows = self.store.load_head(self.qid, 1 << 62)[0]
+        delivered = self.store.delivered_mark(self.qid)
+        state = {r[0]: [r[1], r[2], r[3], r[4], r[5]] for r in rows}
+        max_seq = max([self.max_seq, *state])
+        for e in self.replica.log.read(self.applied, 1 << 62):
+            if not e.data:
+                continue
+            for op in ops.parse(e.data):
+                if op[0] == ops.ENQ:
+                    max_seq = max(max_seq, op[1])
+            delivered = ops.replay(state, delivered, e.data)
+        out = [(seq, *state[seq]) for seq in sorted(state)]
+        # Every message the queue had is flagged redelivered: the delivered marks travel in the
+        # log a loop turn after the deliveries, so the last ones before a crash can be missing,
+        # and "may have been delivered" must never read as "was not".
+        maybe = max([delivered, *state])
+        return out, maybe, delivered, max(max_seq, self.replica.epoch << SEQ_EPOCH_SHIFT)
 
     def op(self, generation: int, data: bytes, token: bool = False) -> int:
         """An operation of the leader's queue (generation: which LocalQueue asks)."""

@@ -31,6 +31,11 @@ from merpati.node.metadata.state import MetadataError, QueueDef
 from .controller import Controller
 from .links import ReplicaLinks, ReplicationServicer
 from .member import QueueReplica
+from .remote import ReplicatedRemoteQueue
+
+# How long a new leader waits before it delivers again what its predecessor had delivered: the
+# settlements of those deliveries (forwarded by the other nodes once they learn of it) come first.
+HOLD_BACK = 0.5
 
 if TYPE_CHECKING:
     from merpati.node.broker import Broker
@@ -102,7 +107,7 @@ class ReplicatedQueues:
                 )
                 return self._remote(qdef)
             if member.lead(qdef.epoch) or member.replica.leads:
-                return self._local(qdef, member, sync=True)
+                return self._local(qdef, member)
             return self._remote(qdef)
         if member is not None and qdef.leader != self.node_id:
             member.follow(qdef.epoch, qdef.leader)
@@ -121,38 +126,31 @@ class ReplicatedQueues:
             self.links.add(member)
         return member
 
-    def _local(self, qdef: QueueDef, member: QueueReplica, sync: bool) -> Any:
+    def _local(self, qdef: QueueDef, member: QueueReplica) -> Any:
         """The LocalQueue of a replica that now leads, filled from its state."""
         broker = self.broker
         assert broker is not None
-        store = member.leader_store()
-        q = broker._create_queue(qdef, store=store)
-        generation = member.generation
-
-        def loaded(rows: list[tuple], delivered: int, max_seq: int) -> None:
-            if generation != member.generation or q.deleted:
-                return
-            size = sum(len(r[4]) for r in rows)
-            q.recover(rows, len(rows), max_seq, delivered, size)
-            log.info(
-                "queue '%s' in vhost '%s': leading epoch %d with %d messages",
-                qdef.name,
-                qdef.vhost,
-                member.replica.epoch,
-                len(rows),
-            )
-
-        member.load_rows(loaded, sync)
+        rows, maybe_delivered, delivered, max_seq = member.load_rows()
+        q = broker._create_queue(qdef, store=member.leader_store())
+        q.recover(rows, len(rows), max_seq, maybe_delivered, sum(len(r[4]) for r in rows))
+        if len(broker.state.members) > 1:  # alone, no other node can hold its deliveries
+            q.hold_back(delivered, HOLD_BACK)
+        log.info(
+            "queue '%s' in vhost '%s': leading epoch %d with %d messages",
+            qdef.name,
+            qdef.vhost,
+            member.replica.epoch,
+            len(rows),
+        )
         return q
 
     def _remote(self, qdef: QueueDef) -> Any:
         fw = self.forwarding
         if fw is None:
             return None
-        q = fw.remote_queue(qdef)
-        q.replicated = True
-        q.counts_requeues = True
-        return q
+        broker = self.broker
+        assert broker is not None
+        return ReplicatedRemoteQueue(qdef.vhost, qdef.name, qdef.leader, fw, broker.store.ledger)
 
     async def transfer(self, node: str, timeout: float) -> list[tuple[str, str]]:
         """Ask for an election of every replicated queue `node` leads (a drain, or the node
@@ -169,16 +167,19 @@ class ReplicatedQueues:
                 if q.replicated and q.leader == node and len(q.replicas) > 1
             ]
 
-        for q in led():
-            if not q.electing:
-                try:
-                    await broker.propose(
-                        cmds.QueueElection(q.vhost, q.name, q.incarnation, q.epoch + 1)
-                    )
-                except MetadataError:
-                    pass  # an election is under way already
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        for q in led():
+            if not q.electing:
+                cmd = cmds.QueueElection(q.vhost, q.name, q.incarnation, q.epoch + 1)
+                try:
+                    # Bounded: without a Raft majority a proposal waits, and a stopping node
+                    # must not.
+                    await asyncio.wait_for(broker.propose(cmd), max(0.1, deadline - loop.time()))
+                except MetadataError:
+                    pass  # an election is under way already
+                except TimeoutError:
+                    break
         while loop.time() < deadline and any(q.electing for q in led()):
             await asyncio.sleep(0.05)
         return [(q.vhost, q.name) for q in led()]
@@ -236,6 +237,9 @@ class ReplicatedQueues:
         elif isinstance(cmd, cmds.QueueLeader):
             if broker.recovered:
                 self._new_leader(cmd)
+        elif isinstance(cmd, cmds.SetQueueReplicas):
+            if broker.recovered:
+                self._replicas_changed(cmd)
         elif isinstance(cmd, cmds.DeleteQueue):
             self._close(cmd.vhost, cmd.name)
         elif isinstance(cmd, cmds.DeleteVhost):
@@ -252,7 +256,7 @@ class ReplicatedQueues:
         if cmd.leader == self.node_id and member is not None:
             if not member.lead(cmd.epoch):
                 return
-            new = self._local(qdef, member, sync=False)
+            new = self._local(qdef, member)
         else:
             if member is not None:
                 member.follow(cmd.epoch, cmd.leader)
@@ -267,10 +271,107 @@ class ReplicatedQueues:
         if new is None:
             return
         broker._register(new)
-        consumers = old.detach_consumers() if old is not None and old is not new else []
-        for c in consumers:
+        if old is None or old is new:
+            return
+        if isinstance(old, ReplicatedRemoteQueue):
+            old.hand_over(new)  # its consumers, and publishes held while no leader answered
+            return
+        old.successor = new  # where settlements of its deliveries go from now on
+        for c in old.detach_consumers():  # this node's LocalQueue, as the leader before
             c.queue = new
             new.subscribe(c)
+
+    def _replicas_changed(self, cmd: cmds.SetQueueReplicas) -> None:
+        broker = self.broker
+        assert broker is not None
+        qdef = broker.state.queue(cmd.vhost, cmd.name)
+        if qdef is None:
+            return
+        key = (cmd.vhost, cmd.name, cmd.incarnation)
+        member = self.links.member(key)
+        if self.node_id not in qdef.replicas:
+            if member is not None:
+                log.info("queue '%s' in vhost '%s': replica here removed", cmd.name, cmd.vhost)
+                member.close(drop=True)
+            return
+        if member is None:
+            member = self._member(qdef)
+            assert member is not None
+            log.info("queue '%s' in vhost '%s': new replica here", cmd.name, cmd.vhost)
+            member.follow(qdef.epoch, qdef.leader)
+            return
+        member.set_replicas(qdef.replicas)
+
+    async def grow(self, node: str, which: str = "all") -> list[tuple[str, str]]:
+        """Add `node` to the replicas of every quorum queue without it (`which` "even": only
+        those with an even number of replicas, as rabbitmq-queues grow); returns them."""
+        broker = self.broker
+        assert broker is not None
+        done = []
+        for q in self._queues():
+            if node in q.replicas or (which == "even" and len(q.replicas) % 2):
+                continue
+            await broker.propose(
+                cmds.SetQueueReplicas(q.vhost, q.name, q.incarnation, (*q.replicas, node))
+            )
+            done.append((q.vhost, q.name))
+        return done
+
+    async def shrink(self, node: str, replace: bool = False) -> list[tuple[str, str, str]]:
+        """Remove `node` from the replicas of every quorum queue it has one of (after moving
+        the leadership away where it leads); with `replace`, first add the live member holding
+        the fewest replicas, so each queue keeps its replica count (a node leaving). Returns
+        (vhost, queue, what happened)."""
+        broker = self.broker
+        assert broker is not None
+        out = []
+        if any(q.leader == node for q in self._queues() if node in q.replicas):
+            await self.transfer(node, 10.0)
+        for q in self._queues():
+            if node not in q.replicas:
+                continue
+            if q.leader == node:
+                out.append(
+                    (
+                        q.vhost,
+                        q.name,
+                        "kept: it still leads the queue (no other replica "
+                        "was as far when it was asked to hand over)",
+                    )
+                )
+                continue
+            if len(q.replicas) == 1:
+                out.append((q.vhost, q.name, "kept: the queue's only replica"))
+                continue
+            if replace:
+                spare = self._spare(q)
+                if spare is not None:
+                    await broker.propose(
+                        cmds.SetQueueReplicas(q.vhost, q.name, q.incarnation, (*q.replicas, spare))
+                    )
+                    q = broker.state.queue(q.vhost, q.name)
+            rest = tuple(r for r in q.replicas if r != node)
+            await broker.propose(cmds.SetQueueReplicas(q.vhost, q.name, q.incarnation, rest))
+            out.append((q.vhost, q.name, f"removed ({', '.join(rest)})"))
+        return out
+
+    def _spare(self, qdef: QueueDef) -> str | None:
+        broker = self.broker
+        assert broker is not None
+        live = self.controller.live()
+        held: dict[str, int] = {}
+        for q in self._queues():
+            for r in q.replicas:
+                held[r] = held.get(r, 0) + 1
+        spare = [m for m in broker.state.members if m in live and m not in qdef.replicas]
+        return min(spare, key=lambda m: (held.get(m, 0), m)) if spare else None
+
+    def _queues(self) -> list[QueueDef]:
+        broker = self.broker
+        assert broker is not None
+        return [
+            q for vh in broker.state.vhosts.values() for q in vh.queues.values() if q.replicated
+        ]
 
     def _close(self, vhost: str, name: str | None) -> None:
         for key, member in list(self.links.members.items()):

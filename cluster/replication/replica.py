@@ -112,6 +112,18 @@ class Replica:
         self.match = {}
         return True
 
+    def set_replicas(self, replicas: Iterable[str]) -> None:
+        """The replica set changed (one node more or less); a leader counts commits by it."""
+        self.replicas = tuple(replicas)
+        if self.role != "leader":
+            return
+        self.match = {r: self.match.get(r, 0) for r in self.replicas if r != self.name}
+        for r in list(self.parked):
+            if r not in self.match:
+                del self.parked[r]
+        if self.leads:
+            self._advance_commit()
+
     def fence(self, epoch: int) -> None:
         """An election for `epoch` is under way: from now on this replica neither follows nor
         acknowledges a leader of an older epoch (its fetches carry `epoch`, which deposes that

@@ -36,6 +36,7 @@ class ConfirmLedger:
         self.last_error: str | None = None
         self.watchers: set[LedgerWatcher] = set()
         self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._forwards: dict[int, list[int]] = {}  # token -> earlier tokens it resolves too
 
     def allocate(self) -> int:
         token = self._next
@@ -44,7 +45,22 @@ class ConfirmLedger:
         heapq.heappush(self._order, token)
         return token
 
+    def forward(self, token: int, to: int) -> None:
+        """`to` (handed out earlier) resolves as `token` does: a publish held under `to` and
+        sent on later under `token`. A waiter on `token` cannot do this: `to` is older, so
+        `token` never counts as committed before `to` does."""
+        if token in self._open:
+            self._forwards.setdefault(token, []).append(to)
+        else:  # resolved already; `to` is open and older, so a failure is still on record
+            self.resolve([to], ok=token not in self.failed, error=self.last_error)
+
     def resolve(self, tokens: list[int], ok: bool, error: str | None = None) -> None:
+        forwards = self._forwards
+        if forwards:
+            more = tokens
+            while more:
+                more = [e for t in more if t in forwards for e in forwards.pop(t)]
+                tokens = [*tokens, *more]
         for token in tokens:
             self._open.discard(token)
             if not ok:

@@ -130,6 +130,11 @@ class QueueHandle(Protocol):
     def release_many(self, msgs: list[Message]) -> None:
         """Release several deliveries at once (a channel closing), in delivery order."""
 
+    def settle_earlier(
+        self, seqs: list[int], outcome: Outcome, modified: Modified | None = None
+    ) -> None:
+        """Settle, by seq, deliveries an earlier leader of this replicated queue made."""
+
     def get(self, ack_required: bool) -> asyncio.Future:
         """basic.get: a future of (message or None, messages left)."""
 
@@ -214,6 +219,15 @@ class LocalQueue:
         self.deleting: Any = None  # the pending delete of an auto-delete queue (a future)
         # Leadership moved away: the cluster.handover.Handover that owns what is left.
         self.handover: Any = None
+        # A replicated queue's handle that took over from this one (its new leader): where the
+        # settlements of this one's deliveries go (`settle_earlier`).
+        self.successor: Any = None
+        # Seqs an earlier leader's delivery settled (accepted) while this one had delivered them
+        # again: their second delivery settles as accepted whatever its outcome.
+        self._settled_early: set[int] = set()
+        self._ready_by_seq: dict[int, Message] | None = None  # for settle_earlier, for a while
+        self._held_back: dict[int, Message] = {}  # see hold_back
+        self._held_back_bytes = 0
         # Queue features (TTL, limits, priorities, single active consumer, delivery limit).
         self._ready: FifoReady | PriorityReady = FifoReady()
         self._ready_bytes = 0
@@ -637,11 +651,16 @@ class LocalQueue:
     def settle(self, msg: Message, outcome: Outcome, modified: Modified | None = None) -> None:
         if self.deleted:
             self._forget(msg)
+            if self.successor is not None:
+                self.successor.settle_earlier([msg.seq], outcome, modified)
             return
         if self.handover is not None:
             self.handover.settled(msg, outcome, modified)
             return
         self.unacked -= 1
+        early = self._settled_early
+        if early and self._was_settled_early(msg):
+            return
         if outcome is Outcome.ACCEPTED:
             self._forget(msg)
             if msg.stored:
@@ -667,6 +686,124 @@ class LocalQueue:
         self._requeue(msg)
         self.kick()
 
+    def _was_settled_early(self, msg: Message) -> bool:
+        """`msg` was accepted through its earlier delivery (its row is gone already)."""
+        early = self._settled_early
+        if msg.seq in early:
+            early.discard(msg.seq)
+            self._forget(msg)
+            return True
+        if not self.unacked:
+            early.clear()  # nothing delivered is left: the rest were not in flight here
+        return False
+
+    def hold_back(self, upto: int, seconds: float) -> None:
+        """A replicated queue's new leader: the messages its predecessor may have delivered
+        (seq <= `upto`) wait `seconds` before they are delivered again, so that what their
+        consumers settle meanwhile (`settle_earlier`) arrives first and they do not come twice.
+        Messages never delivered go at once."""
+        ready = self._ready
+        keep, held = [], {}
+        while (msg := ready.pop()) is not None:
+            if msg.seq <= upto:
+                held[msg.seq] = msg
+            else:
+                keep.append(msg)
+        for msg in keep:
+            ready.append(msg)
+        if not held:
+            return
+        for msg in held.values():
+            msg.queued = False
+            n = len(msg.body)
+            self._ready_bytes -= n
+            self._held_back_bytes += n
+        self._held_back = held
+        asyncio.get_running_loop().call_later(seconds, self._give_back)
+
+    def _give_back(self) -> None:
+        held, self._held_back = self._held_back, {}
+        self._held_back_bytes = 0
+        self._ready_by_seq = None  # indexed without them
+        if self.deleted:
+            return
+        for msg in held.values():
+            self._requeue(msg)
+        self.kick()
+
+    def _settle_held_back(self, msg: Message, outcome: Outcome) -> None:
+        if outcome is Outcome.MODIFIED:
+            msg.delivery_count += 1
+            limit = self.options.delivery_limit
+            if limit is None or msg.delivery_count <= limit:
+                return
+        del self._held_back[msg.seq]
+        self._held_back_bytes -= len(msg.body)
+        if outcome is Outcome.ACCEPTED:
+            self._forget(msg)
+            if msg.stored:
+                self.store.delete(self.qid, msg.seq)
+        else:
+            self._remove(msg, "rejected" if outcome is Outcome.REJECTED else "delivery_limit")
+
+    def settle_earlier(
+        self, seqs: list[int], outcome: Outcome, modified: Modified | None = None
+    ) -> None:
+        """Settlements of deliveries an earlier leader of this replicated queue made, by seq
+        (seqs are never reused across epochs: cluster/replication/member.py). Every message the
+        new leader inherited is ready or delivered again: a ready one is settled as asked; one
+        delivered again counts as acknowledged once its earlier delivery is, so an acknowledged
+        message never comes back (its second delivery's consumer may still see it once)."""
+        if self.deleted:
+            if self.successor is not None:
+                self.successor.settle_earlier(seqs, outcome, modified)
+            return
+        if self.handover is not None or outcome is Outcome.RELEASED:
+            return  # released: it is ready or delivered already
+        failed = modified is not None and modified.delivery_failed
+        if outcome is Outcome.MODIFIED and not failed:
+            return
+        index = self._ready_by_seq
+        if index is None:
+            # Late settlements come in a burst after a failover: index the ready messages once
+            # (only inherited ones can be named) and forget the index a minute later.
+            index = self._ready_by_seq = {m.seq: m for m in self._ready}
+            asyncio.get_running_loop().call_later(EARLIER_INDEX_FOR, self._drop_ready_index)
+        wanted = []
+        held = self._held_back
+        for seq in seqs:
+            if held and seq in held:
+                self._settle_held_back(held[seq], outcome)
+                continue
+            msg = index.get(seq)
+            if msg is None or not msg.queued or msg.dead:
+                wanted.append(seq)  # delivered again, or gone
+                continue
+            if outcome is Outcome.MODIFIED:
+                msg.delivery_count += 1
+                limit = self.options.delivery_limit
+                if limit is None or msg.delivery_count <= limit:
+                    continue
+            del index[seq]
+            self._ready.kill(msg)
+            msg.queued = False
+            self._ready_bytes -= len(msg.body)
+            if outcome is Outcome.ACCEPTED:
+                self._forget(msg)
+                if msg.stored:
+                    self.store.delete(self.qid, msg.seq)
+            else:
+                self._remove(msg, "rejected" if outcome is Outcome.REJECTED else "delivery_limit")
+        if outcome is Outcome.ACCEPTED and self.unacked and self.store is not None:
+            for seq in wanted:
+                if seq <= self._seq:
+                    self.store.delete(self.qid, seq)
+                    self._settled_early.add(seq)
+        self._check_flow()
+
+    def _drop_ready_index(self) -> None:
+        self._ready_by_seq = None
+
     def _requeue(self, msg: Message) -> None:
         msg.redelivered = True
         if msg.expires and msg.expires <= _now():
@@ -688,8 +825,11 @@ class LocalQueue:
             for msg in msgs:
                 self.handover.settled(msg, Outcome.RELEASED, None)
             return
+        early = self._settled_early
         for msg in msgs:
             self.unacked -= 1
+            if early and self._was_settled_early(msg):
+                continue
             self._requeue(msg)
         self.kick()
 
@@ -700,7 +840,9 @@ class LocalQueue:
 
     def purge_now(self) -> int:
         n = self.message_count
-        dropped = list(self._ready)
+        dropped = [*self._ready, *self._held_back.values()]
+        self._held_back = {}
+        self._held_back_bytes = 0
         self._ready.clear()
         self._ready_bytes = 0
         self._expiry.clear()
@@ -723,7 +865,7 @@ class LocalQueue:
 
     def stats_now(self) -> tuple[int, int]:
         """(messages ready, consumers)."""
-        return len(self._ready) + self._paged, len(self._consumers)
+        return self.message_count, len(self._consumers)
 
     @property
     def consumer_count(self) -> int:
@@ -731,11 +873,11 @@ class LocalQueue:
 
     @property
     def message_count(self) -> int:
-        return len(self._ready) + self._paged
+        return len(self._ready) + self._paged + len(self._held_back)
 
     @property
     def message_bytes(self) -> int:
-        return self._ready_bytes + self._paged_bytes
+        return self._ready_bytes + self._paged_bytes + self._held_back_bytes
 
     def hand_over(self, handover: Any) -> tuple[list[Message], int, int, list[Consumer]]:
         """Leadership moved to another node: stop being a queue and give up what it holds.
@@ -785,9 +927,11 @@ class LocalQueue:
         """Mark deleted, cancel consumers, drop messages; returns the number of ready messages."""
         n = self.message_count
         self.deleted = True
-        for msg in self._ready:
+        for msg in [*self._ready, *self._held_back.values()]:
             self._forget(msg)
         self._ready.clear()
+        self._held_back = {}
+        self._held_back_bytes = 0
         self._expiry.clear()
         for timer in (self._expiry_timer, self._unused_timer):
             if timer is not None:
@@ -806,6 +950,8 @@ class LocalQueue:
 
 REJECTED = -1
 EXPIRY_SLACK = 0.005
+# How long a new leader keeps its ready messages indexed by seq for late settlements.
+EARLIER_INDEX_FOR = 60.0
 
 
 def _now() -> float:

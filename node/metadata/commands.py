@@ -183,6 +183,18 @@ class QueueLeader:
 
 
 @dataclass(frozen=True)
+class SetQueueReplicas:
+    """A replicated queue's replica set gains or loses one node (grow, shrink, a node leaving):
+    one at a time, so that every majority of the old set meets every majority of the new one;
+    never the leader, and not during an election."""
+
+    vhost: str
+    name: str
+    incarnation: str
+    replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SetNodeDraining:
     """A draining node gets no new queues (placement skips it). Cleared by draining=False or by
     the node's next NodeStarted: a node that starts again is a normal member again."""
@@ -221,6 +233,7 @@ Command = (
     | QueueHandedOver
     | QueueElection
     | QueueLeader
+    | SetQueueReplicas
     | SetNodeDraining
     | NodeStarted
 )

@@ -423,6 +423,29 @@ class MetadataState:
         q.leader = cmd.leader
         return "leader"
 
+    def _apply_SetQueueReplicas(self, cmd: c.SetQueueReplicas) -> Any:
+        q = self._replicated(cmd.vhost, cmd.name, cmd.incarnation)
+        new = tuple(cmd.replicas)
+        changed = set(new) ^ set(q.replicas)
+        if len(new) != len(set(new)) or len(changed) != 1:
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"queue '{cmd.name}': replicas change one node at a time "
+                f"({', '.join(q.replicas)} -> {', '.join(new)})",
+            )
+        if q.leader not in new:
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"queue '{cmd.name}': its leader '{q.leader}' cannot leave its replicas; "
+                "move the leadership first",
+            )
+        if q.electing:
+            raise MetadataError(
+                PRECONDITION_FAILED, f"queue '{cmd.name}': an election is under way, try again"
+            )
+        q.replicas = new
+        return "replicas"
+
     def _apply_SetNodeDraining(self, cmd: c.SetNodeDraining) -> Any:
         if cmd.node_id not in self.members:
             raise MetadataError(NOT_FOUND, f"no node '{cmd.node_id}' in the cluster")

@@ -180,6 +180,15 @@ class _Read:
 _STOP = object()
 
 
+class _Barrier:
+    """Set by the writer once everything queued before it is committed."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
 class CommitWatcher:
     """Something waiting for commits (a channel with publisher confirms outstanding)."""
 
@@ -444,8 +453,19 @@ class SQLiteStore:
         meta = (row[0], row[1], row[2], json.loads(row[3]))
         return meta, [(i & SEQ_MASK, e, d) for i, e, d in entries]
 
+    def settle_writes(self, timeout: float = 10.0) -> bool:
+        """Block until everything asked of the store so far is committed, so that the
+        synchronous reads below see it (a replica that becomes leader loads its queue: rare,
+        and the wait is one commit). False when the writer did not get there in `timeout`."""
+        if self._thread is None:
+            return True
+        self._submit()
+        barrier = _Barrier()
+        self._inbox.put(barrier)
+        return barrier.done.wait(timeout)
+
     def delivered_mark(self, qid: int) -> int:
-        """At start: the queue's delivered mark."""
+        """The queue's delivered mark, as committed (see settle_writes)."""
         row = self._reader.execute("SELECT delivered FROM queues WHERE qid = ?", (qid,)).fetchone()
         return row[0] if row else 0
 
@@ -548,6 +568,9 @@ class SQLiteStore:
             item = pending.pop(0) if pending else inbox.get()
             if item is _STOP:
                 break
+            if isinstance(item, _Barrier):
+                item.done.set()
+                continue
             if isinstance(item, _Read):
                 try:
                     rows = conn.execute(item.sql, item.args).fetchall()
@@ -566,7 +589,7 @@ class SQLiteStore:
                 if isinstance(nxt, _Batch):
                     batches.append(nxt)
                 else:
-                    pending.append(nxt)
+                    pending.append(nxt)  # a read or barrier: after this commit
                     break
             error = None
             try:

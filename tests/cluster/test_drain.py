@@ -269,6 +269,11 @@ def test_prestop_hook_drains_the_node_then_sigterm_hands_over_what_consumers_hel
     conn = connect(n2)
     ch = conn.channel()
     ch.queue_declare("work", durable=True)  # the first queue of a fresh cluster: led by n2
+    # Declared once n2 applied it; n1 applies the same Raft entry a moment later.
+    deadline = time.monotonic() + 10
+    while call(n1.management_url, "GET", "/api/queues/%2F/work")[0] != 200:
+        assert time.monotonic() < deadline, "n1 never saw the queue n2 declared"
+        time.sleep(0.05)
     assert queue_info(n1, "work")["node"] == "n2"
     publish(n2, "work", 300)
     ch.basic_qos(prefetch_count=10)

@@ -520,3 +520,48 @@ def test_same_commands_give_the_same_results_and_state(cmds):
         for ident in held:
             kind, name = ident[1]
             assert name in (vh.queues if kind == "q" else vh.exchanges)
+
+
+# --- replicated queues -----------------------------------------------------------------------
+
+
+def quorum_queue(**kw) -> c.DeclareQueue:
+    return c.DeclareQueue(
+        V,
+        "qq",
+        True,
+        arguments={"x-queue-type": "quorum"},
+        leader="n1",
+        replicas=("n1", "n2", "n3"),
+        incarnation="i1",
+        **kw,
+    )
+
+
+def test_a_replicated_queue_starts_in_epoch_1_and_changes_leader_by_election():
+    s = fresh(quorum_queue())
+    q = s.queue(V, "qq")
+    assert (q.replicated, q.epoch, q.electing, q.leader) == (True, 1, 0, "n1")
+    # The leader changes only for the next epoch, to one of the replicas.
+    assert err(s.apply(c.QueueLeader(V, "qq", "i1", 3, "n2"))).code == 406
+    assert err(s.apply(c.QueueLeader(V, "qq", "i1", 2, "n9"))).code == 406
+    assert s.apply(c.QueueElection(V, "qq", "i1", 2)) == "electing"
+    assert err(s.apply(c.QueueElection(V, "qq", "i1", 2))).code == 406  # one at a time
+    assert s.apply(c.QueueLeader(V, "qq", "i1", 2, "n2")) == "leader"
+    assert (q.epoch, q.electing, q.leader) == (2, 0, "n2")
+    # A command for another incarnation of the same name is refused: the queue it meant is gone.
+    assert err(s.apply(c.QueueElection(V, "qq", "other", 3))).code == 404
+    # Replicated queues never move by MoveQueue (their replicas hold the messages already).
+    assert err(s.apply(c.MoveQueue(V, "qq", "n2", "n3"))).code == 406
+
+
+def test_replicas_change_one_node_at_a_time_and_never_drop_the_leader():
+    s = fresh(quorum_queue())
+    q = s.queue(V, "qq")
+    assert s.apply(c.SetQueueReplicas(V, "qq", "i1", ("n1", "n2", "n3", "n4"))) == "replicas"
+    assert q.replicas == ("n1", "n2", "n3", "n4")
+    assert err(s.apply(c.SetQueueReplicas(V, "qq", "i1", ("n1", "n2")))).code == 406  # two
+    assert err(s.apply(c.SetQueueReplicas(V, "qq", "i1", ("n2", "n3", "n4")))).code == 406
+    assert s.apply(c.SetQueueReplicas(V, "qq", "i1", ("n1", "n3", "n4"))) == "replicas"
+    s.apply(c.QueueElection(V, "qq", "i1", 2))
+    assert err(s.apply(c.SetQueueReplicas(V, "qq", "i1", ("n1", "n3")))).code == 406  # electing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -360,3 +362,129 @@ def test_messages_are_conserved(steps):
     # What is still ready comes out oldest first, each message once.
     seqs = [m.seq for m in iter(lambda: q.get_now(False), None)]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+# -- settle_earlier: a replicated queue's new leader settles its predecessor's deliveries --------
+
+
+class RecordingStore:
+    """Every message kept (as a replicated queue's leader store); deletes recorded."""
+
+    keeps_every_message = True
+
+    def __init__(self) -> None:
+        self.deleted: list[int] = []
+
+    def queue_id(self, vhost: str, name: str, durable: bool) -> int:
+        return 1
+
+    def append(self, qid, seq, transient, route, props, body, expires=0.0) -> int:
+        return 0
+
+    def delete(self, qid: int, seq: int) -> None:
+        self.deleted.append(seq)
+
+    def mark_delivered(self, qid: int, seq: int) -> None:
+        pass
+
+
+def in_loop(test):
+    """Run `test` inside an event loop (the queue arms timers)."""
+
+    def run() -> None:
+        async def main() -> None:
+            test()
+
+        asyncio.run(main())
+
+    run.__name__ = test.__name__
+    return run
+
+
+def inherited(n: int, limit: int | None = None) -> tuple[LocalQueue, RecordingStore]:
+    """A new leader's queue holding n messages (seqs 1..n) its predecessor had delivered."""
+    store = RecordingStore()
+    args = {"x-queue-type": "quorum"}
+    if limit is not None:
+        args["x-delivery-limit"] = limit
+    q = LocalQueue("/", "qq", durable=True, arguments=args, store=store)
+    rows = [(i, False, b"\x00\x00", b"\x00\x00", b"m%d" % i, 0) for i in range(1, n + 1)]
+    q.recover(rows, n, n, n, sum(len(r[4]) for r in rows))
+    return q, store
+
+
+@in_loop
+def test_an_ack_of_an_earlier_delivery_removes_the_ready_message():
+    q, store = inherited(3)
+    q.settle_earlier([2], Outcome.ACCEPTED)
+    assert store.deleted == [2]
+    assert ready_bodies(q) == [b"m1", b"m3"]
+
+
+@in_loop
+def test_a_release_or_plain_modify_of_an_earlier_delivery_changes_nothing():
+    q, store = inherited(2)
+    q.settle_earlier([1], Outcome.RELEASED)
+    q.settle_earlier([1], Outcome.MODIFIED, Modified(undeliverable_here=True))
+    assert store.deleted == [] and q.message_count == 2
+
+
+@in_loop
+def test_a_failed_earlier_delivery_counts_toward_the_delivery_limit():
+    q, store = inherited(1, limit=1)
+    failed = Modified(delivery_failed=True)
+    q.settle_earlier([1], Outcome.MODIFIED, failed)
+    assert q.message_count == 1  # one failure: within the limit
+    q.settle_earlier([1], Outcome.MODIFIED, failed)
+    assert q.message_count == 0 and store.deleted == [1]
+
+
+@in_loop
+def test_an_earlier_reject_dead_letters():
+    q, store = inherited(2)
+    dead: list[tuple[bytes, str]] = []
+    q.dead_letter = lambda queue, m, reason: dead.append((m.body, reason))
+    q.settle_earlier([1], Outcome.REJECTED)
+    assert dead == [(b"m1", "rejected")] and ready_bodies(q) == [b"m2"]
+
+
+@in_loop
+def test_an_ack_of_an_earlier_delivery_of_a_message_delivered_again_keeps_it_from_coming_back():
+    q, store = inherited(2)
+    c = FakeConsumer("c")
+    q.subscribe(c)
+    assert c.bodies() == [b"m1", b"m2"]
+    q.settle_earlier([1], Outcome.ACCEPTED)
+    assert store.deleted == [1]  # gone from the store at once: a later leader never has it
+    # Its second consumer gives it back (or dies): it does not come back.
+    q.release_many(list(c.got))
+    assert c.bodies() == [b"m1", b"m2", b"m2"]  # only m2 came again
+    assert q.unacked == 1 and q.message_count == 0
+    assert store.deleted == [1]
+
+
+@in_loop
+def test_a_settlement_of_an_old_leader_goes_to_its_successor():
+    old, _ = inherited(1)
+    c = FakeConsumer("c")
+    old.subscribe(c)
+    new, store = inherited(1)
+    old.successor = new
+    assert old.detach_consumers() == [c]
+    old.settle(c.got[0], Outcome.ACCEPTED)
+    assert store.deleted == [1] and new.message_count == 0
+
+
+@in_loop
+def test_a_new_leader_holds_back_what_was_delivered_until_settlements_had_time_to_come():
+    q, store = inherited(4)
+    q.hold_back(2, 60.0)
+    assert q.message_count == 4
+    c = FakeConsumer("c")
+    q.subscribe(c)
+    assert c.bodies() == [b"m3", b"m4"]  # never delivered before: at once
+    q.settle_earlier([1], Outcome.ACCEPTED)
+    assert store.deleted == [1] and q.message_count == 1
+    q._give_back()  # the timer
+    assert c.bodies() == [b"m3", b"m4", b"m2"]
+    assert c.got[2].redelivered

@@ -515,3 +515,26 @@ def test_a_follower_that_went_on_into_an_epoch_the_leader_never_had_truncates_to
     assert follower.log.end == 17  # where epoch 2 ends in its own log
     sync(leader, follower, rounds=2)
     assert [e.data for e in follower.log.entries] == [e.data for e in leader.log.entries]
+
+
+def test_a_leader_counts_commits_by_its_current_replica_set():
+    leader = Replica("a")
+    leader.become_leader(1, ("a", "b", "c"))
+    leader.flushed(leader.log.end)
+    entry = leader.append(b"x")
+    leader.flushed(leader.log.end)
+    assert leader.commit <= entry.offset  # a alone is not a majority of three
+    # b leaves: a and c are two, and a majority needs both.
+    leader.set_replicas(("a", "c"))
+    assert set(leader.match) == {"c"}
+    assert leader.commit <= entry.offset
+    leader.on_fetch(Fetch(1, "c", leader.log.end, 1))
+    assert leader.commit == leader.log.end
+    # d joins empty; a majority of a, c, d is two: a alone does not commit the next entry.
+    leader.set_replicas(("a", "c", "d"))
+    assert leader.match["d"] == 0
+    nxt = leader.append(b"y")
+    leader.flushed(leader.log.end)
+    assert leader.commit <= nxt.offset
+    leader.on_fetch(Fetch(1, "d", leader.log.end, 1))
+    assert leader.commit == leader.log.end

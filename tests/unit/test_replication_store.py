@@ -368,3 +368,20 @@ def test_applying_a_committed_range_in_one_turn_gives_the_rows_replay_gives(
         assert ({r[0]: list(r[1:]) for r in rows}, delivered) == (RUN_ROWS, 5)
 
     _run(tmp_path, main)
+
+
+def test_settle_writes_makes_what_was_asked_visible_to_synchronous_reads(tmp_path: Path) -> None:
+    async def main(path: Path) -> None:
+        store, _ = await _open(path)
+        qid = store.queue_id("/", "sq", True)
+        for seq in range(1, 4):
+            store.append(qid, seq, False, b"rk", b"p", b"m%d" % seq, EXPIRES)
+        store.mark_delivered(qid, 2)
+        # Nothing awaited: a replica becoming leader reads its rows at once, in the loop.
+        assert store.settle_writes(timeout=10)
+        rows, count, max_seq, _size = store.load_head(qid, 100)
+        assert [r[0] for r in rows] == [1, 2, 3] and count == 3 and max_seq == 3
+        assert store.delivered_mark(qid) == 2
+        store.close()
+
+    asyncio.run(main(tmp_path / "s.db"))

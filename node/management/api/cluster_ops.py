@@ -41,6 +41,30 @@ class ClusterOpsApi(ApiBase):
             raise bad_request(f"queue '{name}' in vhost '{vhost}' is not a quorum queue")
         return json_response(await self._plan().replicated.quorum_status(qdef))
 
+    async def quorum_grow(self, request: web.Request) -> web.Response:
+        """{"node": N, "which": "all" | "even"}: N gets a replica of every quorum queue."""
+        self._admin(request)
+        body = await read_json(request)
+        node, which = body.get("node"), body.get("which", "all")
+        if node not in self.broker.state.members:
+            raise bad_request(f"no node '{node}' in the cluster")
+        if which not in ("all", "even"):
+            raise bad_request(f"which must be all or even, not {which!r}")
+        grown = await self._plan().replicated.grow(node, which)
+        return json_response({"node": node, "grown": [{"vhost": v, "queue": q} for v, q in grown]})
+
+    async def quorum_shrink(self, request: web.Request) -> web.Response:
+        """{"node": N}: N gives up its replica of every quorum queue (leadership moved first)."""
+        self._admin(request)
+        body = await read_json(request)
+        node = body.get("node")
+        if node not in self.broker.state.members:
+            raise bad_request(f"no node '{node}' in the cluster")
+        rows = await self._plan().replicated.shrink(node)
+        return json_response(
+            {"node": node, "queues": [{"vhost": v, "queue": q, "result": r} for v, q, r in rows]}
+        )
+
     async def cluster_remove_node(self, request: web.Request) -> web.Response:
         self._admin(request)
         try:

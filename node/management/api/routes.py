@@ -44,6 +44,8 @@ class ManagementApi(
         r.add_delete("/api/merpati/cluster/nodes/{node}", self.cluster_remove_node)
         r.add_post("/api/merpati/cluster/rebalance", self.cluster_rebalance)
         r.add_get("/api/merpati/quorum/{vhost}/{name}", self.quorum_status)
+        r.add_post("/api/merpati/quorum/grow", self.quorum_grow)
+        r.add_post("/api/merpati/quorum/shrink", self.quorum_shrink)
         r.add_post("/api/merpati/cluster/nodes/{node}/drain", self.cluster_drain)
         r.add_post("/api/merpati/cluster/nodes/{node}/undrain", self.cluster_undrain)
         # connections, channels, consumers

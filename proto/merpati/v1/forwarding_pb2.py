@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/merpati/v1/forwarding.proto\x12\nmerpati.v1\"(\n\x08QueueRef\x12\r\n\x05vhost\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"5\n\x07\x43ontent\x12\r\n\x05route\x18\x01 \x01(\x0c\x12\r\n\x05props\x18\x02 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"$\n\x0cPublishBatch\x12\x0e\n\x06packed\x18\x02 \x01(\x0cJ\x04\x08\x01\x10\x02\"D\n\x0ePublishResults\x12\x11\n\tconfirmed\x18\x01 \x03(\x04\x12\x10\n\x08rejected\x18\x02 \x03(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x9b\x01\n\tSubscribe\x12#\n\x05queue\x18\x01 \x01(\x0b\x32\x14.merpati.v1.QueueRef\x12\x14\n\x0c\x63onsumer_tag\x18\x02 \x01(\t\x12\x11\n\texclusive\x18\x03 \x01(\x08\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0e\n\x06\x63redit\x18\x05 \x01(\r\x12\x0e\n\x06no_ack\x18\x06 \x01(\x08\x12\x0e\n\x06window\x18\x07 \x01(\x08\"u\n\nSettlement\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x12$\n\x07outcome\x18\x02 \x01(\x0e\x32\x13.merpati.v1.Outcome\x12\x17\n\x0f\x64\x65livery_failed\x18\x03 \x01(\x08\x12\x1a\n\x12undeliverable_here\x18\x04 \x01(\x08\"\x87\x01\n\x0e\x43onsumeRequest\x12(\n\tsubscribe\x18\x01 \x01(\x0b\x32\x15.merpati.v1.Subscribe\x12+\n\x0bsettlements\x18\x02 \x03(\x0b\x32\x16.merpati.v1.Settlement\x12\x0e\n\x06\x63redit\x18\x03 \x01(\r\x12\x0e\n\x06\x63\x61ncel\x18\x04 \x01(\x08\"j\n\x08\x44\x65livery\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12$\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x13.merpati.v1.Content\x12\x13\n\x0bredelivered\x18\x03 \x01(\x08\x12\x16\n\x0e\x64\x65livery_count\x18\x04 \x01(\r\"]\n\x0c\x43onsumeEvent\x12\x14\n\nsubscribed\x18\x01 \x01(\x08H\x00\x12\x14\n\ndeliveries\x18\x04 \x01(\x0cH\x00\x12\x13\n\tcancelled\x18\x03 \x01(\tH\x00\x42\x06\n\x04kindJ\x04\x08\x02\x10\x03\">\n\nGetRequest\x12#\n\x05queue\x18\x01 \x01(\x0b\x32\x14.merpati.v1.QueueRef\x12\x0b\n\x03\x61\x63k\x18\x02 \x01(\x08\"W\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12&\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x14.merpati.v1.Delivery\x12\x11\n\tremaining\x18\x03 \x01(\x04\"`\n\rSettleRequest\x12#\n\x05queue\x18\x01 \x01(\x0b\x32\x14.merpati.v1.QueueRef\x12*\n\nsettlement\x18\x02 \x01(\x0b\x32\x16.merpati.v1.Settlement\"\x10\n\x0eSettleResponse\"\x1f\n\rPurgeResponse\x12\x0e\n\x06purged\x18\x01 \x01(\x04\"4\n\rStatsResponse\x12\x10\n\x08messages\x18\x01 \x01(\x04\x12\x11\n\tconsumers\x18\x02 \x01(\x04\"\x1e\n\x0bPingRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x1f\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t*Z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08REJECTED\x10\x02\x12\x0c\n\x08RELEASED\x10\x03\x12\x0c\n\x08MODIFIED\x10\x04\x32\x80\x04\n\nForwarding\x12\x43\n\x07Publish\x12\x18.merpati.v1.PublishBatch\x1a\x1a.merpati.v1.PublishResults(\x01\x30\x01\x12\x43\n\x07\x43onsume\x12\x1a.merpati.v1.ConsumeRequest\x1a\x18.merpati.v1.ConsumeEvent(\x01\x30\x01\x12\x36\n\x03Get\x12\x16.merpati.v1.GetRequest\x1a\x17.merpati.v1.GetResponse\x12?\n\x06Settle\x12\x19.merpati.v1.SettleRequest\x1a\x1a.merpati.v1.SettleResponse\x12\x38\n\x05Purge\x12\x14.merpati.v1.QueueRef\x1a\x19.merpati.v1.PurgeResponse\x12@\n\rPurgeHandover\x12\x14.merpati.v1.QueueRef\x1a\x19.merpati.v1.PurgeResponse\x12\x38\n\x05Stats\x12\x14.merpati.v1.QueueRef\x1a\x19.merpati.v1.StatsResponse\x12\x39\n\x04Ping\x12\x17.merpati.v1.PingRequest\x1a\x18.merpati.v1.PingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/merpati/v1/forwarding.proto\x12\nmerpati.v1\"(\n\x08QueueRef\x12\r\n\x05vhost\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"5\n\x07\x43ontent\x12\r\n\x05route\x18\x01 \x01(\x0c\x12\r\n\x05props\x18\x02 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"$\n\x0cPublishBatch\x12\x0e\n\x06packed\x18\x02 \x01(\x0cJ\x04\x08\x01\x10\x02\"D\n\x0ePublishResults\x12\x11\n\tconfirmed\x18\x01 \x03(\x04\x12\x10\n\x08rejected\x18\x02 \x03(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x9b\x01\n\tSubscribe\x12#\n\x05queue\x18\x01 \x01(\x0b\x32\x14.merpati.v1.QueueRef\x12\x14\n\x0c\x63onsumer_tag\x18\x02 \x01(\t\x12\x11\n\texclusive\x18\x03 \x01(\x08\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0e\n\x06\x63redit\x18\x05 \x01(\r\x12\x0e\n\x06no_ack\x18\x06 \x01(\x08\x12\x0e\n\x06window\x18\x07 \x01(\x08\"u\n\nSettlement\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x12$\n\x07outcome\x18\x02 \x01(\x0e\x32\x13.merpati.v1.Outcome\x12\x17\n\x0f\x64\x65livery_failed\x18\x03 \x01(\x08\x12\x1a\n\x12undeliverable_here\x18\x04 \x01(\x08\"\x87\x01\n\x0e\x43onsumeRequest\x12(\n\tsubscribe\x18\x01 \x01(\x0b\x32\x15.merpati.v1.Subscribe\x12+\n\x0bsettlements\x18\x02 \x03(\x0b\x32\x16.merpati.v1.Settlement\x12\x0e\n\x06\x63redit\x18\x03 \x01(\r\x12\x0e\n\x06\x63\x61ncel\x18\x04 \x01(\x08\"j\n\x08\x44\x65livery\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12$\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x13.merpati.v1.Content\x12\x13\n\x0bredelivered\x18\x03 \x01(\x08\x12\x16\n\x0e\x64\x65livery_count\x18\x04 \x01(\r\"]\n\x0c\x43onsumeEvent\x12\x14\n\nsubscribed\x18\x01 \x01(\x08H\x00\x12\x14\n\ndeliveries\x18\x04 \x01(\x0cH\x00\x12\x13\n\tcancelled\x18\x03 \x01(\tH\x00\x42\x06\n\x04kindJ\x04\x08\x02\x10\x03\">\n\nGetRequest\x12#\n\x05queue\x18\x01 \x01(\x0b\x32\x14.merpati.v1.QueueRef\x12\x0b\n\x03\x61\x63k\x18\x02 \x01(\x08\"W\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12&\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x14.merpati.v1.Delivery\x12\x11\n\tremaining\x18\x03 \x01(\x04\"q\n\rSettleRequest\x12#\n\x05queue\x18\x01 \x01(\x0b\x32\x14.merpati.v1.QueueRef\x12*\n\nsettlement\x18\x02 \x01(\x0b\x32\x16.merpati.v1.Settlement\x12\x0f\n\x07\x65\x61rlier\x18\x03 \x01(\x08\"\x10\n\x0eSettleResponse\"\x1f\n\rPurgeResponse\x12\x0e\n\x06purged\x18\x01 \x01(\x04\"4\n\rStatsResponse\x12\x10\n\x08messages\x18\x01 \x01(\x04\x12\x11\n\tconsumers\x18\x02 \x01(\x04\"\x1e\n\x0bPingRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x1f\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t*Z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08REJECTED\x10\x02\x12\x0c\n\x08RELEASED\x10\x03\x12\x0c\n\x08MODIFIED\x10\x04\x32\x80\x04\n\nForwarding\x12\x43\n\x07Publish\x12\x18.merpati.v1.PublishBatch\x1a\x1a.merpati.v1.PublishResults(\x01\x30\x01\x12\x43\n\x07\x43onsume\x12\x1a.merpati.v1.ConsumeRequest\x1a\x18.merpati.v1.ConsumeEvent(\x01\x30\x01\x12\x36\n\x03Get\x12\x16.merpati.v1.GetRequest\x1a\x17.merpati.v1.GetResponse\x12?\n\x06Settle\x12\x19.merpati.v1.SettleRequest\x1a\x1a.merpati.v1.SettleResponse\x12\x38\n\x05Purge\x12\x14.merpati.v1.QueueRef\x1a\x19.merpati.v1.PurgeResponse\x12@\n\rPurgeHandover\x12\x14.merpati.v1.QueueRef\x1a\x19.merpati.v1.PurgeResponse\x12\x38\n\x05Stats\x12\x14.merpati.v1.QueueRef\x1a\x19.merpati.v1.StatsResponse\x12\x39\n\x04Ping\x12\x17.merpati.v1.PingRequest\x1a\x18.merpati.v1.PingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.merpati.v1.forwarding_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1293
-  _globals['_OUTCOME']._serialized_end=1383
+  _globals['_OUTCOME']._serialized_start=1310
+  _globals['_OUTCOME']._serialized_end=1400
   _globals['_QUEUEREF']._serialized_start=49
   _globals['_QUEUEREF']._serialized_end=89
   _globals['_CONTENT']._serialized_start=91
@@ -56,17 +56,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRESPONSE']._serialized_start=936
   _globals['_GETRESPONSE']._serialized_end=1023
   _globals['_SETTLEREQUEST']._serialized_start=1025
-  _globals['_SETTLEREQUEST']._serialized_end=1121
-  _globals['_SETTLERESPONSE']._serialized_start=1123
-  _globals['_SETTLERESPONSE']._serialized_end=1139
-  _globals['_PURGERESPONSE']._serialized_start=1141
-  _globals['_PURGERESPONSE']._serialized_end=1172
-  _globals['_STATSRESPONSE']._serialized_start=1174
-  _globals['_STATSRESPONSE']._serialized_end=1226
-  _globals['_PINGREQUEST']._serialized_start=1228
-  _globals['_PINGREQUEST']._serialized_end=1258
-  _globals['_PINGRESPONSE']._serialized_start=1260
-  _globals['_PINGRESPONSE']._serialized_end=1291
-  _globals['_FORWARDING']._serialized_start=1386
-  _globals['_FORWARDING']._serialized_end=1898
+  _globals['_SETTLEREQUEST']._serialized_end=1138
+  _globals['_SETTLERESPONSE']._serialized_start=1140
+  _globals['_SETTLERESPONSE']._serialized_end=1156
+  _globals['_PURGERESPONSE']._serialized_start=1158
+  _globals['_PURGERESPONSE']._serialized_end=1189
+  _globals['_STATSRESPONSE']._serialized_start=1191
+  _globals['_STATSRESPONSE']._serialized_end=1243
+  _globals['_PINGREQUEST']._serialized_start=1245
+  _globals['_PINGREQUEST']._serialized_end=1275
+  _globals['_PINGRESPONSE']._serialized_start=1277
+  _globals['_PINGRESPONSE']._serialized_end=1308
+  _globals['_FORWARDING']._serialized_start=1403
+  _globals['_FORWARDING']._serialized_end=1915
 # @@protoc_insertion_point(module_scope)
