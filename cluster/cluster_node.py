@@ -31,6 +31,8 @@ from .membership import (
 from .queue_moves import QueueMoves
 from .replication.queues import ReplicatedQueues
 
+JOIN_ANSWER_WITHIN = 4.0  # below join.ASK_TIMEOUT
+
 log = logging.getLogger("merpati.cluster")
 
 # How long a starting node waits for its gRPC links to the other members before it serves clients.
@@ -54,6 +56,9 @@ class ClusterNode:
         self.moves = QueueMoves() if handover_window is None else QueueMoves(handover_window)
         # Where the members are kept for the next start (DNS form of --peers only).
         self.members_file: MembersFile | None = None
+        # Never started Raft here: ask the others to join before starting it (join.py).
+        self.new_here = False
+        self._join_task: asyncio.Future | None = None  # a node being added (join)
         me = membership.me.node_id
         self.replicated = ReplicatedQueues(
             me, membership.live, lambda: membership.leader_node() == me
@@ -92,11 +97,58 @@ class ClusterNode:
         bind_host = me if is_loopback(me) else "0.0.0.0"
         node = cls(membership, secret, bind_host, cfg.handover_window)
         node.members_file = members_file
+        raft_dir = Path(cfg.data_dir) / "raft"
+        node.new_here = not (raft_dir.is_dir() and any(raft_dir.iterdir()))
         return node
 
     @property
     def clustered(self) -> bool:
         return len(self.membership.members) > 1
+
+    async def join_if_new(self) -> None:
+        """A node that never ran Raft here: ask the peers it was given (or found in DNS) to add
+        it, and take the cluster's members from the answer (none answering as a running
+        cluster: it is forming, and this node forms it with them)."""
+        if not self.new_here or not self.membership.others:
+            return
+        from .join import ask_to_join
+
+        members = await ask_to_join(self.membership.me, self.membership.others, self.secret)
+        if members is not None:
+            self.membership.replace(members)
+
+    async def join(self, node_id: str, cluster_address: str) -> tuple[str, list[Member]]:
+        """Another node asks to join (cluster/join.py): add it as `add_node` does."""
+        from .join import Busy, Conflict, NotFormed
+
+        me = self.membership.me.node_id
+        broker = self.broker
+        if broker is None or not broker.recovered or self.metadata_log is None:
+            raise NotFormed(f"node {me} is not part of a running cluster yet")
+        known = self.membership.members.get(node_id)
+        if known is not None:
+            if known.cluster_address != cluster_address:
+                raise Conflict(
+                    f"node id '{node_id}' is a member at {known.cluster_address}, "
+                    f"not {cluster_address}"
+                )
+            return "member", list(self.membership.members.values())
+        task = self._join_task
+        if task is not None and not task.done():
+            raise Busy(f"node {me} is adding another node; ask again")
+        task = self._join_task = asyncio.ensure_future(
+            asyncio.wait_for(self.add_node(broker, node_id, cluster_address), 30.0)
+        )
+        # Answer within the caller's deadline: a change that takes longer goes on, and the
+        # caller, asking again, finds itself a member.
+        done, _ = await asyncio.wait({task}, timeout=JOIN_ANSWER_WITHIN)
+        if not done:
+            raise Busy(f"adding {node_id} takes a while; ask again")
+        if task.exception() is not None:  # pysyncobj refuses a second change at once
+            e = task.exception()
+            raise Busy(f"adding {node_id} did not complete: {e or type(e).__name__}")
+        log.info("node %s (%s) joined the cluster", node_id, cluster_address)
+        return "joined", list(self.membership.members.values())
 
     def metadata(self, data_dir: Path) -> Any:
         from .raft_log import RaftLog
@@ -192,11 +244,16 @@ class ClusterNode:
             secret=self.secret,
             moves=self.moves,
             batch_messages=batch_messages,
-            servicers=[self.replicated.servicer],
+            servicers=[self.replicated.servicer, self._join_servicer],
         )
         self.replicated.forwarding = self.forwarding
         self.moves.forwarding = self.forwarding
         self.membership.peer_state = self.forwarding.peer_state
+
+    def _join_servicer(self, caller: Any) -> Any:
+        from .join import JoinServicer
+
+        return JoinServicer(self.join, caller)
 
     async def wait_for_majority(self, start: Any) -> None:
         """Start the Raft log, saying in the log what it waits for while no majority answers;
@@ -238,6 +295,9 @@ class ClusterNode:
         host, _, port = cluster_address.rpartition(":")
         offset = self.membership.me.raft_port - self.membership.me.cluster_port
         member = Member(node_id, host, int(port), int(port) + offset)
+        known = self.membership.members.get(node_id)
+        if known is not None and known.cluster_address == member.cluster_address:
+            return  # a member already (it may have joined by itself)
         await self.metadata_log.change_membership("add", member.raft_address)
         await broker.propose(NodeJoined(node_id, member.cluster_address, member.raft_address))
 

@@ -177,7 +177,9 @@ def known_or_discovered(
     spec: str, raft_offset: int, expected: int, known: list[Member], log: Any = None
 ) -> list[Member]:
     """The members to start with: for a node that already knows its cluster (DNS form), those it
-    knows plus any DNS shows now, at once; otherwise wait_for_members."""
+    knows, at once; otherwise wait_for_members. A node DNS shows that is not among the known
+    members is not one yet: it joins by itself (cluster/join.py), and becoming Raft partners
+    with it here would make a cluster the others do not have."""
     if not known or not spec.strip().startswith("dns:"):
         return wait_for_members(spec, raft_offset, expected, log=log)
     try:
@@ -186,9 +188,11 @@ def known_or_discovered(
         seen = []
         if log is not None:
             log.warning("%s; starting with the members known from the last run", e)
-    merged = {m.node_id: m for m in known}
-    merged.update((m.node_id, m) for m in seen)
-    return sorted(merged.values(), key=lambda m: m.node_id)
+    names = {m.node_id for m in known}
+    new = [m.node_id for m in seen if m.node_id not in names]
+    if new and log is not None:
+        log.info("in DNS but not members (yet): %s", ", ".join(new))
+    return sorted(known, key=lambda m: m.node_id)
 
 
 def is_loopback(host: str) -> bool:
@@ -218,6 +222,12 @@ class Membership:
     @property
     def others(self) -> list[Member]:
         return [m for m in self.members.values() if m is not self.me]
+
+    def replace(self, members: list[Member]) -> None:
+        """The members as the cluster says (a node that joined), this node among them."""
+        by_id = {m.node_id: m for m in members}
+        self.me = by_id.setdefault(self.me.node_id, self.me)
+        self.members = by_id
 
     def live(self) -> set[str]:
         """Node ids this node can reach now (itself included).

@@ -98,6 +98,11 @@ class Node:
             raise StartupError(str(e)) from None
         self.store.start(loop)
 
+        if self.cluster is not None:
+            try:
+                await self.cluster.join_if_new()  # a node that never ran Raft here
+            except ValueError as e:  # PeersError: refused, and why
+                raise StartupError(f"joining the cluster: {e}") from None
         self.metadata = self.cluster.metadata(data_dir) if self.cluster is not None else LocalLog()
         self.broker = Broker(
             self.node_id,

@@ -41,7 +41,7 @@ def test_cluster_status_shows_members_leader_and_queue_leaders(fresh_cluster):
     assert "Queue leaders per node:" in text and "Metadata (Raft) leader:" in text
 
 
-def test_node_added_while_traffic_flows(fresh_cluster):
+def test_a_new_node_joins_by_itself_while_traffic_flows(fresh_cluster):
     pub = connect(fresh_cluster["n1"])
     ch = pub.channel()
     ch.queue_declare("traffic", durable=True)
@@ -74,10 +74,13 @@ def test_node_added_while_traffic_flows(fresh_cluster):
         "--peers",
         peers,
     )
+    # Its data directory is new: it asks the nodes it was given to add it (no ctl add_node).
     n4.start(wait=False)
     try:
-        ctl_out(fresh_cluster["n2"], "add_node", "n4", f"127.0.0.1:{port}")
         n4.wait_ready(timeout=60)
+        assert "joined the cluster through" in n4.log()
+        # add_node of a member at the same address is a no-op that succeeds.
+        ctl_out(fresh_cluster["n2"], "add_node", "n4", f"127.0.0.1:{port}")
         # The new node serves clients with the cluster's metadata and reaches queues elsewhere.
         c4 = connect(n4)
         c4ch = c4.channel()

@@ -116,18 +116,33 @@ def test_a_restarted_node_starts_from_the_members_it_knew(tmp_path) -> None:  # 
         assert ClusterNode.from_config(_cfg(tmp_path)).membership.members == plan.membership.members
 
 
-def test_dns_adds_to_the_known_members_and_node_left_removes(tmp_path) -> None:  # noqa: ANN001
+def test_a_known_node_starts_from_its_members_not_from_dns_and_membership_changes_are_kept(
+    tmp_path,  # noqa: ANN001
+) -> None:
     from merpati.cluster.cluster_node import ClusterNode
-    from merpati.cluster.membership import MembersFile
-    from merpati.node.metadata.commands import NodeLeft
+    from merpati.cluster.membership import Member, MembersFile
+    from merpati.node.metadata.commands import NodeJoined, NodeLeft
 
     with FakeDns([3]):
-        ClusterNode.from_config(_cfg(tmp_path))._save_members()
-    with FakeDns([4]):  # scaled up: merpati-3 appears
+        first = ClusterNode.from_config(_cfg(tmp_path))
+        first._save_members()
+    assert first.new_here  # never ran Raft: it asks to join before starting it
+    (tmp_path / "raft").mkdir()
+    (tmp_path / "raft" / "journal").write_bytes(b"x")
+    with FakeDns([4]):  # scaled up: merpati-3 appears, but is no member until it joins
         plan = ClusterNode.from_config(_cfg(tmp_path))
-    assert sorted(plan.membership.members) == [f"merpati-{i}" for i in range(4)]
+    assert not plan.new_here
+    assert sorted(plan.membership.members) == [f"merpati-{i}" for i in range(3)]
+    plan.membership_changed(
+        NodeJoined("merpati-3", "merpati-3.h:25672", "merpati-3.h:25673"), "joined"
+    )
+    assert [m.node_id for m in MembersFile(tmp_path).load()] == [f"merpati-{i}" for i in range(4)]
     plan.membership_changed(NodeLeft("merpati-3"), "left")
     assert [m.node_id for m in MembersFile(tmp_path).load()] == [f"merpati-{i}" for i in range(3)]
+    # A node that joined takes the members its cluster answered with.
+    plan.membership.replace([*plan.membership.members.values(), Member("x", "h", 1, 2)])
+    assert "x" in {m.node_id for m in plan.membership.others}
+    assert plan.membership.me.node_id not in {m.node_id for m in plan.membership.others}
 
 
 def test_a_corrupt_members_file_is_refused_naming_it(tmp_path) -> None:  # noqa: ANN001
