@@ -15,9 +15,16 @@ import json
 import os
 import statistics
 import subprocess
+from pathlib import Path
 
 from tests.cluster.conftest import start_cluster
 from tests.support.http import call, q
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(loadgen: str, node, queue: str, duration: int, quorum: bool) -> dict:  # noqa: ANN001
@@ -40,6 +47,9 @@ def main() -> None:
         n1 = cluster["n1"]
         rates: dict[str, list[float]] = {"classic": [], "quorum": []}
         p99: dict[str, list[float]] = {"classic": [], "quorum": []}
+        # CPU µs per message consumed: on the queue's leader, and on each other node.
+        lead_cpu: dict[str, list[float]] = {"classic": [], "quorum": []}
+        other_cpu: dict[str, list[float]] = {"classic": [], "quorum": []}
         for rep in range(args.reps):
             for kind in ("classic", "quorum"):
                 name = f"bench-{kind}-{rep}"
@@ -52,7 +62,15 @@ def main() -> None:
                 )
                 assert status in (201, 204), status
                 leader = call(n1.management_url, "GET", f"/api/queues/%2F/{q(name)}")[1]["leader"]
+                before = {n: cpu_seconds(node.proc.pid) for n, node in cluster.nodes.items()}
                 r = run(args.loadgen, cluster[leader], name, args.duration, kind == "quorum")
+                spent = {
+                    n: cpu_seconds(node.proc.pid) - before[n] for n, node in cluster.nodes.items()
+                }
+                per = 1e6 / max(1, r["consumed"])
+                lead_cpu[kind].append(spent[leader] * per)
+                others = [spent[n] * per for n in spent if n != leader]
+                other_cpu[kind].append(sum(others) / len(others))
                 rates[kind].append(r["recv_rate"])
                 p99[kind].append(r["lat_us"]["p99"] / 1000)
                 print(
@@ -61,7 +79,9 @@ def main() -> None:
         for kind in rates:
             print(
                 f"{kind:8} median {statistics.median(rates[kind]):9.0f} msg/s, "
-                f"p99 median {statistics.median(p99[kind]):.1f} ms"
+                f"p99 median {statistics.median(p99[kind]):.1f} ms, CPU per message: leader "
+                f"{statistics.median(lead_cpu[kind]):.0f} µs, each other node "
+                f"{statistics.median(other_cpu[kind]):.0f} µs"
             )
         print(
             f"quorum/classic: {statistics.median(rates['quorum']) / statistics.median(rates['classic']):.2f}"
