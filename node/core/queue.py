@@ -91,7 +91,9 @@ class QueueHandle(Protocol):
     vhost: str
     name: str
     leader: str  # the node that leads it
-    counts_requeues: bool  # a quorum queue: a 0-9-1 requeue is a failed delivery (DESIGN)
+    # A quorum queue: a 0-9-1 requeue (or a channel closing on a delivery) is a failed
+    # delivery, and a 0-9-1 redelivery carries x-delivery-count (docs/architecture.md).
+    counts_requeues: bool
     led_here: bool  # this node leads it: its messages are here
     deleted: bool
     congested: bool  # its publishers should pause (block_publisher) until it drains

@@ -208,3 +208,40 @@ def test_a_quorum_default_keeps_temporary_queues_classic_and_checks_durable_ones
         n, lambda ch: ch.queue_declare(name, durable=True, arguments={"x-max-priority": 5})
     )
     assert code == 406 and text.endswith("of queue type rabbit_quorum_queue")
+
+
+def test_a_redelivery_from_a_quorum_queue_carries_x_delivery_count(node):
+    """As RabbitMQ's quorum queues: no header on the first delivery, then the failed deliveries
+    so far (reject or nack with requeue, and a consumer's channel closing with it unacked); the
+    message's own headers stay. Classic queues add nothing."""
+    conn = connect(node)
+    ch = conn.channel()
+    qq, classic = uid("qq"), uid("cq")
+    ch.queue_declare(qq, durable=True, arguments=QUORUM)
+    ch.queue_declare(classic)
+    for name in (qq, classic):
+        ch.basic_publish("", name, b"p", pika.BasicProperties(headers={"app": 1}))
+    method, props, _body = ch.basic_get(qq, auto_ack=False)
+    assert props.headers == {"app": 1}
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    method, props, _body = ch.basic_get(qq, auto_ack=False)
+    assert method.redelivered and props.headers == {"app": 1, "x-delivery-count": 1}
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    method, props, _body = ch.basic_get(qq, auto_ack=False)
+    assert props.headers["x-delivery-count"] == 2
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    consumer = conn.channel()
+    got = []
+    consumer.basic_consume(qq, lambda c, m, p, b: got.append(p.headers))
+    while not got:
+        conn.process_data_events(time_limit=0.1)
+    assert got == [{"app": 1, "x-delivery-count": 3}]
+    consumer.close()  # the delivery unacked: counted, as a consumer going down is in RabbitMQ
+    _m, props, _b = ch.basic_get(qq, auto_ack=True)
+    assert props.headers["x-delivery-count"] == 4
+    for _ in range(2):
+        method, props, _body = ch.basic_get(classic, auto_ack=False)
+        ch.basic_reject(method.delivery_tag, requeue=True)
+    method, props, _body = ch.basic_get(classic, auto_ack=True)
+    assert method.redelivered and props.headers == {"app": 1}
+    conn.close()
