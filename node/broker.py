@@ -569,8 +569,9 @@ def replicated_type(
     arguments: dict[str, Any], durable: bool, exclusive_owner: str | None, auto_delete: bool
 ) -> bool:
     """A queue that gets replicas: `x-queue-type: quorum`, durable, neither exclusive nor
-    auto-delete (RabbitMQ refuses those properties for quorum queues; here they keep the
-    queue a single copy)."""
+    auto-delete. Front ends refuse a new quorum queue with those properties as RabbitMQ does
+    (core/declare.py check_quorum_declare); a command that still carries one (proposed by an
+    older node, or in a log written before) keeps the queue a single copy."""
     qtype = arguments.get("x-queue-type")
     if isinstance(qtype, bytes):
         qtype = qtype.decode("utf-8", "replace")

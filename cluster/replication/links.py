@@ -142,7 +142,10 @@ class ReplicaLinks:
                 if not chunk.found:
                     raise ConnectionError(f"{leader} has no snapshot of the queue")
                 offset = chunk.offset
-                rows = [(m.seq, m.route, m.props, m.body, m.expires) for m in chunk.messages]
+                rows = [
+                    (m.seq, m.route, m.props, m.body, m.expires, m.delivery_count)
+                    for m in chunk.messages
+                ]
                 member.snapshot_rows(rows)
                 if rows:
                     after = rows[-1][0]
@@ -378,7 +381,9 @@ class ReplicationServicer(pb_grpc.ReplicationServicer):
             epochs=[pb.EpochStart(epoch=e, first=f) for e, f in epochs],
             delivered=delivered,
             messages=[
-                pb.StoredMessage(seq=r[0], route=r[2], props=r[3], body=r[4], expires=r[5])
+                pb.StoredMessage(
+                    seq=r[0], route=r[2], props=r[3], body=r[4], expires=r[5], delivery_count=r[6]
+                )
                 for r in rows
             ],
             done=last,

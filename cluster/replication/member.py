@@ -77,6 +77,9 @@ class LeaderStore:
     def mark_delivered(self, qid: int, seq: int) -> None:
         self.member.delivered_op(self.generation, seq)
 
+    def set_delivery_count(self, qid: int, seq: int, count: int) -> None:
+        self.member.op(self.generation, ops.count_op(seq, count))
+
     def purge_after(self, qid: int, seq: int) -> None:
         self.member.op(self.generation, ops.seq_op(ops.PURGE, seq))
 
@@ -259,17 +262,19 @@ class QueueReplica:
     def leader_store(self) -> LeaderStore:
         return LeaderStore(self, self.generation)
 
-    def load_rows(self) -> tuple[list[tuple], int, int, int]:
+    def load_rows(self) -> tuple[list[tuple], int, int, int, dict[int, int]]:
         """The queue's state for its new leader: (rows as a LocalQueue recovers them, the seq
         up to which they may have been delivered, up to which they were as far as the log says,
-        highest seq used), from the store's applied rows plus the log's unapplied
-        entries. Read at once, before the queue takes any message: a message enqueued before
-        the old ones are back would overtake them, or take a seq one of them has."""
+        highest seq used, {seq: delivery count} of the messages that failed delivery), from the
+        store's applied rows plus the log's unapplied entries. Read at once, before the queue
+        takes any message: a message enqueued before the old ones are back would overtake them,
+        or take a seq one of them has."""
         if not self.store.settle_writes():
             log.warning("queue '%s': the store is slow; loading what it committed", self.name)
         rows = self.store.load_head(self.qid, 1 << 62)[0]
         delivered = self.store.delivered_mark(self.qid)
-        state = {r[0]: [r[1], r[2], r[3], r[4], r[5]] for r in rows}
+        counts = self.store.delivery_counts(self.qid)
+        state = {r[0]: [r[1], r[2], r[3], r[4], r[5], counts.get(r[0], 0)] for r in rows}
         max_seq = max([self.max_seq, *state])
         for e in self.replica.log.read(self.applied, 1 << 62):
             if not e.data:
@@ -278,12 +283,13 @@ class QueueReplica:
                 if op[0] == ops.ENQ:
                     max_seq = max(max_seq, op[1])
             delivered = ops.replay(state, delivered, e.data)
-        out = [(seq, *state[seq]) for seq in sorted(state)]
+        out = [(seq, *state[seq][:5]) for seq in sorted(state)]
+        counts = {seq: row[5] for seq, row in state.items() if row[5]}
         # Every message the queue had is flagged redelivered: the delivered marks travel in the
         # log a loop turn after the deliveries, so the last ones before a crash can be missing,
         # and "may have been delivered" must never read as "was not".
         maybe = max([delivered, *state])
-        return out, maybe, delivered, max(max_seq, self.replica.epoch << SEQ_EPOCH_SHIFT)
+        return out, maybe, delivered, max(max_seq, self.replica.epoch << SEQ_EPOCH_SHIFT), counts
 
     def op(self, generation: int, data: bytes, token: bool = False) -> int:
         """An operation of the leader's queue (generation: which LocalQueue asks)."""
@@ -466,9 +472,12 @@ class QueueReplica:
         self.store.log_cut(self.qid, 0)
         self.store.set_replica(self.qid, self.incarnation, self.replica.epoch, -1, {"e": []})
 
-    def snapshot_rows(self, rows: list[tuple[int, bytes, bytes, bytes, int]]) -> None:
-        for seq, route, props, body, expires in rows:
+    def snapshot_rows(self, rows: list[tuple[int, bytes, bytes, bytes, int, int]]) -> None:
+        """(seq, route, props, body, expires_ms, delivery_count) rows of a snapshot chunk."""
+        for seq, route, props, body, expires, count in rows:
             self.store.append(self.qid, seq, False, route, props, body, expires / 1000.0)
+            if count:
+                self.store.set_delivery_count(self.qid, seq, count)
             self.max_seq = max(self.max_seq, seq)
 
     def end_snapshot(self, offset: int, epochs: list[tuple[int, int]], delivered: int) -> None:

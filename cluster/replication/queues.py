@@ -130,9 +130,9 @@ class ReplicatedQueues:
         """The LocalQueue of a replica that now leads, filled from its state."""
         broker = self.broker
         assert broker is not None
-        rows, maybe_delivered, delivered, max_seq = member.load_rows()
+        rows, maybe_delivered, delivered, max_seq, counts = member.load_rows()
         q = broker._create_queue(qdef, store=member.leader_store())
-        q.recover(rows, len(rows), max_seq, maybe_delivered, sum(len(r[4]) for r in rows))
+        q.recover(rows, len(rows), max_seq, maybe_delivered, sum(len(r[4]) for r in rows), counts)
         if len(broker.state.members) > 1:  # alone, no other node can hold its deliveries
             q.hold_back(delivered, HOLD_BACK)
         log.info(

@@ -27,6 +27,9 @@ from .constants import ACCESS_REFUSED, NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITIO
 if TYPE_CHECKING:
     from .channel import Channel
 
+# How a quorum queue's 0-9-1 requeues settle: a failed delivery, counted toward its limit.
+FAILED = Modified(delivery_failed=True)
+
 
 class Consumer091:
     """A basic.consume subscription; the core's `Consumer` for 0-9-1."""
@@ -83,8 +86,11 @@ class Consumer091:
         ch = self.channel
         conn = ch.conn
         counters = ch.counters
+        props = msg.props_raw
         if msg.redelivered:
             counters.redelivered += 1
+            if msg.delivery_count and queue.counts_requeues:
+                props = msg.props_with_delivery_count()
         if self.no_ack:
             counters.delivered_autoack += 1
             conn.send(
@@ -94,7 +100,7 @@ class Consumer091:
                     ch.next_tag(),
                     msg.redelivered,
                     msg.route_raw,
-                    msg.props_raw,
+                    props,
                     msg.body,
                     conn.frame_max,
                 )
@@ -111,7 +117,7 @@ class Consumer091:
                 tag,
                 msg.redelivered,
                 msg.route_raw,
-                msg.props_raw,
+                props,
                 msg.body,
                 conn.frame_max,
             )
@@ -238,8 +244,11 @@ class ConsumeMixin(ChannelCore):
             self.send_method(spec.BasicGetEmpty())
             return
         tag = self.next_tag()
+        props = msg.props_raw
         if msg.redelivered:
             self.counters.redelivered += 1
+            if msg.delivery_count and q.counts_requeues:
+                props = msg.props_with_delivery_count()
         if not m.no_ack:
             self.counters.get_ack += 1
             self.unacked[tag] = (q, msg, None)
@@ -252,7 +261,7 @@ class ConsumeMixin(ChannelCore):
                 msg.redelivered,
                 msg.route_raw,
                 remaining,
-                msg.props_raw,
+                props,
                 msg.body,
                 self.conn.frame_max,
             )
@@ -342,7 +351,7 @@ class ConsumeMixin(ChannelCore):
         """basic.reject/nack requeue=true: released, except that a quorum queue counts it as a
         failed delivery (RabbitMQ 4), so its delivery limit ends a poison-message loop."""
         if q.counts_requeues:
-            q.settle(msg, MODIFIED, Modified(delivery_failed=True))
+            q.settle(msg, MODIFIED, FAILED)
         else:
             q.settle(msg, RELEASED)
 
@@ -363,6 +372,9 @@ class ConsumeMixin(ChannelCore):
             tag = self.next_tag()
             self.unacked[tag] = (q, msg, consumer)
             consumer.unacked += 1
+            props = msg.props_raw
+            if msg.delivery_count and q.counts_requeues:
+                props = msg.props_with_delivery_count()
             self.conn.send(
                 render.deliver(
                     self.number,
@@ -370,7 +382,7 @@ class ConsumeMixin(ChannelCore):
                     tag,
                     True,
                     msg.route_raw,
-                    msg.props_raw,
+                    props,
                     msg.body,
                     self.conn.frame_max,
                 )
@@ -384,7 +396,11 @@ class ConsumeMixin(ChannelCore):
         self.send_method(spec.BasicRecoverOk())
 
     def release_all(self) -> None:
-        """Release every unacked delivery back to its queue, in delivery order."""
+        """Release every unacked delivery back to its queue, in delivery order (the channel
+        closing, basic.recover with requeue). A quorum queue counts each as a failed delivery,
+        as RabbitMQ's does when a consumer's channel goes down (rabbit_fifo returns a down
+        consumer's messages with delivery-failed): a consumer that dies on a poison message
+        reaches the delivery limit too."""
         if not self.unacked:
             return
         by_queue: dict[int, tuple[QueueHandle, list[Message]]] = {}
@@ -394,4 +410,8 @@ class ConsumeMixin(ChannelCore):
             by_queue.setdefault(id(q), (q, []))[1].append(msg)
         self.unacked.clear()
         for q, msgs in by_queue.values():
-            q.release_many(msgs)
+            if q.counts_requeues:
+                for msg in msgs:
+                    q.settle(msg, MODIFIED, FAILED)
+            else:
+                q.release_many(msgs)

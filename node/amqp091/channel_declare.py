@@ -13,7 +13,10 @@ from ..core.declare import (
     check_exchange_declare,
     check_not_default_exchange,
     check_queue_arguments,
+    check_quorum_declare,
     check_reserved_name,
+    check_server_named,
+    declared_queue_type,
 )
 from ..core.reply_to import PSEUDO_QUEUE as REPLY_TO
 from ..metadata import commands as cmds
@@ -165,16 +168,21 @@ class DeclareMixin(ChannelCore):
             self._declare_ok(m, name)
             return
         args = m.arguments or {}
+        props = {"durable": m.durable, "exclusive": m.exclusive, "auto_delete": m.auto_delete}
+        default_type = self.broker.default_queue_type
         try:
             if not name:
+                check_server_named(declared_queue_type(args, **props, default_type=default_type))
                 name = self._generated_name()
             else:
                 check_reserved_name("queue", name)
             self.broker.check(self.user, self.vhost, "configure", "queue", name)
             check_queue_arguments(self.vhost, name, args)
+            qdef = state.queue(self.vhost, name)
+            if qdef is None:
+                check_quorum_declare(self.vhost, name, args, **props, default_type=default_type)
         except DeclareError as e:
             raise _declare_error(e)
-        qdef = state.queue(self.vhost, name)
         if qdef is not None:
             self._check_exclusive(qdef)
         cmd = self.broker.declare_queue(

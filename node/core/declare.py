@@ -40,6 +40,24 @@ INT_ARGS = (
 OVERFLOW_VALUES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
 QUEUE_MODES = ("default", "lazy")
+# Arguments RabbitMQ knows only for its other queue types (classic: priorities, lazy mode,
+# version, master locator; streams: retention and segments) and refuses on a quorum queue
+# (rabbit_amqqueue:check_declare_arguments refuses every argument of another type's
+# capabilities). Accepting them would hand the client a queue that silently ignores them.
+QUORUM_UNSUPPORTED_ARGS = frozenset(
+    {
+        "x-max-priority",
+        "x-queue-mode",
+        "x-queue-version",
+        "x-queue-master-locator",
+        "x-max-age",
+        "x-stream-max-segment-size-bytes",
+        "x-stream-filter-size-bytes",
+        "x-initial-cluster-size",
+    }
+)
+# How RabbitMQ names the quorum queue type in its error texts (the module, printed with ~tp).
+QUORUM_TYPE_NAME = "rabbit_quorum_queue"
 
 
 class DeclareError(Exception):
@@ -162,3 +180,75 @@ def check_queue_declare(vhost: str, name: str, arguments: dict[str, Any] | None 
     """The rules of queue.declare (not passive) for a named queue: reserved name, arguments."""
     check_reserved_name("queue", name)
     check_queue_arguments(vhost, name, arguments)
+
+
+def declared_queue_type(
+    arguments: dict[str, Any] | None,
+    *,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    default_type: str = "classic",
+) -> str:
+    """The type a queue declaration asks for: its x-queue-type, else the node's default type when
+    the queue can be of it (only a durable, non-exclusive, non-auto-delete queue can be quorum),
+    else classic. RabbitMQ's augment_declare_args applies a default type the same way, so
+    temporary queues stay classic under a quorum default."""
+    explicit = _text((arguments or {}).get("x-queue-type"))
+    if explicit is not None:
+        return explicit
+    if default_type == "quorum" and durable and not exclusive and not auto_delete:
+        return "quorum"
+    return "classic"
+
+
+def check_server_named(queue_type: str) -> None:
+    """A quorum queue cannot have a server-generated name (RabbitMQ's channel refuses it before
+    anything else, capabilities' server_named => false)."""
+    if queue_type == "quorum":
+        raise DeclareError(
+            PRECONDITION_FAILED,
+            f"Cannot declare a server-named queue for type {QUORUM_TYPE_NAME}",
+        )
+
+
+def check_quorum_declare(
+    vhost: str,
+    name: str,
+    arguments: dict[str, Any] | None,
+    *,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    default_type: str = "classic",
+) -> None:
+    """The rules of a new quorum queue, with RabbitMQ's texts and order: arguments only other
+    queue types know (rabbit_amqqueue:check_declare_arguments), then the properties a replicated
+    queue cannot have, auto-delete, exclusive and non-durable (rabbit_quorum_queue:declare, via
+    rabbit_queue_type_util). A declaration of another type passes untouched.
+
+    RabbitMQ checks these only when the queue does not exist yet (an existing queue gets the
+    equivalence check instead), so callers do the same."""
+    qtype = declared_queue_type(
+        arguments,
+        durable=durable,
+        exclusive=exclusive,
+        auto_delete=auto_delete,
+        default_type=default_type,
+    )
+    if qtype != "quorum":
+        return
+    resource = f"queue '{name}' in vhost '{vhost}'"
+    for key in arguments or {}:
+        if key in QUORUM_UNSUPPORTED_ARGS:
+            raise DeclareError(
+                PRECONDITION_FAILED,
+                f"invalid arg '{key}' for {resource} of queue type {QUORUM_TYPE_NAME}",
+            )
+    for refused, prop in (
+        (auto_delete, "auto-delete"),
+        (exclusive, "exclusive-owner"),
+        (not durable, "non-durable"),
+    ):
+        if refused:
+            raise DeclareError(PRECONDITION_FAILED, f"invalid property '{prop}' for {resource}")

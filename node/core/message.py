@@ -34,8 +34,9 @@ from ..wire.properties import (
     decode_properties,
     delivery_mode,
     flags_of,
+    set_header,
 )
-from ..wire.table import DecodeError, encode_shortstr
+from ..wire.table import DecodeError, Int, encode_shortstr
 
 # The protocol a message arrived in (Message.protocol); also names its views.
 AMQP091 = "amqp091"
@@ -136,6 +137,16 @@ class Message:
         if not flags_of(self.props_raw) & FLAG_HEADERS:
             return {}
         return self.properties.get("headers") or {}
+
+    def props_with_delivery_count(self) -> bytes:
+        """The 0-9-1 property bytes with the `x-delivery-count` header a quorum queue adds to a
+        message that failed delivery before (a long, as RabbitMQ sends it). Made per delivery,
+        not cached: only a message with a delivery count pays, and a first delivery sends
+        `props_raw` untouched. Malformed property bytes go out as they came."""
+        try:
+            return set_header(self.props_raw, "x-delivery-count", Int("l", self.delivery_count))
+        except DecodeError:
+            return self.props_raw
 
     def copy(self) -> Message:
         m = Message.__new__(Message)

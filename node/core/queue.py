@@ -91,7 +91,9 @@ class QueueHandle(Protocol):
     vhost: str
     name: str
     leader: str  # the node that leads it
-    counts_requeues: bool  # a quorum queue: a 0-9-1 requeue is a failed delivery (DESIGN)
+    # A quorum queue: a 0-9-1 requeue (or a channel closing on a delivery) is a failed
+    # delivery, and a 0-9-1 redelivery carries x-delivery-count (docs/architecture.md).
+    counts_requeues: bool
     led_here: bool  # this node leads it: its messages are here
     deleted: bool
     congested: bool  # its publishers should pause (block_publisher) until it drains
@@ -601,7 +603,9 @@ class LocalQueue:
         self._paging_in = True
         self.store.page_in(self.qid, self._cursor, PAGE_SIZE, self._paged_in)
 
-    def _paged_in(self, rows: list[tuple]) -> None:
+    def _paged_in(self, rows: list[tuple], counts: dict[int, int] | None = None) -> None:
+        """Rows read back from the store join the ready messages (`counts`: the delivery
+        counts a replicated queue's new leader recovered, by seq)."""
         self._paging_in = False
         if self.deleted or self.handover is not None:
             return  # a handover reads the paged rows itself
@@ -616,6 +620,8 @@ class LocalQueue:
             msg.seq = seq
             msg.stored = True
             msg.redelivered = seq <= self._delivered_before
+            if counts:
+                msg.delivery_count = counts.get(seq, 0)
             msg.expires = expires / 1000.0 if expires else 0.0
             self._paged_bytes -= len(body)
             if budget is not None:
@@ -636,15 +642,23 @@ class LocalQueue:
         self.kick()
 
     def recover(
-        self, rows: list[tuple], count: int, max_seq: int, delivered: int, paged_bytes: int = 0
+        self,
+        rows: list[tuple],
+        count: int,
+        max_seq: int,
+        delivered: int,
+        paged_bytes: int = 0,
+        counts: dict[int, int] | None = None,
     ) -> None:
-        """Load what the store kept (startup): the head in memory, the rest left paged."""
+        """Load what the store kept (startup, or a replicated queue's new leader): the head in
+        memory, the rest left paged; `counts` gives the recovered messages' delivery counts
+        (a replicated queue loads all its rows at once, so they cover every message)."""
         self._seq = max(self._seq, max_seq)
         self._delivered_before = delivered
         self._paged = count
         self._paged_bytes = paged_bytes
         self._cursor = 0
-        self._paged_in(rows)
+        self._paged_in(rows, counts)
 
     # -- settlement ---------------------------------------------------------------------------
 
@@ -671,12 +685,9 @@ class LocalQueue:
             return
         # released / modified: back to its original position.
         if modified is not None:
-            if modified.delivery_failed:
-                msg.delivery_count += 1
-                limit = self.options.delivery_limit
-                if limit is not None and msg.delivery_count > limit:
-                    self._remove(msg, "delivery_limit")
-                    return
+            if modified.delivery_failed and self._failed(msg):
+                self._remove(msg, "delivery_limit")
+                return
             if modified.undeliverable_here and modified.consumer is not None:
                 if msg.excluded is None:
                     msg.excluded = set()
@@ -731,12 +742,21 @@ class LocalQueue:
             self._requeue(msg)
         self.kick()
 
+    def _failed(self, msg: Message) -> bool:
+        """A failed delivery of `msg`: True when it passes the delivery limit (the caller
+        removes it). Else a replicated queue records the new count in its log (one record,
+        only on this rare path), so that a new leader after a failover counts on from it."""
+        msg.delivery_count += 1
+        limit = self.options.delivery_limit
+        if limit is not None and msg.delivery_count > limit:
+            return True
+        if self.store_all and msg.stored:
+            self.store.set_delivery_count(self.qid, msg.seq, msg.delivery_count)
+        return False
+
     def _settle_held_back(self, msg: Message, outcome: Outcome) -> None:
-        if outcome is Outcome.MODIFIED:
-            msg.delivery_count += 1
-            limit = self.options.delivery_limit
-            if limit is None or msg.delivery_count <= limit:
-                return
+        if outcome is Outcome.MODIFIED and not self._failed(msg):
+            return
         del self._held_back[msg.seq]
         self._held_back_bytes -= len(msg.body)
         if outcome is Outcome.ACCEPTED:
@@ -779,11 +799,8 @@ class LocalQueue:
             if msg is None or not msg.queued or msg.dead:
                 wanted.append(seq)  # delivered again, or gone
                 continue
-            if outcome is Outcome.MODIFIED:
-                msg.delivery_count += 1
-                limit = self.options.delivery_limit
-                if limit is None or msg.delivery_count <= limit:
-                    continue
+            if outcome is Outcome.MODIFIED and not self._failed(msg):
+                continue
             del index[seq]
             self._ready.kill(msg)
             msg.queued = False

@@ -22,7 +22,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..core.declare import DeclareError, check_exchange_declare, check_queue_declare
+from ..core.declare import (
+    DeclareError,
+    check_exchange_declare,
+    check_queue_declare,
+    check_quorum_declare,
+)
 from ..metadata import commands as cmds
 from ..metadata.state import DEFAULT_EXCHANGES, MetadataError
 from .app import bad_request
@@ -234,19 +239,23 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
         for q in _list(body, "queues"):
             name = str(q["name"])
             arguments = dict(q.get("arguments") or {})
+            durable, auto_delete = bool(q.get("durable", True)), bool(q.get("auto_delete", False))
             try:
                 check_queue_declare(vh(q), name, arguments)
+                if node.broker.state.queue(vh(q), name) is None:
+                    check_quorum_declare(
+                        vh(q),
+                        name,
+                        arguments,
+                        durable=durable,
+                        exclusive=False,
+                        auto_delete=auto_delete,
+                        default_type=node.broker.default_queue_type,
+                    )
             except DeclareError as err:
                 raise _refused("queue", name, vh(q), err.text)
             out.append(
-                node.broker.declare_queue(
-                    vh(q),
-                    name,
-                    bool(q.get("durable", True)),
-                    None,
-                    bool(q.get("auto_delete", False)),
-                    arguments,
-                )
+                node.broker.declare_queue(vh(q), name, durable, None, auto_delete, arguments)
             )
         for b in _list(body, "bindings"):
             kind = "q" if b.get("destination_type", "queue") == "queue" else "e"

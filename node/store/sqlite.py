@@ -22,8 +22,10 @@ a page-in always sees the rows that were appended before it was asked for.
 
 Schema: `queues(qid, vhost, name, durable, delivered)` — `delivered` is the highest sequence number
 handed to a consumer, so after a crash the messages at or below it come back marked redelivered.
-`messages(qid, seq, transient, route, props, body)` — `transient` rows (non-persistent messages
-paged out of memory, messages of non-durable queues) are deleted when the node starts.
+`messages(qid, seq, transient, route, props, body, delivery_count)` — `transient` rows
+(non-persistent messages paged out of memory, messages of non-durable queues) are deleted when the
+node starts; `delivery_count` is a replicated queue's count of failed deliveries (the replicas
+apply it from the log: cluster/replication/ops.py), 0 for everything else.
 
 A queue whose leadership moved to another node keeps its rows until they are handed over
 (cluster.handover); `detach_queue` renames its row (HANDOVER_MARK and the qid appended to the
@@ -49,7 +51,16 @@ from ..metrics.counters import Histogram
 
 log = logging.getLogger("merpati.store")
 
-FORMAT = "merpati-store-3"
+FORMAT = "merpati-store-4"
+# Earlier formats this one opens, each with the statements that bring it up to FORMAT (run once,
+# in one transaction, when the store is opened).
+MIGRATIONS = {
+    # 4: messages.delivery_count. A constant default: SQLite adds the column without rewriting
+    # the table, however many messages it holds.
+    "merpati-store-3": (
+        "ALTER TABLE messages ADD COLUMN delivery_count INTEGER NOT NULL DEFAULT 0",
+    ),
+}
 
 # A message's row id packs its queue and sequence number: (qid << SEQ_BITS) | seq. One integer key
 # keeps rows in a plain rowid table (compact for large bodies, unlike WITHOUT ROWID) and in
@@ -82,7 +93,8 @@ CREATE TABLE IF NOT EXISTS messages (
     expires INTEGER NOT NULL,  -- TTL / delayed-delivery deadline, ms since the epoch (0 = none)
     route BLOB NOT NULL,
     props BLOB NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0  -- a replicated queue's failed deliveries
 );
 -- Replicated queues (cluster/replication): the replica's place in the queue's log, and the log
 -- entries it holds durably but has not applied to `messages` yet (id packs qid and offset).
@@ -133,6 +145,7 @@ class _Batch:
         "log_rows",
         "log_cuts",
         "replicas",
+        "counts",
         "callbacks",
     )
 
@@ -149,6 +162,7 @@ class _Batch:
         self.log_rows: list[tuple[int, int, bytes]] = []
         self.log_cuts: list[tuple[int, int]] = []
         self.replicas: dict[int, tuple] = {}
+        self.counts: dict[int, int] = {}  # packed id -> delivery count
         # Told (in the loop) whether the batch committed.
         self.callbacks: list[Callable[[bool], None]] = []
 
@@ -165,6 +179,7 @@ class _Batch:
             or self.drops
             or self.purges
             or self.renames
+            or self.counts
         )
 
 
@@ -252,6 +267,13 @@ class SQLiteStore:
                 if conn.execute("SELECT count(*) FROM queues").fetchone()[0]:
                     raise StoreError(f"{self.path} is not a Merpati message store (no format mark)")
                 conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            elif row[0] in MIGRATIONS:
+                conn.execute("BEGIN")
+                for statement in MIGRATIONS[row[0]]:
+                    conn.execute(statement)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
+                conn.execute("COMMIT")
+                log.info("message store %s: format %s brought up to %s", self.path, row[0], FORMAT)
             elif row[0] != FORMAT:
                 raise StoreError(f"{self.path} has store format {row[0]!r}, expected {FORMAT!r}")
             # Transient messages and non-durable queues do not survive a restart.
@@ -304,6 +326,15 @@ class SQLiteStore:
             (_lo(qid), _hi(qid), limit),
         ).fetchall()
         return _seqs(rows), count, max_id & SEQ_MASK, size
+
+    def delivery_counts(self, qid: int) -> dict[int, int]:
+        """{seq: delivery count} of the queue's messages that failed delivery before, as
+        committed (see settle_writes): a replicated queue's new leader counts on from them."""
+        rows = self._reader.execute(
+            "SELECT id, delivery_count FROM messages WHERE id >= ? AND id < ? AND delivery_count > 0",
+            (_lo(qid), _hi(qid)),
+        ).fetchall()
+        return {i & SEQ_MASK: count for i, count in rows}
 
     def forget_queues_except(self, keep: set[tuple[str, str]]) -> None:
         """Drop stored queues the metadata no longer has (deleted while the node was down)."""
@@ -366,6 +397,15 @@ class SQLiteStore:
             if not self._scheduled:
                 self._touch()
 
+    def set_delivery_count(self, qid: int, seq: int, count: int) -> None:
+        """The message's delivery count is now `count` (a row that is gone is left alone)."""
+        counts = self._batch.counts
+        key = (qid << SEQ_BITS) | seq
+        if counts.get(key, 0) < count:  # a count only grows; the highest asked for wins
+            counts[key] = count
+            if not self._scheduled:
+                self._touch()
+
     def mark_delivered(self, qid: int, seq: int) -> None:
         delivered = self._batch.delivered
         if delivered.get(qid, 0) < seq:
@@ -378,6 +418,8 @@ class SQLiteStore:
         lo, hi = _lo(qid), _hi(qid)
         for key in [k for k in batch.inserts if lo <= k < hi]:
             del batch.inserts[key]
+        for key in [k for k in batch.counts if lo <= k < hi]:
+            del batch.counts[key]
         # Drops run first in _write: what this turn asked for the queue before goes with it.
         batch.log_rows = [r for r in batch.log_rows if not lo <= r[0] < hi]
         batch.replicas.pop(qid, None)
@@ -472,13 +514,21 @@ class SQLiteStore:
     def read_queue(
         self, qid: int, after_seq: int, limit: int, callback: Callable[[list, int], None]
     ) -> None:
-        """Like page_in, and the queue's delivered mark with the rows: (rows, delivered)."""
+        """Like page_in, with each row's delivery count after its expiry, and the queue's
+        delivered mark with the rows: (rows, delivered). A replica's snapshot reads it."""
         result: list = []
 
         def rows(r: list) -> None:
-            result.append(_seqs(r))
+            result.append([(row[0] & SEQ_MASK, *row[1:]) for row in r])
 
-        self.page_in(qid, after_seq, limit, rows)
+        self._submit()
+        self._inbox.put(
+            _Read(
+                "SELECT id, transient, route, props, body, expires, delivery_count FROM messages WHERE id > ? AND id < ? ORDER BY id LIMIT ?",
+                (_lo(qid) | after_seq, _hi(qid), limit),
+                rows,
+            )
+        )
         self._inbox.put(
             _Read(
                 "SELECT delivered FROM queues WHERE qid = ?",
@@ -550,6 +600,9 @@ class SQLiteStore:
                 retry.drops.extend(b.drops)
                 retry.purges.extend(b.purges)
                 retry.renames.extend(b.renames)
+                for key, count in b.counts.items():
+                    if retry.counts.get(key, 0) < count:
+                        retry.counts[key] = count
             if not retry.empty():
                 assert self._loop is not None
                 self._loop.call_later(0.5, self._touch)
@@ -659,6 +712,12 @@ class SQLiteStore:
                     "UPDATE queues SET delivered = max(delivered, ?) WHERE qid = ?",
                     [(seq, qid) for qid, seq in b.delivered.items()],
                 )
+            if b.counts:
+                # After the inserts: a count set in the turn that appended the row applies to it.
+                conn.executemany(
+                    "UPDATE messages SET delivery_count = max(delivery_count, ?) WHERE id = ?",
+                    [(count, key) for key, count in b.counts.items()],
+                )
             if b.log_cuts:
                 conn.executemany("DELETE FROM qlog WHERE id >= ? AND id < ?", b.log_cuts)
             if b.log_rows:
@@ -693,4 +752,7 @@ def _merge(batches: list[_Batch]) -> _Batch:
         for qid, seq in b.delivered.items():
             if out.delivered.get(qid, 0) < seq:
                 out.delivered[qid] = seq
+        for key, count in b.counts.items():
+            if out.counts.get(key, 0) < count:
+                out.counts[key] = count
     return out

@@ -20,6 +20,7 @@ from .table import (
     decode_table,
     encode_shortstr,
     encode_table,
+    encode_value,
 )
 
 # Property name, flag bit, type.
@@ -112,6 +113,63 @@ def encode_properties(props: dict[str, Any]) -> bytes:
             seconds = value.seconds if isinstance(value, Timestamp) else int(value)
             parts.append(struct.pack(">Q", seconds))
     return struct.pack(">H", flags) + b"".join(parts)
+
+
+# Field values by type letter: the fixed widths, and the kinds with a 4-byte length prefix.
+_FIXED_WIDTH = {"t": 1, "b": 1, "B": 1, "s": 2, "u": 2, "I": 4, "i": 4, "f": 4, "D": 5}
+_FIXED_WIDTH.update({"l": 8, "L": 8, "d": 8, "T": 8, "V": 0})
+_LENGTH_PREFIXED = frozenset("SxFA")
+
+
+def _value_end(raw: bytes, off: int) -> int:
+    """Where the field value starting at `off` (its type letter) ends, without decoding it."""
+    kind = chr(raw[off])
+    off += 1
+    if kind in _LENGTH_PREFIXED:
+        return off + 4 + int.from_bytes(raw[off : off + 4], "big")
+    return off + _FIXED_WIDTH[kind]
+
+
+def set_header(raw: bytes, name: str, value: Any) -> bytes:
+    """`raw` with the header `name` set to `value` (replacing one of that name).
+
+    The field is spliced into the bytes: every other property and header keeps its exact
+    encoding. Decoding and re-encoding would not keep it: a small `l` (long) integer comes back
+    as `I`, and a client that reads its header as a long (Java's Long) would then fail. Raises
+    DecodeError on malformed property bytes."""
+    field = encode_shortstr(name) + encode_value(value)
+    flags = flags_of(raw)
+    if len(raw) < 2 or flags & 1:
+        # No flags, or continuation flag words (no client sends them): decode and re-encode.
+        props = decode_properties(raw) if len(raw) >= 2 else {}
+        props["headers"] = {**(props.get("headers") or {}), name: value}
+        return encode_properties(props)
+    off = 2
+    try:
+        for bit in (0x8000, 0x4000):  # content-type and content-encoding precede the headers
+            if flags & bit:
+                off += 1 + raw[off]
+        if off > len(raw):
+            raise DecodeError("truncated content properties")
+        if not flags & FLAG_HEADERS:
+            table = struct.pack(">I", len(field)) + field
+            return struct.pack(">H", flags | FLAG_HEADERS) + raw[2:off] + table + raw[off:]
+        start = off + 4
+        end = start + int.from_bytes(raw[off:start], "big")
+        key = encode_shortstr(name)
+        kept = []
+        pos = start
+        while pos < end:
+            value_end = _value_end(raw, pos + 1 + raw[pos])
+            if raw[pos : pos + len(key)] != key:  # the length byte and the name
+                kept.append(raw[pos:value_end])
+            pos = value_end
+    except (IndexError, KeyError):
+        raise DecodeError("malformed headers table")
+    if pos != end or end > len(raw):
+        raise DecodeError("malformed headers table")
+    body = b"".join(kept) + field
+    return raw[:off] + struct.pack(">I", len(body)) + body + raw[end:]
 
 
 def is_persistent(raw: bytes) -> bool:

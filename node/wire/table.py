@@ -254,7 +254,9 @@ def encode_value(value: Any) -> bytes:
             return b"I" + struct.pack(">i", value)
         return b"l" + struct.pack(">q", value)
     if isinstance(value, Int):
-        fmt = {"b": ">b", "B": ">B", "s": ">h", "u": ">H", "i": ">I", "L": ">Q"}[value.kind]
+        fmt = {"b": ">b", "B": ">B", "s": ">h", "u": ">H", "i": ">I", "l": ">q", "L": ">Q"}[
+            value.kind
+        ]
         return value.kind.encode() + struct.pack(fmt, value.value)
     if isinstance(value, bytes):
         return b"S" + _pack_I(len(value)) + value

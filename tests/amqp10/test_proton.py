@@ -542,3 +542,21 @@ def test_proton_receives_from_v1_exchange_and_topic_sources(node):
         assert "amqp:not-found" in str(info.value)
     finally:
         c.close()
+
+
+def test_a_quorum_queue_gives_its_failed_deliveries_as_the_header_delivery_count(node):
+    """Two 0-9-1 requeues of a quorum queue's message are two failed deliveries: a 1.0 consumer
+    reads them in the header's delivery-count (a 0-9-1 one in x-delivery-count)."""
+    q = _queue(node, durable=True, arguments={"x-queue-type": "quorum"})
+    conn, ch = channel091(node)
+    ch.basic_publish("", q, b"twice")
+    for _ in range(2):
+        method, _props, _body = ch.basic_get(q, auto_ack=False)
+        ch.basic_reject(method.delivery_tag, requeue=True)
+    conn.close()
+    c = blocking(node)
+    r = c.create_receiver(f"/queues/{q}", credit=1)
+    m = r.receive(timeout=5)
+    assert m.delivery_count == 2 and not m.first_acquirer
+    r.accept()
+    c.close()

@@ -168,6 +168,61 @@ def test_kill_the_leader_nothing_confirmed_is_lost_and_publishers_carry_on(three
     print(f"first publish confirmed {took:.2f} s after SIGKILL of the leader")
 
 
+def test_the_delivery_count_survives_a_failover(three):
+    """x-delivery-limit 3: two failed deliveries through the leader, its SIGKILL, then two more
+    through the new leader dead-letter the message. The count went through the replicated log
+    (not the leader's memory): the first delivery after the failover says x-delivery-count 2."""
+    name, dlq = uid("qq"), uid("dlq")
+    c = connect(three["n1"])
+    ch = c.channel()
+    ch.queue_declare(dlq, durable=True, arguments=QUORUM)  # a target that survives the kill
+    args = {
+        **QUORUM,
+        "x-delivery-limit": 3,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dlq,
+    }
+    ch.queue_declare(name, durable=True, arguments=args)
+    c.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    conn = connect(three[leader])
+    ch = conn.channel()
+    ch.confirm_delivery()
+    publish_confirmed(ch, name, [b"poison"])
+    for expected in (None, 1):
+        method, props, body = ch.basic_get(name, auto_ack=False)
+        assert body == b"poison" and (props.headers or {}).get("x-delivery-count") == expected
+        ch.basic_reject(method.delivery_tag, requeue=True)
+    ch.queue_declare(name, passive=True)  # a round trip: the rejects are handled
+    # Nothing confirms a failed delivery's record: wait until every follower holds it.
+    wait_for(
+        lambda: all(
+            f["lag"] == 0 for f in queue_info(three[leader], name)["replica"]["followers"].values()
+        )
+    )
+
+    three[leader].stop(sig=signal.SIGKILL)
+    survivor = others(three, leader)[0]
+    wait_for(lambda: queue_info(three[survivor], name)["epoch"] == 2, timeout=20)
+    wait_for(lambda: queue_info(three[survivor], dlq)["leader"] != leader, timeout=20)
+    conn = connect(three[survivor])
+    ch = conn.channel()
+
+    def get(queue: str, ack: bool = False):
+        method, props, body = ch.basic_get(queue, auto_ack=ack)
+        return (method, props, body) if method is not None else None
+
+    for expected in (2, 3):
+        method, props, body = wait_for(lambda: get(name), timeout=20)
+        assert body == b"poison" and method.redelivered
+        assert props.headers["x-delivery-count"] == expected
+        ch.basic_reject(method.delivery_tag, requeue=True)  # the 4th failure passes the limit
+    _m, props, body = wait_for(lambda: get(dlq, ack=True), timeout=20)
+    assert body == b"poison" and props.headers["x-death"][0]["reason"] == "delivery_limit"
+    assert get(name) is None
+    conn.close()
+
+
 def test_a_consumer_on_a_surviving_node_keeps_consuming_across_the_failover(three):
     name = uid("qq")
     c = connect(three["n1"])
@@ -325,6 +380,11 @@ def test_a_replica_with_an_empty_store_reads_a_snapshot(three):
     # Acks commit and the leader compacts its log: what came before is only in its rows now.
     for _ in range(20):
         ch.basic_get(name, auto_ack=True)
+    # Two failed deliveries of m20: its count travels in the snapshot too.
+    for _ in range(2):
+        method, _props, body = ch.basic_get(name, auto_ack=False)
+        assert body == b"m20"
+        ch.basic_reject(method.delivery_tag, requeue=True)
     publish_confirmed(ch, name, [b"n%d" % i for i in range(10)])
     wait_for(lambda: queue_info(three[leader], name)["replica"]["followers"][lost]["lag"] == 0)
     three[lost].stop()
@@ -338,12 +398,14 @@ def test_a_replica_with_an_empty_store_reads_a_snapshot(three):
     db = sqlite3.connect(store)
     (qid,) = db.execute("SELECT qid FROM queues WHERE name = ?", (name,)).fetchone()
     rows = db.execute(
-        "SELECT body FROM messages WHERE id >= ? AND id < ?", (qid << 40, (qid + 1) << 40)
+        "SELECT body, delivery_count FROM messages WHERE id >= ? AND id < ?",
+        (qid << 40, (qid + 1) << 40),
     ).fetchall()
     db.close()
     assert sorted(r[0] for r in rows) == sorted(
         [b"m%d" % i for i in range(20, 100)] + [b"n%d" % i for i in range(10)]
     )
+    assert {r[0]: r[1] for r in rows if r[1]} == {b"m20": 2}
 
 
 def test_sigterm_of_the_leader_hands_the_leadership_over_before_it_stops(three):

@@ -6,8 +6,11 @@ The cluster side (replicas, failover) is tests/cluster/test_replicated_queues.py
 from __future__ import annotations
 
 import pika
+import pika.exceptions as pex
+import pytest
 
 from tests.support.clients import connect
+from tests.support.http import call, q
 from tests.support.names import uid
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -87,8 +90,6 @@ def test_a_quorum_queue_has_rabbitmq_4s_default_delivery_limit_and_classic_queue
 
 
 def test_default_queue_type_quorum_makes_durable_queues_quorum(make_node):
-    from tests.support.http import call, q
-
     n = make_node("--default-queue-type", "quorum")
     conn = connect(n)
     ch = conn.channel()
@@ -102,4 +103,145 @@ def test_default_queue_type_quorum_makes_durable_queues_quorum(make_node):
         assert status == 200, body
         types[name] = body["type"]
     assert types == {durable: "quorum", transient: "classic"}
+    conn.close()
+
+
+def refusal(node, declare) -> tuple[int, str]:
+    """The channel close a declaration gets (the connection stays open)."""
+    conn = connect(node)
+    try:
+        with pytest.raises(pex.ChannelClosedByBroker) as info:
+            declare(conn.channel())
+        assert conn.is_open
+        return info.value.reply_code, info.value.reply_text
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "props,prop",
+    [
+        ({"durable": True, "exclusive": True}, "exclusive-owner"),
+        ({"durable": False}, "non-durable"),
+        ({"durable": True, "auto_delete": True}, "auto-delete"),
+    ],
+)
+def test_a_temporary_quorum_queue_is_refused_as_rabbitmq_does(node, props, prop):
+    name = uid("qq")
+    code, text = refusal(node, lambda ch: ch.queue_declare(name, arguments=QUORUM, **props))
+    assert (code, text) == (
+        406,
+        f"PRECONDITION_FAILED - invalid property '{prop}' for queue '{name}' in vhost '/'",
+    )
+    assert call(node.management_url, "GET", f"/api/queues/%2F/{q(name)}")[0] == 404
+
+
+def test_a_quorum_queue_refuses_classic_only_arguments_and_a_server_name(node):
+    name = uid("qq")
+    code, text = refusal(
+        node,
+        lambda ch: ch.queue_declare(name, durable=True, arguments={**QUORUM, "x-max-priority": 10}),
+    )
+    assert (code, text) == (
+        406,
+        f"PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue '{name}' in vhost '/' "
+        "of queue type rabbit_quorum_queue",
+    )
+    code, text = refusal(node, lambda ch: ch.queue_declare("", durable=True, arguments=QUORUM))
+    assert (code, text) == (
+        406,
+        "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue",
+    )
+    # The management API and definitions import refuse it with the same words.
+    status, body = call(
+        node.management_url,
+        "PUT",
+        f"/api/queues/%2F/{q(name)}",
+        {"durable": False, "arguments": QUORUM},
+    )
+    assert status == 400
+    assert body["reason"] == f"invalid property 'non-durable' for queue '{name}' in vhost '/'"
+    status, body = call(
+        node.management_url,
+        "POST",
+        "/api/definitions",
+        {"queues": [{"name": name, "vhost": "/", "auto_delete": True, "arguments": QUORUM}]},
+    )
+    assert status == 400 and "invalid property 'auto-delete'" in body["reason"], body
+    assert call(node.management_url, "GET", f"/api/queues/%2F/{q(name)}")[0] == 404
+
+
+def test_a_quorum_queue_declared_properly_is_still_redeclared_and_found(node):
+    conn = connect(node)
+    ch = conn.channel()
+    name = uid("qq")
+    ch.queue_declare(name, durable=True, arguments={**QUORUM, "x-delivery-limit": 5})
+    ch.queue_declare(name, durable=True, arguments={**QUORUM, "x-delivery-limit": 5})
+    assert ch.queue_declare(name, passive=True).method.queue == name
+    status, body = call(node.management_url, "GET", f"/api/queues/%2F/{q(name)}")
+    assert status == 200 and body["type"] == "quorum"
+    conn.close()
+
+
+def test_a_quorum_default_keeps_temporary_queues_classic_and_checks_durable_ones(make_node):
+    """--default-queue-type quorum: exclusive, auto-delete and non-durable queues declared
+    without x-queue-type are classic queues (RabbitMQ does the same), never refused; a durable
+    one becomes quorum, so an argument only classic queues take is refused as RabbitMQ does."""
+    n = make_node("--default-queue-type", "quorum")
+    conn = connect(n)
+    ch = conn.channel()
+    names = {}
+    for kind, props in (
+        ("exclusive", {"exclusive": True}),
+        ("auto-delete", {"durable": True, "auto_delete": True}),
+        ("transient", {"durable": False}),
+    ):
+        names[kind] = uid(kind)
+        ch.queue_declare(names[kind], arguments={"x-max-priority": 5}, **props)
+    server_named = ch.queue_declare("", exclusive=True).method.queue
+    for name in [*names.values(), server_named]:
+        status, body = call(n.management_url, "GET", f"/api/queues/%2F/{q(name)}")
+        assert status == 200 and body["type"] == "classic", body
+    conn.close()
+    name = uid("prio")
+    code, text = refusal(
+        n, lambda ch: ch.queue_declare(name, durable=True, arguments={"x-max-priority": 5})
+    )
+    assert code == 406 and text.endswith("of queue type rabbit_quorum_queue")
+
+
+def test_a_redelivery_from_a_quorum_queue_carries_x_delivery_count(node):
+    """As RabbitMQ's quorum queues: no header on the first delivery, then the failed deliveries
+    so far (reject or nack with requeue, and a consumer's channel closing with it unacked); the
+    message's own headers stay. Classic queues add nothing."""
+    conn = connect(node)
+    ch = conn.channel()
+    qq, classic = uid("qq"), uid("cq")
+    ch.queue_declare(qq, durable=True, arguments=QUORUM)
+    ch.queue_declare(classic)
+    for name in (qq, classic):
+        ch.basic_publish("", name, b"p", pika.BasicProperties(headers={"app": 1}))
+    method, props, _body = ch.basic_get(qq, auto_ack=False)
+    assert props.headers == {"app": 1}
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    method, props, _body = ch.basic_get(qq, auto_ack=False)
+    assert method.redelivered and props.headers == {"app": 1, "x-delivery-count": 1}
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    method, props, _body = ch.basic_get(qq, auto_ack=False)
+    assert props.headers["x-delivery-count"] == 2
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    consumer = conn.channel()
+    got = []
+    consumer.basic_consume(qq, lambda c, m, p, b: got.append(p.headers))
+    while not got:
+        conn.process_data_events(time_limit=0.1)
+    assert got == [{"app": 1, "x-delivery-count": 3}]
+    consumer.close()  # the delivery unacked: counted, as a consumer going down is in RabbitMQ
+    _m, props, _b = ch.basic_get(qq, auto_ack=True)
+    assert props.headers["x-delivery-count"] == 4
+    for _ in range(2):
+        method, props, _body = ch.basic_get(classic, auto_ack=False)
+        ch.basic_reject(method.delivery_tag, requeue=True)
+    method, props, _body = ch.basic_get(classic, auto_ack=True)
+    assert method.redelivered and props.headers == {"app": 1}
     conn.close()

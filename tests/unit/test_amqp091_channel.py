@@ -260,6 +260,44 @@ async def test_channel_close_requeues_unacked_deliveries() -> None:
     assert again.method.redelivered is True
 
 
+QUORUM = {"x-queue-type": "quorum"}
+
+
+@in_loop
+async def test_a_quorum_queue_redelivery_carries_x_delivery_count() -> None:
+    """Absent on the first delivery; then the failed deliveries so far (a long, as RabbitMQ),
+    next to the message's own headers, on basic.get and basic.deliver alike."""
+    c = await opened(1, 2)
+    c.declare(1, "qq", durable=True, arguments=QUORUM)
+    c.publish(1, "", "qq", b"m", properties={"headers": {"app": "kept"}, "delivery_mode": 2})
+    (got,) = c.send(1, spec.BasicGet(queue="qq"))
+    assert got.properties["headers"] == {"app": "kept"}
+    c.send(1, spec.BasicReject(delivery_tag=got.method.delivery_tag, requeue=True))
+    (got,) = c.send(1, spec.BasicGet(queue="qq"))
+    assert got.properties["headers"] == {"app": "kept", "x-delivery-count": 1}
+    assert got.properties["delivery_mode"] == 2
+    c.send(1, spec.BasicNack(delivery_tag=got.method.delivery_tag, requeue=True))
+    out = consume(c, "qq", channel=2)
+    deliver = [f for f in out if f.name == "basic.deliver"][0]
+    assert deliver.properties["headers"]["x-delivery-count"] == 2
+    # The channel closing with the delivery unsettled counts too (RabbitMQ's consumer down).
+    c.send(2, spec.ChannelClose(reply_code=200))
+    (got,) = c.send(1, spec.BasicGet(queue="qq", no_ack=True))
+    assert got.properties["headers"]["x-delivery-count"] == 3
+
+
+@in_loop
+async def test_a_classic_queue_adds_no_delivery_count_header() -> None:
+    c = await opened()
+    c.declare(1, "cq")
+    c.publish(1, "", "cq", b"m")
+    for _ in range(2):
+        (got,) = c.send(1, spec.BasicGet(queue="cq"))
+        c.send(1, spec.BasicReject(delivery_tag=got.method.delivery_tag, requeue=True))
+    (got,) = c.send(1, spec.BasicGet(queue="cq"))
+    assert got.method.redelivered and not (got.properties or {}).get("headers")
+
+
 @in_loop
 async def test_prefetch_holds_deliveries_until_ack() -> None:
     c = await opened()

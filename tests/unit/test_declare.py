@@ -15,7 +15,10 @@ from merpati.node.core.declare import (
     check_exchange_declare,
     check_queue_arguments,
     check_queue_declare,
+    check_quorum_declare,
     check_reserved_name,
+    check_server_named,
+    declared_queue_type,
 )
 from merpati.node.wire.table import Int
 
@@ -220,3 +223,120 @@ def test_core_does_not_import_the_amqp091_front_end():
         "sys.exit(any(m.startswith('merpati.node.amqp091') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# -- quorum queues ----------------------------------------------------------------------------
+
+QUORUM = {"x-queue-type": "quorum"}
+NEW_QQ = {"durable": True, "exclusive": False, "auto_delete": False}
+
+
+def test_a_durable_quorum_queue_is_accepted_with_its_arguments():
+    check_quorum_declare(
+        "/",
+        "q",
+        {
+            **QUORUM,
+            "x-delivery-limit": 3,
+            "x-message-ttl": 10,
+            "x-max-length": 5,
+            "x-overflow": "reject-publish",
+            "x-dead-letter-exchange": "dlx",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-quorum-initial-group-size": 3,
+            "x-queue-leader-locator": "balanced",
+            "x-single-active-consumer": True,
+            "x-custom": "kept",  # unknown to every type: accepted, as RabbitMQ does
+        },
+        **NEW_QQ,
+    )
+
+
+@pytest.mark.parametrize(
+    "props,prop",
+    [
+        ({"auto_delete": True}, "auto-delete"),
+        ({"exclusive": True}, "exclusive-owner"),
+        ({"durable": False}, "non-durable"),
+        # RabbitMQ's order: auto-delete, then exclusive, then durability.
+        ({"auto_delete": True, "exclusive": True, "durable": False}, "auto-delete"),
+        ({"exclusive": True, "durable": False}, "exclusive-owner"),
+    ],
+)
+def test_a_quorum_queue_refuses_temporary_properties_with_rabbitmqs_text(props, prop):
+    e = refused(check_quorum_declare, "v", "q", QUORUM, **{**NEW_QQ, **props})
+    assert (e.code, e.hard) == (PRECONDITION_FAILED, False)
+    assert e.text == f"invalid property '{prop}' for queue 'q' in vhost 'v'"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["x-max-priority", "x-queue-mode", "x-queue-version", "x-queue-master-locator", "x-max-age"],
+)
+def test_a_quorum_queue_refuses_arguments_of_other_queue_types(key):
+    e = refused(check_quorum_declare, "v", "q", {**QUORUM, key: 1}, **NEW_QQ)
+    assert e.code == PRECONDITION_FAILED
+    assert e.text == (
+        f"invalid arg '{key}' for queue 'q' in vhost 'v' of queue type rabbit_quorum_queue"
+    )
+
+
+def test_arguments_are_checked_before_properties():
+    e = refused(
+        check_quorum_declare,
+        "v",
+        "q",
+        {**QUORUM, "x-max-priority": 5},
+        **{**NEW_QQ, "durable": False},
+    )
+    assert "'x-max-priority'" in e.text
+
+
+@pytest.mark.parametrize("qtype", [None, "classic", b"classic", "stream"])
+def test_other_queue_types_are_not_checked_here(qtype):
+    args = {"x-max-priority": 5} if qtype is None else {"x-queue-type": qtype, "x-max-priority": 5}
+    check_quorum_declare("/", "q", args, durable=False, exclusive=True, auto_delete=True)
+
+
+def test_the_quorum_type_may_come_as_bytes():
+    e = refused(
+        check_quorum_declare, "v", "q", {"x-queue-type": b"quorum"}, **{**NEW_QQ, "durable": False}
+    )
+    assert e.text == "invalid property 'non-durable' for queue 'q' in vhost 'v'"
+
+
+@pytest.mark.parametrize(
+    "props",
+    [
+        {"durable": False, "exclusive": False, "auto_delete": False},
+        {"durable": True, "exclusive": True, "auto_delete": False},
+        {"durable": True, "exclusive": False, "auto_delete": True},
+    ],
+)
+def test_a_quorum_default_leaves_temporary_queues_classic(props):
+    """--default-queue-type quorum: a declaration without x-queue-type that cannot be a quorum
+    queue becomes a classic one (as RabbitMQ's augment_declare_args), so nothing is refused."""
+    assert declared_queue_type({}, **props, default_type="quorum") == "classic"
+    check_quorum_declare("/", "q", {"x-max-priority": 5}, **props, default_type="quorum")
+
+
+def test_a_quorum_default_applies_the_quorum_rules_to_durable_queues():
+    assert declared_queue_type({}, **NEW_QQ, default_type="quorum") == "quorum"
+    assert declared_queue_type({}, **NEW_QQ) == "classic"
+    e = refused(
+        check_quorum_declare, "v", "q", {"x-max-priority": 5}, **NEW_QQ, default_type="quorum"
+    )
+    assert e.text.endswith("of queue type rabbit_quorum_queue")
+    # An explicit type wins over the default.
+    check_quorum_declare(
+        "/", "q", {"x-queue-type": "classic", "x-max-priority": 5}, **NEW_QQ, default_type="quorum"
+    )
+
+
+def test_a_quorum_queue_cannot_be_server_named():
+    check_server_named("classic")
+    e = refused(check_server_named, "quorum")
+    assert (e.code, e.text) == (
+        PRECONDITION_FAILED,
+        "Cannot declare a server-named queue for type rabbit_quorum_queue",
+    )

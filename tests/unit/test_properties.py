@@ -14,6 +14,7 @@ from merpati.node.wire.properties import (
     encode_properties,
     flags_of,
     is_persistent,
+    set_header,
 )
 from merpati.node.wire.table import DecodeError, Int, Timestamp
 
@@ -125,3 +126,66 @@ def test_is_persistent(props, expected):
 
 def test_is_persistent_of_empty_raw_is_false():
     assert is_persistent(b"") is False
+
+
+# -- set_header: the x-delivery-count a quorum queue adds --------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(properties, st.integers(1, 2**31))
+def test_set_header_changes_that_header_and_nothing_else(props, count):
+    raw = encode_properties(props)
+    out = decode_properties(set_header(raw, "x-delivery-count", Int("l", count)))
+    expected = dict(props)
+    expected["headers"] = {
+        **{k: v for k, v in (props.get("headers") or {}).items() if k != "x-delivery-count"},
+        "x-delivery-count": count,
+    }
+    assert set(out) == set(expected)
+    for name in expected:
+        assert strict_equal(out[name], expected[name]), name
+
+
+def test_set_header_keeps_the_other_headers_bytes_and_replaces_its_own():
+    """A long stays a long (a decode and re-encode would make a small one an `I`), and a header
+    of the same name (a message republished with it) is replaced, not doubled."""
+    long_field = b"\x04span" + b"l" + struct.pack(">q", 7)
+    old = b"\x10x-delivery-count" + b"l" + struct.pack(">q", 9)
+    table = long_field + old
+    raw = (
+        struct.pack(">H", 0x8000 | 0x2000 | 0x1000)
+        + b"\x04text"
+        + struct.pack(">I", len(table))
+        + table
+        + b"\x02"
+    )
+    out = set_header(raw, "x-delivery-count", Int("l", 2))
+    new = b"\x10x-delivery-count" + b"l" + struct.pack(">q", 2)
+    table = long_field + new
+    assert out == raw[:7] + struct.pack(">I", len(table)) + table + b"\x02"
+
+
+def test_set_header_adds_a_headers_table_where_there_was_none():
+    raw = encode_properties({"content_type": "t", "delivery_mode": 2, "priority": 1})
+    out = set_header(raw, "x-delivery-count", Int("l", 1))
+    assert flags_of(out) == flags_of(raw) | 0x2000
+    assert decode_properties(out) == {
+        "content_type": "t",
+        "headers": {"x-delivery-count": 1},
+        "delivery_mode": 2,
+        "priority": 1,
+    }
+    assert decode_properties(set_header(b"", "h", 1)) == {"headers": {"h": 1}}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        struct.pack(">H", 0x2000) + struct.pack(">I", 10) + b"\x01a",  # table past the end
+        struct.pack(">H", 0x2000) + struct.pack(">I", 3) + b"\x01a?",  # unknown field type
+        struct.pack(">H", 0x8000) + b"\x09abc",  # content-type past the end
+    ],
+)
+def test_set_header_refuses_malformed_bytes(raw):
+    with pytest.raises(DecodeError):
+        set_header(raw, "x-delivery-count", Int("l", 1))

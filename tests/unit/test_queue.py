@@ -374,9 +374,13 @@ class RecordingStore:
 
     def __init__(self) -> None:
         self.deleted: list[int] = []
+        self.counts: list[tuple[int, int]] = []  # (seq, delivery count) as recorded
 
     def queue_id(self, vhost: str, name: str, durable: bool) -> int:
         return 1
+
+    def set_delivery_count(self, qid: int, seq: int, count: int) -> None:
+        self.counts.append((seq, count))
 
     def append(self, qid, seq, transient, route, props, body, expires=0.0) -> int:
         return 0
@@ -401,15 +405,18 @@ def in_loop(test):
     return run
 
 
-def inherited(n: int, limit: int | None = None) -> tuple[LocalQueue, RecordingStore]:
-    """A new leader's queue holding n messages (seqs 1..n) its predecessor had delivered."""
+def inherited(
+    n: int, limit: int | None = None, counts: dict[int, int] | None = None
+) -> tuple[LocalQueue, RecordingStore]:
+    """A new leader's queue holding n messages (seqs 1..n) its predecessor had delivered
+    (`counts`: their delivery counts, as the replica's log recorded them)."""
     store = RecordingStore()
     args = {"x-queue-type": "quorum"}
     if limit is not None:
         args["x-delivery-limit"] = limit
     q = LocalQueue("/", "qq", durable=True, arguments=args, store=store)
     rows = [(i, False, b"\x00\x00", b"\x00\x00", b"m%d" % i, 0) for i in range(1, n + 1)]
-    q.recover(rows, n, n, n, sum(len(r[4]) for r in rows))
+    q.recover(rows, n, n, n, sum(len(r[4]) for r in rows), counts)
     return q, store
 
 
@@ -437,6 +444,49 @@ def test_a_failed_earlier_delivery_counts_toward_the_delivery_limit():
     assert q.message_count == 1  # one failure: within the limit
     q.settle_earlier([1], Outcome.MODIFIED, failed)
     assert q.message_count == 0 and store.deleted == [1]
+
+
+@in_loop
+def test_a_new_leader_counts_on_from_the_recovered_delivery_counts():
+    """The counts a replicated queue's log kept come back with the messages: two failures
+    before the failover and one after pass a limit of 2."""
+    q, store = inherited(2, limit=2, counts={1: 2})
+    assert [m.delivery_count for m in q._ready] == [2, 0]
+    c = FakeConsumer("c")
+    q.subscribe(c)
+    first, second = c.got
+    q.settle(first, Outcome.MODIFIED, Modified(delivery_failed=True))
+    assert store.deleted == [1] and store.counts == []  # over the limit: gone, not counted
+    q.settle(second, Outcome.MODIFIED, Modified(delivery_failed=True))
+    assert store.counts == [(2, 1)] and second.delivery_count == 1
+
+
+@in_loop
+def test_only_a_failed_delivery_records_a_count():
+    q, store = inherited(1)
+    c = FakeConsumer("c")
+    q.subscribe(c)
+    q.settle(c.got[-1], Outcome.RELEASED)
+    q.settle(c.got[-1], Outcome.MODIFIED, Modified(undeliverable_here=False))
+    assert store.counts == []
+    q.settle(c.got[-1], Outcome.MODIFIED, Modified(delivery_failed=True))
+    q.settle_earlier(
+        [1], Outcome.MODIFIED, Modified(delivery_failed=True)
+    )  # delivered again here: not counted
+    q.settle(c.got[-1], Outcome.MODIFIED, Modified(delivery_failed=True))
+    assert store.counts == [(1, 1), (1, 2)]
+
+
+@in_loop
+def test_a_classic_queue_records_no_count():
+    store = RecordingStore()
+    store.keeps_every_message = False  # a classic durable queue's store
+    q = LocalQueue("/", "cq", durable=True, store=store)
+    c = FakeConsumer("c")
+    q.subscribe(c)
+    q.enqueue(Message("", "cq", None, b"\x10\x00\x02", b"m"))
+    q.settle(c.got[-1], Outcome.MODIFIED, Modified(delivery_failed=True))
+    assert c.got[-1].delivery_count == 1 and store.counts == []
 
 
 @in_loop

@@ -5,6 +5,7 @@ entries the store keeps (persisted, cut, dropped, read back)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merpati.cluster.replication import ops
-from merpati.cluster.replication.ops import DEL, DELIVERED, ENQ, PURGE, OpsError
-from merpati.node.store.sqlite import SQLiteStore
+from merpati.cluster.replication.ops import COUNT, DEL, DELIVERED, ENQ, PURGE, OpsError
+from merpati.node.store.sqlite import FORMAT, SQLiteStore
 
 # An absolute deadline in seconds, as a queue stores it (TTL from now), and its milliseconds.
 EXPIRES = 1_700_000_000.25
@@ -34,6 +35,8 @@ def test_records_round_trip_through_parse() -> None:
             ops.seq_op(PURGE, 4),
             ops.enqueue(8, 0, b"", b"", b""),  # no deadline, every part empty
             ops.enqueue(2**40 - 1, 0, b"r" * 300, b"", big),
+            ops.count_op(7, 3),
+            ops.count_op(2**40 - 1, 2**32 - 1),
         )
     )
     assert list(ops.parse(data)) == [
@@ -43,6 +46,8 @@ def test_records_round_trip_through_parse() -> None:
         (PURGE, 4),
         (ENQ, 8, 0, b"", b"", b""),
         (ENQ, 2**40 - 1, 0, b"r" * 300, b"", big),
+        (COUNT, 7, 3),
+        (COUNT, 2**40 - 1, 2**32 - 1),
     ]
     assert list(ops.parse(b"")) == []  # the marker entry of a new leader holds no records
 
@@ -56,8 +61,17 @@ def test_records_round_trip_through_parse() -> None:
         (ops.seq_op(DELIVERED, 5) + ops.seq_op(PURGE, 1)[:3], "truncated record"),
         (b"X" + (5).to_bytes(8, "big"), "unknown record kind"),
         (ops.seq_op(DEL, 1) + b"\x00", "unknown record kind"),
+        (ops.count_op(1, 2)[:-1], "truncated record"),
     ],
-    ids=["enqueue-head", "enqueue-content", "seq-op", "second-record", "kind-X", "kind-NUL"],
+    ids=[
+        "enqueue-head",
+        "enqueue-content",
+        "seq-op",
+        "second-record",
+        "kind-X",
+        "kind-NUL",
+        "count",
+    ],
 )
 def test_malformed_records_raise_ops_error(data: bytes, message: str) -> None:
     with pytest.raises(OpsError, match=message):
@@ -74,11 +88,17 @@ def test_replay_enqueues_deletes_marks_and_purges_rows() -> None:
     rows: dict[int, list] = {}
     entry = b"".join(ops.enqueue(s, 0, b"rk", b"p%d" % s, b"m%d" % s) for s in range(1, 6))
     assert ops.replay(rows, 0, entry) == 0
-    assert rows == {s: [0, b"rk", b"p%d" % s, b"m%d" % s, 0] for s in range(1, 6)}
+    assert rows == {s: [0, b"rk", b"p%d" % s, b"m%d" % s, 0, 0] for s in range(1, 6)}
 
     entry = ops.seq_op(DEL, 2) + ops.seq_op(DEL, 42)  # deleting a missing row is no error
     assert ops.replay(rows, 0, entry) == 0
     assert sorted(rows) == [1, 3, 4, 5]
+
+    # A count says the count (twice is once); one for a row gone already changes nothing.
+    entry = ops.count_op(3, 1) + ops.count_op(3, 2) + ops.count_op(2, 5)
+    assert ops.replay(rows, 0, entry) == 0
+    assert ops.replay(rows, 0, ops.count_op(3, 2)) == 0
+    assert rows[3][5] == 2 and 2 not in rows and [rows[s][5] for s in (1, 4, 5)] == [0, 0, 0]
 
     # The delivered mark only grows.
     assert ops.replay(rows, 0, ops.seq_op(DELIVERED, 4) + ops.seq_op(DELIVERED, 3)) == 4
@@ -94,21 +114,23 @@ def test_replay_enqueues_deletes_marks_and_purges_rows() -> None:
 def test_replay_keeps_an_enqueues_deadline_in_milliseconds() -> None:
     rows: dict[int, list] = {}
     ops.replay(rows, 0, ops.enqueue(3, EXPIRES, b"", b"", b"x"))
-    assert rows == {3: [0, b"", b"", b"x", EXPIRES_MS]}
+    assert rows == {3: [0, b"", b"", b"x", EXPIRES_MS, 0]}
 
 
 RUN = [
     ops.enqueue(1, 0, b"q", b"", b"m1")
     + ops.enqueue(2, 0, b"q", b"", b"m2")
     + ops.enqueue(3, EXPIRES, b"q", b"", b"m3"),
-    ops.seq_op(DEL, 1) + ops.seq_op(DELIVERED, 2),
+    ops.seq_op(DEL, 1) + ops.seq_op(DELIVERED, 2) + ops.count_op(3, 1),
     ops.seq_op(PURGE, 2),
     ops.enqueue(4, EXPIRES, b"q", b"", b"m4")
+    + ops.count_op(4, 1)
     + ops.enqueue(5, 0, b"q", b"", b"m5")
     + ops.seq_op(DEL, 2)
-    + ops.seq_op(DELIVERED, 5),
+    + ops.seq_op(DELIVERED, 5)
+    + ops.count_op(4, 2),
 ]
-RUN_ROWS = {4: [0, b"q", b"", b"m4", EXPIRES_MS], 5: [0, b"q", b"", b"m5", 0]}
+RUN_ROWS = {4: [0, b"q", b"", b"m4", EXPIRES_MS, 2], 5: [0, b"q", b"", b"m5", 0, 0]}
 
 
 def _replay_all(entries: list[bytes], rows: dict[int, list] | None = None, delivered: int = 0):
@@ -134,6 +156,8 @@ _ops = st.one_of(
         st.binary(max_size=4),
     ),
     st.builds(ops.seq_op, st.sampled_from([DEL, DELIVERED, PURGE]), st.integers(0, 12)),
+    # Counts only grow for a message, as a queue's failed deliveries do: the seq sets the count.
+    st.integers(1, 12).map(lambda s: ops.count_op(s, s)),
 )
 
 
@@ -321,7 +345,7 @@ def test_read_queue_returns_rows_in_order_and_the_delivered_mark(tmp_path: Path)
         # No wait for a commit: reads come in order after every write asked before them.
         rows, delivered = await _read_queue(store, qid, 0, 100)
         assert [r[0] for r in rows] == [1, 3, 4, 5] and delivered == 3
-        assert rows[0] == (1, 0, b"rk1", b"p", b"m1", EXPIRES_MS)
+        assert rows[0] == (1, 0, b"rk1", b"p", b"m1", EXPIRES_MS, 0)
 
         rows, delivered = await _read_queue(store, qid, 1, 2)  # after seq 1, two rows
         assert [r[0] for r in rows] == [3, 4] and delivered == 3
@@ -385,3 +409,74 @@ def test_settle_writes_makes_what_was_asked_visible_to_synchronous_reads(tmp_pat
         store.close()
 
     asyncio.run(main(tmp_path / "s.db"))
+
+
+def test_delivery_counts_are_kept_with_the_rows_and_survive_a_restart(tmp_path: Path) -> None:
+    async def main(path: Path) -> None:
+        store, _ = await _open(path)
+        qid = store.queue_id("/", "cq", True)
+        other = store.queue_id("/", "other", True)
+        for seq in (1, 2, 3):
+            store.append(qid, seq, False, b"rk", b"p", b"m%d" % seq)
+        store.append(other, 1, False, b"rk", b"p", b"o")
+        store.set_delivery_count(qid, 1, 2)  # in the turn that appends it: applies to it
+        store.set_delivery_count(qid, 1, 1)  # never lowers it
+        store.set_delivery_count(qid, 9, 4)  # no such row: nothing
+        assert await _committed(store) is True
+        store.set_delivery_count(qid, 3, 1)
+        store.delete(qid, 2)
+        store.set_delivery_count(qid, 2, 7)  # a row gone: nothing
+        rows, _ = await _read_queue(store, qid, 0, 100)
+        assert [(r[0], r[6]) for r in rows] == [(1, 2), (3, 1)]
+        await _close(store)
+
+        store, _ = await _open(path)
+        assert store.delivery_counts(qid) == {1: 2, 3: 1}
+        assert store.delivery_counts(other) == {}
+        # The rows a queue recovers and pages keep their shape (no count).
+        assert store.load_head(qid, 10)[0][0] == (1, 0, b"rk", b"p", b"m1", 0)
+        store.drop_queue(qid)
+        assert await _committed(store) is True
+        assert store.delivery_counts(qid) == {}
+        await _close(store)
+
+    _run(tmp_path, main)
+
+
+def test_a_store_of_the_previous_format_gets_the_delivery_count_column(tmp_path: Path) -> None:
+    """A data directory written before delivery counts (format 3) opens: the column is added
+    (0 for every message already there) and the store is marked with the new format."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE queues (qid INTEGER PRIMARY KEY, vhost TEXT NOT NULL, name TEXT NOT NULL,
+            durable INTEGER NOT NULL, delivered INTEGER NOT NULL DEFAULT 0, UNIQUE (vhost, name));
+        CREATE TABLE messages (id INTEGER PRIMARY KEY, transient INTEGER NOT NULL,
+            expires INTEGER NOT NULL, route BLOB NOT NULL, props BLOB NOT NULL,
+            body BLOB NOT NULL);
+        INSERT INTO meta VALUES ('format', 'merpati-store-3');
+        INSERT INTO queues VALUES (1, '/', 'old', 1, 0);
+        """
+    )
+    conn.execute("INSERT INTO messages VALUES (?, 0, 0, x'00', x'0000', x'6d')", ((1 << 40) | 5,))
+    conn.close()
+
+    async def main(path: Path) -> None:
+        store, stored = await _open(path)
+        assert stored[("/", "old")][0] == 1
+        assert store.load_head(1, 10)[0] == [(5, 0, b"\x00", b"\x00\x00", b"m", 0)]
+        assert store.delivery_counts(1) == {}
+        store.set_delivery_count(1, 5, 3)
+        assert await _committed(store) is True
+        assert store.delivery_counts(1) == {5: 3}
+        await _close(store)
+        store, _ = await _open(path)  # opened again: migrated once, nothing to do
+        assert store.delivery_counts(1) == {5: 3}
+        await _close(store)
+
+    asyncio.run(main(path))
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0] == FORMAT
+    conn.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ...core.declare import check_queue_declare
+from ...core.declare import check_queue_declare, check_quorum_declare
 from ...core.outcome import ACCEPTED, REJECTED, RELEASED
 from ...metadata import commands as cmds
 from ..app import bad_request, caller, json_response, not_found, read_json
@@ -45,17 +45,21 @@ class QueuesApi(ApiBase):
         args = body.get("arguments") or {}
         if not isinstance(args, dict):
             raise bad_request("arguments must be an object")
+        durable, auto_delete = _bool(body, "durable", True), _bool(body, "auto_delete", False)
         with _declare_refused():
             check_queue_declare(vhost, name, args)
+            if self.state.queue(vhost, name) is None:
+                check_quorum_declare(
+                    vhost,
+                    name,
+                    args,
+                    durable=durable,
+                    exclusive=False,
+                    auto_delete=auto_delete,
+                    default_type=self.broker.default_queue_type,
+                )
         result = await self._propose(
-            self.broker.declare_queue(
-                vhost,
-                name,
-                _bool(body, "durable", True),
-                None,
-                _bool(body, "auto_delete", False),
-                args,
-            )
+            self.broker.declare_queue(vhost, name, durable, None, auto_delete, args)
         )
         return web.Response(status=201 if result == "created" else 204)
 
