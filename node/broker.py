@@ -84,7 +84,8 @@ class Broker:
         default_queue_type: str = "classic",
     ) -> None:
         self.node_id = node_id
-        # The x-queue-type of a queue declared without one (only quorum changes anything).
+        # The x-queue-type of a queue declared without one (only quorum changes anything),
+        # unless its vhost says otherwise (default_queue_type_in).
         self.default_queue_type = default_queue_type
         # Distinguishes this run of the node from earlier ones (exclusive queue owners).
         self.incarnation = secrets.token_hex(4)
@@ -195,6 +196,12 @@ class Broker:
         self.queues.setdefault(qdef.vhost, {})[qdef.name] = q
         return q
 
+    def default_queue_type_in(self, vhost: str) -> str:
+        """The type of a queue declared in `vhost` without x-queue-type: the vhost's, else the
+        node's (RabbitMQ's vhost default_queue_type and default_queue_type setting)."""
+        vh = self.state.vhosts.get(vhost)
+        return (vh.default_queue_type if vh is not None else "") or self.default_queue_type
+
     def declare_queue(
         self,
         vhost: str,
@@ -203,13 +210,15 @@ class Broker:
         exclusive_owner: str | None = None,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        default_type: str | None = None,
     ) -> cmds.DeclareQueue:
         """The command declaring a queue, with what the proposer decides: the node that leads
-        it and, for a replicated (quorum) queue, its replicas and incarnation id."""
+        it and, for a replicated (quorum) queue, its replicas and incarnation id
+        (`default_type`: of a vhost that does not exist yet, a definitions import's)."""
         args = dict(arguments or {})
         if (
             "x-queue-type" not in args
-            and self.default_queue_type == "quorum"
+            and (default_type or self.default_queue_type_in(vhost)) == "quorum"
             and replicated_type({"x-queue-type": "quorum"}, durable, exclusive_owner, auto_delete)
         ):
             # Recorded in the queue's arguments, as RabbitMQ does: a redeclare without the

@@ -518,9 +518,29 @@ def cmd_clear_permissions(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-@command("add_vhost", "add a virtual host", lambda p: p.add_argument("name"))
+def _add_vhost_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--description")
+    p.add_argument("--tags", help="comma-separated")
+    p.add_argument(
+        "--default-queue-type",
+        choices=("classic", "quorum"),
+        help="the type of queues declared in it without x-queue-type",
+    )
+
+
+@command("add_vhost", "add a virtual host", _add_vhost_args)
 def cmd_add_vhost(c: Client, args: argparse.Namespace) -> int:
-    c.call("PUT", f"/api/vhosts/{v(args.name)}", {})
+    body = {
+        k: val
+        for k, val in (
+            ("description", args.description),
+            ("tags", args.tags),
+            ("default_queue_type", args.default_queue_type),
+        )
+        if val is not None
+    }
+    c.call("PUT", f"/api/vhosts/{v(args.name)}", body)
     _say(args, f'Adding vhost "{args.name}" ...')
     return 0
 

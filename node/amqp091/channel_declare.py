@@ -169,7 +169,7 @@ class DeclareMixin(ChannelCore):
             return
         args = m.arguments or {}
         props = {"durable": m.durable, "exclusive": m.exclusive, "auto_delete": m.auto_delete}
-        default_type = self.broker.default_queue_type
+        default_type = self.broker.default_queue_type_in(self.vhost)
         try:
             if not name:
                 check_server_named(declared_queue_type(args, **props, default_type=default_type))

@@ -29,7 +29,7 @@ from ..core.declare import (
     check_quorum_declare,
 )
 from ..metadata import commands as cmds
-from ..metadata.state import DEFAULT_EXCHANGES, MetadataError
+from ..metadata.state import DEFAULT_EXCHANGES, VHOST_QUEUE_TYPES, MetadataError
 from .app import bad_request
 from .views import jsonable
 
@@ -50,6 +50,39 @@ def _refused(kind: str, name: str, vhost: str, why: str) -> Exception:
     return bad_request(
         f"definitions refused, nothing imported: {kind} '{name}' in vhost '{vhost}': {why}"
     )
+
+
+def _vhost_export(vh: Any) -> dict[str, Any]:
+    meta = {"description": vh.description, "tags": list(vh.tags)}
+    if vh.default_queue_type:
+        meta["default_queue_type"] = vh.default_queue_type
+    return {"name": vh.name, "limits": [], **meta, "metadata": meta}
+
+
+def vhost_metadata(item: dict[str, Any]) -> dict[str, Any]:
+    """A vhost's description, tags and default queue type from an API body or a definitions
+    entry: top level (RabbitMQ 3.x) or under "metadata" (3.11+); None where absent."""
+    meta = item.get("metadata") or {}
+    out: dict[str, Any] = {}
+    for key in ("description", "tags", "default_queue_type"):
+        value = item.get(key, meta.get(key))
+        if value is not None and key == "tags":
+            if isinstance(value, str):
+                value = tuple(t.strip() for t in value.split(",") if t.strip())
+            elif isinstance(value, list):
+                value = tuple(str(t) for t in value)
+            else:
+                raise bad_request("vhost tags must be a comma-separated string or a list")
+        elif value is not None:
+            value = str(value)
+        out[key] = value
+    qtype = out["default_queue_type"]
+    if qtype not in (None, *VHOST_QUEUE_TYPES):
+        raise bad_request(
+            f"vhost '{item.get('name', '')}': default_queue_type '{qtype}' is not one of "
+            f"{', '.join(VHOST_QUEUE_TYPES)}"
+        )
+    return out
 
 
 def export(node: Node, only_vhost: str | None = None) -> dict[str, Any]:
@@ -140,9 +173,7 @@ def export(node: Node, only_vhost: str | None = None) -> dict[str, Any]:
             }
             for _, u in sorted(state.users.items())
         ],
-        "vhosts": [
-            {"name": v, "limits": [], "metadata": {"description": "", "tags": []}} for v in vhosts
-        ],
+        "vhosts": [_vhost_export(state.vhosts[v]) for v in vhosts],
         "permissions": [
             {"user": u, "vhost": v, "configure": p.configure, "write": p.write, "read": p.read}
             for (u, v), p in sorted(state.permissions.items())
@@ -175,6 +206,7 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
     from ..broker import hash_password
 
     out: list[Any] = []
+    imported_types: dict[str, str] = {}  # default queue types of the vhosts imported
 
     def vh(item: dict[str, Any]) -> str:
         return only_vhost if only_vhost is not None else str(item.get("vhost", "/"))
@@ -182,7 +214,9 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
     try:
         if only_vhost is None:
             for v in _list(body, "vhosts"):
-                out.append(cmds.AddVhost(str(v["name"])))
+                meta = vhost_metadata(v)
+                out.append(cmds.AddVhost(str(v["name"]), **meta))
+                imported_types[str(v["name"])] = meta["default_queue_type"] or ""
             for u in _list(body, "users"):
                 if "password_hash" in u:
                     algo = u.get("hashing_algorithm", SHA256)
@@ -250,12 +284,21 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
                         durable=durable,
                         exclusive=False,
                         auto_delete=auto_delete,
-                        default_type=node.broker.default_queue_type,
+                        default_type=imported_types.get(vh(q))
+                        or node.broker.default_queue_type_in(vh(q)),
                     )
             except DeclareError as err:
                 raise _refused("queue", name, vh(q), err.text)
             out.append(
-                node.broker.declare_queue(vh(q), name, durable, None, auto_delete, arguments)
+                node.broker.declare_queue(
+                    vh(q),
+                    name,
+                    durable,
+                    None,
+                    auto_delete,
+                    arguments,
+                    default_type=imported_types.get(vh(q)),
+                )
             )
         for b in _list(body, "bindings"):
             kind = "q" if b.get("destination_type", "queue") == "queue" else "e"

@@ -9,6 +9,11 @@ from typing import Any
 @dataclass(frozen=True)
 class AddVhost:
     name: str
+    # RabbitMQ's vhost metadata; None leaves an existing vhost's value as it is (a node's
+    # start declares its vhosts with none of them).
+    description: str | None = None
+    tags: tuple[str, ...] | None = None
+    default_queue_type: str | None = None  # of queues declared in it without x-queue-type
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ ACCESS_REFUSED = 403
 NOT_ALLOWED = 530
 RESOURCE_LOCKED = 405
 
+# What a vhost's default queue type may be (RabbitMQ also has "stream", which Merpati has not).
+VHOST_QUEUE_TYPES = ("classic", "quorum")
+
 DEFAULT_EXCHANGES = [
     ("amq.direct", "direct"),
     ("amq.fanout", "fanout"),
@@ -119,6 +122,9 @@ class VHost:
     # destination -> binding identities pointing at it, to drop them with the destination.
     bindings_to: dict[Destination, set[tuple]] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    default_queue_type: str = ""  # "" = the node's (--default-queue-type)
 
     def policy_for(self, kind: str, name: str) -> Policy | None:
         """The policy that applies to a queue or exchange: the highest priority match wins."""
@@ -197,9 +203,27 @@ class MetadataState:
         return vh
 
     def _apply_AddVhost(self, cmd: c.AddVhost) -> Any:
-        if cmd.name in self.vhosts:
-            return "exists"
-        vh = VHost(cmd.name)
+        if cmd.default_queue_type not in (None, "", *VHOST_QUEUE_TYPES):
+            raise MetadataError(
+                PRECONDITION_FAILED,
+                f"default queue type '{cmd.default_queue_type}' of vhost '{cmd.name}' is not "
+                f"one of {', '.join(VHOST_QUEUE_TYPES)}",
+            )
+        vh = self.vhosts.get(cmd.name)
+        if vh is not None:
+            changed = False
+            for attr in ("description", "tags", "default_queue_type"):
+                value = getattr(cmd, attr)
+                if value is not None and value != getattr(vh, attr):
+                    setattr(vh, attr, value)
+                    changed = True
+            return "updated" if changed else "exists"
+        vh = VHost(
+            cmd.name,
+            description=cmd.description or "",
+            tags=cmd.tags or (),
+            default_queue_type=cmd.default_queue_type or "",
+        )
         vh.exchanges[""] = Exchange("", "direct", durable=True)
         for name, type_ in DEFAULT_EXCHANGES:
             vh.exchanges[name] = Exchange(name, type_, durable=True)

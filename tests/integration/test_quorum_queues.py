@@ -106,6 +106,53 @@ def test_default_queue_type_quorum_makes_durable_queues_quorum(make_node):
     conn.close()
 
 
+def test_a_vhost_default_queue_type_makes_its_durable_queues_quorum(node):
+    from tests.support.ctl import ctl_out
+
+    vhost = uid("vh")
+    ctl_out(node, "add_vhost", vhost, "--default-queue-type", "quorum", "--description", "orders")
+    status, body = call(node.management_url, "GET", f"/api/vhosts/{q(vhost)}")
+    assert status == 200 and body["default_queue_type"] == "quorum", body
+    assert body["description"] == "orders" and body["metadata"]["default_queue_type"] == "quorum"
+    conn = pika.BlockingConnection(pika.URLParameters(node.url + q(vhost)))
+    ch = conn.channel()
+    durable, transient = uid("d"), uid("t")
+    ch.queue_declare(durable, durable=True)
+    ch.queue_declare(transient, exclusive=True)
+    types = {
+        n: call(node.management_url, "GET", f"/api/queues/{q(vhost)}/{q(n)}")[1]["type"]
+        for n in (durable, transient)
+    }
+    conn.close()
+    assert types == {durable: "quorum", transient: "classic"}
+    # The default vhost is untouched; a type Merpati has not is refused, saying which it has.
+    ch = connect(node).channel()
+    other = uid("c")
+    ch.queue_declare(other, durable=True)
+    assert call(node.management_url, "GET", f"/api/queues/%2F/{q(other)}")[1]["type"] == "classic"
+    status, body = call(
+        node.management_url, "PUT", f"/api/vhosts/{q(uid('s'))}", {"default_queue_type": "stream"}
+    )
+    assert status == 400 and "not one of classic, quorum" in body["reason"], body
+    # Definitions carry it both ways.
+    status, defs = call(node.management_url, "GET", "/api/definitions")
+    exported = next(v for v in defs["vhosts"] if v["name"] == vhost)
+    assert exported["metadata"]["default_queue_type"] == "quorum"
+    again = uid("vh2")
+    imported = {
+        "vhosts": [{"name": again, "metadata": {"default_queue_type": "quorum"}}],
+        "permissions": [
+            {"user": "guest", "vhost": again, "configure": ".*", "write": ".*", "read": ".*"}
+        ],
+        "queues": [
+            {"name": "jobs", "vhost": again, "durable": True, "auto_delete": False, "arguments": {}}
+        ],
+    }
+    status, body = call(node.management_url, "POST", "/api/definitions", imported)
+    assert status in (200, 201, 204), body
+    assert call(node.management_url, "GET", f"/api/queues/{q(again)}/jobs")[1]["type"] == "quorum"
+
+
 def refusal(node, declare) -> tuple[int, str]:
     """The channel close a declaration gets (the connection stays open)."""
     conn = connect(node)

@@ -565,3 +565,18 @@ def test_replicas_change_one_node_at_a_time_and_never_drop_the_leader():
     assert s.apply(c.SetQueueReplicas(V, "qq", "i1", ("n1", "n3", "n4"))) == "replicas"
     s.apply(c.QueueElection(V, "qq", "i1", 2))
     assert err(s.apply(c.SetQueueReplicas(V, "qq", "i1", ("n1", "n3")))).code == 406  # electing
+
+
+def test_a_vhost_keeps_its_metadata_and_a_bare_redeclare_leaves_it():
+    s = MetadataState()
+    assert s.apply(c.AddVhost("v", "orders", ("prod",), "quorum")) == "created"
+    vh = s.vhosts["v"]
+    assert (vh.description, vh.tags, vh.default_queue_type) == ("orders", ("prod",), "quorum")
+    assert s.apply(c.AddVhost("v")) == "exists"  # a node's start declares it bare
+    assert s.vhosts["v"].default_queue_type == "quorum"
+    assert s.apply(c.AddVhost("v", default_queue_type="classic")) == "updated"
+    assert s.vhosts["v"].description == "orders"
+    refused = s.apply(c.AddVhost("w", default_queue_type="stream"))
+    assert isinstance(refused, MetadataError) and refused.code == 406
+    assert "not one of classic, quorum" in refused.text
+    assert "w" not in s.vhosts

@@ -56,7 +56,7 @@ class QueuesApi(ApiBase):
                     durable=durable,
                     exclusive=False,
                     auto_delete=auto_delete,
-                    default_type=self.broker.default_queue_type,
+                    default_type=self.broker.default_queue_type_in(vhost),
                 )
         result = await self._propose(
             self.broker.declare_queue(vhost, name, durable, None, auto_delete, args)

@@ -9,6 +9,7 @@ from aiohttp import web
 from ...broker import hash_password
 from ...metadata import commands as cmds
 from ..app import bad_request, caller, json_response, not_found, read_json
+from ..definitions import vhost_metadata
 from ..views import queue_figures
 from .base import ApiBase, _no_content
 
@@ -32,12 +33,16 @@ class VhostsUsersApi(ApiBase):
             r, u, _c = await queue_figures(self.broker.queue(vhost, qdef.name))
             ready += r
             unacked += u
+        vh = self.state.vhosts[vhost]
+        meta = {
+            "description": vh.description,
+            "tags": list(vh.tags),
+            "default_queue_type": self.broker.default_queue_type_in(vhost),
+        }
         return {
             "name": vhost,
-            "description": "",
-            "tags": [],
-            "metadata": {"description": "", "tags": []},
-            "default_queue_type": "classic",
+            **meta,
+            "metadata": meta,
             "tracing": False,
             "messages": ready + unacked,
             "messages_ready": ready,
@@ -56,8 +61,9 @@ class VhostsUsersApi(ApiBase):
     async def vhost_put(self, request: web.Request) -> web.Response:
         self._admin(request)
         vhost = request.match_info["vhost"]
-        await read_json(request)
-        result = await self._propose(cmds.AddVhost(vhost))
+        body = await read_json(request)
+        meta = vhost_metadata({"name": vhost, **body})
+        result = await self._propose(cmds.AddVhost(vhost, **meta))
         if result == "created":
             # As RabbitMQ: the creating user gets full permissions on the new vhost.
             await self._propose(cmds.SetPermissions(caller(request).name, vhost))
