@@ -241,11 +241,17 @@ class _FetchStream:
     def close(self) -> None:
         self.closed = True
         self._task.cancel()
+        self._wake.set()
 
-    async def _requests(self) -> AsyncIterator[pb.FetchRequests]:
-        while not self.closed:
-            await self._wake.wait()
-            self._wake.clear()
+    async def _requests(self, wake: asyncio.Event) -> AsyncIterator[pb.FetchRequests]:
+        """The requests of one call. A call that broke may leave its generator parked here:
+        each call has its own `wake`, and a generator whose call is not the current one ends,
+        so it can never take the fetches meant for the next call (they would be lost)."""
+        while not self.closed and wake is self._wake:
+            await wake.wait()
+            wake.clear()
+            if wake is not self._wake:
+                return
             wanted, self.wanted = self.wanted, {}
             fetches = []
             for key, member in wanted.items():
@@ -268,10 +274,13 @@ class _FetchStream:
                 await asyncio.sleep(RETRY)
                 continue
             stub, md = link
-            # Everything followed there asks again on a new stream.
+            # Everything followed there asks again on a new stream, with its own wake-up (the
+            # old one is set once more so that a generator still parked on it ends).
             self.wanted.update(self.following)
+            stale, self._wake = self._wake, asyncio.Event()
+            stale.set()
             self._wake.set()
-            call = stub.Fetch(self._requests(), metadata=md)
+            call = stub.Fetch(self._requests(self._wake), metadata=md)
             try:
                 async for batch in call:
                     for r in batch.replies:

@@ -13,13 +13,16 @@ the same happens through this handle (`peer_up`).
 
 Deliveries made through the old leader stay settleable ("orphans"): their settlements go to the
 new leader by seq (`settle_earlier`), held until there is one, so an acknowledgement made across
-a failover still counts. Seqs are never reused across epochs (member.py), so a late settlement
+a failover still counts. Acks and rejects sent to the old leader in the last RESEND_WINDOW
+seconds go to the new leader again: the old one may have died (or paused) before committing them. Seqs are never reused across epochs (member.py), so a late settlement
 can only name the message it was meant for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from typing import Any
 
 from merpati.cluster.forwarding.remote_queue import RemoteQueue
@@ -30,6 +33,14 @@ from merpati.node.metadata.state import MetadataError
 
 HOLD_FOR = 30.0
 HOLD_MAX = 100_000
+# Settlements sent to the leader are sent again to the next one (settle_earlier) when they were
+# made in the last RESEND_WINDOW seconds: a leader that dies or pauses may never have committed
+# them, and an acknowledged message must not come back. Longer than failure detection takes.
+RESEND_WINDOW = 10.0
+RESEND_MAX = 100_000
+# Only the settlements that remove a message are sent again: doing so twice changes nothing,
+# where a failed delivery counted twice would bring the delivery limit closer.
+_RESENT = (Outcome.ACCEPTED, Outcome.REJECTED)
 
 
 class ReplicatedRemoteQueue(RemoteQueue):
@@ -47,6 +58,8 @@ class ReplicatedRemoteQueue(RemoteQueue):
         self._pending: list[tuple[int, Outcome, Modified | None]] = []
         self._successor: Any = None  # the handle that took over (hand_over)
         self._through: dict[int, Message] = {}  # basic.get answers the successor gave
+        # (time, seq, outcome, delivery failed, undeliverable here) of settlements sent.
+        self._sent: deque[tuple[float, int, Outcome, bool, bool]] = deque(maxlen=RESEND_MAX)
         super().__init__(vhost, name, leader, links)
 
     # -- without a leader -------------------------------------------------------------------------
@@ -124,7 +137,19 @@ class ReplicatedRemoteQueue(RemoteQueue):
             del self._through[seq]
             self._successor.settle(msg, outcome, modified)
         else:
+            entry = self.outstanding.get(seq)
+            if entry is not None and entry[1] is msg and outcome in _RESENT:
+                self._note_sent(seq, outcome, modified)
             super().settle(msg, outcome, modified)
+
+    def _note_sent(self, seq: int, outcome: Outcome, modified: Modified | None) -> None:
+        now = time.monotonic()
+        sent = self._sent
+        while sent and sent[0][0] < now - RESEND_WINDOW:
+            sent.popleft()
+        failed = bool(modified and modified.delivery_failed)
+        here = bool(modified and modified.undeliverable_here)
+        sent.append((now, seq, outcome, failed, here))
 
     def release_many(self, msgs: list[Message]) -> None:
         for msg in msgs:
@@ -164,12 +189,18 @@ class ReplicatedRemoteQueue(RemoteQueue):
         self._resume(new, consumers)
 
     def _resume(self, to: Any, consumers: list[Any]) -> None:
-        """Send what waited for a leader through `to`."""
+        """Send what waited for a leader through `to`: first the settlements made while there
+        was none and those sent to the old leader lately (it may not have committed them)."""
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
         pending, self._pending = self._pending, []
         batches: dict[tuple[Outcome, bool, bool], list[int]] = {}
+        cutoff = time.monotonic() - RESEND_WINDOW
+        for at, seq, outcome, failed, here in self._sent:
+            if at >= cutoff:
+                batches.setdefault((outcome, failed, here), []).append(seq)
+        self._sent.clear()
         for seq, outcome, modified in pending:
             failed = bool(modified and modified.delivery_failed)
             here = bool(modified and modified.undeliverable_here)

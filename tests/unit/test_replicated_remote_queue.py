@@ -152,3 +152,33 @@ def test_a_basic_get_asked_meanwhile_is_answered_by_the_new_leader_and_settles_t
         assert settled == [(77, Outcome.ACCEPTED)]
 
     asyncio.run(run())
+
+
+def test_acks_sent_to_the_old_leader_lately_are_sent_to_the_new_one_again() -> None:
+    async def run() -> None:
+        peer = FakePeer()
+        ledger = ConfirmLedger()
+        rq = ReplicatedRemoteQueue("/", "qq", "n1", FakeLinks(peer), ledger)
+        sent: list = []
+        # The old leader's stream: what a consumer subscription would send over it.
+        rq.outstanding = {}
+        for seq in (5, 6, 7):
+            m = msg(b"m", seq)
+
+            class Sub:
+                def settled(self, seq, outcome, modified, sent=sent) -> None:
+                    sent.append((seq, outcome))
+
+            rq.outstanding[seq] = (Sub(), m)
+        msgs = {seq: e[1] for seq, e in rq.outstanding.items()}
+        rq.settle(msgs[5], Outcome.ACCEPTED)
+        rq.settle(msgs[6], Outcome.RELEASED)  # back in the queue anyway: not sent again
+        rq.settle(msgs[7], Outcome.REJECTED)
+        assert [s for s, _o in sent] == [5, 6, 7]  # sent to the old leader as usual
+        peer.down = True
+        rq.peer_down(peer)
+        new = NewLeader(ledger)
+        rq.hand_over(new)
+        assert sorted(new.earlier) == [([5], Outcome.ACCEPTED), ([7], Outcome.REJECTED)]
+
+    asyncio.run(run())
