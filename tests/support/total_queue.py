@@ -215,6 +215,7 @@ class TotalQueueResult:
     stuck: int = 0
     sessions: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the test adds (e.g. it did not settle)
 
     def _example(self, kind: str, text: str, limit: int = 8) -> None:
         ex = self.examples.setdefault(kind, [])
@@ -239,6 +240,7 @@ class TotalQueueResult:
             f"{self.order_violations} (+{self.order_excused} excused by a redelivery or fault); "
             f"stuck client operations {self.stuck}",
         ]
+        lines.extend(f"note: {n}" for n in self.notes)
         for kind, texts in sorted(self.examples.items()):
             lines.append(f"  {kind}:")
             lines.extend(f"    {t}" for t in texts)
@@ -440,7 +442,9 @@ class _Client(threading.Thread):
         self.wl = wl
         self.client = name
         self.rng = random.Random(f"{wl.seed}-{name}")
-        self._next = self.rng.randrange(len(wl.endpoints))
+        # Clients of a kind start on different nodes (from a node the seed picks), then each
+        # moves on to the next node when its connection fails.
+        self._next = wl.first_endpoint + index
         self.conn: pika.BlockingConnection | None = None
         self.node = ""
         self.busy_since: float | None = None  # a blocking call under way (for the watchdog)
@@ -705,6 +709,7 @@ class TotalQueue:
         self.user, self.password = user, password
         self.log = log
         self.history = History()
+        self.first_endpoint = random.Random(f"{seed}-endpoints").randrange(len(self.endpoints))
         self.publishers = [Publisher(self, i) for i in range(publishers)]
         self.consumers = [Consumer(self, i) for i in range(consumers)]
         self._watchdog_stop = threading.Event()
