@@ -98,3 +98,51 @@ def cluster(request):
     yield c
     c.stop()
     c.discard(keep=request.session.testsfailed > 0)
+
+
+NETNS_CONFIG = "loopback-users = []\n"  # clients reach the nodes over the bridge, not loopback
+
+
+class NetnsCluster(Cluster):
+    """Nodes each in its own network namespace of `net` (tests/support/netns.py), at their own
+    addresses on its bridge, every one on the default ports; the test process reaches them over
+    the bridge, so `guest` may log in from there, and the cluster needs a secret."""
+
+    def __init__(self, net, extra: tuple[str, ...] = ()) -> None:
+        import secrets
+
+        self.net = net
+        self.ports = {n: 25672 for n in net.names}
+        self.peers = ",".join(f"{n}={net.address(n)}:25672" for n in net.names)
+        secret = secrets.token_hex(16)
+        self.nodes = {}
+        for n in net.names:
+            node = NodeProcess(
+                "--node-id",
+                n,
+                "--cluster-port",
+                "25672",
+                "--raft-port",
+                "25673",
+                "--peers",
+                self.peers,
+                "--cluster-secret",
+                secret,
+                *extra,
+                config=NETNS_CONFIG,
+                host=net.address(n),
+                wrap=net.wrap(n),
+            )
+            # A namespace of its own: RabbitMQ's ports are free there.
+            node.port, node.management_port, node.metrics_port = 5672, 15672, 15692
+            self.nodes[n] = node
+
+
+def start_netns_cluster(net, extra: tuple[str, ...] = ()) -> NetnsCluster:
+    c = NetnsCluster(net, extra)
+    try:
+        return c.start()
+    except BaseException:
+        c.stop()
+        c.discard(keep=True)
+        raise

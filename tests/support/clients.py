@@ -19,17 +19,19 @@ RETRY_DELAY = 0.3
 def connect(
     node: Any = None,
     *,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int | None = None,
     user: str = "guest",
     password: str = "guest",
     vhost: str = "/",
     **params: Any,
 ) -> pika.BlockingConnection:
-    """A connection to `node` (anything with a `.port`, e.g. NodeProcess) or to `host:port`;
-    `params` are further `pika.ConnectionParameters` (heartbeat, frame_max, ...)."""
+    """A connection to `node` (anything with a `.port`, and maybe a `.host`, e.g. NodeProcess) or
+    to `host:port`; `params` are further `pika.ConnectionParameters` (heartbeat, frame_max, ...)."""
     if port is None:
         port = node.port
+    if host is None:
+        host = getattr(node, "host", None) or "127.0.0.1"
     params.setdefault("connection_attempts", ATTEMPTS)
     params.setdefault("retry_delay", RETRY_DELAY)
     params.setdefault("socket_timeout", 5)

@@ -62,11 +62,22 @@ class PortClash(RuntimeError):
 
 
 class NodeProcess:
-    """One node process on loopback; `extra` flags and a TOML `config` text are optional."""
+    """One node process on loopback; `extra` flags and a TOML `config` text are optional.
+
+    `host` is the address the node binds and clients reach it at (default loopback); `wrap` is a
+    command prefix the node runs under, e.g. `ip netns exec NS` (tests/support/netns.py): it must
+    exec the node, so that the process signalled is the node itself."""
 
     def __init__(
-        self, *extra: str, config: str | None = None, env: dict[str, str] | None = None
+        self,
+        *extra: str,
+        config: str | None = None,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        wrap: tuple[str, ...] | list[str] = (),
     ) -> None:
+        self.host = host
+        self.wrap = list(wrap)
         self.port = free_port()
         self.raft_port = free_port()
         # Free ports for the HTTP listeners too, so parallel nodes never clash on 15672/15692.
@@ -85,7 +96,7 @@ class NodeProcess:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        return f"amqp://guest:guest@{self.host}:{self.port}/"
 
     def start(self, timeout: float = 15.0, wait: bool = True) -> NodeProcess:
         """Start the node; a first start whose free ports were taken meanwhile retries on others."""
@@ -102,6 +113,7 @@ class NodeProcess:
 
     def _start(self, timeout: float, wait: bool) -> NodeProcess:
         args = [
+            *self.wrap,
             sys.executable,
             "-m",
             "merpati.node",
@@ -109,7 +121,7 @@ class NodeProcess:
             "--amqp-port",
             str(self.port),
             "--bind",
-            "127.0.0.1",
+            self.host,
             "--data-dir",
             str(self.dir / "data"),
             "--node-id",
@@ -160,11 +172,11 @@ class NodeProcess:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}"
+        return f"http://{self.host}:{self.metrics_port}"
 
     @property
     def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
+        return f"http://{self.host}:{self.management_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
