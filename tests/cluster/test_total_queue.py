@@ -3,7 +3,7 @@ with manual acks on every node while nodes are killed, paused and cut off; after
 is healed, the queues drained, and the history checked (tests/support/total_queue.py).
 
 A run is a module-scoped fixture; each property is a test of its own reading that run's result,
-so a known broker bug marks only its own check (xfail) and every other check stays strict.
+so a failing property shows by name while the others are still checked.
 
 The short run is part of the normal suite (about a minute): 3 nodes, 3 queues, 2 publishers,
 2 consumers; a queue's leader killed and restarted, another's paused and woken, a third's cut
@@ -45,27 +45,6 @@ NODE_FLAGS = (
     ("--log-level", os.environ["MERPATI_TQ_LOG_LEVEL"])
     if os.environ.get("MERPATI_TQ_LOG_LEVEL")
     else ()
-)
-
-# -- the broker bugs these runs found (each check they break is marked with its own) ------------
-
-# After a node restarts (SIGKILL or SIGTERM) or a partition breaks a Fetch stream, the broken
-# stream's request generator stays parked on the _FetchStream's shared wake-up event; the next
-# wake-up (the re-opened stream's first fetches) goes to it, it writes them into the dead call
-# (grpc: "RPC already finished") and they are lost: the follower never fetches from that leader
-# again. See test_a_follower_fetches_from_a_leader_whose_stream_broke_before.
-FETCH_STREAM_BUG = (
-    "broker bug: a follower's fetch is lost on a re-opened Fetch stream (a stale request "
-    "generator on the shared wake-up event in cluster/replication/links.py _FetchStream), so "
-    "replicas stay behind for good after a node restart or a partition"
-)
-# An ack a surviving node forwarded to a quorum queue's leader just before that leader was
-# paused or killed (or in the ~2 s before the node notices it is gone) is forgotten once sent:
-# it never reaches the new leader, which delivers the acknowledged message again
-# (cluster/replication/remote.py keeps only settlements of deliveries still outstanding).
-ACK_LOSS_BUG = (
-    "broker bug: acks forwarded to a leader that is paused or killed before it commits them are "
-    "lost; the new leader redelivers acknowledged messages"
 )
 
 
@@ -289,13 +268,11 @@ def test_short_run_flags_every_redelivery(where, request):
 
 
 @WHERE
-@pytest.mark.xfail(reason=ACK_LOSS_BUG, strict=False)
 def test_short_run_acknowledged_messages_stay_acknowledged(where, request):
     check_acked_stay_acked(request.getfixturevalue(f"short_run_{where}"))
 
 
 @WHERE
-@pytest.mark.xfail(reason=FETCH_STREAM_BUG, strict=False)
 def test_short_run_replicas_back_in_sync_after_healing(where, request):
     check_replicas_in_sync(request.getfixturevalue(f"short_run_{where}"))
 
@@ -379,13 +356,11 @@ def test_chaos_flags_every_redelivery(chaos_run):
 
 
 @pytest.mark.chaos
-@pytest.mark.xfail(reason=ACK_LOSS_BUG, strict=False)
 def test_chaos_acknowledged_messages_stay_acknowledged(chaos_run):
     check_acked_stay_acked(chaos_run)
 
 
 @pytest.mark.chaos
-@pytest.mark.xfail(reason=FETCH_STREAM_BUG, strict=False)
 def test_chaos_replicas_back_in_sync_after_healing(chaos_run):
     check_replicas_in_sync(chaos_run)
 
@@ -401,17 +376,16 @@ def loopback_cluster(request):
     c.discard(keep=request.session.testsfailed > 0)
 
 
-@pytest.mark.xfail(reason=FETCH_STREAM_BUG, strict=False)
 def test_a_follower_fetches_from_a_leader_whose_stream_broke_before(loopback_cluster):
     """A queue's leader is killed and restarted; a new quorum queue it then leads must get its
     followers.
 
     Each follower had a Fetch stream to that node; it broke with the kill, and its request
-    generator stays parked on the stream's wake-up event. The re-opened stream's first wake-up
+    generator stayed parked on the stream's wake-up event (the bug this found). The re-opened stream's first wake-up
     is taken by that stale generator, which writes the fetch into the dead call: the fetch is
     lost and the follower never asks that leader again. With both followers stuck, the queue
     commits nothing: a publisher waits for its confirm for ever. (SIGTERM instead of SIGKILL
-    does the same.)"""
+    did the same.) Fixed: each call has its own wake-up event."""
     c = loopback_cluster
     nem = Nemesis(c)
     before = uid("before-")
