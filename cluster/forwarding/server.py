@@ -459,6 +459,10 @@ class _PublishStream:
 class RemoteConsumer:
     """The queue's Consumer standing for a consumer on another node (one Consume stream)."""
 
+    # When a replicated queue's leadership moves, the consumer's own node subscribes it to the
+    # new leader: this stand-in must not follow (it would be a second, ghost subscription).
+    on_other_node = True
+
     def __init__(self, server: ForwardingServer, q: QueueHandle, sub: pb.Subscribe) -> None:
         self.server = server
         self.q = q

@@ -114,6 +114,7 @@ class QueueReplica:
         self._token = 0
         self._flush_scheduled = False
         self.tokens: deque[tuple[int, int]] = deque()
+        self.dropped_deletes: list[int] = []  # see _step_down
         # Leader: where each follower's fetch stream is (for parked fetches answered later).
         self.streams: dict[str, Callable[[FetchReply], None]] = {}
         self.pins: dict[str, tuple[int, float]] = {}  # follower -> (snapshot offset, when)
@@ -231,8 +232,11 @@ class QueueReplica:
         return self.replica.position()
 
     def _step_down(self) -> None:
-        """No longer the leader: what waits for a commit here will not get it."""
+        """No longer the leader: what waits for a commit here will not get it. The settlements
+        among it (deletes) are kept for the next leader (`dropped_deletes`): a consumer here
+        saw its ack taken, and the message must not come back."""
         self.generation += 1
+        self.dropped_deletes = self._uncommitted_deletes()
         self._ops.clear()
         self._delivered = 0
         tokens = [t for _off, t in self.tokens]
@@ -313,6 +317,17 @@ class QueueReplica:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
+
+    def _uncommitted_deletes(self) -> list[int]:
+        seqs = []
+        pending = [b"".join(self._ops)] if self._ops else []
+        suffix = self.replica.log.read(self.replica.commit, 1 << 62)
+        for data in [*(e.data for e in suffix if e.data), *pending]:
+            try:
+                seqs += [op[1] for op in ops.parse(data) if op[0] == ops.DEL]
+            except ops.OpsError:
+                continue
+        return seqs
 
     def _refused_token(self) -> int:
         token = self.ledger.allocate()

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from merpati.node.core.outcome import Outcome
 from merpati.node.metadata import commands as cmds
 from merpati.node.metadata.state import MetadataError, QueueDef
 
@@ -277,7 +278,18 @@ class ReplicatedQueues:
             old.hand_over(new)  # its consumers, and publishes held while no leader answered
             return
         old.successor = new  # where settlements of its deliveries go from now on
+        if member is not None and member.dropped_deletes:
+            # Acks taken here that the old epoch never committed: they still count.
+            dropped, member.dropped_deletes = member.dropped_deletes, []
+            new.settle_earlier(dropped, Outcome.ACCEPTED)
         for c in old.detach_consumers():  # this node's LocalQueue, as the leader before
+            if getattr(c, "on_other_node", False):
+                # Another node's consumer: that node moves it (after a partition its stream
+                # here may be dead while the consumer lives on there). It takes no more
+                # deliveries here; its settlements still reach the old queue, which passes
+                # them on (successor).
+                c.subscribed = False
+                continue
             c.queue = new
             new.subscribe(c)
 
