@@ -59,13 +59,14 @@ FETCH_STREAM_BUG = (
     "generator on the shared wake-up event in cluster/replication/links.py _FetchStream), so "
     "replicas stay behind for good after a node restart or a partition"
 )
-# An ack a surviving node forwarded to a quorum queue's leader just before that leader was
-# paused or killed (or in the ~2 s before the node notices it is gone) is forgotten once sent:
-# it never reaches the new leader, which delivers the acknowledged message again
-# (cluster/replication/remote.py keeps only settlements of deliveries still outstanding).
+# An ack a surviving node forwarded to a quorum queue's leader just before that leader stepped
+# down (SIGTERM's handover), was paused or killed (or in the ~2 s before the node notices it is
+# gone) is forgotten once sent: it never reaches the new leader, which delivers the acknowledged
+# message again (cluster/replication/remote.py keeps only the settlements of deliveries still
+# outstanding; a leader that steps down drops its uncommitted operations).
 ACK_LOSS_BUG = (
-    "broker bug: acks forwarded to a leader that is paused or killed before it commits them are "
-    "lost; the new leader redelivers acknowledged messages"
+    "broker bug: acks forwarded to a quorum queue leader that steps down, is paused or is killed "
+    "before it commits them are lost; the new leader redelivers acknowledged messages"
 )
 
 

@@ -172,7 +172,10 @@ class Nemesis:
 
     def wait_settled(self, queues: Sequence[str], timeout: float = 90.0) -> float:
         """Wait until every queue has a leader on a live node, all its replicas online, no
-        election under way and no follower lagging; returns how long it took."""
+        election under way, no follower lagging as the leader sees it, and every replica holding
+        durably all that the leader has committed, as the replica itself says (a follower that
+        stopped fetching can look in sync to a leader that counts its last fetch); returns how
+        long it took."""
         t = time.monotonic()
         deadline = t + timeout
         last: Any = None
@@ -185,8 +188,11 @@ class Nemesis:
                     ok = False
                     break
                 members = st.get("members") or []
+                leader = next((m for m in members if m.get("node") == st.get("leader")), {})
+                commit = leader.get("commit", 1 << 62)
                 if st.get("leader") not in self.up() or not all(
-                    m.get("online") and m.get("lag") == 0 for m in members
+                    m.get("online") and m.get("lag") == 0 and m.get("durable", -1) >= commit
+                    for m in members
                 ):
                     ok = False
                     break

@@ -214,6 +214,8 @@ class TotalQueueResult:
     order_excused: int = 0
     stuck: int = 0
     sessions: int = 0
+    longest_without_confirm: float = 0.0  # seconds between two confirms (any publisher)
+    longest_without_confirm_at: float = 0.0  # when that stretch began (from the start)
     examples: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the test adds (e.g. it did not settle)
 
@@ -238,7 +240,8 @@ class TotalQueueResult:
             f"{self.first_flagged_redelivered}); held by two at once {self.held_by_two} "
             f"({self.held_by_two_outside_faults} away from faults); order violations "
             f"{self.order_violations} (+{self.order_excused} excused by a redelivery or fault); "
-            f"stuck client operations {self.stuck}",
+            f"stuck client operations {self.stuck}; longest stretch without a confirm "
+            f"{self.longest_without_confirm:.1f}s (from {self.longest_without_confirm_at:.1f}s)",
         ]
         lines.extend(f"note: {n}" for n in self.notes)
         for kind, texts in sorted(self.examples.items()):
@@ -246,8 +249,8 @@ class TotalQueueResult:
             lines.extend(f"    {t}" for t in texts)
         return "\n".join(lines)
 
-    def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, (int, float))}
 
 
 def _fault_windows(faults: Sequence[Fault], now: float) -> list[tuple[float, float, Fault]]:
@@ -306,6 +309,10 @@ def analyze(history: History, faults: Sequence[Fault] = ()) -> TotalQueueResult:
     r.unroutable = by_outcome["unroutable"]
     r.unknown = r.attempted - r.confirmed - r.nacked - r.unroutable
     confirmed = {b for b, a in attempts.items() if a.outcome == "confirmed"}
+    times = sorted(a.done for a in attempts.values() if a.outcome == "confirmed" and a.done)
+    for before, after in zip([t0, *times], times, strict=False):
+        if after - before > r.longest_without_confirm:
+            r.longest_without_confirm, r.longest_without_confirm_at = after - before, before - t0
 
     # Delivering.
     per_body: dict[bytes, list[Delivery]] = defaultdict(list)

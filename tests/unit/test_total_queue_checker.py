@@ -59,6 +59,8 @@ def test_everything_delivered_once_and_acked_is_clean():
     assert r.lost == r.unexpected == r.duplicates == r.wrong_redelivered == 0
     assert r.held_by_two == r.order_violations == 0
     assert "lost 0" in r.summary
+    # Confirms at 1.01, 2.01, ... 5.01 s: the longest stretch without one is the first.
+    assert round(r.longest_without_confirm, 2) == 1.01 and r.longest_without_confirm_at == 0
 
 
 def test_lost_counts_only_confirmed_messages():
