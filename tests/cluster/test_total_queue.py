@@ -32,13 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import pika
 import pytest
 
 from tests.cluster.conftest import start_cluster, start_netns_cluster
 from tests.support import netns
 from tests.support.clients import connect
 from tests.support.names import uid
-from tests.support.nemesis import Nemesis, endpoints, random_schedule, run_schedule
+from tests.support.nemesis import Nemesis, endpoints, qpath, random_schedule, run_schedule
 from tests.support.total_queue import QUORUM, FaultLog, TotalQueue, TotalQueueResult, analyze
 
 NODE_FLAGS = (
@@ -75,7 +76,7 @@ def run_total_queue(
     publishers: int = 2,
     consumers: int = 2,
     publish_rate: float = 40.0,
-    settle_timeout: float = 20.0,
+    settle_timeout: float = 15.0,
 ) -> Run:
     """Run the workload while `schedule(nemesis, queue_names)` makes faults; heal, stop the
     publishers, wait for the replicas to be in sync again, let the consumers finish, drain from
@@ -121,6 +122,22 @@ def run_total_queue(
         survivor = next(ep for ep in endpoints(cluster) if ep.name in nem.up())
         nem.say(f"drained {wl.drain(survivor)} message(s) from {survivor.name}")
         result = analyze(wl.history, faults.faults)
+        if result.lost:
+            # Confirmed, never delivered: gone, or still held by the queue (its leader's store
+            # has it) but never handed out?
+            held: set[bytes] = set()
+            for q in names:
+                leader = nem.leader_of(q)
+                if leader is not None:
+                    held |= nem.stored(leader, q)
+            result.stranded = len(result.lost_bodies & held)
+        if result.lost or result.unexpected or result.wrong_redelivered:
+            # For the post-mortem: what the queues say they hold now, and the whole history.
+            result.notes.append(nem.queue_views(names))
+            result.notes.append(nem.replica_views(names))
+            where = next(iter(cluster.nodes.values())).dir / "total-queue-history.json"
+            wl.history.dump(where)
+            result.notes.append(f"history written to {where}")
     except BaseException:
         wl.abort()
         nem.heal_all()
@@ -171,8 +188,17 @@ def anomalous(run: Run | None) -> bool:
 
 
 def check_nothing_lost(run: Run) -> None:
-    assert run.result.confirmed > 100, f"the workload hardly ran\n{run}"
-    assert run.result.lost == 0, f"confirmed messages were lost\n{run}"
+    """No confirmed message is gone: each was delivered, or is at least still in the queue (see
+    check_nothing_stranded for those)."""
+    r = run.result
+    assert r.confirmed > 100, f"the workload hardly ran\n{run}"
+    assert r.lost - (r.stranded or 0) == 0, f"confirmed messages were lost\n{run}"
+
+
+def check_nothing_stranded(run: Run) -> None:
+    """Every confirmed message was delivered: none stays in the queue, held back from every
+    consumer (and from the final drain)."""
+    assert run.result.lost == 0, f"confirmed messages never delivered\n{run}"
 
 
 def check_nothing_unexpected(run: Run) -> None:
@@ -255,6 +281,11 @@ WHERE = pytest.mark.parametrize("where", ["netns", "loopback"])
 @WHERE
 def test_short_run_loses_no_confirmed_message(where, request):
     check_nothing_lost(request.getfixturevalue(f"short_run_{where}"))
+
+
+@WHERE
+def test_short_run_delivers_every_confirmed_message(where, request):
+    check_nothing_stranded(request.getfixturevalue(f"short_run_{where}"))
 
 
 @WHERE
@@ -346,6 +377,11 @@ def test_chaos_loses_no_confirmed_message(chaos_run):
 
 
 @pytest.mark.chaos
+def test_chaos_delivers_every_confirmed_message(chaos_run):
+    check_nothing_stranded(chaos_run)
+
+
+@pytest.mark.chaos
 def test_chaos_delivers_only_what_was_published(chaos_run):
     check_nothing_unexpected(chaos_run)
 
@@ -408,5 +444,82 @@ def test_a_follower_fetches_from_a_leader_whose_stream_broke_before(loopback_clu
             break
     else:
         pytest.skip("no new queue was placed on the restarted node")
-    took = nem.wait_settled([name], timeout=10)
+    took = nem.wait_settled([name], timeout=8)
     print(f"the new queue's followers in sync after {took:.1f}s")
+
+
+# -- the ghost-consumer bug on its own -----------------------------------------------------------
+
+
+def test_a_partitioned_leader_leaves_no_ghost_consumers():
+    """A quorum queue's leader is cut off from the other nodes (its clients still reach it) long
+    enough for another node to take the queue over; consumers on the two other nodes carry on.
+    After the partition heals, every message published is delivered, and once the consumers
+    have gone the queue has none left.
+
+    What happens: the cut-off leader still holds the forwarding proxies of the other nodes'
+    consumers (their Consume streams died silently); when it learns of the new leader it moves
+    them there, beside the same consumers subscribed again by their own nodes. Half of what is
+    published afterwards goes to these ghosts and stays unacknowledged for good."""
+    with a_cluster("netns", lambda: True) as (c, net):
+        nem = Nemesis(c, net=net)
+        name = uid("ghost-")
+        conn = connect(c["n1"])
+        conn.channel().queue_declare(name, durable=True, arguments=QUORUM)
+        conn.close()
+        leader = nem.leader_of(name)
+        others = [n for n in c.nodes if n != leader]
+        got: list[bytes] = []
+        stop = threading.Event()
+
+        def consume(node: str) -> None:
+            cc = connect(c[node], heartbeat=5)
+            ch = cc.channel()
+            ch.basic_qos(prefetch_count=20)
+
+            def on(ch_, method, _props, body) -> None:
+                got.append(body)
+                ch_.basic_ack(method.delivery_tag)
+
+            ch.basic_consume(name, on)
+            while not stop.is_set():
+                cc.process_data_events(time_limit=0.1)
+            cc.close()
+
+        threads = [threading.Thread(target=consume, args=(n,), daemon=True) for n in others]
+        for t in threads:
+            t.start()
+        pub = connect(c[others[0]])
+        pch = pub.channel()
+        pch.confirm_delivery()
+        time.sleep(1)
+        nem.partition([leader])
+        deadline = time.monotonic() + 20
+        while nem.leader_of(name) in (leader, None) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        nem.heal_network()
+        time.sleep(2)
+        sent = [b"m%d" % i for i in range(100)]
+        for body in sent:
+            for _ in range(100):
+                try:
+                    pch.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2))
+                    break
+                except pika.exceptions.NackError:
+                    time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while set(sent) - set(got) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        pub.close()
+        missing = sorted(set(sent) - set(got))
+        info = nem.ask(qpath(name))
+        assert not missing, (
+            f"{len(missing)} of {len(sent)} confirmed messages never delivered: {missing[:10]}; "
+            f"the queue now: {info and {k: info.get(k) for k in ('leader', 'consumers', 'messages_unacknowledged')}}"
+        )
+        assert info and info.get("consumers") == 0, (
+            f"consumers left after every client went: {info}"
+        )

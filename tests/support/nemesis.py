@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
@@ -172,7 +173,10 @@ class Nemesis:
 
     def wait_settled(self, queues: Sequence[str], timeout: float = 90.0) -> float:
         """Wait until every queue has a leader on a live node, all its replicas online, no
-        election under way and no follower lagging; returns how long it took."""
+        election under way, no follower lagging as the leader sees it, and every replica holding
+        durably all that the leader has committed, as the replica itself says (a follower that
+        stopped fetching can look in sync to a leader that counts its last fetch); returns how
+        long it took."""
         t = time.monotonic()
         deadline = t + timeout
         last: Any = None
@@ -185,8 +189,11 @@ class Nemesis:
                     ok = False
                     break
                 members = st.get("members") or []
+                leader = next((m for m in members if m.get("node") == st.get("leader")), {})
+                commit = leader.get("commit", 1 << 62)
                 if st.get("leader") not in self.up() or not all(
-                    m.get("online") and m.get("lag") == 0 for m in members
+                    m.get("online") and m.get("lag") == 0 and m.get("durable", -1) >= commit
+                    for m in members
                 ):
                     ok = False
                     break
@@ -197,6 +204,46 @@ class Nemesis:
             f"the queues did not settle within {timeout}s; last answer: {last}\n"
             + self.replica_views(queues)
         )
+
+    def stored(self, node: str, queue: str, vhost: str = "/") -> set[bytes]:
+        """The bodies `node`'s store holds for the queue (its replica's applied state: for the
+        leader, the queue's messages, delivered or not), read from its SQLite file."""
+        path = self.nodes[node].dir / "data" / "messages.db"
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            row = db.execute(
+                "SELECT qid FROM queues WHERE vhost = ? AND name = ?", (vhost, queue)
+            ).fetchone()
+            if row is None:
+                return set()
+            qid = row[0]
+            rows = db.execute(
+                "SELECT body FROM messages WHERE id >= ? AND id < ?", (qid << 40, (qid + 1) << 40)
+            ).fetchall()
+        finally:
+            db.close()
+        return {bytes(r[0]) for r in rows}
+
+    def queue_views(self, queues: Sequence[str]) -> str:
+        """Each node's view of each queue: leader, epoch, messages ready and unacknowledged,
+        consumers (for a failure's message)."""
+        lines = []
+        for q in queues:
+            for name in self.up():
+                try:
+                    status, b = call(self.nodes[name].management_url, "GET", qpath(q))
+                except OSError as e:
+                    lines.append(f"  {q} @ {name}: {e}")
+                    continue
+                if not isinstance(b, dict):
+                    lines.append(f"  {q} @ {name}: {status} {b}")
+                    continue
+                lines.append(
+                    f"  {q} @ {name}: leader={b.get('leader')} epoch={b.get('epoch')} "
+                    f"ready={b.get('messages_ready')} unacked={b.get('messages_unacknowledged')} "
+                    f"consumers={b.get('consumers')} online={b.get('online')}"
+                )
+        return "queue views:\n" + "\n".join(lines)
 
     def replica_views(self, queues: Sequence[str]) -> str:
         """Each node's own view of its replica of each queue (for a failure's message)."""

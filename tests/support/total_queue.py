@@ -58,13 +58,15 @@ the order the client received them):
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import random
 import socket
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pika
 import pika.exceptions as pex
@@ -185,6 +187,41 @@ class History:
         with self.lock:
             self.attempts[a.body] = a
 
+    def dump(self, path: str | os.PathLike) -> None:
+        """Everything recorded, as JSON (times in seconds from the start), for a post-mortem."""
+
+        def rel(t: float | None) -> float | None:
+            return None if t is None else round(t - self.t0, 4)
+
+        with self.lock:
+            out = {
+                "attempts": [
+                    {**asdict(a), "body": a.body.decode(), "sent": rel(a.sent), "done": rel(a.done)}
+                    for a in self.attempts.values()
+                ],
+                "sessions": [
+                    {
+                        **asdict(s),
+                        "opened": rel(s.opened),
+                        "closed": rel(s.closed),
+                        "syncs": [rel(t) for t in s.syncs],
+                    }
+                    for s in self.sessions.values()
+                ],
+                "deliveries": [
+                    {
+                        **asdict(d),
+                        "body": d.body.decode(errors="replace"),
+                        "at": rel(d.at),
+                        "ack_sent": rel(d.ack_sent),
+                    }
+                    for d in self.deliveries
+                ],
+                "stuck": self.stuck,
+            }
+        with open(path, "w") as f:
+            json.dump(out, f, indent=0)
+
 
 # -- the analysis --------------------------------------------------------------------------------
 
@@ -214,8 +251,14 @@ class TotalQueueResult:
     order_excused: int = 0
     stuck: int = 0
     sessions: int = 0
+    longest_without_confirm: float = 0.0  # seconds between two confirms (any publisher)
+    longest_without_confirm_at: float = 0.0  # when that stretch began (from the start)
     examples: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the test adds (e.g. it did not settle)
+    lost_bodies: set[bytes] = field(default_factory=set, repr=False)
+    # Of the lost, how many the queue still holds (found in its leader's store by the test, which
+    # may look): confirmed and kept, but never delivered. None: nobody looked.
+    stranded: int | None = None
 
     def _example(self, kind: str, text: str, limit: int = 8) -> None:
         ex = self.examples.setdefault(kind, [])
@@ -229,7 +272,9 @@ class TotalQueueResult:
             f"unroutable {self.unroutable}, unknown {self.unknown}); "
             f"delivered {self.delivered} distinct in {self.deliveries} deliveries over "
             f"{self.sessions} consumer sessions",
-            f"lost {self.lost}, unexpected {self.unexpected} (misrouted {self.misrouted}), "
+            f"lost {self.lost}"
+            + (f" (of which still in the queue's store: {self.stranded})" if self.lost else "")
+            + f", unexpected {self.unexpected} (misrouted {self.misrouted}), "
             f"unconfirmed but delivered {self.unconfirmed_delivered}",
             f"duplicates {self.duplicates}: acked-then-redelivered {self.acked_then_redelivered}, "
             f"ack-unknown-then-redelivered {self.ack_unknown_then_redelivered}, "
@@ -238,7 +283,8 @@ class TotalQueueResult:
             f"{self.first_flagged_redelivered}); held by two at once {self.held_by_two} "
             f"({self.held_by_two_outside_faults} away from faults); order violations "
             f"{self.order_violations} (+{self.order_excused} excused by a redelivery or fault); "
-            f"stuck client operations {self.stuck}",
+            f"stuck client operations {self.stuck}; longest stretch without a confirm "
+            f"{self.longest_without_confirm:.1f}s (from {self.longest_without_confirm_at:.1f}s)",
         ]
         lines.extend(f"note: {n}" for n in self.notes)
         for kind, texts in sorted(self.examples.items()):
@@ -246,8 +292,12 @@ class TotalQueueResult:
             lines.extend(f"    {t}" for t in texts)
         return "\n".join(lines)
 
-    def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+    def as_dict(self) -> dict[str, float]:
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
 
 
 def _fault_windows(faults: Sequence[Fault], now: float) -> list[tuple[float, float, Fault]]:
@@ -306,6 +356,10 @@ def analyze(history: History, faults: Sequence[Fault] = ()) -> TotalQueueResult:
     r.unroutable = by_outcome["unroutable"]
     r.unknown = r.attempted - r.confirmed - r.nacked - r.unroutable
     confirmed = {b for b, a in attempts.items() if a.outcome == "confirmed"}
+    times = sorted(a.done for a in attempts.values() if a.outcome == "confirmed" and a.done)
+    for before, after in zip([t0, *times], times, strict=False):
+        if after - before > r.longest_without_confirm:
+            r.longest_without_confirm, r.longest_without_confirm_at = after - before, before - t0
 
     # Delivering.
     per_body: dict[bytes, list[Delivery]] = defaultdict(list)
@@ -317,6 +371,7 @@ def analyze(history: History, faults: Sequence[Fault] = ()) -> TotalQueueResult:
     r.delivered = len(per_body)
     for body in sorted(confirmed - per_body.keys()):
         r.lost += 1
+        r.lost_bodies.add(body)
         a = attempts[body]
         r._example(
             "lost",

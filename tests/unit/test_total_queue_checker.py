@@ -59,6 +59,8 @@ def test_everything_delivered_once_and_acked_is_clean():
     assert r.lost == r.unexpected == r.duplicates == r.wrong_redelivered == 0
     assert r.held_by_two == r.order_violations == 0
     assert "lost 0" in r.summary
+    # Confirms at 1.01, 2.01, ... 5.01 s: the longest stretch without one is the first.
+    assert round(r.longest_without_confirm, 2) == 1.01 and r.longest_without_confirm_at == 0
 
 
 def test_lost_counts_only_confirmed_messages():
@@ -193,3 +195,14 @@ def test_first_deliveries_out_of_publish_order_in_one_session():
     st3.deliver(st3.publish(1), 2, 11, ack=11.1)
     st3.deliver(st3.publish(1, publisher=1), 1, 12, ack=12.1)
     assert st3.analyze().order_violations == 0
+
+
+def test_the_history_dumps_as_json(tmp_path):
+    import json
+
+    st = Story()
+    st.session(1, syncs=(50.0,))
+    st.deliver(st.publish(1), 1, 10, ack=11)
+    st.h.dump(tmp_path / "h.json")
+    out = json.loads((tmp_path / "h.json").read_text())
+    assert out["attempts"][0]["body"] == "p0-1" and out["deliveries"][0]["ack_sent"] == 11
