@@ -23,8 +23,6 @@ import pytest
 
 from tests.cluster.conftest import start_cluster
 from tests.cluster.test_total_queue import (
-    ACK_LOSS_BUG,
-    FETCH_STREAM_BUG,
     Run,
     anomalous,
     check_acked_stay_acked,
@@ -254,7 +252,6 @@ def test_rolling_restart_flags_every_redelivery(rolling):
     check_redelivered_flags(rolling)
 
 
-@pytest.mark.xfail(reason=ACK_LOSS_BUG, strict=False)
 def test_rolling_restart_acknowledged_messages_stay_acknowledged(rolling):
     check_acked_stay_acked(rolling)
 
@@ -265,6 +262,5 @@ def test_rolling_restart_no_queue_without_a_leader_for_long(rolling):
     assert gap is None or gap.length <= MAX_LEADERLESS, f"a queue had no leader\n{rolling}"
 
 
-@pytest.mark.xfail(reason=FETCH_STREAM_BUG, strict=False)
 def test_rolling_restart_restarted_nodes_catch_up(rolling):
     assert not rolling.not_caught_up and rolling.unsettled is None, str(rolling)
