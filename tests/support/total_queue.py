@@ -17,8 +17,9 @@ The workload:
   body: the publisher goes on with n + 1 (after reconnecting to the next node when the connection
   died).
 - Consumers: one connection each, subscribed to every queue, manual acks, prefetch (per consumer) 20,
-  each delivery acked after a random delay (so deliveries are usually outstanding when a fault
-  hits). After acks a consumer does a synchronous round trip on the same channel (basic.qos) now and
+  each delivery acked after a random delay up to `max_ack_delay` (so deliveries are usually
+  outstanding when a fault hits), a few (`slow_ack_fraction`) only after 1 to 4 s (held across a
+  failover). After acks a consumer does a synchronous round trip on the same channel (basic.qos) now and
   then: its answer proves the node read the acks before it. On any error the consumer reconnects
   to the next node (a new *session*); a broker's basic.cancel makes it subscribe again.
 - A watchdog aborts (shuts the socket of) a client operation blocked for longer than `op_timeout`
@@ -667,7 +668,10 @@ class Consumer(_Client):
                 bool(method.redelivered),
             )
             self.last_delivery = d.at
-            held[method.delivery_tag] = (d.at + rng.uniform(0, wl.max_ack_delay), d)
+            delay = rng.uniform(0, wl.max_ack_delay)
+            if rng.random() < wl.slow_ack_fraction:
+                delay = rng.uniform(*wl.slow_ack_delay)  # held across a failover, now and then
+            held[method.delivery_tag] = (d.at + delay, d)
 
         def on_cancel(frame) -> None:
             cancelled.append(frame.method.consumer_tag)
@@ -746,6 +750,8 @@ class TotalQueue:
         prefetch: int = 20,
         publish_rate: float = 50.0,
         max_ack_delay: float = 0.3,
+        slow_ack_fraction: float = 0.02,
+        slow_ack_delay: tuple[float, float] = (1.0, 4.0),
         seed: int | str = 0,
         heartbeat: int = 5,
         op_timeout: float = 30.0,
@@ -758,6 +764,8 @@ class TotalQueue:
         self.prefetch = prefetch
         self.publish_rate = publish_rate
         self.max_ack_delay = max_ack_delay
+        self.slow_ack_fraction = slow_ack_fraction
+        self.slow_ack_delay = slow_ack_delay
         self.seed = seed
         self.heartbeat = heartbeat
         self.op_timeout = op_timeout
