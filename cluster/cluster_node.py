@@ -32,6 +32,9 @@ from .queue_moves import QueueMoves
 from .replication.queues import ReplicatedQueues
 
 JOIN_ANSWER_WITHIN = 4.0  # below join.ASK_TIMEOUT
+# How long remove_node asks again while Raft refuses the change (a leader stepping down, a
+# new leader's first entry not committed yet).
+REMOVE_TIMEOUT = 30.0
 
 log = logging.getLogger("merpati.cluster")
 
@@ -253,7 +256,14 @@ class ClusterNode:
     def _join_servicer(self, caller: Any) -> Any:
         from .join import JoinServicer
 
-        return JoinServicer(self.join, caller)
+        return JoinServicer(self.join, caller, self.step_down_raft)
+
+    async def step_down_raft(self) -> bool:
+        """Membership.StepDown: hand the metadata Raft leadership to a follower (this node is
+        about to be removed); whether it was handed over."""
+        if self.metadata_log is None or not hasattr(self.metadata_log, "hand_over"):
+            return False
+        return await self.metadata_log.hand_over()
 
     async def wait_for_majority(self, start: Any) -> None:
         """Start the Raft log, saying in the log what it waits for while no majority answers;
@@ -309,8 +319,28 @@ class ClusterNode:
         # replica count (and a majority) after it goes.
         for vhost, name, what in await self.replicated.shrink(node_id, replace=True):
             log.info("queue '%s' in vhost '%s' on removing %s: %s", name, vhost, node_id, what)
-        await self.metadata_log.change_membership("remove", member.raft_address)
+        await self._remove_from_raft(member)
         await broker.propose(NodeLeft(node_id))
+
+    async def _remove_from_raft(self, member: Member) -> None:
+        # pysyncobj denies (REQUEST_DENIED) removing the leader itself, a change while the last
+        # one is uncommitted, and any change before a new leader's first entry commits: ask a
+        # leading node to step down, and ask again while the refusal can pass.
+        from .join import ask_to_step_down
+        from .raft_log import FAIL_REASON, RaftProposalError
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REMOVE_TIMEOUT
+        while True:
+            try:
+                await self.metadata_log.change_membership("remove", member.raft_address)
+                return
+            except RaftProposalError as e:
+                if e.reason != FAIL_REASON.REQUEST_DENIED or loop.time() > deadline:
+                    raise
+            if self.membership.leader_node() == member.node_id:
+                await ask_to_step_down(self.membership.me, member, self.secret)
+            await asyncio.sleep(0.5)
 
     def membership_changed(self, cmd: Any, result: Any) -> None:
         """A NodeJoined/NodeLeft was applied (on every node): update peers and forwarding."""

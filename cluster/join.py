@@ -1,4 +1,5 @@
-"""Joining by itself: a node that never ran Raft here asks the cluster to add it.
+"""Joining by itself: a node that never ran Raft here asks the cluster to add it; and the other
+end of membership, a node asked to give up the Raft leadership before it is removed.
 
 A StatefulSet scaled from 3 to 5 pods starts two nodes the cluster does not know; so does an
 operator who starts a fourth node with `--peers` naming the three and itself. Such a node (its data
@@ -13,6 +14,10 @@ When none of the peers is part of a running cluster (they answer that they are f
 not answer), the cluster is being formed: the node forms it with them, as before
 (`--peers-expected`). A node that is a member already (formed with the others, then lost its
 disk) gets "member" and goes on.
+
+Removing a node is a Raft membership change the leader commits, and pysyncobj's leader refuses to
+remove itself: the member removing a node that leads asks it to step down (`ask_to_step_down`,
+Membership.StepDown) and tries again under the new leader.
 """
 
 from __future__ import annotations
@@ -61,9 +66,11 @@ class JoinServicer(pb_grpc.MembershipServicer):
         self,
         join: Callable[[str, str], Awaitable[tuple[str, list[Member]]]],
         caller: Any,
+        step_down: Callable[[], Awaitable[bool]],
     ) -> None:
         self.join = join
         self.caller = caller  # async (context) -> calling node id (aborts when unauthenticated)
+        self.step_down = step_down
 
     def register(self, server: Any) -> None:
         pb_grpc.add_MembershipServicer_to_server(self, server)
@@ -90,16 +97,47 @@ class JoinServicer(pb_grpc.MembershipServicer):
             ],
         )
 
+    async def StepDown(  # noqa: N802
+        self, request: pb.StepDownRequest, context: Any
+    ) -> pb.StepDownResponse:
+        caller = await self.caller(context)
+        handed_over = await self.step_down()
+        log.info(
+            "asked by %s to give up the Raft leadership: %s",
+            caller,
+            "handed over" if handed_over else "not leading (or no follower caught up)",
+        )
+        return pb.StepDownResponse(handed_over=handed_over)
 
-async def _ask(me: Member, other: Member, secret: str | None) -> pb.JoinResponse:
+
+def _metadata(me: Member, secret: str | None) -> tuple[tuple[str, str], ...]:
     metadata: tuple[tuple[str, str], ...] = ((NODE_KEY, me.node_id),)
     token = auth_token(secret)
     if token:
         metadata += ((AUTH_KEY, token),)
+    return metadata
+
+
+async def ask_to_step_down(me: Member, other: Member, secret: str | None) -> bool:
+    """Ask `other` to give up the Raft leadership; whether it did (False also when it does not
+    answer: the caller looks at who leads and asks again)."""
+    try:
+        async with grpc.aio.insecure_channel(other.cluster_address, options=CHANNEL_OPTIONS) as ch:
+            stub = pb_grpc.MembershipStub(ch)
+            resp = await stub.StepDown(
+                pb.StepDownRequest(), metadata=_metadata(me, secret), timeout=ASK_TIMEOUT
+            )
+    except grpc.aio.AioRpcError as e:
+        log.info("node %s did not step down: %s", other.node_id, e.details())
+        return False
+    return resp.handed_over
+
+
+async def _ask(me: Member, other: Member, secret: str | None) -> pb.JoinResponse:
     async with grpc.aio.insecure_channel(other.cluster_address, options=CHANNEL_OPTIONS) as ch:
         stub = pb_grpc.MembershipStub(ch)
         req = pb.JoinRequest(node_id=me.node_id, cluster_address=me.cluster_address)
-        return await stub.Join(req, metadata=metadata, timeout=ASK_TIMEOUT)
+        return await stub.Join(req, metadata=_metadata(me, secret), timeout=ASK_TIMEOUT)
 
 
 async def ask_to_join(

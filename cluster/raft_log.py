@@ -446,6 +446,8 @@ class RaftLog:
         self._count_lock = threading.Lock()
         self._submitted = 0
         self._answered = 0
+        # hand_over() requests, served by the raft thread (pysyncobj is not thread-safe).
+        self._hand_overs: list[asyncio.Future] = []
 
     # -- the MetadataLog interface (loop thread) ---------------------------------------------
 
@@ -503,6 +505,38 @@ class RaftLog:
         self._wake()
         return fut
 
+    def hand_over(self) -> asyncio.Future:
+        """Ask the most caught-up follower to take the Raft leadership at once (Raft's TimeoutNow)
+        when this node leads: before this node is removed, since pysyncobj refuses to remove its
+        own leader. Resolves True once asked (the election follows within a tick), False when
+        this node does not lead or no follower is caught up yet (ask again)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        if not self._running or self._sync is None:
+            fut.set_result(False)
+            return fut
+        with self._count_lock:
+            self._hand_overs.append(fut)
+        self._wake()
+        return fut
+
+    def _serve_hand_overs(self, sync: _MetadataSyncObj) -> None:
+        # Raft thread.
+        with self._count_lock:
+            waiting, self._hand_overs = self._hand_overs, []
+        if not waiting:
+            return
+        if not sync._isLeader():
+            for fut in waiting:
+                self._post(_settle_future, fut, False)
+            return
+
+        def done(_res: Any, err: int) -> None:
+            for fut in waiting:
+                self._post(_settle_future, fut, err == FAIL_REASON.SUCCESS)
+
+        sync.transferLeadership(callback=done)
+
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self, timeout: float = 10.0) -> None:
@@ -547,6 +581,10 @@ class RaftLog:
             if not fut.done():
                 fut.set_exception(RaftProposalError("stopped"))
         self._pending.clear()
+        with self._count_lock:
+            waiting, self._hand_overs = self._hand_overs, []
+        for fut in waiting:
+            _settle_future(fut, False)
 
     def compact(self) -> None:
         """Snapshot the state and truncate the journal behind it, at the raft thread's next tick."""
@@ -613,6 +651,7 @@ class RaftLog:
             while not self._stop.is_set():
                 try:
                     sync.doTick(0.0 if self._hurry(sync) else _IDLE_TICK)
+                    self._serve_hand_overs(sync)
                     self._after_tick(sync)
                 except Exception as e:  # like pysyncobj's own thread: log, pause, go on
                     log.exception("raft tick failed")
@@ -768,6 +807,11 @@ class RaftLog:
             self._pending.discard(fut)
             return
         self._submit(fut, request_id, cmd, deadline)
+
+
+def _settle_future(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 def _same_result(a: Any, b: Any) -> bool:

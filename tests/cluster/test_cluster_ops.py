@@ -168,3 +168,19 @@ def test_node_is_quorum_critical_when_its_loss_breaks_the_raft_majority(fresh_cl
     while check(fresh_cluster["n1"]) != 503:
         assert time.monotonic() < deadline, "n1 never became quorum-critical with n3 down"
         time.sleep(0.3)
+
+
+def test_removing_the_raft_leader_hands_the_leadership_over_first(fresh_cluster):
+    # pysyncobj's leader refuses to remove itself: the node asked makes it step down first.
+    status = json.loads(ctl_out(fresh_cluster["n1"], "--formatter", "json", "cluster_status"))
+    leaving = status["raft_leader"]
+    asked = next(n for n in ("n1", "n2", "n3") if n != leaving)
+    ctl_out(fresh_cluster[asked], "remove_node", leaving)
+    after = json.loads(ctl_out(fresh_cluster[asked], "--formatter", "json", "cluster_status"))
+    assert sorted(after["members"]) == sorted(n for n in ("n1", "n2", "n3") if n != leaving)
+    assert after["raft_leader"] not in (leaving, None)
+    fresh_cluster[leaving].stop()
+    # The two left are the whole Raft group now: metadata changes still commit.
+    conn = connect(fresh_cluster[asked])
+    conn.channel().queue_declare("after-removal", durable=True)
+    conn.close()

@@ -24,19 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/merpati/v1/membership.proto\x12\nmerpati.v1\"7\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63luster_address\x18\x02 \x01(\t\"H\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63luster_address\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\"C\n\x0cJoinResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.merpati.v1.Member\x12\x0e\n\x06result\x18\x02 \x01(\t2G\n\nMembership\x12\x39\n\x04Join\x12\x17.merpati.v1.JoinRequest\x1a\x18.merpati.v1.JoinResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/merpati/v1/membership.proto\x12\nmerpati.v1\"\x11\n\x0fStepDownRequest\"\'\n\x10StepDownResponse\x12\x13\n\x0bhanded_over\x18\x01 \x01(\x08\"7\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63luster_address\x18\x02 \x01(\t\"H\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63luster_address\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\"C\n\x0cJoinResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.merpati.v1.Member\x12\x0e\n\x06result\x18\x02 \x01(\t2\x8e\x01\n\nMembership\x12\x39\n\x04Join\x12\x17.merpati.v1.JoinRequest\x1a\x18.merpati.v1.JoinResponse\x12\x45\n\x08StepDown\x12\x1b.merpati.v1.StepDownRequest\x1a\x1c.merpati.v1.StepDownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.merpati.v1.membership_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOINREQUEST']._serialized_start=49
-  _globals['_JOINREQUEST']._serialized_end=104
-  _globals['_MEMBER']._serialized_start=106
-  _globals['_MEMBER']._serialized_end=178
-  _globals['_JOINRESPONSE']._serialized_start=180
-  _globals['_JOINRESPONSE']._serialized_end=247
-  _globals['_MEMBERSHIP']._serialized_start=249
-  _globals['_MEMBERSHIP']._serialized_end=320
+  _globals['_STEPDOWNREQUEST']._serialized_start=49
+  _globals['_STEPDOWNREQUEST']._serialized_end=66
+  _globals['_STEPDOWNRESPONSE']._serialized_start=68
+  _globals['_STEPDOWNRESPONSE']._serialized_end=107
+  _globals['_JOINREQUEST']._serialized_start=109
+  _globals['_JOINREQUEST']._serialized_end=164
+  _globals['_MEMBER']._serialized_start=166
+  _globals['_MEMBER']._serialized_end=238
+  _globals['_JOINRESPONSE']._serialized_start=240
+  _globals['_JOINRESPONSE']._serialized_end=307
+  _globals['_MEMBERSHIP']._serialized_start=310
+  _globals['_MEMBERSHIP']._serialized_end=452
 # @@protoc_insertion_point(module_scope)

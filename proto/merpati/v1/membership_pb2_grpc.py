@@ -39,6 +39,11 @@ class MembershipStub:
                 request_serializer=proto_dot_merpati_dot_v1_dot_membership__pb2.JoinRequest.SerializeToString,
                 response_deserializer=proto_dot_merpati_dot_v1_dot_membership__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.StepDown = channel.unary_unary(
+                '/merpati.v1.Membership/StepDown',
+                request_serializer=proto_dot_merpati_dot_v1_dot_membership__pb2.StepDownRequest.SerializeToString,
+                response_deserializer=proto_dot_merpati_dot_v1_dot_membership__pb2.StepDownResponse.FromString,
+                _registered_method=True)
 
 
 class MembershipServicer:
@@ -54,6 +59,15 @@ class MembershipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StepDown(self, request, context):
+        """Give up the leadership of the metadata Raft group to the most caught-up follower: asked by
+        the member that removes this node (Raft's leader cannot remove itself in pysyncobj). Answers
+        whether this node led and handed over; the caller waits for the new leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MembershipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +75,11 @@ def add_MembershipServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=proto_dot_merpati_dot_v1_dot_membership__pb2.JoinRequest.FromString,
                     response_serializer=proto_dot_merpati_dot_v1_dot_membership__pb2.JoinResponse.SerializeToString,
+            ),
+            'StepDown': grpc.unary_unary_rpc_method_handler(
+                    servicer.StepDown,
+                    request_deserializer=proto_dot_merpati_dot_v1_dot_membership__pb2.StepDownRequest.FromString,
+                    response_serializer=proto_dot_merpati_dot_v1_dot_membership__pb2.StepDownResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class Membership:
             '/merpati.v1.Membership/Join',
             proto_dot_merpati_dot_v1_dot_membership__pb2.JoinRequest.SerializeToString,
             proto_dot_merpati_dot_v1_dot_membership__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepDown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/merpati.v1.Membership/StepDown',
+            proto_dot_merpati_dot_v1_dot_membership__pb2.StepDownRequest.SerializeToString,
+            proto_dot_merpati_dot_v1_dot_membership__pb2.StepDownResponse.FromString,
             options,
             channel_credentials,
             insecure,
