@@ -80,6 +80,8 @@ FAULT_GRACE = 3.0
 ACK_GRACE = 2.0
 # Deliveries of one body less than this apart (in different client threads) are not ordered.
 REORDER_SLACK = 0.25
+# A client connected away from its home node goes back after this long, if home is up.
+HOMESICK_AFTER = 3.0
 
 
 # -- what happened -------------------------------------------------------------------------------
@@ -498,9 +500,15 @@ class _Client(threading.Thread):
         self.wl = wl
         self.client = name
         self.rng = random.Random(f"{wl.seed}-{name}")
-        # Clients of a kind start on different nodes (from a node the seed picks), then each
-        # moves on to the next node when its connection fails.
-        self._next = wl.first_endpoint + index
+        # Each client has a home node (clients of a kind on different nodes, from a node the
+        # seed picks). When its connection fails it tries home first, then other nodes at random
+        # (the clients of a node that died do not all crowd onto the same next one); away from
+        # home, it goes back there once home answers again (`homesick`), so clients stay spread
+        # over the nodes, as they are behind a load balancer, through a rolling restart too.
+        n = len(wl.endpoints)
+        self.home = wl.endpoints[(wl.first_endpoint + index) % n]
+        self._next = (wl.first_endpoint + index) % n
+        self._away_since = 0.0
         self.conn: pika.BlockingConnection | None = None
         self.node = ""
         self.busy_since: float | None = None  # a blocking call under way (for the watchdog)
@@ -510,8 +518,10 @@ class _Client(threading.Thread):
 
     def connect(self) -> pika.BlockingConnection | None:
         """Connect to the next endpoint in turn; None (after a short pause) when it fails."""
-        ep = self.wl.endpoints[self._next % len(self.wl.endpoints)]
-        self._next += 1
+        n = len(self.wl.endpoints)
+        ep = self.wl.endpoints[self._next % n]
+        if n > 1:
+            self._next += self.rng.randrange(1, n)  # if this fails: any other node
         params = pika.ConnectionParameters(
             ep.host,
             ep.port,
@@ -529,7 +539,21 @@ class _Client(threading.Thread):
             self.stop_event.wait(0.3)
             return None
         self.node = ep.name
+        self._next = self.wl.endpoints.index(self.home)  # after the next failure: home first
+        self._away_since = 0.0 if ep == self.home else time.monotonic()
         return self.conn
+
+    def homesick(self) -> bool:
+        """Away from home for a while, and home accepts connections again: time to go back
+        (checked between operations, with nothing in flight)."""
+        if not self._away_since or time.monotonic() - self._away_since < HOMESICK_AFTER:
+            return False
+        self._away_since = time.monotonic()  # check again later if home is still down
+        try:
+            with socket.create_connection((self.home.host, self.home.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -622,6 +646,9 @@ class Publisher(_Client):
             finally:
                 self.idle()
             a.done = time.monotonic()
+            if self.homesick():
+                self.drop()  # nothing in flight: reconnect at home
+                continue
             if interval:
                 try:
                     self.conn.sleep(max(0.0, interval - (a.done - a.sent)))
@@ -703,7 +730,7 @@ class Consumer(_Client):
             tags[ch.basic_consume(q, on_message)] = q
         unsynced = 0
         last_sync = time.monotonic()
-        while not self.stop_event.is_set():
+        while not self.stop_event.is_set() and not self.homesick():
             self.busy("process_data_events")
             self.conn.process_data_events(time_limit=0.05)
             self.idle()
@@ -715,8 +742,8 @@ class Consumer(_Client):
             if unsynced and time.monotonic() - last_sync > 0.25:
                 sync()
                 unsynced, last_sync = 0, time.monotonic()
-        # Stopping: no more deliveries (pika requeues what arrived but was not dispatched), ack
-        # everything held, prove the acks were read, close.
+        # Stopping (or going home): no more deliveries (pika requeues what arrived but was not
+        # dispatched), ack everything held, prove the acks were read, close.
         for tag in list(tags):
             self.busy("basic.cancel")
             ch.basic_cancel(tag)
