@@ -14,21 +14,24 @@ The workload:
   default exchange, mandatory. A publish is *confirmed* only when basic.ack came back; a nack, a
   return (unroutable), a connection that died (or that the watchdog aborted) before the confirm is
   *not confirmed*: it may or may not be in the queue. Nothing is ever published again with the same
-  body: the publisher goes on with n + 1 (after reconnecting to the next node when the connection
-  died).
+  body: the publisher goes on with n + 1 (after reconnecting when the connection died).
 - Consumers: one connection each, subscribed to every queue, manual acks, prefetch (per consumer) 20,
   each delivery acked after a random delay up to `max_ack_delay` (so deliveries are usually
   outstanding when a fault hits), a few (`slow_ack_fraction`) only after 1 to 4 s (held across a
   failover). After acks a consumer does a synchronous round trip on the same channel (basic.qos) now and
   then: its answer proves the node read the acks before it. On any error the consumer reconnects
-  to the next node (a new *session*); a broker's basic.cancel makes it subscribe again.
+  (a new *session*); a broker's basic.cancel makes it subscribe again.
+- Every client has a home node (clients spread over the nodes); when its connection fails it
+  tries home, then other nodes at random, and it goes back home once home answers again.
 - A watchdog aborts (shuts the socket of) a client operation blocked for longer than `op_timeout`
   and counts it in `stuck`: a confirm or a qos-ok that never comes from a node that runs.
 
 The analysis (all times are the test process's monotonic clock; deliveries of one session are in
 the order the client received them):
 
-- lost: confirmed but never delivered (must be 0). unexpected: delivered but never published
+- lost: confirmed but never delivered (must be 0; the test may look in the queue's store to tell
+  `stranded` ones, still in the queue but never handed out, from gone ones). unexpected:
+  delivered but never published
   (must be 0); misrouted: delivered from another queue than the one it was published to (counted
   in unexpected too).
 - duplicates: every delivery of a body after its first, each put in one kind:
