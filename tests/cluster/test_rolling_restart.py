@@ -12,6 +12,7 @@ test_total_queue.py.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.error
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pika
 import pytest
 
 from tests.cluster.conftest import start_cluster
@@ -30,9 +32,10 @@ from tests.cluster.test_total_queue import (
     check_nothing_unexpected,
     check_redelivered_flags,
 )
+from tests.support.clients import connect
 from tests.support.names import uid
 from tests.support.nemesis import Nemesis, endpoints, qpath
-from tests.support.total_queue import FaultLog, TotalQueue, analyze
+from tests.support.total_queue import QUORUM, FaultLog, TotalQueue, analyze
 
 QUEUES = 4
 POLL_EVERY = 0.1
@@ -178,7 +181,12 @@ def rolling() -> Iterator[RollingRun]:
         nem = Nemesis(cluster, faults)
         names = [uid(f"rr{i}-") for i in range(QUEUES)]
         wl = TotalQueue(
-            endpoints(cluster), names, publishers=3, consumers=2, publish_rate=40, op_timeout=20
+            endpoints(cluster),
+            names,
+            publishers=QUEUES,
+            consumers=2,
+            publish_rate=40,
+            op_timeout=20,
         )
         wl.declare()
         wl.start()
@@ -264,3 +272,100 @@ def test_rolling_restart_no_queue_without_a_leader_for_long(rolling):
 
 def test_rolling_restart_restarted_nodes_catch_up(rolling):
     assert not rolling.not_caught_up and rolling.unsettled is None, str(rolling)
+
+
+# -- confirmed publishes lost in a SIGTERM handover, on their own -----------------------------
+
+REFUSED_CONFIRM_BUG = (
+    "broker bug: publishes that reach a quorum queue's leader while it hands the queue over are "
+    "refused at once (QueueReplica._refused_token), and ConfirmLedger, which forgets a failure "
+    "once reported, lets their publishers read the refusal as a confirm: confirmed messages "
+    "are lost (tests/unit/test_ledger_refused_tokens.py)"
+)
+
+
+@pytest.mark.xfail(reason=REFUSED_CONFIRM_BUG, strict=False)
+def test_publishes_racing_a_sigterm_handover_are_never_confirmed_and_lost():
+    """Publishers on the two other nodes publish as fast as their confirms come back while the
+    queue's leader gets SIGTERM (it hands the queue over, then stops) and is started again.
+    Every confirmed message must be in the queue afterwards.
+
+    No consumer: a refused message that finds a consumer waiting is still handed to it by the
+    old leader's queue (in memory), which hides the loss from a checker that only counts
+    deliveries (the rolling restart above keeps its queues empty and sees nothing lost); here
+    the lost ones are confirmed in about 1 ms, the others after replication and fsync."""
+    c = start_cluster()
+    try:
+        nem = Nemesis(c, log=lambda _text: None)
+        name = uid("handover-")
+        conn = connect(c["n1"])
+        conn.channel().queue_declare(name, durable=True, arguments=QUORUM)
+        conn.close()
+        confirmed: dict[bytes, float] = {}  # body -> seconds its confirm took
+        lock = threading.Lock()
+
+        def publish(node: str, round_: int, stop: threading.Event) -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    pc = connect(c[node])
+                    ch = pc.channel()
+                    ch.confirm_delivery()
+                    while not stop.is_set():
+                        n += 1
+                        body = b"r%d-%s-%d" % (round_, node.encode(), n)
+                        t = time.monotonic()
+                        try:
+                            ch.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2))
+                        except pika.exceptions.NackError:
+                            continue
+                        with lock:
+                            confirmed[body] = time.monotonic() - t
+                    pc.close()
+                except (pika.exceptions.AMQPError, OSError):
+                    time.sleep(0.2)
+
+        for round_ in range(1):
+            leader = nem.leader_of(name)
+            stop = threading.Event()
+            threads = [
+                threading.Thread(target=publish, args=(n, round_, stop), daemon=True)
+                for n in c.nodes
+                if n != leader
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(1.5)
+            c[leader].stop(signal.SIGTERM)
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join(15)
+            c[leader].start()
+        nem.wait_settled([name], 20)
+        leader = nem.leader_of(name)
+        conn = connect(c[leader])
+        ch = conn.channel()
+        got: set[bytes] = set()
+        empty = 0
+        while empty < 2:
+            method, _props, body = ch.basic_get(name, auto_ack=True)
+            if method is None:
+                empty += 1
+                time.sleep(1.5)
+                continue
+            empty = 0
+            got.add(body)
+        conn.close()
+        missing = sorted(set(confirmed) - got, key=lambda b: b.split(b"-"))
+        if missing:
+            took = sorted(confirmed[b] * 1000 for b in missing)
+            kept = sorted(confirmed[b] * 1000 for b in got if b in confirmed)
+            raise AssertionError(
+                f"{len(missing)} of {len(confirmed)} confirmed messages lost "
+                f"({missing[:6]}...); their confirms took median {took[len(took) // 2]:.1f} ms, "
+                f"those of the messages kept {kept[len(kept) // 2]:.1f} ms"
+            )
+    finally:
+        c.stop()
+        c.discard()

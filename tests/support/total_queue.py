@@ -14,21 +14,24 @@ The workload:
   default exchange, mandatory. A publish is *confirmed* only when basic.ack came back; a nack, a
   return (unroutable), a connection that died (or that the watchdog aborted) before the confirm is
   *not confirmed*: it may or may not be in the queue. Nothing is ever published again with the same
-  body: the publisher goes on with n + 1 (after reconnecting to the next node when the connection
-  died).
+  body: the publisher goes on with n + 1 (after reconnecting when the connection died).
 - Consumers: one connection each, subscribed to every queue, manual acks, prefetch (per consumer) 20,
   each delivery acked after a random delay up to `max_ack_delay` (so deliveries are usually
   outstanding when a fault hits), a few (`slow_ack_fraction`) only after 1 to 4 s (held across a
   failover). After acks a consumer does a synchronous round trip on the same channel (basic.qos) now and
   then: its answer proves the node read the acks before it. On any error the consumer reconnects
-  to the next node (a new *session*); a broker's basic.cancel makes it subscribe again.
+  (a new *session*); a broker's basic.cancel makes it subscribe again.
+- Every client has a home node (clients spread over the nodes); when its connection fails it
+  tries home, then other nodes at random, and it goes back home once home answers again.
 - A watchdog aborts (shuts the socket of) a client operation blocked for longer than `op_timeout`
   and counts it in `stuck`: a confirm or a qos-ok that never comes from a node that runs.
 
 The analysis (all times are the test process's monotonic clock; deliveries of one session are in
 the order the client received them):
 
-- lost: confirmed but never delivered (must be 0). unexpected: delivered but never published
+- lost: confirmed but never delivered (must be 0; the test may look in the queue's store to tell
+  `stranded` ones, still in the queue but never handed out, from gone ones). unexpected:
+  delivered but never published
   (must be 0); misrouted: delivered from another queue than the one it was published to (counted
   in unexpected too).
 - duplicates: every delivery of a body after its first, each put in one kind:
@@ -80,6 +83,8 @@ FAULT_GRACE = 3.0
 ACK_GRACE = 2.0
 # Deliveries of one body less than this apart (in different client threads) are not ordered.
 REORDER_SLACK = 0.25
+# A client connected away from its home node goes back after this long, if home is up.
+HOMESICK_AFTER = 3.0
 
 
 # -- what happened -------------------------------------------------------------------------------
@@ -498,9 +503,15 @@ class _Client(threading.Thread):
         self.wl = wl
         self.client = name
         self.rng = random.Random(f"{wl.seed}-{name}")
-        # Clients of a kind start on different nodes (from a node the seed picks), then each
-        # moves on to the next node when its connection fails.
-        self._next = wl.first_endpoint + index
+        # Each client has a home node (clients of a kind on different nodes, from a node the
+        # seed picks). When its connection fails it tries home first, then other nodes at random
+        # (the clients of a node that died do not all crowd onto the same next one); away from
+        # home, it goes back there once home answers again (`homesick`), so clients stay spread
+        # over the nodes, as they are behind a load balancer, through a rolling restart too.
+        n = len(wl.endpoints)
+        self.home = wl.endpoints[(wl.first_endpoint + index) % n]
+        self._next = (wl.first_endpoint + index) % n
+        self._away_since = 0.0
         self.conn: pika.BlockingConnection | None = None
         self.node = ""
         self.busy_since: float | None = None  # a blocking call under way (for the watchdog)
@@ -510,8 +521,10 @@ class _Client(threading.Thread):
 
     def connect(self) -> pika.BlockingConnection | None:
         """Connect to the next endpoint in turn; None (after a short pause) when it fails."""
-        ep = self.wl.endpoints[self._next % len(self.wl.endpoints)]
-        self._next += 1
+        n = len(self.wl.endpoints)
+        ep = self.wl.endpoints[self._next % n]
+        if n > 1:
+            self._next += self.rng.randrange(1, n)  # if this fails: any other node
         params = pika.ConnectionParameters(
             ep.host,
             ep.port,
@@ -529,7 +542,21 @@ class _Client(threading.Thread):
             self.stop_event.wait(0.3)
             return None
         self.node = ep.name
+        self._next = self.wl.endpoints.index(self.home)  # after the next failure: home first
+        self._away_since = 0.0 if ep == self.home else time.monotonic()
         return self.conn
+
+    def homesick(self) -> bool:
+        """Away from home for a while, and home accepts connections again: time to go back
+        (checked between operations, with nothing in flight)."""
+        if not self._away_since or time.monotonic() - self._away_since < HOMESICK_AFTER:
+            return False
+        self._away_since = time.monotonic()  # check again later if home is still down
+        try:
+            with socket.create_connection((self.home.host, self.home.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -622,6 +649,9 @@ class Publisher(_Client):
             finally:
                 self.idle()
             a.done = time.monotonic()
+            if self.homesick():
+                self.drop()  # nothing in flight: reconnect at home
+                continue
             if interval:
                 try:
                     self.conn.sleep(max(0.0, interval - (a.done - a.sent)))
@@ -703,7 +733,7 @@ class Consumer(_Client):
             tags[ch.basic_consume(q, on_message)] = q
         unsynced = 0
         last_sync = time.monotonic()
-        while not self.stop_event.is_set():
+        while not self.stop_event.is_set() and not self.homesick():
             self.busy("process_data_events")
             self.conn.process_data_events(time_limit=0.05)
             self.idle()
@@ -715,8 +745,8 @@ class Consumer(_Client):
             if unsynced and time.monotonic() - last_sync > 0.25:
                 sync()
                 unsynced, last_sync = 0, time.monotonic()
-        # Stopping: no more deliveries (pika requeues what arrived but was not dispatched), ack
-        # everything held, prove the acks were read, close.
+        # Stopping (or going home): no more deliveries (pika requeues what arrived but was not
+        # dispatched), ack everything held, prove the acks were read, close.
         for tag in list(tags):
             self.busy("basic.cancel")
             ch.basic_cancel(tag)
