@@ -229,6 +229,8 @@ class Handover:
             out.delivery_count = msg.delivery_count
             out.expires = msg.expires
             token = target.enqueue(out)
+            if token > 0 and ledger is not None and token <= ledger.committed:
+                token = REJECTED if ledger.did_fail(token) else 0  # resolved already
             if token == REJECTED or token < 0:
                 self.last_error = f"the leader of queue '{self.name}' refused or cannot be reached"
                 self._retry_later()

@@ -389,8 +389,9 @@ class Broker:
     ) -> int:
         """Put `msg` on every queue of `queues` (a copy each beyond the first; the body is shared).
 
-        Returns the latest store token among them (the confirm waits for it), or REFUSED when any
-        queue refused the message (x-overflow reject-publish: the publisher gets a nack). With
+        Returns the store token the confirm waits for (several queues' distinct tokens joined into
+        one that fails when any does), or REFUSED when any queue refused the message (x-overflow
+        reject-publish, a replica no longer leading: the publisher gets a nack). With
         confirm=False nobody waits for the token, so a queue on another node need not report it.
         A congested queue pauses `publisher` until it drains (credit flow).
         """
@@ -401,18 +402,27 @@ class Broker:
                 q.block_publisher(publisher)
             return token
         token = 0
+        others: list[int] | None = None  # tokens beside `token`, when they differ
         refused = False
         first = True
         for q in queues:
             e = q.enqueue(msg if first else msg.copy(), confirm)
             first = False
-            if e > token:
+            if e > 0 and e != token:
+                if token:
+                    others = [token] if others is None else [*others, token]
                 token = e
             elif e < 0:
                 refused = True
             if q.congested and publisher is not None:
                 q.block_publisher(publisher)
-        return REFUSED if refused else token
+        if refused:
+            return REFUSED
+        if others is not None and confirm and self.store is not None:
+            # A queue on another node (or a replica) and the local store each hold the message
+            # under their own token: the confirm waits for them all and fails if any does.
+            token = self.store.ledger.join([*others, token])
+        return token
 
     # -- routing ------------------------------------------------------------------------------
 

@@ -404,6 +404,9 @@ class _PublishStream:
                 rejected.append(mid)
             elif epoch and ledger is not None and epoch > ledger.committed:
                 self.pending.append((mid, epoch))
+            elif epoch and ledger is not None and ledger.did_fail(epoch):
+                rejected.append(mid)  # resolved already: a replica refused it at once
+                error = ledger.last_error or error
             else:
                 confirmed.append(mid)
         if self.pending and ledger is not None:

@@ -180,6 +180,11 @@ class PublishMixin(ChannelCore):
             else:
                 rejected = True  # x-overflow reject-publish: the publisher gets a nack
             epoch = 0
+        elif epoch and epoch <= self.broker.store.committed:
+            # Resolved already (a replica that stopped leading refuses at once): watchers only
+            # hear of a failure when it happens, so look it up.
+            rejected = self.broker.store.did_fail(epoch)
+            epoch = 0
         if epoch > self.tx_epoch:
             self.tx_epoch = epoch
         if seq:

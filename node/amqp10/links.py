@@ -530,6 +530,16 @@ class ReceiverLink:
                     ),
                 )
             return
+        if epoch and epoch <= broker.store.committed:
+            # Resolved already (a replica that stopped leading refuses at once): watchers only
+            # hear of a failure when it happens, so look it up.
+            if broker.store.did_fail(epoch):
+                error = broker.store.ledger.last_error or "the queue did not take the message"
+                session.settle_incoming(
+                    did, P.Rejected(error=P.error("amqp:internal-error", error))
+                )
+                return
+            epoch = 0
         if epoch or session.pending:
             session.pending.append((did, epoch))
             if epoch:

@@ -558,6 +558,10 @@ class SQLiteStore:
     def watchers(self) -> set:
         return self.ledger.watchers
 
+    def did_fail(self, epoch: int) -> bool:
+        """Whether ledger token `epoch`, resolved already, failed (see ConfirmLedger.did_fail)."""
+        return self.ledger.did_fail(epoch)
+
     def wait(self, epoch: int) -> asyncio.Future:
         """A future resolved when ledger token `epoch` is committed (fails if its write failed)."""
         return self.ledger.wait(epoch)

@@ -276,15 +276,7 @@ def test_rolling_restart_restarted_nodes_catch_up(rolling):
 
 # -- confirmed publishes lost in a SIGTERM handover, on their own -----------------------------
 
-REFUSED_CONFIRM_BUG = (
-    "broker bug: publishes that reach a quorum queue's leader while it hands the queue over are "
-    "refused at once (QueueReplica._refused_token), and ConfirmLedger, which forgets a failure "
-    "once reported, lets their publishers read the refusal as a confirm: confirmed messages "
-    "are lost (tests/unit/test_ledger_refused_tokens.py)"
-)
 
-
-@pytest.mark.xfail(reason=REFUSED_CONFIRM_BUG, strict=False)
 def test_publishes_racing_a_sigterm_handover_are_never_confirmed_and_lost():
     """Publishers on the two other nodes publish as fast as their confirms come back while the
     queue's leader gets SIGTERM (it hands the queue over, then stops) and is started again.

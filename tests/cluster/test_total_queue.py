@@ -371,18 +371,7 @@ def chaos_run(request) -> Iterator[Run]:
         yield run
 
 
-# Random schedules include SIGTERM of a leader: publishes racing its handover can be confirmed
-# and lost (test_rolling_restart.py::test_publishes_racing_a_sigterm_handover_are_never_...).
-# A loss here must still be read in the round's output: the examples show when and through
-# which node each lost message was confirmed.
-REFUSED_CONFIRM_BUG = (
-    "broker bug: publishes racing a leader's handover are refused at once and the refusal reads "
-    "as a confirm (ConfirmLedger forgets failures once reported): confirmed messages are lost"
-)
-
-
 @pytest.mark.chaos
-@pytest.mark.xfail(reason=REFUSED_CONFIRM_BUG, strict=False)
 def test_chaos_loses_no_confirmed_message(chaos_run):
     check_nothing_lost(chaos_run)
 
