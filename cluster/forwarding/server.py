@@ -552,7 +552,7 @@ class RemoteConsumer:
             q.unsubscribe(self)
         held, self.held = self.held, {}
         if held and not q.deleted:
-            q.release_many(sorted(held.values(), key=_seq))
+            q.release_later(sorted(held.values(), key=_seq))
         self.out.put_nowait(None)
 
 

@@ -136,6 +136,7 @@ class ReplicatedQueues:
         q.recover(rows, len(rows), max_seq, maybe_delivered, sum(len(r[4]) for r in rows), counts)
         if len(broker.state.members) > 1:  # alone, no other node can hold its deliveries
             q.hold_back(delivered, HOLD_BACK)
+            q.release_delay = HOLD_BACK
         log.info(
             "queue '%s' in vhost '%s': leading epoch %d with %d messages",
             qdef.name,

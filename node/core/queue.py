@@ -230,6 +230,9 @@ class LocalQueue:
         self._ready_by_seq: dict[int, Message] | None = None  # for settle_earlier, for a while
         self._held_back: dict[int, Message] = {}  # see hold_back
         self._held_back_bytes = 0
+        # A replicated queue's leader: how long deliveries to a consumer on another node whose
+        # stream broke wait before they go again (release_later).
+        self.release_delay = 0.0
         # Queue features (TTL, limits, priorities, single active consumer, delivery limit).
         self._ready: FifoReady | PriorityReady = FifoReady()
         self._ready_bytes = 0
@@ -731,6 +734,25 @@ class LocalQueue:
             self._held_back_bytes += n
         self._held_back = held
         asyncio.get_running_loop().call_later(seconds, self._give_back)
+
+    def release_later(self, msgs: list[Message]) -> None:
+        """Release the deliveries of a consumer on another node whose stream broke: they wait
+        `release_delay` before they are delivered again, as `hold_back` does, because that node
+        sends the acks it could not deliver again once it reaches this one (`settle_earlier`)."""
+        if not self.release_delay or self.deleted or self.handover is not None:
+            self.release_many(msgs)
+            return
+        early = self._settled_early
+        held = self._held_back
+        for msg in msgs:
+            self.unacked -= 1
+            if early and self._was_settled_early(msg):
+                continue
+            msg.redelivered = True
+            held[msg.seq] = msg
+            self._held_back_bytes += len(msg.body)
+        asyncio.get_running_loop().call_later(self.release_delay, self._give_back)
+        self._check_flow()
 
     def _give_back(self) -> None:
         held, self._held_back = self._held_back, {}

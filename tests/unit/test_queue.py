@@ -538,3 +538,21 @@ def test_a_new_leader_holds_back_what_was_delivered_until_settlements_had_time_t
     q._give_back()  # the timer
     assert c.bodies() == [b"m3", b"m4", b"m2"]
     assert c.got[2].redelivered
+
+
+@in_loop
+def test_deliveries_of_a_broken_stream_wait_for_the_acks_its_node_sends_again():
+    q, store = inherited(3)
+    q.release_delay = 60.0
+    far = FakeConsumer("far")  # stands for a consumer on another node (its Consume stream)
+    q.subscribe(far)
+    assert far.bodies() == [b"m1", b"m2", b"m3"]
+    q.unsubscribe(far)
+    q.release_later(list(far.got))  # the stream broke: its node may have acked m1 already
+    near = FakeConsumer("near")
+    q.subscribe(near)
+    assert near.bodies() == [] and q.message_count == 3 and q.unacked == 0
+    q.settle_earlier([1], Outcome.ACCEPTED)  # the node reached the leader again
+    assert store.deleted == [1] and q.message_count == 2
+    q._give_back()  # the timer
+    assert near.bodies() == [b"m2", b"m3"] and all(m.redelivered for m in near.got)
