@@ -37,6 +37,11 @@ from .remote import ReplicatedRemoteQueue
 # How long a new leader waits before it delivers again what its predecessor had delivered: the
 # settlements of those deliveries (forwarded by the other nodes once they learn of it) come first.
 HOLD_BACK = 0.5
+# How long the deliveries to a consumer on another node whose stream broke wait before they go
+# again: that node sends again the acks it made lately once it sees this one up, which its pings
+# (forwarding's PING_INTERVAL + PING_TIMEOUT) notice within this long of a pause or a partition
+# ending.
+RELEASE_DELAY = 3.0
 
 if TYPE_CHECKING:
     from merpati.node.broker import Broker
@@ -136,7 +141,7 @@ class ReplicatedQueues:
         q.recover(rows, len(rows), max_seq, maybe_delivered, sum(len(r[4]) for r in rows), counts)
         if len(broker.state.members) > 1:  # alone, no other node can hold its deliveries
             q.hold_back(delivered, HOLD_BACK)
-            q.release_delay = HOLD_BACK
+            q.release_delay = RELEASE_DELAY
         log.info(
             "queue '%s' in vhost '%s': leading epoch %d with %d messages",
             qdef.name,
