@@ -548,6 +548,22 @@ class Broker:
             raise AuthError(f"ACCESS_REFUSED - user '{username}' can only connect via localhost")
         return username
 
+    def authenticate_external(self, cert_user: str | None, loopback: bool) -> str:
+        """SASL EXTERNAL: the user named by the verified client certificate (its subject CN),
+        which must exist; no password is asked (RabbitMQ's rabbitmq_auth_mechanism_ssl)."""
+        if not cert_user:
+            raise AuthError(
+                "ACCESS_REFUSED - EXTERNAL authentication needs a verified TLS client certificate"
+            )
+        if cert_user not in self.state.users:
+            raise AuthError(
+                f"ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL: "
+                f"no user '{cert_user}' (the client certificate's common name)"
+            )
+        if cert_user in self.loopback_users and not loopback:
+            raise AuthError(f"ACCESS_REFUSED - user '{cert_user}' can only connect via localhost")
+        return cert_user
+
     def vhost_allowed(self, user: str, vhost: str) -> bool:
         return (user, vhost) in self.state.permissions
 

@@ -26,7 +26,14 @@ class UserConfig:
 
 @dataclass
 class Config:
-    amqp_port: int = 5672
+    amqp_port: int = 5672  # 0: no plain listener (AMQPS only)
+    # AMQPS (TLS) listener, for 0-9-1 and 1.0 alike; it listens once tls-cert is set.
+    amqps_port: int = 5671
+    tls_cert: str = ""
+    tls_key: str = ""  # the key, when tls-cert does not hold it
+    tls_ca: str = ""  # CA bundle that client certificates are checked against
+    tls_verify: str = "none"  # peer: ask for client certificates (RabbitMQ's verify_peer)
+    tls_fail_if_no_peer_cert: bool = False
     # Prometheus /metrics and the management HTTP API (RabbitMQ's ports); 0 disables a listener.
     metrics_port: int = 15692
     management_port: int = 15672
@@ -88,7 +95,14 @@ class Config:
 
 # The settings that are flags (and therefore environment variables), with their help text.
 FLAGS: dict[str, str] = {
-    "amqp_port": "AMQP listener port",
+    "amqp_port": "AMQP listener port, 0 disables (AMQPS only)",
+    "amqps_port": "AMQPS (TLS) listener port, used once --tls-cert is set",
+    "tls_cert": "PEM certificate chain of the AMQPS listener (reloaded on SIGHUP or change)",
+    "tls_key": "PEM private key, when the certificate file does not hold it",
+    "tls_ca": "PEM CA bundle client certificates are verified against",
+    "tls_verify": "peer (ask clients for a certificate and verify it) or none",
+    "tls_fail_if_no_peer_cert": "with --tls-verify peer, refuse clients without a certificate "
+    "(true/false)",
     "metrics_port": "Prometheus /metrics port, 0 disables",
     "management_port": "management HTTP API port, 0 disables",
     "bind": "addresses to listen on, comma-separated (default: every IPv4 and IPv6 address)",
@@ -207,9 +221,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
 
     cfg = Config(**values)
     cfg.users = users
-    if not (0 < cfg.amqp_port < 65536):
-        raise ConfigError(f"amqp-port {cfg.amqp_port} is not a TCP port")
-    for name in ("metrics_port", "management_port"):
+    for name in ("amqp_port", "amqps_port", "metrics_port", "management_port"):
         if not (0 <= getattr(cfg, name) < 65536):
             raise ConfigError(f"{name.replace('_', '-')} {getattr(cfg, name)} is not a TCP port")
     for address in cfg.bind_addresses():
@@ -218,6 +230,20 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         except ValueError:
             if not address or any(c in address for c in " /[]"):
                 raise ConfigError(f"bind: {address!r} is not an IP address or a host name")
+    if not cfg.amqp_port and not cfg.tls_cert:
+        raise ConfigError("amqp-port 0 turns the plain listener off: set tls-cert for AMQPS")
+    if cfg.tls_cert and not cfg.amqps_port:
+        raise ConfigError("tls-cert is set but amqps-port is 0")
+    if cfg.tls_verify not in ("peer", "none"):
+        raise ConfigError(f"tls-verify must be peer or none, not {cfg.tls_verify!r}")
+    if cfg.tls_fail_if_no_peer_cert and cfg.tls_verify != "peer":
+        raise ConfigError("tls-fail-if-no-peer-cert needs tls-verify peer")
+    if (cfg.tls_key or cfg.tls_ca or cfg.tls_verify == "peer") and not cfg.tls_cert:
+        raise ConfigError("tls-key, tls-ca and tls-verify need tls-cert (the AMQPS certificate)")
+    if cfg.tls_verify == "peer" and not cfg.tls_ca:
+        raise ConfigError(
+            "tls-verify peer needs tls-ca (the CA client certificates are checked against)"
+        )
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
     if cfg.handover_window < 1:

@@ -89,11 +89,16 @@ class AMQPProtocol(asyncio.Protocol):
     """One client socket. Writes are gathered per event-loop turn and written once."""
 
     def __init__(
-        self, broker: Broker, settings: Settings, settings10: Settings10 | None = None
+        self,
+        broker: Broker,
+        settings: Settings,
+        settings10: Settings10 | None = None,
+        tls: Any = None,
     ) -> None:
         self.broker = broker
         self.settings = settings
         self.settings10 = settings10
+        self.tls = tls  # the AMQPS listener's ssl.SSLContext (None: plain)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.conn: FrontEnd | None = None  # once the header has arrived
@@ -190,10 +195,16 @@ class AMQPProtocol(asyncio.Protocol):
         if len(buf) < 6 and b"AMQP".startswith(buf[:4]) and (len(buf) < 5 or buf[4] in (0, 3)):
             return None
         if buf[:4] == b"AMQP" and (buf[4] == 3 or (buf[4] == 0 and buf[5] == 1)):
-            self.conn = Connection10(self.broker, self, peer, is_loopback(peer), self.settings10)
+            conn: Any = Connection10(self.broker, self, peer, is_loopback(peer), self.settings10)
         else:
-            self.conn = Connection091(self.broker, self, peer, is_loopback(peer), self.settings)
-        return self.conn
+            conn = Connection091(self.broker, self, peer, is_loopback(peer), self.settings)
+        if self.tls is not None:
+            from .tls import peer_common_name
+
+            # The verified client certificate names the user of SASL EXTERNAL.
+            conn.tls_user = peer_common_name(self.transport)
+        self.conn = conn
+        return conn
 
     def set_reading(self, on: bool) -> None:
         if self.transport is None or self._closed:

@@ -43,6 +43,7 @@ class Node:
         self.store: SQLiteStore | None = None
         self.metadata: Any = None
         self._servers: list[asyncio.base_events.Server] = []
+        self.tls_watcher: Any = None
         # Observability and operator listeners (node.metrics, node.management): aiohttp runners.
         self._http_runners: list[Any] = []
         # (protocol, address, port) of every listener, for the management API's overview.
@@ -131,22 +132,31 @@ class Node:
         recovered = self.broker.recover(stored)
 
         self.hosts = _listen_hosts(cfg.bind_addresses())
-        server = await loop.create_server(
-            lambda: AMQPProtocol(self.broker, self.settings, self.settings10),
-            host=self.hosts,
-            port=cfg.amqp_port,
-            reuse_address=True,
-            backlog=1024,
-        )
-        self._servers.append(server)
-        addrs = ", ".join(_fmt(s.getsockname()) for s in server.sockets)
-        for sock in server.sockets:
-            self.listeners.append(("amqp", *sock.getsockname()[:2]))
+        addrs = []
+        for kind, port, tls in (
+            ("amqp", cfg.amqp_port, None),
+            ("amqps", cfg.amqps_port if cfg.tls_cert else 0, self._tls_context()),
+        ):
+            if not port:
+                continue
+            server = await loop.create_server(
+                lambda tls=tls: AMQPProtocol(self.broker, self.settings, self.settings10, tls),
+                host=self.hosts,
+                port=port,
+                reuse_address=True,
+                backlog=1024,
+                ssl=tls,
+            )
+            self._servers.append(server)
+            where = ", ".join(_fmt(s.getsockname()) for s in server.sockets)
+            addrs.append(where if tls is None else f"{where} (TLS)")
+            for sock in server.sockets:
+                self.listeners.append((kind, *sock.getsockname()[:2]))
         await self._start_http(data_dir)
         log.info(
-            "Merpati node %s ready: AMQP 0-9-1 on %s (data in %s, %d messages recovered)",
+            "Merpati node %s ready: AMQP on %s (data in %s, %d messages recovered)",
             self.node_id,
-            addrs,
+            ", ".join(addrs),
             os.path.abspath(cfg.data_dir),
             recovered,
         )
@@ -204,6 +214,25 @@ class Node:
             if rss and limit:
                 self.broker.set_alarm(rss > limit)
 
+    def _tls_context(self) -> Any:
+        """The AMQPS context (None without --tls-cert), reloaded on SIGHUP or a file change."""
+        cfg = self.config
+        if not cfg.tls_cert:
+            return None
+        from . import tls
+
+        try:
+            ctx = tls.server_context(
+                cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_verify, cfg.tls_fail_if_no_peer_cert
+            )
+        except tls.TLSConfigError as e:
+            raise StartupError(str(e)) from None
+        self.tls_watcher = tls.CertificateWatcher(ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        self.tls_watcher.start()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tls_watcher.reload)
+        return ctx
+
     def _on_alarm(self, raised: bool) -> None:
         assert self.broker is not None
         for conn in list(self.broker.connections):
@@ -233,6 +262,8 @@ class Node:
         task = getattr(self, "_memory_task", None)
         if task is not None:
             task.cancel()
+        if self.tls_watcher is not None:
+            self.tls_watcher.stop()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

@@ -94,6 +94,8 @@ class Connection091(OutputBuffer):
         self.peer = peer
         self.loopback = loopback
         self.settings = settings or Settings()
+        # The subject CN of a verified TLS client certificate: SASL EXTERNAL is offered for it.
+        self.tls_user: str | None = None
         self.id = f"{broker.node_id}/{broker.incarnation}/{next(_ids)}"
         self.state = "header"
         self.frame_max = self.settings.frame_max
@@ -196,7 +198,7 @@ class Connection091(OutputBuffer):
                     "cluster_name": self.broker.node_id,
                     "capabilities": SERVER_CAPABILITIES,
                 },
-                mechanisms=b"PLAIN AMQPLAIN",
+                mechanisms=b"PLAIN AMQPLAIN EXTERNAL" if self.tls_user else b"PLAIN AMQPLAIN",
                 locales=b"en_US",
             ),
         )
@@ -279,12 +281,14 @@ class Connection091(OutputBuffer):
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
         try:
-            username, password = _credentials(m.mechanism, m.response)
+            if m.mechanism == "EXTERNAL":
+                self.user = self.broker.authenticate_external(self.tls_user, self.loopback)
+            else:
+                username, password = _credentials(m.mechanism, m.response)
+                self.user = self.broker.authenticate(username, password, self.loopback)
         except ValueError as e:
             self._refuse(str(e))
             return
-        try:
-            self.user = self.broker.authenticate(username, password, self.loopback)
         except AuthError as e:
             log.warning("connection %s from %s refused: %s", self.id, self.peer, e)
             self._refuse(str(e))

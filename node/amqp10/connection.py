@@ -106,6 +106,8 @@ class Connection10(OutputBuffer):
         self.peer = peer
         self.loopback = loopback
         self.settings = settings or Settings10()
+        # The subject CN of a verified TLS client certificate: SASL EXTERNAL is offered for it.
+        self.tls_user: str | None = None
         self.id = f"{broker.node_id}/{broker.incarnation}/amqp10-{next(_ids)}"
         self.state = "header"
         self.protocol = "amqp10"
@@ -238,7 +240,11 @@ class Connection10(OutputBuffer):
     def _header(self, header: bytes) -> None:
         if self.state == "header" and header == HEADER_SASL:
             self.send(HEADER_SASL)
-            mechs = ["PLAIN"] + (["ANONYMOUS"] if self.settings.anonymous else [])
+            mechs = (
+                (["EXTERNAL"] if self.tls_user else [])
+                + ["PLAIN"]
+                + (["ANONYMOUS"] if self.settings.anonymous else [])
+            )
             self.send(
                 sasl_frame(
                     P.SaslMechanisms(
@@ -294,6 +300,8 @@ class Connection10(OutputBuffer):
                 self.user = self.broker.authenticate(user, password, self.loopback)
             elif mech == "ANONYMOUS" and self.settings.anonymous:
                 self.user = self._anonymous()
+            elif mech == "EXTERNAL":
+                self.user = self.broker.authenticate_external(self.tls_user, self.loopback)
             else:
                 raise AuthError(f"unsupported mechanism {mech}")
         except AuthError as e:

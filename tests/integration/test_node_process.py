@@ -34,7 +34,7 @@ def _params(
 
 
 def test_ready_line_names_addresses(node):
-    assert f"AMQP 0-9-1 on 127.0.0.1:{node.port}" in node.log()
+    assert f"ready: AMQP on 127.0.0.1:{node.port}" in node.log()
 
 
 def test_sigterm_closes_clients_with_320_and_exits_cleanly(make_node):

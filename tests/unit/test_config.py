@@ -165,3 +165,24 @@ def test_default_queue_type_is_classic_or_quorum():
     assert cfg.default_queue_type == "quorum"
     with pytest.raises(ConfigError, match="default-queue-type must be classic or quorum"):
         load(no_flags(default_queue_type="stream"), environ={})
+
+
+@pytest.mark.parametrize(
+    "given, error",
+    [
+        ({"amqp_port": "0"}, "plain listener off: set tls-cert"),
+        ({"tls_cert": "c.pem", "amqps_port": "0"}, "amqps-port is 0"),
+        ({"tls_cert": "c.pem", "tls_verify": "always"}, "tls-verify must be peer or none"),
+        ({"tls_cert": "c.pem", "tls_fail_if_no_peer_cert": "true"}, "needs tls-verify peer"),
+        ({"tls_cert": "c.pem", "tls_verify": "peer"}, "tls-verify peer needs tls-ca"),
+        ({"tls_ca": "ca.pem"}, "need tls-cert"),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_refused(given, error):
+    with pytest.raises(ConfigError, match=error):
+        load(no_flags(**given), environ={})
+
+
+def test_amqps_only():
+    cfg = load(no_flags(amqp_port="0", tls_cert="c.pem"), environ={})
+    assert cfg.amqp_port == 0 and cfg.amqps_port == 5671 and cfg.tls_verify == "none"
