@@ -170,11 +170,31 @@ def test_client_service_ports(helm):
     docs = render(helm, *VALUE_SETS["three-tls-servicemonitor"])
     tls = one(docs, "Service", "mq-merpati")
     assert {p["name"]: p["port"] for p in tls["spec"]["ports"]}["amqps"] == 5671
-    sidecar = container(docs, "tls")
-    assert "--target=127.0.0.1:5672" in sidecar["args"]
+    node = container(docs, "merpati")  # the node terminates TLS itself: no sidecar
+    assert [
+        c["name"] for c in one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    ] == ["merpati"]
+    env = {e["name"]: e.get("value") for e in node["env"]}
+    assert env["MERPATI_AMQPS_PORT"] == "5671"
+    assert env["MERPATI_TLS_CERT"] == "/etc/merpati/tls/tls.crt"
+    assert env["MERPATI_TLS_KEY"] == "/etc/merpati/tls/tls.key"
+    assert "MERPATI_TLS_VERIFY" not in env
+    assert {"name": "amqps", "containerPort": 5671} in node["ports"]
+    assert {"name": "tls", "mountPath": "/etc/merpati/tls", "readOnly": True} in node[
+        "volumeMounts"
+    ]
     sts = one(docs, "StatefulSet")
     vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
     assert vols["tls"]["secret"]["secretName"] == "mq-tls"
+    mtls = render(
+        helm,
+        *VALUE_SETS["three-tls-servicemonitor"],
+        "tls.verifyPeer=true",
+        "tls.failIfNoPeerCert=true",
+    )
+    env = {e["name"]: e.get("value") for e in container(mtls, "merpati")["env"]}
+    assert env["MERPATI_TLS_CA"] == "/etc/merpati/tls/ca.crt"
+    assert env["MERPATI_TLS_VERIFY"] == "peer" and env["MERPATI_TLS_FAIL_IF_NO_PEER_CERT"] == "true"
 
 
 @pytest.mark.parametrize("replicas,expected", [(1, None), (2, 0), (3, 1), (4, 1), (5, 1), (7, 1)])
