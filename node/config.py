@@ -47,6 +47,8 @@ class Config:
     default_user: str = "guest"
     default_pass: str = "guest"
     heartbeat: int = 60
+    # Seconds a client has to complete the AMQP handshake (TLS included) before it is closed.
+    handshake_timeout: float = 10.0
     frame_max: int = 131072
     channel_max: int = 2047
     max_message_size: int = 128 * 1024 * 1024
@@ -113,6 +115,7 @@ FLAGS: dict[str, str] = {
     "default_user": "user created at start when the config file names no users",
     "default_pass": "password of the default user",
     "heartbeat": "heartbeat interval proposed to clients, seconds (0 disables)",
+    "handshake_timeout": "seconds a client has to complete the AMQP (and TLS) handshake",
     "frame_max": "largest frame proposed to clients, bytes",
     "channel_max": "most channels per connection proposed to clients",
     "max_message_size": "largest message body accepted, bytes",
@@ -244,6 +247,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError(
             "tls-verify peer needs tls-ca (the CA client certificates are checked against)"
         )
+    if not cfg.handshake_timeout > 0:
+        raise ConfigError("handshake-timeout must be more than 0 seconds")
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
     if cfg.handover_window < 1:

@@ -74,6 +74,7 @@ def settings_from_config(config: Any) -> tuple[Settings, Settings10]:
         channel_max=config.channel_max,
         heartbeat=config.heartbeat,
         max_message_size=config.max_message_size,
+        handshake_timeout=config.handshake_timeout,
     )
     return settings, Settings10.from_config(config)
 
@@ -112,7 +113,9 @@ class AMQPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         # A client that never completes the handshake must not hold a socket forever.
-        self._close_timer = self.loop.call_later(10.0, self._handshake_timeout)
+        self._close_timer = self.loop.call_later(
+            self.settings.handshake_timeout, self._handshake_timeout
+        )
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn

@@ -146,6 +146,9 @@ class Node:
                 reuse_address=True,
                 backlog=1024,
                 ssl=tls,
+                # A client that stalls in the TLS handshake is closed as one that stalls in
+                # AMQP's (the listener's timer starts once TLS is up).
+                ssl_handshake_timeout=cfg.handshake_timeout if tls is not None else None,
             )
             self._servers.append(server)
             where = ", ".join(_fmt(s.getsockname()) for s in server.sockets)

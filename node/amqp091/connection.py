@@ -68,7 +68,11 @@ class Settings:
         heartbeat: int = 60,
         max_message_size: int = 128 * 1024 * 1024,
         close_timeout: float = 3.0,
+        handshake_timeout: float = 10.0,
     ) -> None:
+        # The listener closes a socket that has not finished the handshake within this long
+        # (either protocol; RabbitMQ's handshake_timeout).
+        self.handshake_timeout = handshake_timeout
         self.frame_max = frame_max
         self.channel_max = channel_max
         self.heartbeat = heartbeat

@@ -279,3 +279,32 @@ def test_a_certificate_file_that_is_missing_stops_the_start_with_its_name(
             node.start()
     finally:
         node.discard()
+
+
+def test_silent_clients_are_closed_after_the_handshake_timeout(tls_node: TLSNode) -> None:
+    tls_port = free_port()
+    node = NodeProcess(
+        "--handshake-timeout",
+        "0.5",
+        "--amqps-port",
+        str(tls_port),
+        "--tls-cert",
+        str(tls_node.certs / "server.pem"),
+        "--tls-key",
+        str(tls_node.certs / "server.key"),
+    )
+    try:
+        node.start()
+        for port in (node.port, tls_port):  # plain AMQP, then TLS never started
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                start = time.monotonic()
+                assert s.recv(1) == b""  # closed by the node, nothing sent
+                assert time.monotonic() - start < 4
+        # A client that does complete it is not affected.
+        conn = pika.BlockingConnection(pika.URLParameters(node.url))
+        time.sleep(1.0)
+        assert roundtrip(conn, "after-handshake-timeout", b"ok") == b"ok"
+        conn.close()
+    finally:
+        node.stop()
+        node.discard()
