@@ -78,6 +78,8 @@ class Config:
     # The type of a queue declared without x-queue-type (RabbitMQ's default_queue_type): classic
     # or quorum (then durable, non-exclusive, non-auto-delete queues get replicas).
     default_queue_type: str = "classic"
+    # A definitions file (RabbitMQ's format) applied at every start; no default user then.
+    load_definitions: str = ""
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -134,6 +136,8 @@ FLAGS: dict[str, str] = {
     "amqp10_anonymous": "AMQP 1.0: allow SASL ANONYMOUS as the default user (true/false; "
     "guest only from loopback)",
     "default_queue_type": "type of queues declared without x-queue-type: classic or quorum",
+    "load_definitions": "definitions file (RabbitMQ's JSON) applied at every start; the default "
+    "user is then not created",
 }
 
 

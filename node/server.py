@@ -71,7 +71,8 @@ class Node:
         for vhost in vhosts:
             await propose(cmds.AddVhost(vhost))
         users: list[Any] = list(cfg.users)
-        if not users and first_boot:
+        # A definitions file at boot provisions the users itself: no default user, as RabbitMQ.
+        if not users and first_boot and not cfg.load_definitions:
             users = [
                 _UserFromFlags(
                     cfg.default_user, cfg.default_pass, ("administrator",), tuple(vhosts)
@@ -81,6 +82,33 @@ class Node:
             await propose(cmds.PutUser(user.name, hash_password(user.password), tuple(user.tags)))
             for vhost in user.vhosts:
                 await propose(cmds.SetPermissions(user.name, vhost))
+
+    async def _load_definitions(self) -> None:
+        """--load-definitions: apply a definitions file (RabbitMQ's format) at every start,
+        through the same checks as the API's import, all or nothing; what exists already and
+        is equivalent stays as it is, so every node of a cluster may apply the same file."""
+        path = self.config.load_definitions
+        if not path:
+            return
+        import json
+
+        from .management import definitions
+        from .management.app import ApiError
+
+        try:
+            body = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise StartupError(f"cannot read definitions file {path}: {e.strerror}") from None
+        except ValueError as e:
+            raise StartupError(f"definitions file {path} is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise StartupError(f"definitions file {path}: expected a JSON object")
+        assert self.broker is not None
+        try:
+            n = await definitions.import_(self, body, None, self.broker.propose)
+        except ApiError as e:
+            raise StartupError(f"definitions file {path}: {e.reason}") from None
+        log.info("definitions from %s applied (%d items)", path, n)
 
     async def start(self) -> None:
         cfg = self.config
@@ -129,6 +157,7 @@ class Node:
         first_boot = not self.broker.state.users
         await self.broker.propose(cmds.NodeStarted(self.node_id, only_member=only_member))
         await self._bootstrap(first_boot)
+        await self._load_definitions()
         recovered = self.broker.recover(stored)
 
         self.hosts = _listen_hosts(cfg.bind_addresses())

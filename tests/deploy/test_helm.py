@@ -342,3 +342,19 @@ def test_notes_tell_how_to_connect(helm, tmp_path):
     assert "mq-merpati.mq.svc.cluster.local:5671/%2F" in notes
     notes = render_notes(helm, tmp_path / "one", "replicaCount=1")
     assert "does not survive losing a node" in notes
+
+
+@pytest.mark.parametrize("source", ["existingSecret", "existingConfigMap"])
+def test_definitions_are_mounted_and_loaded_at_start(helm, source):
+    docs = render(helm, f"definitions.{source}=mq-defs", "definitions.key=defs.json")
+    node = container(docs, "merpati")
+    assert env(docs)["MERPATI_LOAD_DEFINITIONS"]["value"] == "/etc/merpati/definitions/defs.json"
+    assert {"name": "definitions", "mountPath": "/etc/merpati/definitions", "readOnly": True} in (
+        node["volumeMounts"]
+    )
+    vols = {v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    ref = vols["definitions"]
+    assert (
+        ref["secret"]["secretName"] if source == "existingSecret" else ref["configMap"]["name"]
+    ) == "mq-defs"
+    assert "MERPATI_LOAD_DEFINITIONS" not in env(render(helm))
