@@ -34,6 +34,7 @@ class Config:
     tls_ca: str = ""  # CA bundle that client certificates are checked against
     tls_verify: str = "none"  # peer: ask for client certificates (RabbitMQ's verify_peer)
     tls_fail_if_no_peer_cert: bool = False
+    http_tls: bool = False  # the management API and metrics over HTTPS with the tls-cert
     # Prometheus /metrics and the management HTTP API (RabbitMQ's ports); 0 disables a listener.
     metrics_port: int = 15692
     management_port: int = 15672
@@ -107,6 +108,7 @@ FLAGS: dict[str, str] = {
     "tls_verify": "peer (ask clients for a certificate and verify it) or none",
     "tls_fail_if_no_peer_cert": "with --tls-verify peer, refuse clients without a certificate "
     "(true/false)",
+    "http_tls": "serve the management API and metrics over HTTPS with --tls-cert (true/false)",
     "metrics_port": "Prometheus /metrics port, 0 disables",
     "management_port": "management HTTP API port, 0 disables",
     "bind": "addresses to listen on, comma-separated (default: every IPv4 and IPv6 address)",
@@ -245,8 +247,10 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError(f"tls-verify must be peer or none, not {cfg.tls_verify!r}")
     if cfg.tls_fail_if_no_peer_cert and cfg.tls_verify != "peer":
         raise ConfigError("tls-fail-if-no-peer-cert needs tls-verify peer")
-    if (cfg.tls_key or cfg.tls_ca or cfg.tls_verify == "peer") and not cfg.tls_cert:
-        raise ConfigError("tls-key, tls-ca and tls-verify need tls-cert (the AMQPS certificate)")
+    if (cfg.tls_key or cfg.tls_ca or cfg.tls_verify == "peer" or cfg.http_tls) and not cfg.tls_cert:
+        raise ConfigError(
+            "tls-key, tls-ca, tls-verify and http-tls need tls-cert (the AMQPS certificate)"
+        )
     if cfg.tls_verify == "peer" and not cfg.tls_ca:
         raise ConfigError(
             "tls-verify peer needs tls-ca (the CA client certificates are checked against)"

@@ -44,6 +44,7 @@ class Node:
         self.metadata: Any = None
         self._servers: list[asyncio.base_events.Server] = []
         self.tls_watcher: Any = None
+        self.http_tls: Any = None  # the HTTPS context of management and metrics (--http-tls)
         # Observability and operator listeners (node.metrics, node.management): aiohttp runners.
         self._http_runners: list[Any] = []
         # (protocol, address, port) of every listener, for the management API's overview.
@@ -231,12 +232,26 @@ class Node:
             self._http_runners.append(runner)
             # aiohttp hands `host` to loop.create_server, which takes several addresses.
             hosts: Any = self.hosts
-            site = web.TCPSite(runner, host=hosts, port=port, reuse_address=True, backlog=128)
+            site = web.TCPSite(
+                runner,
+                host=hosts,
+                port=port,
+                reuse_address=True,
+                backlog=128,
+                ssl_context=self.http_tls,
+            )
             await site.start()
+            if self.http_tls is not None:
+                protocol = protocol.replace("http", "https", 1)  # RabbitMQ's listener names
             socks = [sn for sn in runner.addresses if isinstance(sn, tuple)]
             for sn in socks:
                 self.listeners.append((protocol, sn[0], sn[1]))
-            log.info("%s on %s", what, ", ".join(_fmt(sn) for sn in socks))
+            log.info(
+                "%s on %s%s",
+                what,
+                ", ".join(_fmt(sn) for sn in socks),
+                " (HTTPS)" if self.http_tls is not None else "",
+            )
 
     async def _watch_memory(self) -> None:
         limit = self.config.memory_high_watermark * _physical_memory()
@@ -259,7 +274,11 @@ class Node:
             )
         except tls.TLSConfigError as e:
             raise StartupError(str(e)) from None
-        self.tls_watcher = tls.CertificateWatcher(ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        if cfg.http_tls:
+            self.http_tls = tls.http_context(cfg.tls_cert, cfg.tls_key)
+        self.tls_watcher = tls.CertificateWatcher(
+            ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, (self.http_tls,) if cfg.http_tls else ()
+        )
         self.tls_watcher.start()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tls_watcher.reload)

@@ -79,12 +79,23 @@ def peer_common_name(transport: Any) -> str | None:
     return None
 
 
+def http_context(cert: str, key: str) -> ssl.SSLContext:
+    """The HTTPS context of the management and metrics listeners: the AMQPS certificate, no
+    client certificates asked (HTTP Basic authenticates)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_files(ctx, cert, key, "")
+    return ctx
+
+
 class CertificateWatcher:
     """Reloads the certificate, key and CA into the context on `reload()` (SIGHUP) or when one
-    of the files changes; a reload that fails keeps the certificate in use and says why."""
+    of the files changes; a reload that fails keeps the certificate in use and says why.
+    `also` are contexts that take the certificate and key only (HTTPS)."""
 
-    def __init__(self, ctx: ssl.SSLContext, cert: str, key: str, ca: str) -> None:
+    def __init__(self, ctx: ssl.SSLContext, cert: str, key: str, ca: str, also: tuple = ()) -> None:
         self.ctx = ctx
+        self.also = list(also)
         self.files = (cert, key, ca)
         self._stamps = self._read_stamps()
         self._task: asyncio.Task | None = None
@@ -102,6 +113,8 @@ class CertificateWatcher:
         cert, key, ca = self.files
         try:
             load_files(self.ctx, cert, key, ca)
+            for ctx in self.also:
+                load_files(ctx, cert, key, "")
         except TLSConfigError as e:
             log.error("TLS certificate not reloaded (%s): %s; the one in use stays", why, e)
             return False

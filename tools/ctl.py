@@ -16,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -35,10 +36,19 @@ class CtlError(Exception):
 class Client:
     """The management API over urllib: no dependencies beyond the standard library."""
 
-    def __init__(self, base: str, user: str, password: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base: str,
+        user: str,
+        password: str,
+        timeout: float = 30.0,
+        cacert: str | None = None,
+    ) -> None:
         self.base = base.rstrip("/")
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.timeout = timeout
+        # https: verified against `cacert` (the node's CA), else the system's CAs.
+        self.context = ssl.create_default_context(cafile=cacert) if cacert else None
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -47,7 +57,7 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -720,6 +730,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheme", default=env.get("MERPATI_CTL_SCHEME", "http"), choices=("http", "https")
     )
+    p.add_argument(
+        "--cacert",
+        default=env.get("MERPATI_CTL_CACERT"),
+        help="with --scheme https: the CA file the node's certificate is checked against",
+    )
     # dest names of their own: commands have positionals called `password`.
     p.add_argument("--user", dest="api_user", default=env.get("MERPATI_CTL_USER", "guest"))
     p.add_argument(
@@ -744,7 +759,11 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command.replace("-", "_")
     fn = COMMANDS[name][0]
     client = Client(
-        f"{args.scheme}://{args.host}:{args.port}", args.api_user, args.api_password, args.timeout
+        f"{args.scheme}://{args.host}:{args.port}",
+        args.api_user,
+        args.api_password,
+        args.timeout,
+        args.cacert,
     )
     try:
         return fn(client, args)

@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pika.credentials
 import pytest
 
 from tests.support.certs import CA
-from tests.support.ctl import ctl_out
+from tests.support.ctl import ctl, ctl_out
 from tests.support.node import NodeProcess, free_port
 
 
@@ -244,10 +245,12 @@ def test_a_new_certificate_is_served_after_sighup_and_open_connections_stay(
     before.close()
 
 
-def test_a_node_with_amqp_port_0_serves_amqps_only(tls_node: TLSNode) -> None:
+def test_a_node_with_amqp_port_0_serves_amqps_only_and_https(tls_node: TLSNode) -> None:
     certs = tls_node.certs
     port = free_port()
     node = NodeProcess(
+        "--http-tls",
+        "true",
         "--amqp-port",
         "0",
         "--amqps-port",
@@ -265,6 +268,15 @@ def test_a_node_with_amqp_port_0_serves_amqps_only(tls_node: TLSNode) -> None:
         conn = pika.BlockingConnection(only.params(None))  # verify none: no client certificate
         assert roundtrip(conn, "amqps-only", b"tls only") == b"tls only"
         conn.close()
+        # The management API and metrics answer HTTPS only; ctl talks to it with the CA.
+        https = {"MERPATI_CTL_SCHEME": "https", "MERPATI_CTL_CACERT": str(certs / "ca.pem")}
+        listed = ctl_out(node, "list_queues", env=https)
+        assert "amqps-only" in listed
+        assert ctl(node, "list_queues", check=False).returncode != 0  # plain http refused
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        url = f"https://localhost:{node.metrics_port}/metrics"
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+            assert b"rabbitmq_" in resp.read()
     finally:
         node.stop()
         node.discard()
