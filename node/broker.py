@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -22,6 +23,7 @@ from typing import Any
 from .cluster_seam import ClusterSeam, LoneNode
 from .core.deadletter import dead_lettered, is_cycle
 from .core.delayed import DelayedMessages, delay_of, pseudo_queue
+from .core.login_throttle import LoginThrottle
 from .core.message import Message
 from .core.publish import REFUSED, UNROUTED
 from .core.queue import FlowControlled, LocalQueue, MemoryBudget, QueueHandle
@@ -101,6 +103,7 @@ class Broker:
         self.metadata: MetadataLog = metadata or LocalLog(MetadataState())
         self.state = self.metadata.state
         self.loopback_users = set(loopback_users)
+        self.login_throttle = LoginThrottle()
         # vhost -> queue name -> handle of every queue this node can reach.
         self.queues: dict[str, dict[str, QueueHandle]] = {}
         self.connections: set[Any] = set()
@@ -538,9 +541,28 @@ class Broker:
 
     # -- users and permissions ----------------------------------------------------------------
 
-    def authenticate(self, username: str, password: str, loopback: bool) -> str:
+    def authenticate(
+        self, username: str, password: str, loopback: bool, source: str | None = None
+    ) -> str:
+        """The user, when the password is right; `source` (the client's address) is throttled
+        after repeated failures (node/core/login_throttle.py)."""
+        throttled = source is not None and not loopback
+        if throttled:
+            wait = self.login_throttle.blocked_for(source)
+            if wait > 0:
+                raise AuthError(
+                    f"ACCESS_REFUSED - too many failed logins from {source}; "
+                    f"try again in {math.ceil(wait)} s"
+                )
         user = self.state.users.get(username)
         if user is None or not check_password(password, user.password_hash):
+            if throttled and self.login_throttle.failed(source):
+                log.warning(
+                    "%d failed logins from %s within %.0f s: its logins are refused for a while",
+                    self.login_throttle.limit,
+                    source,
+                    self.login_throttle.window,
+                )
             raise AuthError(
                 f"ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{username}')"
             )

@@ -289,7 +289,9 @@ class Connection091(OutputBuffer):
                 self.user = self.broker.authenticate_external(self.tls_user, self.loopback)
             else:
                 username, password = _credentials(m.mechanism, m.response)
-                self.user = self.broker.authenticate(username, password, self.loopback)
+                self.user = self.broker.authenticate(
+                    username, password, self.loopback, _source(self.peer)
+                )
         except ValueError as e:
             self._refuse(str(e))
             return
@@ -628,6 +630,11 @@ class Connection091(OutputBuffer):
 
     def force_close(self, reason: str = "shutdown") -> None:
         self.close_connection(320, f"broker forced connection closure with reason '{reason}'")
+
+
+def _source(peer: Any) -> str | None:
+    """The client's address, as the login throttle counts it."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
 
 def _credentials(mechanism: str, response: bytes) -> tuple[str, str]:

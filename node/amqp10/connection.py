@@ -297,7 +297,8 @@ class Connection10(OutputBuffer):
                     raise AuthError("malformed PLAIN response")
                 user = parts[1].decode("utf-8", "replace")
                 password = parts[2].decode("utf-8", "replace")
-                self.user = self.broker.authenticate(user, password, self.loopback)
+                source = self.peer[0] if isinstance(self.peer, tuple) else None
+                self.user = self.broker.authenticate(user, password, self.loopback, source)
             elif mech == "ANONYMOUS" and self.settings.anonymous:
                 self.user = self._anonymous()
             elif mech == "EXTERNAL":

@@ -101,7 +101,7 @@ def authenticate(node: Node, request: web.Request) -> Caller:
         raise not_authorised("Login failed")
     broker = node.broker
     try:
-        broker.authenticate(user, password, _loopback(request.remote))
+        broker.authenticate(user, password, _loopback(request.remote), request.remote)
     except AuthError:
         raise not_authorised("Login failed")
     tags = broker.state.users[user].tags
