@@ -25,6 +25,11 @@ from .broker import Broker
 
 log = logging.getLogger("merpati.listener")
 
+# Output a client has not read, beyond one message of the largest size allowed: past that the
+# client is not reading its socket (deliveries already stop while writing is paused, but replies,
+# returns and basic.get answers do not), and it is disconnected before it costs the node memory.
+OUTPUT_SLACK = 16 * 1024 * 1024
+
 
 class FrontEnd(Protocol):
     """A protocol front end as the listener drives it (Connection091 and Connection10)."""
@@ -100,6 +105,7 @@ class AMQPProtocol(asyncio.Protocol):
         self.settings = settings
         self.settings10 = settings10
         self.tls = tls  # the AMQPS listener's ssl.SSLContext (None: plain)
+        self.output_limit = settings.max_message_size + OUTPUT_SLACK
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.conn: FrontEnd | None = None  # once the header has arrived
@@ -163,6 +169,8 @@ class AMQPProtocol(asyncio.Protocol):
         if data and not self._closed and self.transport is not None:
             self.transport.write(data)
             conn.after_write()
+            if self.transport.get_write_buffer_size() > self.output_limit:
+                self._unread()
 
     def close(self, after: float = 0.0) -> None:
         if self._closed:
@@ -173,6 +181,19 @@ class AMQPProtocol(asyncio.Protocol):
             self._close_timer = self.loop.call_later(after, self._close_now)
             return
         self.loop.call_soon(self._close_now)
+
+    def _unread(self) -> None:
+        assert self.transport is not None and self.conn is not None
+        log.warning(
+            "connection from %s closed: %d bytes written to it were not read (it does not "
+            "read its socket; the bound is %d)",
+            self.conn.peer,
+            self.transport.get_write_buffer_size(),
+            self.output_limit,
+        )
+        self._closed = True
+        self.transport.abort()  # what is buffered cannot be delivered anyway
+        self.conn.connection_lost()
 
     def _close_now(self) -> None:
         if self._closed or self.transport is None:

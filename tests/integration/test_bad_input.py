@@ -648,3 +648,29 @@ def test_many_bad_connections_in_a_row_leave_the_node_usable(raw, node):
         c.send(frame(1, 1 + i, b"\xff" * (i % 7)))
         c.expect_connection_close()
     assert node.alive()
+
+
+def test_a_client_that_never_reads_its_socket_is_disconnected_at_the_output_bound(make_node):
+    # Every publish is mandatory and unroutable, so the node answers each with basic.return;
+    # the client never reads them. Past one largest message (64 KiB here) plus OUTPUT_SLACK of
+    # unread output the node drops the connection instead of buffering without end.
+    node = make_node("--max-message-size", "65536")
+    c = Raw(node.port)
+    c.handshake()
+    c.open_channel(1)
+    c.sock.settimeout(10)
+    payload = b"r" * 60000
+    publish = (
+        method(1, "basic.publish", exchange="", routing_key="nowhere", mandatory=True)
+        + content_header(1, len(payload))
+        + body(1, payload)
+    )
+    sent = 0
+    with pytest.raises(OSError):
+        for sent in range(1, 3000):  # 180 MB at most; the bound is about 16 MB
+            c.sock.sendall(publish)
+    assert "were not read" in node.log(), f"still connected after {sent} publishes"
+    c.close()
+    conn = pika.BlockingConnection(pika.URLParameters(node.url))
+    assert conn.channel().queue_declare("", exclusive=True).method.queue
+    conn.close()
