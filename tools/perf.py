@@ -315,7 +315,13 @@ class Client(asyncio.Protocol):
 
 async def connect(opts: argparse.Namespace, stats: Stats) -> Client:
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: Client(stats), opts.host, opts.port)
+    _, client = await loop.create_connection(
+        lambda: Client(stats),
+        opts.host,
+        opts.port,
+        ssl=opts.ssl,
+        server_hostname=opts.host if opts.ssl is not None else None,
+    )
     await client.handshake(opts.user, opts.password, opts.vhost)
     return client
 
@@ -653,17 +659,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-declare", action="store_true", help="do not declare the queue")
     p.add_argument("--keep-queue", action="store_true", help="do not delete the queue at the end")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument(
+        "--cacert", help="amqps://: the CA file the node's certificate is checked against"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parser().parse_args(argv)
     url = urlparse(opts.uri)
-    if url.scheme not in ("amqp", ""):
+    if url.scheme not in ("amqp", "amqps", ""):
         print(f"merpati perf: unsupported URI scheme {url.scheme!r}", file=sys.stderr)
         return 64
+    opts.ssl = None
+    if url.scheme == "amqps":
+        import ssl
+
+        opts.ssl = ssl.create_default_context(cafile=opts.cacert)
     opts.host = url.hostname or "127.0.0.1"
-    opts.port = url.port or 5672
+    opts.port = url.port or (5671 if opts.ssl is not None else 5672)
     opts.user = unquote(url.username or "guest")
     opts.password = unquote(url.password or "guest")
     opts.vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
