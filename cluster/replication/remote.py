@@ -175,7 +175,10 @@ class ReplicatedRemoteQueue(RemoteQueue):
             return
         consumers = list(self._waiting)
         self._waiting.clear()
-        self._resume(self, consumers)  # the leader is live: this handle's methods reach it
+        # The leader is live: this handle's methods reach it. But the node that answers may be
+        # the old leader restarted, leading nothing until the metadata names a new leader (which
+        # may be another node): the acks stay on record for that hand-over.
+        self._resume(self, consumers, keep_acks=True)
 
     def hand_over(self, new: Any) -> None:
         """The queue has a new leader, reached through `new`: the settlements of deliveries
@@ -188,23 +191,29 @@ class ReplicatedRemoteQueue(RemoteQueue):
         consumers += self.detach_consumers()
         self._resume(new, consumers)
 
-    def _resume(self, to: Any, consumers: list[Any]) -> None:
+    def _resume(self, to: Any, consumers: list[Any], keep_acks: bool = False) -> None:
         """Send what waited for a leader through `to`: first the settlements made while there
-        was none and those sent to the old leader lately (it may not have committed them)."""
+        was none and those sent to the old leader lately (it may not have committed them).
+        With `keep_acks` the acks and rejects stay on record to be sent again at a hand-over."""
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
         pending, self._pending = self._pending, []
         batches: dict[tuple[Outcome, bool, bool], list[int]] = {}
-        cutoff = time.monotonic() - RESEND_WINDOW
-        for at, seq, outcome, failed, here in self._sent:
-            if at >= cutoff:
-                batches.setdefault((outcome, failed, here), []).append(seq)
+        now = time.monotonic()
+        cutoff = now - RESEND_WINDOW
+        kept = [s for s in self._sent if s[0] >= cutoff]
+        for _at, seq, outcome, failed, here in kept:
+            batches.setdefault((outcome, failed, here), []).append(seq)
         self._sent.clear()
         for seq, outcome, modified in pending:
             failed = bool(modified and modified.delivery_failed)
             here = bool(modified and modified.undeliverable_here)
             batches.setdefault((outcome, failed, here), []).append(seq)
+            if outcome in _RESENT:
+                kept.append((now, seq, outcome, failed, here))
+        if keep_acks:
+            self._sent.extend(kept)
         for (outcome, failed, here), seqs in batches.items():
             to.settle_earlier(seqs, outcome, Modified(failed, here) if failed or here else None)
         for c in consumers:

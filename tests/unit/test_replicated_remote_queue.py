@@ -182,3 +182,34 @@ def test_acks_sent_to_the_old_leader_lately_are_sent_to_the_new_one_again() -> N
         assert sorted(new.earlier) == [([5], Outcome.ACCEPTED), ([7], Outcome.REJECTED)]
 
     asyncio.run(run())
+
+
+def test_acks_sent_to_a_restarted_old_leader_go_to_the_new_leader_too() -> None:
+    # The old leader is killed and restarted before the failover is decided: its node answers
+    # again (peer_up) but leads nothing, so the acks it is sent are lost there; the next leader
+    # must still get them.
+    async def run() -> None:
+        peer = FakePeer()
+        calls: list = []
+
+        async def call(method, req) -> None:
+            calls.append((method, list(req.settlement.seqs)))
+
+        peer.call = call
+        ledger = ConfirmLedger()
+        rq = ReplicatedRemoteQueue("/", "qq", "n1", FakeLinks(peer), ledger)
+        held = [msg(b"a", 5), msg(b"b", 6)]
+        for m in held:
+            rq.outstanding[m.seq] = (None, m)
+        peer.down = True
+        rq.peer_down(peer)
+        rq.settle(held[0], Outcome.ACCEPTED)  # while no leader answers
+        peer.down = False
+        rq.peer_up(peer)  # the restarted process answers
+        await asyncio.sleep(0)
+        assert calls == [("Settle", [5])]
+        new = NewLeader(ledger)
+        rq.hand_over(new)  # the metadata names the new leader
+        assert new.earlier == [([5], Outcome.ACCEPTED)]
+
+    asyncio.run(run())
