@@ -165,6 +165,11 @@ class ReplicatedRemoteQueue(RemoteQueue):
         elif self._live_peer() is None:
             self._pending.extend((seq, outcome, modified) for seq in seqs)
         else:
+            # Sent to the node that led: it may be that node restarted, leading nothing (see
+            # peer_up); on record until the next hand-over.
+            if outcome in _RESENT:
+                for seq in seqs:
+                    self._note_sent(seq, outcome, modified)
             super().settle_earlier(seqs, outcome, modified)
 
     # -- a leader again -----------------------------------------------------------------------------
@@ -178,7 +183,7 @@ class ReplicatedRemoteQueue(RemoteQueue):
         # The leader is live: this handle's methods reach it. But the node that answers may be
         # the old leader restarted, leading nothing until the metadata names a new leader (which
         # may be another node): the acks stay on record for that hand-over.
-        self._resume(self, consumers, keep_acks=True)
+        self._resume(self, consumers)
 
     def hand_over(self, new: Any) -> None:
         """The queue has a new leader, reached through `new`: the settlements of deliveries
@@ -191,29 +196,25 @@ class ReplicatedRemoteQueue(RemoteQueue):
         consumers += self.detach_consumers()
         self._resume(new, consumers)
 
-    def _resume(self, to: Any, consumers: list[Any], keep_acks: bool = False) -> None:
+    def _resume(self, to: Any, consumers: list[Any]) -> None:
         """Send what waited for a leader through `to`: first the settlements made while there
         was none and those sent to the old leader lately (it may not have committed them).
-        With `keep_acks` the acks and rejects stay on record to be sent again at a hand-over."""
+        Through this handle itself (peer_up), settle_earlier keeps the acks and rejects on
+        record, to be sent again at a hand-over."""
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
         pending, self._pending = self._pending, []
         batches: dict[tuple[Outcome, bool, bool], list[int]] = {}
-        now = time.monotonic()
-        cutoff = now - RESEND_WINDOW
-        kept = [s for s in self._sent if s[0] >= cutoff]
-        for _at, seq, outcome, failed, here in kept:
-            batches.setdefault((outcome, failed, here), []).append(seq)
+        cutoff = time.monotonic() - RESEND_WINDOW
+        for at, seq, outcome, failed, here in self._sent:
+            if at >= cutoff:
+                batches.setdefault((outcome, failed, here), []).append(seq)
         self._sent.clear()
         for seq, outcome, modified in pending:
             failed = bool(modified and modified.delivery_failed)
             here = bool(modified and modified.undeliverable_here)
             batches.setdefault((outcome, failed, here), []).append(seq)
-            if outcome in _RESENT:
-                kept.append((now, seq, outcome, failed, here))
-        if keep_acks:
-            self._sent.extend(kept)
         for (outcome, failed, here), seqs in batches.items():
             to.settle_earlier(seqs, outcome, Modified(failed, here) if failed or here else None)
         for c in consumers:

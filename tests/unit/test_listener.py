@@ -25,7 +25,13 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.written += data
 
+    def get_write_buffer_size(self) -> int:
+        return len(self.written)  # nothing is ever read by this peer
+
     def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
         self.closed = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:

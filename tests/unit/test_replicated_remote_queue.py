@@ -213,3 +213,29 @@ def test_acks_sent_to_a_restarted_old_leader_go_to_the_new_leader_too() -> None:
         assert new.earlier == [([5], Outcome.ACCEPTED)]
 
     asyncio.run(run())
+
+
+def test_an_ack_made_after_the_restarted_old_leader_answers_goes_to_the_new_leader_too() -> None:
+    async def run() -> None:
+        peer = FakePeer()
+        calls: list = []
+
+        async def call(method, req) -> None:
+            calls.append((method, list(req.settlement.seqs)))
+
+        peer.call = call
+        rq = ReplicatedRemoteQueue("/", "qq", "n1", FakeLinks(peer), ConfirmLedger())
+        m = msg(b"a", 5)
+        rq.outstanding[m.seq] = (None, m)
+        peer.down = True
+        rq.peer_down(peer)
+        peer.down = False
+        rq.peer_up(peer)
+        rq.settle(m, Outcome.ACCEPTED)  # to the restarted process, which leads nothing
+        await asyncio.sleep(0)
+        assert calls == [("Settle", [5])]
+        new = NewLeader(rq.ledger)
+        rq.hand_over(new)
+        assert new.earlier == [([5], Outcome.ACCEPTED)]
+
+    asyncio.run(run())
