@@ -88,6 +88,17 @@ class ClusterNode:
                 raise PeersError(
                     f"cannot read cluster-secret-file {cfg.cluster_secret_file}: {e.strerror}"
                 )
+        if cfg.cluster_tls_cert:
+            from .forwarding._common import SECURITY
+
+            try:
+                SECURITY.use_tls(
+                    Path(cfg.cluster_tls_cert).read_bytes(),
+                    Path(cfg.cluster_tls_key).read_bytes(),
+                    Path(cfg.cluster_tls_ca).read_bytes(),
+                )
+            except OSError as e:
+                raise PeersError(f"cannot read cluster TLS file {e.filename}: {e.strerror}")
         exposed = [m for m in membership.members.values() if not is_loopback(m.host)]
         if exposed and not secret:
             raise PeersError(

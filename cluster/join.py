@@ -32,7 +32,7 @@ import grpc
 from merpati.proto.merpati.v1 import membership_pb2 as pb
 from merpati.proto.merpati.v1 import membership_pb2_grpc as pb_grpc
 
-from .forwarding._common import AUTH_KEY, CHANNEL_OPTIONS, NODE_KEY, auth_token
+from .forwarding._common import AUTH_KEY, NODE_KEY, SECURITY, auth_token
 from .membership import Member, PeersError
 
 log = logging.getLogger("merpati.cluster")
@@ -122,7 +122,7 @@ async def ask_to_step_down(me: Member, other: Member, secret: str | None) -> boo
     """Ask `other` to give up the Raft leadership; whether it did (False also when it does not
     answer: the caller looks at who leads and asks again)."""
     try:
-        async with grpc.aio.insecure_channel(other.cluster_address, options=CHANNEL_OPTIONS) as ch:
+        async with SECURITY.channel(other.cluster_address) as ch:
             stub = pb_grpc.MembershipStub(ch)
             resp = await stub.StepDown(
                 pb.StepDownRequest(), metadata=_metadata(me, secret), timeout=ASK_TIMEOUT
@@ -134,7 +134,7 @@ async def ask_to_step_down(me: Member, other: Member, secret: str | None) -> boo
 
 
 async def _ask(me: Member, other: Member, secret: str | None) -> pb.JoinResponse:
-    async with grpc.aio.insecure_channel(other.cluster_address, options=CHANNEL_OPTIONS) as ch:
+    async with SECURITY.channel(other.cluster_address) as ch:
         stub = pb_grpc.MembershipStub(ch)
         req = pb.JoinRequest(node_id=me.node_id, cluster_address=me.cluster_address)
         return await stub.Join(req, metadata=_metadata(me, secret), timeout=ASK_TIMEOUT)

@@ -60,6 +60,10 @@ class Config:
     raft_port: int = 0
     cluster_secret: str = ""
     cluster_secret_file: str = ""
+    # Mutual TLS between nodes (gRPC): this node's certificate and key, the cluster CA.
+    cluster_tls_cert: str = ""
+    cluster_tls_key: str = ""
+    cluster_tls_ca: str = ""
     # Every member as node-id=host:cluster-port,... (this node included), or dns:NAME:PORT.
     peers: str = ""
     # With the DNS form: members the name must resolve to before this node starts (0 = any).
@@ -128,6 +132,9 @@ FLAGS: dict[str, str] = {
     "raft_port": "Raft port for metadata (default: cluster port + 1)",
     "cluster_secret": "shared secret of the cluster's nodes (required off loopback)",
     "cluster_secret_file": "file holding the cluster secret",
+    "cluster_tls_cert": "PEM certificate of this node for mutual TLS between nodes",
+    "cluster_tls_key": "PEM key of --cluster-tls-cert",
+    "cluster_tls_ca": "PEM CA that every node's cluster certificate must come from",
     "peers": "cluster members: node-id=host:cluster-port,... (this node included) or dns:NAME:PORT",
     "peers_expected": "with --peers dns:NAME:PORT, wait until NAME resolves to at least this many "
     "members before starting (a StatefulSet's replicas; 0 = take what DNS shows)",
@@ -257,6 +264,9 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         )
     if not cfg.handshake_timeout > 0:
         raise ConfigError("handshake-timeout must be more than 0 seconds")
+    cluster_tls = (cfg.cluster_tls_cert, cfg.cluster_tls_key, cfg.cluster_tls_ca)
+    if any(cluster_tls) and not all(cluster_tls):
+        raise ConfigError("mutual TLS between nodes needs cluster-tls-cert, -key and -ca together")
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
     if cfg.handover_window < 1:

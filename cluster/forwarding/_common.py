@@ -37,6 +37,45 @@ NODE_KEY = "merpati-node"
 AUTH_KEY = "merpati-auth"
 
 
+class ChannelSecurity:
+    """How nodes reach each other over gRPC: plain (the cluster secret's token authenticates
+    every call) or mutual TLS, where each end shows a certificate of the cluster CA and checks
+    the other's; a node without one cannot connect, join or send. One setting per process
+    (`use_tls`, from ClusterNode.from_config), as every channel and the server follow it."""
+
+    def __init__(self) -> None:
+        self.cert: bytes | None = None
+        self.key: bytes | None = None
+        self.ca: bytes | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.cert is not None
+
+    def use_tls(self, cert: bytes, key: bytes, ca: bytes) -> None:
+        self.cert, self.key, self.ca = cert, key, ca
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        if self.cert is None:
+            return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+
+    def listen(self, server: grpc.aio.Server, address: str) -> int:
+        if self.cert is None:
+            return server.add_insecure_port(address)
+        assert self.key is not None
+        creds = grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+        )
+        return server.add_secure_port(address, creds)
+
+
+SECURITY = ChannelSecurity()
+
+
 def auth_token(secret: str | bytes | None) -> str:
     """The token a call carries: HMAC of a fixed label under the secret (not the secret itself)."""
     if not secret:

@@ -34,7 +34,7 @@ from merpati.node.core.queue import REJECTED
 from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
-from ._common import AUTH_KEY, CHANNEL_OPTIONS, NODE_KEY, auth_token, quiet
+from ._common import AUTH_KEY, NODE_KEY, SECURITY, auth_token, quiet
 from .packing import MAX_QUEUES_PER_RECORD, Published, pack_published
 
 log = logging.getLogger("merpati.forwarding")
@@ -73,7 +73,7 @@ class Peer:
         token = auth_token(secret)
         if token:
             self.metadata += ((AUTH_KEY, token),)
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = SECURITY.channel(address)
         self.stub = pb_grpc.ForwardingStub(self.channel)
         self.state = UNKNOWN
         self.reason = ""

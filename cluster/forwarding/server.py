@@ -34,7 +34,7 @@ from merpati.node.core.reply_to import PREFIX as REPLY_PREFIX
 from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
-from ._common import AUTH_KEY, NODE_KEY, SERVER_OPTIONS, auth_token
+from ._common import AUTH_KEY, NODE_KEY, SECURITY, SERVER_OPTIONS, auth_token
 from .packing import PackingError, pack_deliveries, unpack_published
 
 log = logging.getLogger("merpati.forwarding")
@@ -112,7 +112,7 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
         for servicer in self.extra:
             servicer.register(server)
         host = f"[{bind_host}]" if ":" in bind_host and not bind_host.startswith("[") else bind_host
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = SECURITY.listen(server, f"{host}:{port}")
         if not bound:
             raise OSError(f"cannot listen for cluster traffic on {bind_host}:{port}")
         await server.start()

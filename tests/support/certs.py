@@ -81,8 +81,11 @@ class CA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(
+                # A server certificate is a client one too: a cluster node is both to its peers.
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if server
+                    else [ExtendedKeyUsageOID.CLIENT_AUTH]
                 ),
                 critical=False,
             )
