@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from merpati.node.core.limits import ConnectionCounts
 from merpati.node.metadata.commands import MoveQueue, NodeJoined, NodeLeft
 from merpati.node.metadata.state import MetadataError
 
@@ -234,6 +235,11 @@ class ClusterNode:
         if self.moves.handovers:
             log.info("waiting for %d queue handover(s)", len(self.moves.handovers))
         return await self.moves.wait(timeout)
+
+    def peer_counts(self) -> ConnectionCounts:
+        if self.forwarding is None:
+            return ConnectionCounts()
+        return self.forwarding.peer_counts()
 
     def _on_applied(self, cmd: Any, result: Any) -> None:
         if isinstance(cmd, (NodeJoined, NodeLeft)) and not isinstance(result, MetadataError):

@@ -104,7 +104,7 @@ from pysyncobj.journal import (
 from pysyncobj.poller import POLL_EVENT_TYPE
 
 from merpati.node.metadata.commands import Command
-from merpati.node.metadata.state import MetadataError, MetadataState
+from merpati.node.metadata.state import MetadataError, MetadataState, error_of
 
 from .pickle_names import freeze as _freeze_pickle_names
 
@@ -351,9 +351,10 @@ class _MetadataSyncObj(SyncObj):
         result = self._state.apply(cmd)
         self._on_applied(cmd, result)
         # Results are kept as plain tuples: they go into snapshots, and MetadataError does not
-        # survive pickling with its two arguments.
+        # survive pickling with its two arguments. The error's class name rides along (a fourth
+        # item older nodes ignore) so the proposer can tell a queue limit from other refusals.
         kept = (
-            ("err", result.code, result.text)
+            ("err", result.code, result.text, type(result).__name__)
             if isinstance(result, MetadataError)
             else ("ok", result)
         )
@@ -790,7 +791,7 @@ class RaftLog:
                 return
         self._pending.discard(fut)
         if isinstance(result, tuple) and len(result) >= 2 and result[0] in ("ok", "err"):
-            result = MetadataError(result[1], result[2]) if result[0] == "err" else result[1]
+            result = error_of(*result[1:4]) if result[0] == "err" else result[1]
         if err != FAIL_REASON.SUCCESS:
             fut.set_exception(RaftProposalError(err))
         elif isinstance(result, MetadataError):

@@ -23,6 +23,14 @@ from typing import Any
 from .cluster_seam import ClusterSeam, LoneNode
 from .core.deadletter import dead_lettered, is_cycle
 from .core.delayed import DelayedMessages, delay_of, pseudo_queue
+from .core.limits import (
+    ConnectionCounts,
+    effective,
+    node_connections_exceeded,
+    user_channels_exceeded,
+    user_connections_exceeded,
+    vhost_connections_exceeded,
+)
 from .core.login_throttle import LoginThrottle
 from .core.message import Message
 from .core.publish import REFUSED, UNROUTED
@@ -84,8 +92,11 @@ class Broker:
         cluster: ClusterSeam | None = None,
         defer_local_queues: bool = False,
         default_queue_type: str = "classic",
+        max_connections: int = 0,
     ) -> None:
         self.node_id = node_id
+        # Client connections this node accepts at once (--max-connections; 0: no limit).
+        self.max_connections = max_connections
         # The x-queue-type of a queue declared without one (only quorum changes anything),
         # unless its vhost says otherwise (default_queue_type_in).
         self.default_queue_type = default_queue_type
@@ -610,6 +621,64 @@ class Broker:
                 ACCESS_REFUSED,
                 f"access to {resource_kind} '{resource}' in vhost '{vhost}' refused for user '{user}'",
             )
+
+    # -- resource limits (node/core/limits.py) ------------------------------------------------
+
+    def connection_counts(self) -> ConnectionCounts:
+        """This node's client connections per vhost and per user, and 0-9-1 channels per user
+        (what this node tells the others in its forwarding pings)."""
+        counts = ConnectionCounts()
+        vhosts, users, channels = (
+            counts.vhost_connections,
+            counts.user_connections,
+            counts.user_channels,
+        )
+        for conn in self.connections:
+            vhosts[conn.vhost] = vhosts.get(conn.vhost, 0) + 1
+            users[conn.user] = users.get(conn.user, 0) + 1
+            # AMQP 1.0 sessions are not channels here: RabbitMQ 4 counts only 0-9-1 channels
+            # toward max-channels (1.0 has session_max_per_connection instead).
+            n = len(getattr(conn, "channels", ()))
+            if n:
+                channels[conn.user] = channels.get(conn.user, 0) + n
+        return counts
+
+    def _cluster_count(self, table: str, key: str, here: int) -> int:
+        """`here` (this node's own count, exact) plus what the other nodes last reported."""
+        return here + getattr(self.cluster.peer_counts(), table).get(key, 0)
+
+    def check_connection(self, user: str, vhost: str) -> None:
+        """Raise LimitExceeded if a new connection of `user` to `vhost` would go beyond the
+        node's --max-connections, the vhost's or the user's max-connections; checked in
+        RabbitMQ's order (node, vhost, user) when the client opens the vhost. Counts are of
+        connections already open: the one asking is not among them yet.
+
+        This node's connections are counted exactly (the check and the connection's
+        registration run in the same loop turn); other nodes' are as their last ping said, up
+        to about a second old, so connections opened at the same moment on two nodes can both
+        take the last place, as with RabbitMQ's own (asynchronous) connection tracking."""
+        if self.max_connections > 0 and len(self.connections) >= self.max_connections:
+            raise node_connections_exceeded(self.max_connections)
+        limit = effective(self.state.vhost_limits.get(vhost), "max-connections")
+        if limit is not None:
+            here = sum(1 for c in self.connections if c.vhost == vhost)
+            if self._cluster_count("vhost_connections", vhost, here) >= limit:
+                raise vhost_connections_exceeded(vhost, user, limit)
+        limit = effective(self.state.user_limits.get(user), "max-connections")
+        if limit is not None:
+            here = sum(1 for c in self.connections if c.user == user)
+            if self._cluster_count("user_connections", user, here) >= limit:
+                raise user_connections_exceeded(user, limit)
+
+    def check_channel(self, user: str) -> None:
+        """Raise LimitExceeded if a new 0-9-1 channel of `user` would go beyond its
+        max-channels (over all its connections, counted as in check_connection)."""
+        limit = effective(self.state.user_limits.get(user), "max-channels")
+        if limit is None:
+            return
+        here = sum(len(getattr(c, "channels", ())) for c in self.connections if c.user == user)
+        if self._cluster_count("user_channels", user, here) >= limit:
+            raise user_channels_exceeded(user, limit)
 
     # -- resource alarms ----------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .core.limits import ConnectionCounts
+
 if TYPE_CHECKING:
     from .broker import Broker
     from .core.queue import QueueHandle
@@ -61,6 +63,10 @@ class ClusterSeam(Protocol):
     async def wait_handovers(self, timeout: float) -> bool:
         """At stop: wait up to `timeout` s for queue moves under way; True when none is left."""
 
+    def peer_counts(self) -> ConnectionCounts:
+        """The client connections and channels of the other live nodes, as they last reported
+        them (for vhost and user limits counted over the cluster)."""
+
 
 class LoneNode:
     """A node that is its own cluster: every queue is led here, nothing moves."""
@@ -100,3 +106,6 @@ class LoneNode:
 
     async def wait_handovers(self, timeout: float) -> bool:
         return True
+
+    def peer_counts(self) -> ConnectionCounts:
+        return ConnectionCounts()

@@ -53,6 +53,9 @@ class Config:
     frame_max: int = 131072
     channel_max: int = 2047
     max_message_size: int = 128 * 1024 * 1024
+    # Client connections (0-9-1 and 1.0) this node accepts at once, RabbitMQ's connection_max;
+    # 0 is no limit (RabbitMQ's `infinity`: a node refusing every client would be of no use).
+    max_connections: int = 0
     # Fraction of physical memory above which publishers are blocked (RabbitMQ's vm_memory_high_watermark).
     memory_high_watermark: float = 0.4
     # Inter-node gRPC port; the Raft port defaults to the cluster port + 1 (0 = that default).
@@ -127,6 +130,7 @@ FLAGS: dict[str, str] = {
     "frame_max": "largest frame proposed to clients, bytes",
     "channel_max": "most channels per connection proposed to clients",
     "max_message_size": "largest message body accepted, bytes",
+    "max_connections": "client connections this node accepts at once, 0 = unlimited",
     "memory_high_watermark": "fraction of RAM above which publishers are blocked",
     "cluster_port": "port for traffic between nodes (gRPC)",
     "raft_port": "Raft port for metadata (default: cluster port + 1)",
@@ -269,6 +273,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError("mutual TLS between nodes needs cluster-tls-cert, -key and -ca together")
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
+    if cfg.max_connections < 0:
+        raise ConfigError("max-connections must be 0 (no limit) or more")
     if cfg.handover_window < 1:
         raise ConfigError("handover-window must be at least 1")
     if cfg.default_queue_type not in ("classic", "quorum"):

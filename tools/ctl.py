@@ -562,6 +562,95 @@ def cmd_delete_vhost(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _definition(text: str) -> dict[str, Any]:
+    """A JSON object given on the command line ('{"max-connections": 10}')."""
+    try:
+        definition = json.loads(text)
+    except ValueError as e:
+        raise CtlError(f"definition is not valid JSON: {e}", EX_USAGE)
+    if not isinstance(definition, dict):
+        raise CtlError("definition must be a JSON object", EX_USAGE)
+    return definition
+
+
+@command(
+    "set_vhost_limits",
+    "set a vhost's limits, replacing those it has (max-connections, max-queues; -1: none)",
+    lambda p: (_vhost_opt(p), p.add_argument("definition", help="e.g. '{\"max-queues\": 100}'")),
+)
+def cmd_set_vhost_limits(c: Client, args: argparse.Namespace) -> int:
+    definition = _definition(args.definition)
+    c.call("PUT", f"/api/merpati/vhost-limits/{v(args.vhost)}", definition)
+    _say(args, f'Setting vhost limits to "{args.definition}" for vhost "{args.vhost}" ...')
+    return 0
+
+
+@command("clear_vhost_limits", "clear a vhost's limits", _vhost_opt)
+def cmd_clear_vhost_limits(c: Client, args: argparse.Namespace) -> int:
+    c.call("DELETE", f"/api/merpati/vhost-limits/{v(args.vhost)}")
+    _say(args, f'Clearing vhost "{args.vhost}" limits ...')
+    return 0
+
+
+def _list_vhost_limits_args(p: argparse.ArgumentParser) -> None:
+    _vhost_opt(p)
+    p.add_argument("--global", dest="all", action="store_true", help="every vhost's limits")
+
+
+@command(
+    "list_vhost_limits", "show a vhost's limits (--global: every vhost's)", _list_vhost_limits_args
+)
+def cmd_list_vhost_limits(c: Client, args: argparse.Namespace) -> int:
+    if args.all:
+        rows = c.get("/api/vhost-limits")
+        banner = "Listing limits for all vhosts ..."
+    else:
+        rows = c.get(f"/api/vhost-limits/{v(args.vhost)}")
+        banner = f'Listing limits for vhost "{args.vhost}" ...'
+    print_table(rows, ["vhost", "limits"], {"limits": "value"}, args, banner)
+    return 0
+
+
+@command(
+    "set_user_limits",
+    "set a user's limits, merged into those it has (max-connections, max-channels; -1: none)",
+    lambda p: (p.add_argument("username"), p.add_argument("definition")),
+)
+def cmd_set_user_limits(c: Client, args: argparse.Namespace) -> int:
+    definition = _definition(args.definition)
+    c.call("PUT", f"/api/merpati/user-limits/{v(args.username)}", definition)
+    _say(args, f'Setting user limits to "{args.definition}" for user "{args.username}" ...')
+    return 0
+
+
+@command(
+    "clear_user_limits",
+    "clear one of a user's limits, or all of them ('all')",
+    lambda p: (p.add_argument("username"), p.add_argument("limit", help="a limit's name, or all")),
+)
+def cmd_clear_user_limits(c: Client, args: argparse.Namespace) -> int:
+    c.call("DELETE", f"/api/user-limits/{v(args.username)}/{v(args.limit)}")
+    _say(args, f'Clearing "{args.limit}" limit for user "{args.username}" ...')
+    return 0
+
+
+def _list_user_limits_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", dest="username", help="one user's limits (default: every user's)")
+    p.add_argument("--all", action="store_true", help="every user's limits (the default)")
+
+
+@command("list_user_limits", "show users' limits", _list_user_limits_args)
+def cmd_list_user_limits(c: Client, args: argparse.Namespace) -> int:
+    if args.username and not args.all:
+        rows = c.get(f"/api/user-limits/{v(args.username)}")
+        banner = f'Listing limits for user "{args.username}" ...'
+    else:
+        rows = c.get("/api/user-limits")
+        banner = "Listing limits for all users ..."
+    print_table(rows, ["user", "limits"], {"limits": "value"}, args, banner)
+    return 0
+
+
 @command(
     "purge_queue",
     "remove every ready message from a queue",

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from merpati.node.core.limits import ConnectionCounts
 from merpati.node.core.message import Message
 from merpati.node.core.queue import REJECTED
 from merpati.proto.merpati.v1 import forwarding_pb2 as pb
@@ -77,6 +78,8 @@ class Peer:
         self.stub = pb_grpc.ForwardingStub(self.channel)
         self.state = UNKNOWN
         self.reason = ""
+        # The peer's client connections and channels as its last Ping answer said (limits).
+        self.counts = ConnectionCounts()
         self.queues: set[Any] = set()  # RemoteQueues led by this peer (told when it goes down)
         # Publishing.
         self._next_id = 1
@@ -123,6 +126,9 @@ class Peer:
                 self._went_down(f"{self.address} answers as node '{resp.node_id}'")
                 await asyncio.sleep(PING_INTERVAL)
                 continue
+            self.counts = ConnectionCounts(
+                dict(resp.vhost_connections), dict(resp.user_connections), dict(resp.user_channels)
+            )
             if self.state != UP:
                 self._came_up()
             await asyncio.sleep(PING_INTERVAL)
@@ -146,6 +152,8 @@ class Peer:
             log.warning("node %s (%s) is down: %s", self.node_id, self.address, reason)
         self.state = DOWN
         self.reason = reason
+        # Its clients are gone or cut off from it: they no longer count toward any limit.
+        self.counts = ConnectionCounts()
         self._close_publish()
         self._fail_inflight(f"node '{self.node_id}' is down")
         for q in list(self.queues):

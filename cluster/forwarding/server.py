@@ -318,7 +318,15 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
 
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
         await self._caller(context)
-        return pb.PingResponse(node_id=self.node_id)
+        # The pings every peer sends each second carry this node's connection counts back, so
+        # vhost and user limits count the whole cluster without a call of their own.
+        counts = self.broker.connection_counts()
+        return pb.PingResponse(
+            node_id=self.node_id,
+            vhost_connections=counts.vhost_connections,
+            user_connections=counts.user_connections,
+            user_channels=counts.user_channels,
+        )
 
 
 class _PublishStream:

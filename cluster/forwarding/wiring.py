@@ -18,7 +18,9 @@ import asyncio
 import logging
 from typing import Any
 
-from .client import Peer
+from merpati.node.core.limits import ConnectionCounts
+
+from .client import UP, Peer
 from .remote_queue import RemoteQueue
 from .server import ForwardingServer
 
@@ -86,6 +88,14 @@ class Forwarding:
         """'up', 'down', 'unknown' (not pinged yet) or 'absent' (not a peer)."""
         peer = self.peers.get(node_id)
         return peer.state if peer is not None else "absent"
+
+    def peer_counts(self) -> ConnectionCounts:
+        """The client connections and channels of the peers that are up, as last reported."""
+        total = ConnectionCounts()
+        for peer in self.peers.values():
+            if peer.state == UP:
+                total.add(peer.counts)
+        return total
 
     # -- the broker's handles of queues led elsewhere ------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..broker import AuthError, Broker
+from ..core.limits import LimitExceeded
 from ..core.output import OutputBuffer
 from ..wire.table import DecodeError, decode_table
 from . import render, spec
@@ -344,6 +345,11 @@ class Connection091(OutputBuffer):
         vhost = m.virtual_host or "/"
         if vhost not in self.broker.state.vhosts:
             raise ConnectionError091(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
+        try:
+            # Before the access check, as RabbitMQ's rabbit_reader does: node, vhost, user.
+            self.broker.check_connection(self.user, vhost)
+        except LimitExceeded as e:
+            raise ConnectionError091(NOT_ALLOWED, e.text, 10, 40)
         if not self.broker.vhost_allowed(self.user, vhost):
             raise ConnectionError091(
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
@@ -408,6 +414,11 @@ class Connection091(OutputBuffer):
                 raise ConnectionError091(
                     CHANNEL_ERROR, f"second 'channel.open' seen on channel {number}", 20, 10
                 )
+            try:
+                self.broker.check_channel(self.user)
+            except LimitExceeded as e:
+                # RabbitMQ closes the connection, not the channel: 530 NOT_ALLOWED.
+                raise ConnectionError091(NOT_ALLOWED, e.text, 20, 10)
             self.channels[number] = Channel(self, number)
             self.broker.counters.channels_opened += 1
             self.send_method(number, spec.ChannelOpenOk())

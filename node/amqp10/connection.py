@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..broker import AuthError, Broker
+from ..core.limits import LimitExceeded
 from ..core.output import OutputBuffer
 from ..metadata import commands as cmds
 from . import performatives as P
@@ -402,6 +403,12 @@ class Connection10(OutputBuffer):
         self.state = "running"
         if vhost not in self.broker.state.vhosts:
             self.close_connection("amqp:not-found", f"vhost '{vhost}' not found")
+            return
+        try:
+            self.broker.check_connection(self.user, vhost)
+        except LimitExceeded as e:
+            # RabbitMQ 4's answer (rabbit_amqp_reader): open, then close with this condition.
+            self.close_connection("amqp:resource-limit-exceeded", e.text10)
             return
         if not self.broker.vhost_allowed(self.user, vhost):
             self.close_connection(

@@ -21,7 +21,7 @@ from ..core.message import Message
 from ..core.outcome import ACCEPTED, REJECTED, RELEASED, Modified, Outcome
 from ..core.queue import QueueHandle
 from ..metadata import commands as cmds
-from ..metadata.state import MetadataError
+from ..metadata.state import MetadataError, QueueLimitExceeded
 from . import links as L
 from . import performatives as P
 from .addresses import (
@@ -235,7 +235,7 @@ class Session:
             if error is None:
                 self.on_attach(a)
             elif isinstance(error, MetadataError):
-                self._refuse(a, "amqp:precondition-failed", error.text)
+                self._refuse(a, _declare_condition(error), error.text)
             else:
                 self._refuse(a, "amqp:internal-error", f"cannot declare queue '{name}': {error}")
 
@@ -271,8 +271,10 @@ class Session:
         def failed(fut: Any) -> bool:
             error = fut.exception() if not fut.cancelled() else MetadataError(541, "cancelled")
             if error is not None:
-                text = error.text if isinstance(error, MetadataError) else str(error)
-                self._refuse(a, "amqp:precondition-failed", text)
+                if isinstance(error, MetadataError):
+                    self._refuse(a, _declare_condition(error), error.text)
+                else:
+                    self._refuse(a, "amqp:precondition-failed", str(error))
             return error is not None
 
         def declared(fut: Any) -> None:
@@ -618,3 +620,12 @@ def frame_disposition(channel: int, first: int, last: int, state: bytes) -> byte
     fields = b"\x41" + _uint(first) + _uint(last) + b"\x41" + state
     body = b"\x00\x53\x15\xc0" + _pB(len(fields) + 1) + b"\x05" + fields
     return _frame_head(8 + len(body), 2, 0, channel) + body
+
+
+def _declare_condition(e: MetadataError) -> str:
+    """The condition of a queue declaration the metadata refused: the vhost's queue limit is a
+    resource limit (RabbitMQ 4 says amqp:resource-limit-exceeded), anything else a failed
+    precondition."""
+    if isinstance(e, QueueLimitExceeded):
+        return "amqp:resource-limit-exceeded"
+    return "amqp:precondition-failed"

@@ -3,8 +3,14 @@
 Users keep their password hashes: Merpati stores RabbitMQ's salted SHA-256 form, so definitions
 move between Merpati and RabbitMQ (3.6+, `rabbit_password_hashing_sha256`) both ways. Exclusive
 queues, the default exchange and the `amq.*` exchanges are not exported, as in RabbitMQ.
-Import applies vhosts, users, permissions, policies, exchanges, queues, then bindings, each as a
-metadata command; what already exists equivalently is left alone.
+Import applies vhosts, users, permissions, vhost limits, policies, exchanges, queues, then
+bindings, each as a metadata command; what already exists equivalently is left alone.
+
+Limits travel as in RabbitMQ: a user's in its entry's "limits" (merged into those it has, as
+`set_user_limits` does), a vhost's as a runtime parameter of component "vhost-limits" named
+"limits" (replacing its limits, as `set_vhost_limits` does). Export also shows a vhost's in its
+entry's "limits", as RabbitMQ does; import reads only the parameter, as RabbitMQ does. Vhost
+limits come before queues, so a file's queues are counted against the file's max-queues.
 
 Import is all or nothing: every queue and exchange first gets the checks a declaration gets
 (node/core/declare.py), then the whole list of commands is tried on a copy of the metadata state,
@@ -28,6 +34,7 @@ from ..core.declare import (
     check_queue_declare,
     check_quorum_declare,
 )
+from ..core.limits import USER_LIMITS, VHOST_LIMITS, validate
 from ..metadata import commands as cmds
 from ..metadata.state import DEFAULT_EXCHANGES, VHOST_QUEUE_TYPES, MetadataError
 from .app import bad_request
@@ -52,11 +59,25 @@ def _refused(kind: str, name: str, vhost: str, why: str) -> Exception:
     )
 
 
-def _vhost_export(vh: Any) -> dict[str, Any]:
+def _vhost_export(vh: Any, limits: dict[str, int] | None) -> dict[str, Any]:
     meta = {"description": vh.description, "tags": list(vh.tags)}
     if vh.default_queue_type:
         meta["default_queue_type"] = vh.default_queue_type
-    return {"name": vh.name, "limits": [], **meta, "metadata": meta}
+    # RabbitMQ writes a vhost's limits as a list of pairs, an object once there are some.
+    return {"name": vh.name, "limits": dict(limits) if limits else [], **meta, "metadata": meta}
+
+
+VHOST_LIMITS_COMPONENT = "vhost-limits"
+
+
+def _limits_parameter(vhost: str, limits: dict[str, int]) -> dict[str, Any]:
+    """A vhost's limits as RabbitMQ exports them: its one `vhost-limits` runtime parameter."""
+    return {
+        "value": dict(limits),
+        "vhost": vhost,
+        "component": VHOST_LIMITS_COMPONENT,
+        "name": "limits",
+    }
 
 
 def vhost_metadata(item: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +109,11 @@ def vhost_metadata(item: dict[str, Any]) -> dict[str, Any]:
 def export(node: Node, only_vhost: str | None = None) -> dict[str, Any]:
     state = node.broker.state
     vhosts = [only_vhost] if only_vhost is not None else sorted(state.vhosts)
-    queues, exchanges, bindings, policies = [], [], [], []
+    queues, exchanges, bindings, policies, parameters = [], [], [], [], []
     for vhost in vhosts:
         vh = state.vhosts[vhost]
+        if state.vhost_limits.get(vhost):
+            parameters.append(_limits_parameter(vhost, state.vhost_limits[vhost]))
         for name in sorted(vh.queues):
             q = vh.queues[name]
             if q.exclusive_owner is not None:
@@ -153,10 +176,10 @@ def export(node: Node, only_vhost: str | None = None) -> dict[str, Any]:
         "product_version": __version__,
     }
     if only_vhost is not None:
-        for item in queues + exchanges + bindings + policies:
+        for item in queues + exchanges + bindings + policies + parameters:
             item.pop("vhost", None)
         return head | {
-            "parameters": [],
+            "parameters": parameters,
             "policies": policies,
             "queues": queues,
             "exchanges": exchanges,
@@ -169,17 +192,17 @@ def export(node: Node, only_vhost: str | None = None) -> dict[str, Any]:
                 "password_hash": u.password_hash,
                 "hashing_algorithm": SHA256,
                 "tags": list(u.tags),
-                "limits": {},
+                "limits": dict(state.user_limits.get(u.name, {})),
             }
             for _, u in sorted(state.users.items())
         ],
-        "vhosts": [_vhost_export(state.vhosts[v]) for v in vhosts],
+        "vhosts": [_vhost_export(state.vhosts[v], state.vhost_limits.get(v)) for v in vhosts],
         "permissions": [
             {"user": u, "vhost": v, "configure": p.configure, "write": p.write, "read": p.read}
             for (u, v), p in sorted(state.permissions.items())
         ],
         "topic_permissions": [],
-        "parameters": [],
+        "parameters": parameters,
         "global_parameters": [],
         "policies": policies,
         "queues": queues,
@@ -206,6 +229,7 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
     from ..broker import hash_password
 
     out: list[Any] = []
+    user_limits: list[Any] = []  # after the permissions, once the users exist
     imported_types: dict[str, str] = {}  # default queue types of the vhosts imported
 
     def vh(item: dict[str, Any]) -> str:
@@ -228,6 +252,11 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
                 else:
                     pw_hash = hash_password(str(u.get("password", "")))
                 out.append(cmds.PutUser(str(u["name"]), pw_hash, _tags(u.get("tags"))))
+                limits = u.get("limits")
+                if limits:  # {} and [] (RabbitMQ's "none") leave a user's limits as they are
+                    user_limits.append(
+                        cmds.SetUserLimits(str(u["name"]), _limits("user", u, limits, USER_LIMITS))
+                    )
             for p in _list(body, "permissions"):
                 out.append(
                     cmds.SetPermissions(
@@ -238,6 +267,12 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
                         str(p.get("read", ".*")),
                     )
                 )
+            out += user_limits
+        for p in _list(body, "parameters"):
+            # Other components (federation, shovels...) are not Merpati's: skipped, as before.
+            if p.get("component") == VHOST_LIMITS_COMPONENT:
+                value = _limits("vhost", {"name": vh(p)}, p.get("value"), VHOST_LIMITS)
+                out.append(cmds.SetVhostLimits(vh(p), value, replace=True))
         for p in _list(body, "policies"):
             out.append(
                 cmds.SetPolicy(
@@ -340,8 +375,23 @@ async def import_(
     return len(todo)
 
 
+def _limits(
+    kind: str, item: dict[str, Any], value: Any, allowed: tuple[str, ...]
+) -> dict[str, int]:
+    try:
+        return validate(f"{kind}-limits", allowed, value)
+    except ValueError as e:
+        raise bad_request(
+            f"definitions refused, nothing imported: limits of {kind} '{item.get('name', '')}': {e}"
+        )
+
+
 def _describe(cmd: Any) -> str:
     """The item a command comes from, as a definitions file names it."""
+    if isinstance(cmd, cmds.SetVhostLimits):
+        return f"limits of vhost '{cmd.vhost}'"
+    if isinstance(cmd, cmds.SetUserLimits):
+        return f"limits of user '{cmd.user}'"
     if isinstance(cmd, cmds.Bind):
         what = "queue" if cmd.destination_kind == "q" else "exchange"
         return (

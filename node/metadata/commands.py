@@ -126,6 +126,44 @@ class ClearPolicy:
 
 
 @dataclass(frozen=True)
+class SetVhostLimits:
+    """A vhost's limits (RabbitMQ's `vhost-limits` parameter: max-connections, max-queues).
+    `replace`: these are all its limits now (`set_vhost_limits`); else they are merged into what
+    it has (the API's PUT of one limit). Merged in the state machine, so two concurrent PUTs of
+    different limits both stay."""
+
+    vhost: str
+    limits: dict[str, int] = field(default_factory=dict)
+    replace: bool = True
+
+
+@dataclass(frozen=True)
+class ClearVhostLimits:
+    """Drop some of a vhost's limits, or all of them (`names` empty)."""
+
+    vhost: str
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SetUserLimits:
+    """A user's limits (max-connections, max-channels), merged into those it has, as
+    `rabbitmqctl set_user_limits` does; `replace` sets exactly these."""
+
+    user: str
+    limits: dict[str, int] = field(default_factory=dict)
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class ClearUserLimits:
+    """Drop some of a user's limits, or all of them (`names` empty, or naming "all")."""
+
+    user: str
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NodeJoined:
     """A member of the cluster and where its peers reach it (gRPC and Raft addresses)."""
 
@@ -232,6 +270,10 @@ Command = (
     | Unbind
     | SetPolicy
     | ClearPolicy
+    | SetVhostLimits
+    | ClearVhostLimits
+    | SetUserLimits
+    | ClearUserLimits
     | NodeJoined
     | NodeLeft
     | MoveQueue

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.limits import USER_LIMITS, VHOST_LIMITS, effective, queue_limit_text, validate
 from ..routing.exchange import Binding, Destination, Exchange, args_key
 from . import commands as c
 
@@ -53,6 +54,18 @@ class MetadataError(Exception):
         super().__init__(text)
         self.code = code
         self.text = text
+
+
+class QueueLimitExceeded(MetadataError):
+    """A new queue beyond its vhost's max-queues: 406 PRECONDITION_FAILED to 0-9-1 clients and
+    the API, as RabbitMQ; AMQP 1.0 says amqp:resource-limit-exceeded."""
+
+
+def error_of(code: int, text: str, kind: str = "") -> MetadataError:
+    """A MetadataError made again from its parts (cluster.raft_log keeps results as plain
+    tuples), of its own class when `kind` names one of the kinds above."""
+    cls = QueueLimitExceeded if kind == QueueLimitExceeded.__name__ else MetadataError
+    return cls(code, text)
 
 
 @dataclass
@@ -166,12 +179,18 @@ class MetadataState:
         self.members: dict[str, tuple[str, str]] = {}
         # Nodes being drained: placement gives them no new queues.
         self.draining: set[str] = set()
+        # Resource limits (node/core/limits.py) by vhost and by user, as set: a negative value
+        # is kept as given (and means no limit), as RabbitMQ lists it.
+        self.vhost_limits: dict[str, dict[str, int]] = {}
+        self.user_limits: dict[str, dict[str, int]] = {}
         self.applied = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Snapshots written before a field existed restore without it.
         self.__dict__.update(state)
         self.__dict__.setdefault("draining", set())
+        self.__dict__.setdefault("vhost_limits", {})
+        self.__dict__.setdefault("user_limits", {})
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -235,6 +254,8 @@ class MetadataState:
             raise MetadataError(NOT_FOUND, f"no vhost '{cmd.name}'")
         for key in [k for k in self.permissions if k[1] == cmd.name]:
             del self.permissions[key]
+        # A vhost made again under the same name starts without limits, as in RabbitMQ.
+        self.vhost_limits.pop(cmd.name, None)
         return "deleted"
 
     def _apply_PutUser(self, cmd: c.PutUser) -> Any:
@@ -246,6 +267,7 @@ class MetadataState:
             raise MetadataError(NOT_FOUND, f"no user '{cmd.name}'")
         for key in [k for k in self.permissions if k[0] == cmd.name]:
             del self.permissions[key]
+        self.user_limits.pop(cmd.name, None)
         return "deleted"
 
     def _apply_SetPermissions(self, cmd: c.SetPermissions) -> Any:
@@ -306,6 +328,13 @@ class MetadataState:
                 )
             check_queue_equivalent(existing, cmd)
             return "exists"
+        # The vhost's max-queues, checked here rather than by the proposer: commands apply in
+        # log order on every node, so two nodes declaring at once cannot both get the last one.
+        limit = effective(self.vhost_limits.get(cmd.vhost), "max-queues")
+        if limit is not None and len(vh.queues) >= limit:
+            raise QueueLimitExceeded(
+                PRECONDITION_FAILED, queue_limit_text(cmd.vhost, cmd.name, limit)
+            )
         vh.queues[cmd.name] = QueueDef(
             cmd.vhost,
             cmd.name,
@@ -354,6 +383,43 @@ class MetadataState:
         if vh.policies.pop(cmd.name, None) is None:
             raise MetadataError(NOT_FOUND, f"no policy '{cmd.name}' in vhost '{cmd.vhost}'")
         return "deleted"
+
+    # -- resource limits (node/core/limits.py) ------------------------------------------------
+
+    def _apply_SetVhostLimits(self, cmd: c.SetVhostLimits) -> Any:
+        self._vhost(cmd.vhost)
+        try:
+            limits = validate("vhost-limits", VHOST_LIMITS, cmd.limits)
+        except ValueError as e:
+            raise MetadataError(PRECONDITION_FAILED, str(e))
+        if not cmd.replace:
+            limits = {**self.vhost_limits.get(cmd.vhost, {}), **limits}
+        _set_or_drop(self.vhost_limits, cmd.vhost, limits)
+        return "ok"
+
+    def _apply_ClearVhostLimits(self, cmd: c.ClearVhostLimits) -> Any:
+        self._vhost(cmd.vhost)
+        _clear(self.vhost_limits, cmd.vhost, cmd.names)
+        return "cleared"
+
+    def _apply_SetUserLimits(self, cmd: c.SetUserLimits) -> Any:
+        if cmd.user not in self.users:
+            raise MetadataError(NOT_FOUND, f"no user '{cmd.user}'")
+        try:
+            limits = validate("user-limits", USER_LIMITS, cmd.limits)
+        except ValueError as e:
+            raise MetadataError(PRECONDITION_FAILED, str(e))
+        if not cmd.replace:
+            limits = {**self.user_limits.get(cmd.user, {}), **limits}
+        _set_or_drop(self.user_limits, cmd.user, limits)
+        return "ok"
+
+    def _apply_ClearUserLimits(self, cmd: c.ClearUserLimits) -> Any:
+        if cmd.user not in self.users:
+            raise MetadataError(NOT_FOUND, f"no user '{cmd.user}'")
+        # RabbitMQ's clear_user_limits USER all (and DELETE /api/user-limits/USER/all).
+        _clear(self.user_limits, cmd.user, () if "all" in cmd.names else cmd.names)
+        return "cleared"
 
     def _apply_NodeJoined(self, cmd: c.NodeJoined) -> Any:
         known = self.members.get(cmd.node_id)
@@ -548,6 +614,23 @@ class MetadataState:
         # An auto-delete exchange goes when its last binding (as source) goes, as in RabbitMQ.
         if source.auto_delete and not source.bindings and source.name in vh.exchanges:
             self._drop_exchange(vh, source)
+
+
+def _set_or_drop(table: dict[str, dict[str, int]], key: str, limits: dict[str, int]) -> None:
+    if limits:
+        table[key] = limits
+    else:
+        table.pop(key, None)
+
+
+def _clear(table: dict[str, dict[str, int]], key: str, names: tuple[str, ...]) -> None:
+    """Drop `names` of `key`'s limits (all when empty); a name it has not is no error, as in
+    RabbitMQ."""
+    if not names:
+        table.pop(key, None)
+        return
+    kept = {k: v for k, v in table.get(key, {}).items() if k not in names}
+    _set_or_drop(table, key, kept)
 
 
 def check_exchange_equivalent(existing: Exchange, cmd: c.DeclareExchange) -> None:

@@ -186,3 +186,12 @@ def test_tls_settings_that_cannot_work_are_refused(given, error):
 def test_amqps_only():
     cfg = load(no_flags(amqp_port="0", tls_cert="c.pem"), environ={})
     assert cfg.amqp_port == 0 and cfg.amqps_port == 5671 and cfg.tls_verify == "none"
+
+
+def test_max_connections(toml):
+    assert load(no_flags(), environ={}).max_connections == 0  # no limit
+    assert load(no_flags(max_connections="100"), environ={}).max_connections == 100
+    assert load(no_flags(), environ={"MERPATI_MAX_CONNECTIONS": "7"}).max_connections == 7
+    assert load(no_flags(config=toml("max-connections = 3\n")), environ={}).max_connections == 3
+    with pytest.raises(ConfigError, match="max-connections"):
+        load(no_flags(max_connections="-1"), environ={})

@@ -18,7 +18,12 @@ from pysyncobj.journal import FIRST_RECORD_OFFSET
 
 from merpati.cluster.raft_log import RaftLog, RaftProposalError, RaftStorageError
 from merpati.node.metadata import commands as c
-from merpati.node.metadata.state import NOT_FOUND, MetadataError, MetadataState
+from merpati.node.metadata.state import (
+    NOT_FOUND,
+    MetadataError,
+    MetadataState,
+    QueueLimitExceeded,
+)
 from tests.support.node import free_port
 
 
@@ -104,6 +109,28 @@ def test_metadata_error_fails_the_future(tmp_path: Path) -> None:
             # Listeners hear failed commands too, with the same error (as with LocalLog).
             assert isinstance(heard[-1], MetadataError) and heard[-1].code == NOT_FOUND
             assert await log.propose(c.AddVhost("/")) == "created"
+        finally:
+            log.stop()
+
+    run(main)
+
+
+def test_a_queue_limit_refusal_keeps_its_kind(tmp_path: Path) -> None:
+    """Results cross Raft as tuples; the error's class comes back, so AMQP 1.0 can answer a
+    queue limit with amqp:resource-limit-exceeded."""
+
+    async def main() -> None:
+        log = make_log(tmp_path, free_port())
+        await log.start(5)
+        try:
+            await log.propose(c.AddVhost("/"))
+            await log.propose(c.SetVhostLimits("/", {"max-queues": 0}))
+            with pytest.raises(QueueLimitExceeded) as info:
+                await log.propose(c.DeclareQueue("/", "q", leader="n1"))
+            assert info.value.code == 406 and "queue limit in vhost '/' (0)" in info.value.text
+            with pytest.raises(MetadataError) as other:
+                await log.propose(c.DeleteQueue("/", "missing"))
+            assert type(other.value) is MetadataError
         finally:
             log.stop()
 

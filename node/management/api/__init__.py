@@ -6,7 +6,7 @@ on a cluster the same handlers wait for Raft. Queue operations that are not meta
 publish) go through the `QueueHandle` seam. Vhost names are percent-encoded in paths (`%2F`).
 
 One module per resource (overview, cluster_ops, connections, exchanges, queues, bindings,
-vhosts_users, policies, definitions, health), each a subclass of `base.ApiBase`; `routes.py`
+vhosts_users, policies, limits, definitions, health), each a subclass of `base.ApiBase`; `routes.py`
 combines them into `ManagementApi` and holds the route table.
 """
 

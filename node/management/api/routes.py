@@ -13,6 +13,7 @@ from .connections import ConnectionsApi
 from .definitions import DefinitionsApi
 from .exchanges import ExchangesApi
 from .health import HealthApi
+from .limits import LimitsApi
 from .overview import OverviewApi
 from .policies import PoliciesApi
 from .queues import QueuesApi
@@ -28,6 +29,7 @@ class ManagementApi(
     BindingsApi,
     VhostsUsersApi,
     PoliciesApi,
+    LimitsApi,
     DefinitionsApi,
     HealthApi,
 ):
@@ -48,6 +50,9 @@ class ManagementApi(
         r.add_post("/api/merpati/quorum/shrink", self.quorum_shrink)
         r.add_post("/api/merpati/cluster/nodes/{node}/drain", self.cluster_drain)
         r.add_post("/api/merpati/cluster/nodes/{node}/undrain", self.cluster_undrain)
+        r.add_put("/api/merpati/vhost-limits/{vhost}", self.vhost_limits_put)
+        r.add_delete("/api/merpati/vhost-limits/{vhost}", self.vhost_limits_delete)
+        r.add_put("/api/merpati/user-limits/{user}", self.user_limits_put)
         # connections, channels, consumers
         r.add_get("/api/connections", self.connections)
         r.add_get("/api/vhosts/{vhost}/connections", self.connections)
@@ -106,6 +111,15 @@ class ManagementApi(
         r.add_get("/api/policies/{vhost}/{name}", self.policy)
         r.add_put("/api/policies/{vhost}/{name}", self.policy_put)
         r.add_delete("/api/policies/{vhost}/{name}", self.policy_delete)
+        # limits
+        r.add_get("/api/vhost-limits", self.vhost_limits)
+        r.add_get("/api/vhost-limits/{vhost}", self.vhost_limits)
+        r.add_put("/api/vhost-limits/{vhost}/{name}", self.vhost_limit_put)
+        r.add_delete("/api/vhost-limits/{vhost}/{name}", self.vhost_limit_delete)
+        r.add_get("/api/user-limits", self.user_limits)
+        r.add_get("/api/user-limits/{user}", self.user_limits)
+        r.add_put("/api/user-limits/{user}/{name}", self.user_limit_put)
+        r.add_delete("/api/user-limits/{user}/{name}", self.user_limit_delete)
         # definitions
         r.add_get("/api/definitions", self.definitions_get)
         r.add_post("/api/definitions", self.definitions_post)

@@ -93,7 +93,7 @@ class VhostsUsersApi(ApiBase):
             "password_hash": user.password_hash,
             "hashing_algorithm": "rabbit_password_hashing_sha256",
             "tags": list(user.tags),
-            "limits": {},
+            "limits": dict(self.state.user_limits.get(user.name, {})),
         }
 
     async def users(self, request: web.Request) -> web.Response:
