@@ -76,6 +76,10 @@ class Config:
     # The type of a queue declared without x-queue-type (RabbitMQ's default_queue_type): classic
     # or quorum (then durable, non-exclusive, non-auto-delete queues get replicas).
     default_queue_type: str = "classic"
+    # ms an AMQP 0-9-1 delivery may stay unacknowledged before its channel is closed with 406
+    # (RabbitMQ's consumer_timeout, same default); 0: no limit. A queue's x-consumer-timeout or
+    # consumer-timeout policy overrides it.
+    consumer_timeout: int = 1_800_000
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -131,6 +135,8 @@ FLAGS: dict[str, str] = {
     "amqp10_anonymous": "AMQP 1.0: allow SASL ANONYMOUS as the default user (true/false; "
     "guest only from loopback)",
     "default_queue_type": "type of queues declared without x-queue-type: classic or quorum",
+    "consumer_timeout": "ms an AMQP 0-9-1 delivery may stay unacknowledged before its channel "
+    "is closed (406), 0 = no limit; a queue's x-consumer-timeout or policy overrides it",
 }
 
 
@@ -246,6 +252,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         )
     if cfg.frame_max < 4096:
         raise ConfigError("frame-max must be at least 4096")
+    if cfg.consumer_timeout < 0:
+        raise ConfigError("consumer-timeout must be 0 (no limit) or a number of milliseconds")
     if cfg.handover_window < 1:
         raise ConfigError("handover-window must be at least 1")
     if cfg.default_queue_type not in ("classic", "quorum"):

@@ -114,6 +114,7 @@ class Node:
             cluster=self.cluster,
             defer_local_queues=True,  # until recover() below
             default_queue_type=cfg.default_queue_type,
+            consumer_timeout=cfg.consumer_timeout,
         )
         self.broker.alarm_listeners.append(self._on_alarm)
         only_member = True
