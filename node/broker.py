@@ -50,6 +50,8 @@ from .routing.exchange import Exchange
 log = logging.getLogger("merpati.broker")
 
 ACCESS_REFUSED = 403
+# RabbitMQ's consumer_timeout default: 30 minutes.
+DEFAULT_CONSUMER_TIMEOUT = 1_800_000
 # Handles of reply-to consumers on other nodes kept for the replies that follow (RPC servers
 # answer many requests from few clients); the oldest goes beyond this many.
 REMOTE_REPLIES = 256
@@ -93,10 +95,14 @@ class Broker:
         defer_local_queues: bool = False,
         default_queue_type: str = "classic",
         max_connections: int = 0,
+        consumer_timeout: int = DEFAULT_CONSUMER_TIMEOUT,
     ) -> None:
         self.node_id = node_id
         # Client connections this node accepts at once (--max-connections; 0: no limit).
         self.max_connections = max_connections
+        # ms a 0-9-1 delivery may stay unacknowledged (RabbitMQ's consumer_timeout; 0: no
+        # limit) where its queue's x-consumer-timeout or consumer-timeout policy says nothing.
+        self.consumer_timeout = consumer_timeout
         # The x-queue-type of a queue declared without one (only quorum changes anything),
         # unless its vhost says otherwise (default_queue_type_in).
         self.default_queue_type = default_queue_type
@@ -255,6 +261,26 @@ class Broker:
         return parse_queue_args(
             effective_arguments(arguments, policy.definition if policy else None)
         )
+
+    def consumer_timeout_of(self, q: QueueHandle) -> int | None:
+        """The ms a 0-9-1 delivery from `q` may stay unacknowledged, None for no limit: the
+        smaller of its x-consumer-timeout and its policy's consumer-timeout, else the node's
+        (RabbitMQ 3.12+). The channels ask it when they check their deliveries (and when a
+        basic.get makes a channel's oldest delivery), never per delivery."""
+        if isinstance(q, LocalQueue):
+            # Its options follow its policy (configure): no policy matching here.
+            timeout = q.options.consumer_timeout
+        else:
+            # A queue led elsewhere: the same answer from the replicated metadata.
+            qdef = self.state.queue(q.vhost, q.name)
+            timeout = (
+                self.queue_options(q.vhost, q.name, qdef.arguments).consumer_timeout
+                if qdef is not None
+                else None
+            )
+        if timeout is None:
+            return self.consumer_timeout or None  # the node's; 0 is none
+        return timeout
 
     def _reapply_policies(self, vhost: str) -> None:
         vh = self.state.vhosts.get(vhost)

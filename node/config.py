@@ -88,6 +88,10 @@ class Config:
     default_queue_type: str = "classic"
     # A definitions file (RabbitMQ's format) applied at every start; no default user then.
     load_definitions: str = ""
+    # ms an AMQP 0-9-1 delivery may stay unacknowledged before its channel is closed with 406
+    # (RabbitMQ's consumer_timeout, same default); 0: no limit. A queue's x-consumer-timeout or
+    # consumer-timeout policy overrides it.
+    consumer_timeout: int = 1_800_000
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -151,6 +155,8 @@ FLAGS: dict[str, str] = {
     "default_queue_type": "type of queues declared without x-queue-type: classic or quorum",
     "load_definitions": "definitions file (RabbitMQ's JSON) applied at every start; the default "
     "user is then not created",
+    "consumer_timeout": "ms an AMQP 0-9-1 delivery may stay unacknowledged before its channel "
+    "is closed (406), 0 = no limit; a queue's x-consumer-timeout or policy overrides it",
 }
 
 
@@ -275,6 +281,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError("frame-max must be at least 4096")
     if cfg.max_connections < 0:
         raise ConfigError("max-connections must be 0 (no limit) or more")
+    if cfg.consumer_timeout < 0:
+        raise ConfigError("consumer-timeout must be 0 (no limit) or a number of milliseconds")
     if cfg.handover_window < 1:
         raise ConfigError("handover-window must be at least 1")
     if cfg.default_queue_type not in ("classic", "quorum"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .amqp091.connection import Connection091, Settings
@@ -62,6 +63,10 @@ class FrontEnd(Protocol):
         ...
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
 class Shell(Protocol):
     """What a front end calls on the listener."""
 
@@ -70,6 +75,11 @@ class Shell(Protocol):
     def close(self, after: float = 0.0) -> None: ...
 
     def set_reading(self, on: bool) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` in `delay` seconds unless the timer is cancelled or the socket closed
+        first, then write what it produced (the 0-9-1 acknowledgement timeout check)."""
+        ...
 
 
 def settings_from_config(config: Any) -> tuple[Settings, Settings10]:
@@ -237,6 +247,15 @@ class AMQPProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         else:
             self.transport.pause_reading()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return self.loop.call_later(delay, self._timer_fired, callback)
+
+    def _timer_fired(self, callback: Callable[[], None]) -> None:
+        if self._closed:
+            return
+        callback()
+        self.flush()
 
     # -- heartbeats ---------------------------------------------------------------------------
 

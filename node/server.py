@@ -144,6 +144,7 @@ class Node:
             defer_local_queues=True,  # until recover() below
             default_queue_type=cfg.default_queue_type,
             max_connections=cfg.max_connections,
+            consumer_timeout=cfg.consumer_timeout,
         )
         self.broker.alarm_listeners.append(self._on_alarm)
         only_member = True

@@ -11,7 +11,9 @@ connection closes); `connection` turns them into channel.close / connection.clos
 Deliveries and settlements: every delivery in ack mode gets the channel's next delivery tag and an
 entry in `unacked` (insertion order = tag order, which makes `multiple` a prefix walk). Settlements
 map to the core outcomes: ack = accepted, reject/nack requeue=false = rejected, requeue=true and
-channel close = released.
+channel close = released. The acknowledgement timeout looks at the first entry, the oldest
+delivery, against the marks its connection's periodic check takes (`ack_timeout_check` in
+channel_consume.py): a delivery costs no clock read.
 
 The methods live in mixins that `Channel` inherits from, by concern:
 
@@ -60,6 +62,10 @@ class Channel(DeclareMixin, ConsumeMixin, PublishMixin):
         self.active = True  # channel.flow
         self.consumers: dict[str, Consumer091] = {}
         self.unacked: dict[int, tuple[QueueHandle, Message, Consumer091 | None]] = {}
+        # (delivery tag, monotonic time) taken at each acknowledgement timeout check: how old
+        # the oldest unacked delivery is at least (ack_timeout_check), without a clock read per
+        # delivery.
+        self.ack_marks: deque[tuple[int, float]] = deque()
         self.delivery_tag = 0
         self.consumer_prefetch = 0
         self.global_prefetch = 0
@@ -235,6 +241,7 @@ class Channel(DeclareMixin, ConsumeMixin, PublishMixin):
         for c in consumers:
             c.queue.unsubscribe(c)
         self.release_all()
+        self.ack_marks.clear()
         self.conn.confirm_dirty.discard(self)
         self.pending.clear()
         self.watching = False

@@ -53,6 +53,7 @@ class ChannelCore:
     active: bool
     consumers: dict[str, Consumer091]
     unacked: dict[int, tuple[QueueHandle, Message, Consumer091 | None]]
+    ack_marks: deque[tuple[int, float]]
     delivery_tag: int
     consumer_prefetch: int
     global_prefetch: int

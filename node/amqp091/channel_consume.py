@@ -7,6 +7,8 @@ See channel.py for how deliveries and settlements map to the core's outcomes.
 from __future__ import annotations
 
 import secrets
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.message import Message
@@ -29,6 +31,24 @@ if TYPE_CHECKING:
 
 # How a quorum queue's 0-9-1 requeues settle: a failed delivery, counted toward its limit.
 FAILED = Modified(delivery_failed=True)
+
+# The acknowledgement timeout (RabbitMQ's consumer_timeout) is checked periodically, never per
+# delivery: a check a quarter of the timeout apart finds a delivery out between T and 1.5 T after
+# it went out (see `ack_timeout_check`), but never more than a minute apart (RabbitMQ checks once
+# a minute) nor more often than every 0.1 s (x-consumer-timeout 0).
+CHECK_MAX = 60.0
+CHECK_MIN = 0.1
+# Tag marks a channel keeps at most; beyond, every other one goes (which only makes the check
+# later, never earlier). They pile up only while the oldest delivery is under no timeout.
+MAX_MARKS = 64
+
+
+def check_period(timeout_ms: int | None) -> float:
+    """Seconds between acknowledgement timeout checks for a timeout of `timeout_ms` (None: none
+    applies now, but a policy may set one later)."""
+    if timeout_ms is None:
+        return CHECK_MAX
+    return min(CHECK_MAX, max(CHECK_MIN, timeout_ms / 4000))
 
 
 class Consumer091:
@@ -188,6 +208,8 @@ class ConsumeMixin(ChannelCore):
         self.consumers[tag] = consumer
         if not m.nowait:
             self.send_method(spec.BasicConsumeOk(consumer_tag=tag))
+        if not m.no_ack:
+            self.conn.watch_acks(q)
         q.subscribe(consumer)
 
     def _consume_replies(self, m: Any) -> None:
@@ -252,6 +274,10 @@ class ConsumeMixin(ChannelCore):
         if not m.no_ack:
             self.counters.get_ack += 1
             self.unacked[tag] = (q, msg, None)
+            if len(self.unacked) == 1:
+                # The channel's oldest delivery now, the one its timeout check looks at (while
+                # there were others, the check was already due).
+                self.conn.watch_acks(q)
         else:
             self.counters.get_autoack += 1
         self.conn.send(
@@ -394,6 +420,45 @@ class ConsumeMixin(ChannelCore):
     def _basic_recover(self, m: Any) -> None:
         self._recover(m.requeue)
         self.send_method(spec.BasicRecoverOk())
+
+    # -- acknowledgement timeout ---------------------------------------------------------------
+
+    def ack_timeout_check(
+        self, now: float, timeout_of: Callable[[QueueHandle], int | None]
+    ) -> int | None:
+        """The timeout (ms) the channel's oldest unacknowledged delivery has run out of, else None.
+        The connection calls it periodically (`Connection091.check_acks`) with a monotonic `now`.
+
+        As RabbitMQ's channel, only the oldest delivery is looked at, against its own queue's
+        timeout (`timeout_of`): deliveries are settled mostly in order, and the one that is not
+        stays the oldest until it is. No delivery carries a timestamp: each check records a mark
+        (the channel's last delivery tag, now), so every tag at or below a mark's went out at or
+        before its time. The oldest delivery's age is at least now minus the time of the first
+        mark at or above its tag, and it is found out once that lower bound reaches the timeout:
+        never early, and at most two check periods late (the mark comes up to one period after
+        the delivery, the check up to one period after the timeout)."""
+        unacked = self.unacked
+        marks = self.ack_marks
+        if not unacked:
+            marks.clear()
+            return None
+        last = self.delivery_tag
+        if not marks or marks[-1][0] != last:
+            marks.append((last, now))
+        head = next(iter(unacked))
+        # Marks below the oldest delivery's tag name deliveries all settled since; the last
+        # mark is the channel's last tag, never below it, so one always remains.
+        while marks[0][0] < head:
+            marks.popleft()
+        timeout = timeout_of(unacked[head][0])
+        if timeout is not None and (now - marks[0][1]) * 1000 >= timeout:
+            return timeout
+        if len(marks) > MAX_MARKS:
+            kept = list(marks)[::2]
+            if kept[-1] is not marks[-1]:
+                kept.append(marks[-1])
+            self.ack_marks = deque(kept)
+        return None
 
     def release_all(self) -> None:
         """Release every unacked delivery back to its queue, in delivery order (the channel

@@ -2,7 +2,8 @@
 
 Theory of operation: the listener (node.listener) feeds received bytes to `data_received` and writes out what
 `take_output` returns; `Connection091` never touches a socket. It asks the shell for the few things
-only the shell can do through its `Shell` protocol (schedule a flush, close, pause reading).
+only the shell can do through its `Shell` protocol (schedule a flush, close, pause reading, a
+timer for the acknowledgement timeout check).
 
 States, in order: header → start-ok → tune-ok → open → running; `closing` after the server sent
 connection.close (only close-ok/close are read then), `closed` at the end. Channel states live in
@@ -18,6 +19,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -27,6 +29,7 @@ from ..core.output import OutputBuffer
 from ..wire.table import DecodeError, decode_table
 from . import render, spec
 from .channel import Channel, ChannelError, ConnectionError091
+from .channel_consume import check_period
 from .constants import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -34,6 +37,7 @@ from .constants import (
     FRAME_ERROR,
     FRAME_MIN_SIZE,
     NOT_ALLOWED,
+    PRECONDITION_FAILED,
     PROTOCOL_HEADER,
     REPLY_NAMES,
     UNEXPECTED_FRAME,
@@ -41,11 +45,16 @@ from .constants import (
 from .frames import FrameError, FrameReader
 
 if TYPE_CHECKING:
-    from ..listener import Shell
+    from ..core.queue import QueueHandle
+    from ..listener import Shell, Timer
 
 log = logging.getLogger("merpati.amqp091")
 
 _ids = itertools.count(1)
+
+# An acknowledgement timeout check this many seconds behind its time waits for the loop to read
+# its sockets first (Connection091._ack_tick).
+LATE_CHECK = 0.05
 
 SERVER_CAPABILITIES = {
     "publisher_confirms": True,
@@ -126,6 +135,12 @@ class Connection091(OutputBuffer):
         self.silent_checks = 0
         self.beat_sent = False
         self.opened_at = 0.0  # wall-clock time of connection.open (management API)
+        # The acknowledgement timeout check (check_acks): one timer for all the channels, armed
+        # while any has an ack-mode consumer or unacked deliveries, and when it is due.
+        self._ack_timer: Timer | None = None
+        self._ack_due = 0.0
+        self._ack_deferred = False  # this check came late and waits for one more loop turn
+        self.clock: Callable[[], float] = time.monotonic  # its clock (tests set their own)
 
     # -- output -------------------------------------------------------------------------------
 
@@ -569,6 +584,9 @@ class Connection091(OutputBuffer):
             if ch.is_open:
                 ch.teardown()
         self.confirm_dirty.clear()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         self.broker.connections.discard(self)
         if self.exclusive_queues:
             from ..metadata import commands as cmds
@@ -624,6 +642,93 @@ class Connection091(OutputBuffer):
             self.send(render.HEARTBEAT)
             self.beat_sent = True
         return True
+
+    # -- acknowledgement timeout (RabbitMQ's consumer_timeout) --------------------------------
+
+    def watch_acks(self, q: QueueHandle) -> None:
+        """A channel consumes from `q` in ack mode, or its oldest delivery now comes from it
+        (basic.get): have a check come within that queue's check period."""
+        period = check_period(self.broker.consumer_timeout_of(q))
+        due = self.clock() + period
+        if self._ack_timer is not None:
+            if due >= self._ack_due:
+                return
+            self._ack_timer.cancel()
+        self._ack_due = due
+        self._ack_timer = self.shell.call_later(period, self._ack_tick)
+
+    def _ack_tick(self) -> None:
+        self._ack_timer = None
+        if self.state != "running":
+            return
+        now = self.clock()
+        if now - self._ack_due > LATE_CHECK and not self._ack_deferred:
+            # The loop was held up (a busy or paused process): acks may be waiting unread, and
+            # uvloop (libuv) runs due timers before it polls the sockets. Check once it has.
+            self._ack_deferred = True
+            self._ack_due = now
+            self._ack_timer = self.shell.call_later(0, self._ack_tick)
+            return
+        self._ack_deferred = False
+        period = self.check_acks(now)
+        if period is not None:
+            self._ack_due = now + period
+            self._ack_timer = self.shell.call_later(period, self._ack_tick)
+
+    def check_acks(self, now: float) -> float | None:
+        """Close every channel whose oldest unacknowledged delivery has been waiting longer
+        than its queue's timeout, with 406 and RabbitMQ's text (its deliveries go back to their
+        queues, as on any channel close). Returns the seconds until the next check: a quarter of
+        the shortest timeout of the queues concerned (the oldest deliveries' and ack-mode
+        consumers'), at most a minute; None when no channel has either, and checks stop."""
+        timeouts: dict[int, int | None] = {}  # by id of the queue handle, for this check
+
+        def timeout_of(q: QueueHandle) -> int | None:
+            key = id(q)
+            if key not in timeouts:
+                timeouts[key] = self.broker.consumer_timeout_of(q)
+            return timeouts[key]
+
+        watching = False
+        for ch in list(self.channels.values()):
+            if not ch.is_open or ch.closing:
+                continue
+            timeout = ch.ack_timeout_check(now, timeout_of)
+            if timeout is not None:
+                self._ack_timed_out(ch, timeout)
+                continue
+            if ch.unacked:
+                watching = True
+            for c in ch.consumers.values():
+                if not c.no_ack:
+                    watching = True
+                    timeout_of(c.queue)
+        if not watching:
+            return None
+        return check_period(min((t for t in timeouts.values() if t is not None), default=None))
+
+    def _ack_timed_out(self, ch: Channel, timeout: int) -> None:
+        tag, (q, _msg, consumer) = next(iter(ch.unacked.items()))
+        log.warning(
+            "connection %s from %s: consumer '%s' on channel %d and queue '%s' in vhost '%s' "
+            "has timed out waiting for a consumer acknowledgement of a delivery with delivery "
+            "tag = %d. Timeout used: %d ms",
+            self.id,
+            self.peer,
+            consumer.tag if consumer is not None else "(basic.get)",
+            ch.number,
+            q.name,
+            q.vhost,
+            tag,
+            timeout,
+        )
+        self.close_channel(
+            ch,
+            PRECONDITION_FAILED,
+            f"delivery acknowledgement on channel {ch.number} timed out. Timeout value used: "
+            f"{timeout} ms. This timeout value can be configured, see consumers doc guide to "
+            "learn more",
+        )
 
     def on_alarm(self, raised: bool) -> None:
         if self.state != "running":

@@ -36,6 +36,10 @@ INT_ARGS = (
     "x-max-length-bytes",
     "x-max-priority",
     "x-delivery-limit",
+    # RabbitMQ does not check this one at declare (its channel then applies no timeout for a
+    # non-integer and times out every delivery for a negative one); refusing it tells the client
+    # at once.
+    "x-consumer-timeout",
 )
 OVERFLOW_VALUES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")

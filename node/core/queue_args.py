@@ -22,6 +22,7 @@ POLICY_KEYS = {
     "dead-letter-exchange": "x-dead-letter-exchange",
     "dead-letter-routing-key": "x-dead-letter-routing-key",
     "delivery-limit": "x-delivery-limit",
+    "consumer-timeout": "x-consumer-timeout",
 }
 # Limits where RabbitMQ applies the stricter of policy and argument.
 _MIN_OF_BOTH = (
@@ -30,6 +31,9 @@ _MIN_OF_BOTH = (
     "x-max-length-bytes",
     "x-expires",
     "x-delivery-limit",
+    # RabbitMQ 3.12+ takes the smaller of x-consumer-timeout and the consumer-timeout policy key
+    # (rabbit_channel's get_queue_consumer_timeout: args_policy_lookup with min).
+    "x-consumer-timeout",
 )
 
 
@@ -55,6 +59,9 @@ class QueueOptions:
     delivery_limit: int | None = None
     # A quorum queue (x-queue-type): a 0-9-1 requeue counts toward its delivery limit.
     quorum: bool = False
+    # ms a 0-9-1 delivery from this queue may stay unacknowledged before its channel is closed
+    # (x-consumer-timeout / consumer-timeout); None: the node's --consumer-timeout applies.
+    consumer_timeout: int | None = None
 
     @property
     def limited(self) -> bool:
@@ -66,12 +73,21 @@ class QueueOptions:
 QUORUM_DELIVERY_LIMIT = 20
 
 
+def _non_negative(value: Any) -> bool:
+    i = as_int(value)
+    return i is not None and i >= 0
+
+
 def effective_arguments(
     arguments: dict[str, Any], policy_definition: dict[str, Any] | None
 ) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for key, value in (policy_definition or {}).items():
         arg = POLICY_KEYS.get(key)
+        if arg == "x-consumer-timeout" and not _non_negative(value):
+            # Policies are not validated when set; RabbitMQ refuses this one ("is not a valid
+            # consumer timeout"). Skipped here, so it cannot win the min over a good argument.
+            continue
         if arg is not None:
             merged[arg] = value
     for key, value in arguments.items():
@@ -93,6 +109,11 @@ def parse(arguments: dict[str, Any]) -> QueueOptions:
     max_priority = num("x-max-priority")
     quorum = _text(arguments.get("x-queue-type")) == "quorum"
     limit = num("x-delivery-limit")
+    consumer_timeout = num("x-consumer-timeout")
+    if consumer_timeout is not None and consumer_timeout < 0:
+        # Declarations refuse it (core.declare) and effective_arguments skips a policy's: only
+        # metadata written before those checks can still hold one.
+        consumer_timeout = None
     if quorum and limit is None:
         limit = QUORUM_DELIVERY_LIMIT
     return QueueOptions(
@@ -107,4 +128,5 @@ def parse(arguments: dict[str, Any]) -> QueueOptions:
         single_active_consumer=sac is True,
         delivery_limit=limit,
         quorum=quorum,
+        consumer_timeout=consumer_timeout,
     )

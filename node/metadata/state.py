@@ -31,7 +31,8 @@ DEFAULT_EXCHANGES = [
     ("amq.match", "headers"),
 ]
 
-# The queue arguments RabbitMQ compares on redeclare; others are accepted and ignored.
+# The queue arguments RabbitMQ compares on redeclare; others are accepted and ignored (such as
+# x-consumer-timeout, which RabbitMQ leaves out too: a redeclare keeps the first value).
 EQUIVALENCE_ARGS = (
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",

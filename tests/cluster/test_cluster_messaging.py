@@ -271,3 +271,38 @@ def test_direct_reply_to_with_the_server_on_another_node(cluster):
     """The replier publishes to the client's reply-to name on its own node: the reply travels
     to the node holding the reply consumer."""
     assert _rpc_round_trip(cluster["n1"], cluster["n2"], 20) == [b"re:%d" % i for i in range(20)]
+
+
+@pytest.mark.parametrize("arguments", [{}, {"x-queue-type": "quorum"}], ids=["classic", "quorum"])
+def test_an_unacked_delivery_from_a_queue_on_another_node_times_out(cluster, arguments):
+    """The acknowledgement timeout is the consumer's channel's, wherever the queue lives: the
+    channel on a node that does not lead the queue closes with 406 (the queue's x-consumer-timeout,
+    read from the replicated metadata), and the message goes back to the leader, redelivered."""
+    q = uid("ack-timeout")
+    c1 = connect(cluster["n1"])
+    c1.channel().queue_declare(q, durable=True, arguments={**arguments, "x-consumer-timeout": 500})
+    leader = leader_of(cluster, q)
+    other = next(n for n in ("n1", "n2", "n3") if n != leader)
+    conn = connect(cluster[other])
+    ch = conn.channel()
+    ch.basic_publish("", q, b"m")
+    got: list[bytes] = []
+    ch.basic_consume(q, lambda _c, _m, _p, body: got.append(body), auto_ack=False)
+    conn.call_later(10, ch.stop_consuming)  # a safety net, should the channel never close
+    with pytest.raises(pex.ChannelClosedByBroker) as info:
+        ch.start_consuming()
+    assert got == [b"m"]
+    assert info.value.reply_code == 406
+    assert "timed out. Timeout value used: 500 ms" in info.value.reply_text
+    conn.close()
+    c2 = connect(cluster[leader])
+    ch2 = c2.channel()
+    deadline = time.monotonic() + 10
+    method = None
+    while method is None and time.monotonic() < deadline:
+        method, _props, body = ch2.basic_get(q, auto_ack=True)
+        if method is None:
+            c2.sleep(0.05)
+    assert method is not None and method.redelivered and body == b"m"
+    c2.close()
+    c1.close()

@@ -57,6 +57,7 @@ __all__ = [
     "UNEXPECTED_FRAME",
     "Client",
     "FakeShell",
+    "FakeTimer",
     "Frame",
     "Settings",
     "in_loop",
@@ -97,6 +98,23 @@ async def new_broker(
     return broker
 
 
+class FakeTimer:
+    """A timer the connection asked the shell for; it never fires by itself (`fire` it)."""
+
+    def __init__(self, delay: float, callback: Callable[[], None]) -> None:
+        self.delay = delay
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        assert not self.cancelled, "a cancelled timer fired"
+        self.cancelled = True
+        self.callback()
+
+
 class FakeShell:
     """The transport shell as the connection sees it; records what it was asked to do."""
 
@@ -105,6 +123,7 @@ class FakeShell:
         self.closed = False
         self.close_after: float | None = None
         self.reading = True
+        self.timers: list[FakeTimer] = []
 
     def schedule_flush(self) -> None:
         self.flushes += 1
@@ -115,6 +134,16 @@ class FakeShell:
 
     def set_reading(self, on: bool) -> None:
         self.reading = on
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    @property
+    def armed(self) -> list[FakeTimer]:
+        """The timers neither fired nor cancelled."""
+        return [t for t in self.timers if not t.cancelled]
 
 
 @dataclass

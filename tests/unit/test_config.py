@@ -195,3 +195,15 @@ def test_max_connections(toml):
     assert load(no_flags(config=toml("max-connections = 3\n")), environ={}).max_connections == 3
     with pytest.raises(ConfigError, match="max-connections"):
         load(no_flags(max_connections="-1"), environ={})
+
+
+def test_consumer_timeout_from_flag_env_and_file(toml):
+    assert load(no_flags(), environ={}).consumer_timeout == 1_800_000  # RabbitMQ's 30 min
+    assert load(no_flags(config=toml("consumer-timeout = 0\n")), environ={}).consumer_timeout == 0
+    env = {"MERPATI_CONSUMER_TIMEOUT": "60000"}
+    assert load(no_flags(), environ=env).consumer_timeout == 60_000
+    assert load(no_flags(consumer_timeout="500"), environ=env).consumer_timeout == 500
+    with pytest.raises(ConfigError, match="consumer-timeout must be 0"):
+        load(no_flags(consumer_timeout="-1"), environ={})
+    with pytest.raises(ConfigError, match="consumer-timeout"):
+        load(no_flags(consumer_timeout="30m"), environ={})

@@ -112,6 +112,7 @@ INT_KEYS = [
     "x-max-length-bytes",
     "x-max-priority",
     "x-delivery-limit",
+    "x-consumer-timeout",
 ]
 
 

@@ -132,3 +132,36 @@ def test_write_pause_resume_and_loss_reach_the_front_end() -> None:
     assert not transport.reading
     proto.connection_lost(None)
     assert conn.state == "closed"
+
+
+def test_a_front_end_timer_runs_its_callback_and_writes_what_it_produced() -> None:
+    """Shell.call_later (the 0-9-1 acknowledgement timeout check): output goes out right after
+    the callback; a timer of a closed socket does nothing."""
+
+    async def main() -> tuple[list[str], FakeTransport]:
+        proto = AMQPProtocol(_broker(), Settings(), Settings10())
+        transport = FakeTransport()
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        proto.data_received(HEADER_091)
+        transport.written.clear()
+        ran: list[str] = []
+
+        def tick() -> None:
+            ran.append("tick")
+            assert proto.conn is not None
+            proto.conn.send(b"out")  # type: ignore[attr-defined]
+
+        proto.call_later(0.01, tick)
+        proto.call_later(0.05, lambda: ran.append("late"))  # due after the socket closed
+        cancelled = proto.call_later(0.01, lambda: ran.append("cancelled"))
+        cancelled.cancel()
+        await asyncio.sleep(0.03)
+        assert bytes(transport.written) == b"out"
+        proto.connection_lost(None)
+        await asyncio.sleep(0.05)
+        if proto._close_timer is not None:
+            proto._close_timer.cancel()
+        return ran, transport
+
+    ran, _ = asyncio.run(main())
+    assert ran == ["tick"]
