@@ -42,6 +42,13 @@ HOLD_BACK = 0.5
 # (forwarding's PING_INTERVAL + PING_TIMEOUT) notice within this long of a pause or a partition
 # ending.
 RELEASE_DELAY = 3.0
+# A loop turn this much later than asked means the process was paused (SIGSTOP, a frozen VM) or
+# starved: another replica may lead by now and have delivered the same messages. What this
+# node's queues hold ready waits HOLD_AFTER_STALL before it is delivered, time for the metadata
+# to say who leads (a deposed leader's queue is closed meanwhile and delivers nothing).
+STALL = 1.0
+STALL_CHECK = 0.2
+HOLD_AFTER_STALL = 1.5
 
 if TYPE_CHECKING:
     from merpati.node.broker import Broker
@@ -57,6 +64,7 @@ class ReplicatedQueues:
         self.links = ReplicaLinks(node_id, self._peer)
         self.controller = Controller(self, live, is_controller)
         self._proposals: set[asyncio.Task] = set()
+        self._stall_watch: asyncio.Task | None = None
 
     def _peer(self, node: str) -> Any:
         fw = self.forwarding
@@ -71,14 +79,49 @@ class ReplicatedQueues:
 
     def start(self) -> None:
         self.controller.start()
+        self._stall_watch = asyncio.ensure_future(self._watch_stalls())
 
     async def stop(self) -> None:
+        if self._stall_watch is not None:
+            self._stall_watch.cancel()
         await self.controller.stop()
         for member in list(self.links.members.values()):
             member.close(drop=False)
         await self.links.close()
         for task in list(self._proposals):
             task.cancel()
+
+    async def _watch_stalls(self) -> None:
+        # uvloop runs due timers before it reads sockets, so after a pause this runs before the
+        # clients' buffered acks and credit can make a queue deliver.
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(STALL_CHECK)
+            now = loop.time()
+            if now - last > STALL + STALL_CHECK:
+                self._stalled(now - last)
+            last = now
+
+    def _stalled(self, gap: float) -> None:
+        broker = self.broker
+        if broker is None or len(broker.state.members) < 2:
+            return
+        held = 0
+        for vhost, queues in broker.queues.items():
+            for name, q in queues.items():
+                qdef = broker.state.queue(vhost, name)
+                if qdef is not None and qdef.replicated and q.led_here and q.message_count:
+                    q.hold_back(q.last_seq, HOLD_AFTER_STALL)
+                    held += 1
+        if held:
+            log.warning(
+                "this node was stalled for %.1f s: %d quorum queue(s) it led wait %.1f s before "
+                "delivering (another replica may lead them now)",
+                gap,
+                held,
+                HOLD_AFTER_STALL,
+            )
 
     # -- placement --------------------------------------------------------------------------------
 

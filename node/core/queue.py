@@ -711,6 +711,11 @@ class LocalQueue:
             early.clear()  # nothing delivered is left: the rest were not in flight here
         return False
 
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last message this queue took."""
+        return self._seq
+
     def hold_back(self, upto: int, seconds: float) -> None:
         """A replicated queue's new leader: the messages its predecessor may have delivered
         (seq <= `upto`) wait `seconds` before they are delivered again, so that what their
@@ -732,7 +737,7 @@ class LocalQueue:
             n = len(msg.body)
             self._ready_bytes -= n
             self._held_back_bytes += n
-        self._held_back = held
+        self._held_back.update(held)  # with any held already (they go back at the first timer)
         asyncio.get_running_loop().call_later(seconds, self._give_back)
 
     def release_later(self, msgs: list[Message]) -> None:

@@ -498,6 +498,55 @@ def test_a_paused_leader_that_wakes_up_cannot_confirm_and_nothing_is_lost(three)
     )
 
 
+def test_a_paused_leader_that_wakes_delivers_nothing_the_new_leader_had_acked(three):
+    # While the leader is stopped another replica takes over and every message is consumed and
+    # acked there. A consumer whose basic.consume reached the old leader's socket meanwhile must
+    # not get those messages from the old leader's memory when it wakes, before it hears of the
+    # new epoch (cluster/replication/queues.py: STALL, HOLD_AFTER_STALL).
+    import threading
+
+    name = uid("qq")
+    conn = connect(three["n1"])
+    conn.channel().queue_declare(name, durable=True, arguments=QUORUM)
+    conn.close()
+    leader = queue_info(three["n1"], name)["leader"]
+    survivor = others(three, leader)[0]
+    pub = connect(three[survivor])
+    ch = pub.channel()
+    ch.confirm_delivery()
+    bodies = [b"m%d" % i for i in range(20)]
+    publish_confirmed(ch, name, bodies)
+    late = connect(three[leader])  # opened before the pause
+    lch = late.channel()
+    got_late: list[bytes] = []
+    three[leader].proc.send_signal(signal.SIGSTOP)
+    try:
+
+        def moved() -> bool:
+            try:  # the API may wait for the stopped leader's answer until the failover
+                return queue_info(three[survivor], name)["leader"] != leader
+            except OSError:
+                return False
+
+        wait_for(moved)
+        acked = [b for b, _ in drain(ch, name)]
+        assert sorted(acked) == sorted(bodies)
+
+        def consume_late() -> None:
+            lch.basic_consume(name, lambda c, m, p, b: got_late.append(b), auto_ack=False)
+            late.process_data_events(time_limit=4)
+
+        t = threading.Thread(target=consume_late)
+        t.start()
+        time.sleep(0.5)  # the consume waits in the stopped node's socket
+    finally:
+        three[leader].proc.send_signal(signal.SIGCONT)
+    t.join(20)
+    assert got_late == [], "the woken old leader delivered messages already acked"
+    late.close()
+    pub.close()
+
+
 def test_grow_and_shrink_change_replicas_and_a_new_replica_catches_up(three):
     name = uid("qq")
     conn = connect(three["n1"])
