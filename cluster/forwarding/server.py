@@ -318,7 +318,9 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
 
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
         await self._caller(context)
-        return pb.PingResponse(node_id=self.node_id)
+        # This node's own alarms only: each node learns every other's by pinging it, so a
+        # relayed alarm could outlive the node that raised it.
+        return pb.PingResponse(node_id=self.node_id, alarms=sorted(self.broker.alarms.local))
 
 
 class _PublishStream:
