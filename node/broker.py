@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .cluster_seam import ClusterSeam, LoneNode
+from .core.alarms import Alarms
 from .core.deadletter import dead_lettered, is_cycle
 from .core.delayed import DelayedMessages, delay_of, pseudo_queue
 from .core.limits import (
@@ -125,8 +126,13 @@ class Broker:
         self.queues: dict[str, dict[str, QueueHandle]] = {}
         self.connections: set[Any] = set()
         self._regex_cache: dict[str, re.Pattern] = {}
-        self.alarm_listeners: list[Callable[[bool], None]] = []
+        # Resource alarms of every node (node.core.alarms). Listeners hear the resources in
+        # effect anywhere whenever that set changes (empty: publishers may go on); `blocked`
+        # and `blocked_by` are that set, read when a connection opens.
+        self.alarms = Alarms(node_id)
+        self.alarm_listeners: list[Callable[[frozenset[str]], None]] = []
         self.blocked = False
+        self.blocked_by: frozenset[str] = frozenset()
         # Plain integers the hot path bumps; exported at scrape time (node.metrics).
         self.counters = NodeCounters()
         # Direct reply-to consumers of this node's channels, by name (node.core.reply_to), and
@@ -708,13 +714,43 @@ class Broker:
 
     # -- resource alarms ----------------------------------------------------------------------
 
-    def set_alarm(self, raised: bool) -> None:
-        if raised == self.blocked:
+    def set_alarm(self, resource: str, raised: bool) -> None:
+        """This node's monitor of `resource` (memory, disk) raised or cleared its alarm."""
+        if not self.alarms.set_local(resource, raised):
             return
-        self.blocked = raised
-        log.warning("memory alarm %s", "raised: blocking publishers" if raised else "cleared")
+        if raised:
+            log.warning(
+                "%s resource limit alarm set on node %s: publishers are blocked until it clears",
+                resource,
+                self.node_id,
+            )
+        else:
+            log.warning("%s resource limit alarm cleared on node %s", resource, self.node_id)
+        self._alarms_changed()
+
+    def set_remote_alarms(self, node: str, resources: Iterable[str]) -> None:
+        """The alarms `node` reports now (cluster/forwarding: its Ping answers); empty when it
+        has none, or is down or gone (its alarms do not outlive it, as in RabbitMQ)."""
+        old = self.alarms.remote.get(node, frozenset())
+        if not self.alarms.set_remote(node, resources):
+            return
+        new = self.alarms.remote.get(node, frozenset())
+        for r in sorted(new - old):
+            log.warning("%s resource limit alarm set on node %s: publishers are blocked", r, node)
+        for r in sorted(old - new):
+            log.warning("%s resource limit alarm cleared on node %s", r, node)
+        self._alarms_changed()
+
+    def _alarms_changed(self) -> None:
+        in_effect = self.alarms.in_effect()
+        if in_effect == self.blocked_by:
+            return  # e.g. a second node with the same alarm: connections stay as they are
+        self.blocked_by = in_effect
+        self.blocked = bool(in_effect)
+        if not in_effect:
+            log.warning("resource limit alarms cleared across the cluster: publishers resume")
         for listener in list(self.alarm_listeners):
-            listener(raised)
+            listener(in_effect)
 
 
 def replicated_type(

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .disk_monitor import DiskLimitError, parse_disk_free_limit
+
 
 @dataclass
 class UserConfig:
@@ -58,6 +60,10 @@ class Config:
     max_connections: int = 0
     # Fraction of physical memory above which publishers are blocked (RabbitMQ's vm_memory_high_watermark).
     memory_high_watermark: float = 0.4
+    # Free space of the data directory's filesystem below which publishers are blocked
+    # (RabbitMQ's disk_free_limit): bytes with RabbitMQ's units ("50MB", "2GB", "1GiB") or
+    # "mem_relative:FRACTION" of RAM (node.disk_monitor).
+    disk_free_limit: str = "50MB"
     # Inter-node gRPC port; the Raft port defaults to the cluster port + 1 (0 = that default).
     cluster_port: int = 25672
     raft_port: int = 0
@@ -136,6 +142,8 @@ FLAGS: dict[str, str] = {
     "max_message_size": "largest message body accepted, bytes",
     "max_connections": "client connections this node accepts at once, 0 = unlimited",
     "memory_high_watermark": "fraction of RAM above which publishers are blocked",
+    "disk_free_limit": "free disk space below which publishers are blocked: bytes, with "
+    "units (50MB, 2GB, 1GiB), or mem_relative:FRACTION of RAM",
     "cluster_port": "port for traffic between nodes (gRPC)",
     "raft_port": "Raft port for metadata (default: cluster port + 1)",
     "cluster_secret": "shared secret of the cluster's nodes (required off loopback)",
@@ -174,6 +182,8 @@ def _tuple(name: str, value: Any) -> tuple[str, ...]:
 
 def _coerce(name: str, value: Any) -> Any:
     default = getattr(Config, name)
+    if name == "disk_free_limit" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a TOML integer: bytes
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(
@@ -289,6 +299,10 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError(
             f"default-queue-type must be classic or quorum, not {cfg.default_queue_type!r}"
         )
+    try:
+        parse_disk_free_limit(cfg.disk_free_limit)
+    except DiskLimitError as e:
+        raise ConfigError(f"disk-free-limit: {e}")
     if cfg.store_sync.lower() not in ("full", "normal"):
         raise ConfigError(f"store-sync must be full or normal, not {cfg.store_sync!r}")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

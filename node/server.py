@@ -1,4 +1,5 @@
-"""A running node: bootstraps metadata from configuration, listens, watches memory, stops cleanly."""
+"""A running node: bootstraps metadata from configuration, listens, watches memory and disk space,
+stops cleanly."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 from .broker import Broker, hash_password
 from .config import Config
+from .core.alarms import DISK, MEMORY
+from .disk_monitor import DiskMonitor, parse_disk_free_limit
 from .listener import AMQPProtocol, settings_from_config
 from .metadata import commands as cmds
 from .metadata.log import LocalLog
@@ -54,6 +57,7 @@ class Node:
         self.cluster_name = self.node_id
         self.cluster_id = ""
         self.started_at = 0.0
+        self.disk_monitor: DiskMonitor | None = None
 
     async def _bootstrap(self, first_boot: bool) -> None:
         """Propose the configured vhosts and users (idempotent commands).
@@ -162,6 +166,15 @@ class Node:
         await self._bootstrap(first_boot)
         await self._load_definitions()
         recovered = self.broker.recover(stored)
+        # The first disk check runs before the listeners open: a client connecting at once
+        # finds a disk alarm that stands already raised.
+        self.disk_monitor = DiskMonitor(
+            str(data_dir),
+            parse_disk_free_limit(cfg.disk_free_limit),
+            lambda raised: self.broker.set_alarm(DISK, raised),
+        )
+        await self.disk_monitor.check()
+        self.disk_monitor.start()
 
         self.hosts = _listen_hosts(cfg.bind_addresses())
         addrs = []
@@ -261,7 +274,7 @@ class Node:
             await asyncio.sleep(1.0)
             rss = _resident_memory()
             if rss and limit:
-                self.broker.set_alarm(rss > limit)
+                self.broker.set_alarm(MEMORY, rss > limit)
 
     def _tls_context(self) -> Any:
         """The AMQPS context (None without --tls-cert), reloaded on SIGHUP or a file change."""
@@ -286,10 +299,12 @@ class Node:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tls_watcher.reload)
         return ctx
 
-    def _on_alarm(self, raised: bool) -> None:
+    def _on_alarm(self, resources: frozenset[str]) -> None:
+        """The resource alarms in effect in the cluster changed: every client connection
+        hears the new set (node.core.alarms)."""
         assert self.broker is not None
         for conn in list(self.broker.connections):
-            conn.on_alarm(raised)
+            conn.on_alarm(resources)
             conn.flush_soon()
 
     async def stop(self) -> None:
@@ -315,6 +330,8 @@ class Node:
         task = getattr(self, "_memory_task", None)
         if task is not None:
             task.cancel()
+        if self.disk_monitor is not None:
+            await self.disk_monitor.stop()
         if self.tls_watcher is not None:
             self.tls_watcher.stop()
         for server in self._servers:

@@ -156,13 +156,35 @@ def _cols(args: argparse.Namespace) -> list[str]:
     return cols
 
 
+def _alarms(nodes: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every resource alarm in the cluster as the node asked knows them: its own, and the
+    others' from their last answers (/api/nodes; the first entry is the node asked)."""
+    out = []
+    for n in nodes:
+        if n.get("mem_alarm"):
+            out.append({"node": n["name"], "resource": "memory"})
+        if n.get("disk_free_alarm"):
+            out.append({"node": n["name"], "resource": "disk"})
+    return out
+
+
+_ALARM_TEXT = {"memory": "Memory alarm on node {}", "disk": "Free disk space alarm on node {}"}
+
+
+def _print_alarms(alarms: list[dict[str, str]]) -> None:
+    print("Alarms:" + ("" if alarms else " (none)"))
+    for a in alarms:
+        print("  " + _ALARM_TEXT[a["resource"]].format(a["node"]))
+
+
 @command("status", "show the node's status")
 def cmd_status(c: Client, args: argparse.Namespace) -> int:
     ov = c.get("/api/overview")
     nodes = c.get("/api/nodes")
     node = nodes[0] if nodes else {}
+    alarms = _alarms(nodes)
     if args.formatter == "json":
-        print(json.dumps({"overview": ov, "node": node}, indent=2))
+        print(json.dumps({"overview": ov, "node": node, "alarms": alarms}, indent=2))
         return 0
     print(f"Status of node {ov['node']} ...")
     print(f"Product: {ov['product_name']} {ov['product_version']}")
@@ -170,7 +192,8 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
     print(f"Uptime (seconds): {node.get('uptime', 0) // 1000}")
     print(f"Memory used: {node.get('mem_used', 0)} bytes (limit {node.get('mem_limit', 0)})")
     print(f"Memory alarm: {_cell(node.get('mem_alarm', False))}")
-    print(f"Disk free: {node.get('disk_free', 0)} bytes")
+    print(f"Disk free: {node.get('disk_free', 0)} bytes (limit {node.get('disk_free_limit', 0)})")
+    print(f"Disk alarm: {_cell(node.get('disk_free_alarm', False))}")
     print(f"File descriptors: {node.get('fd_used', 0)} used of {node.get('fd_total', 0)}")
     print("Listeners:")
     for lst in ov.get("listeners", []):
@@ -193,6 +216,8 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
         print(
             f"Metadata (Raft): leader {raft.get('leader')}, term {raft.get('raft_term')}, commit index {raft.get('commit_idx')}"
         )
+    # Alarms are cluster-wide: one on any node blocks publishers on every node.
+    _print_alarms(alarms)
     return 0
 
 
@@ -223,10 +248,41 @@ def cmd_cluster_status(c: Client, args: argparse.Namespace) -> int:
         print("Queue leaders per node:")
         for node, count in sorted(cluster["queue_leaders"].items()):
             print(f"  {node}: {count}")
-    alarms = [n["name"] for n in nodes if n.get("mem_alarm") or n.get("disk_free_alarm")]
-    print("Alarms:" + ("" if alarms else " (none)"))
-    for a in alarms:
-        print(f"  {a}")
+    _print_alarms(_alarms(nodes))
+    return 0
+
+
+def _disk_limit_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "limit",
+        nargs="+",
+        help="bytes, with units as RabbitMQ's (2000000000, 50MB, 2GB, 1GiB), or "
+        "mem_relative FRACTION (a multiple of the node's RAM)",
+    )
+
+
+@command(
+    "set_disk_free_limit",
+    "set the node's free disk space limit until it restarts (rabbitmqctl's)",
+    _disk_limit_setup,
+)
+def cmd_set_disk_free_limit(c: Client, args: argparse.Namespace) -> int:
+    words = args.limit
+    if len(words) == 2 and words[0] == "mem_relative":
+        limit = f"mem_relative:{words[1]}"
+    elif len(words) == 1:
+        limit = words[0]
+    else:
+        raise CtlError("usage: set_disk_free_limit LIMIT | mem_relative FRACTION", EX_USAGE)
+    got = c.call("PUT", "/api/merpati/node/disk-free-limit", {"limit": limit})
+    if args.formatter == "json":
+        print(json.dumps(got, indent=2))
+    elif not args.quiet:
+        print(
+            f"Disk free limit of node {got['node']} set to {got['disk_free_limit']} bytes "
+            f"({got['setting']}); {got['disk_free']} bytes free, alarm "
+            f"{_cell(got['disk_free_alarm'])}"
+        )
     return 0
 
 

@@ -18,6 +18,13 @@ goes down every token still in flight is resolved as failed (the publishers get 
 every remote queue on it hears `peer_down` (its consumers are cancelled, as RabbitMQ does when a
 queue's node goes away). While it is down, publishes are rejected at once; a successful Ping
 brings it back.
+
+Alarms: a Ping's answer carries the peer's resource alarms (memory, disk), handed to
+`on_alarms(node_id, alarms)`, which blocks this node's publishers while any peer has one (the
+broker's `set_remote_alarms`). A peer that goes down, or is removed, is reported with none: as
+RabbitMQ clears the alarms of a node that is down, an unreachable node's last alarm does not
+block the cluster for ever (if it is still up behind a partition, its own publishers stay
+blocked by it). A removed peer's alarms are dropped by `Forwarding.remove_peer`, at once.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -64,8 +72,11 @@ class Peer:
         secret: str | bytes | None,
         ledger: Any,
         batch_messages: int = BATCH_MESSAGES,
+        on_alarms: Callable[[str, Iterable[str]], None] | None = None,
     ) -> None:
         self.node_id = node_id
+        self.on_alarms = on_alarms
+        self.alarms: frozenset[str] = frozenset()  # the peer's, from its last Ping answer
         self.address = address
         self.local_node = local_node
         self.ledger = ledger
@@ -131,6 +142,7 @@ class Peer:
             )
             if self.state != UP:
                 self._came_up()
+            self._set_alarms(frozenset(resp.alarms))
             await asyncio.sleep(PING_INTERVAL)
 
     def _came_up(self) -> None:
@@ -154,11 +166,19 @@ class Peer:
         self.reason = reason
         # Its clients are gone or cut off from it: they no longer count toward any limit.
         self.counts = ConnectionCounts()
+        self._set_alarms(frozenset())
         self._close_publish()
         self._fail_inflight(f"node '{self.node_id}' is down")
         for q in list(self.queues):
             q.peer_down(self)
         self._update_congestion()
+
+    def _set_alarms(self, alarms: frozenset[str]) -> None:
+        if alarms == self.alarms:
+            return
+        self.alarms = alarms
+        if self.on_alarms is not None:
+            self.on_alarms(self.node_id, alarms)
 
     def stream_broke(self, reason: str) -> None:
         """A stream to this peer failed: treat the peer as down until a Ping says otherwise."""

@@ -319,13 +319,16 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
         await self._caller(context)
         # The pings every peer sends each second carry this node's connection counts back, so
-        # vhost and user limits count the whole cluster without a call of their own.
+        # vhost and user limits count the whole cluster without a call of their own; and this
+        # node's own alarms only: each node learns every other's by pinging it, so a relayed
+        # alarm could outlive the node that raised it.
         counts = self.broker.connection_counts()
         return pb.PingResponse(
             node_id=self.node_id,
             vhost_connections=counts.vhost_connections,
             user_connections=counts.user_connections,
             user_channels=counts.user_channels,
+            alarms=sorted(self.broker.alarms.local),
         )
 
 

@@ -68,6 +68,7 @@ class Forwarding:
             local_node=self.node_id,
             secret=self.secret,
             ledger=self.broker.store.ledger,
+            on_alarms=self.broker.set_remote_alarms,
             **kwargs,
         )
         # Handles made before this peer was known find it now.
@@ -80,6 +81,10 @@ class Forwarding:
         """Stop talking to `node_id`: its queues here behave as if it were down."""
         peer = self.peers.pop(node_id, None)
         if peer is not None:
+            # A node removed from the cluster blocks no one. Dropped here, not by the closing
+            # peer later: a Peer for a new address of the same node may have reported by then.
+            peer.on_alarms = None
+            self.broker.set_remote_alarms(node_id, ())
             task = asyncio.ensure_future(peer.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)

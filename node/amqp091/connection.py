@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..broker import AuthError, Broker
+from ..core.alarms import blocked_reason
 from ..core.limits import LimitExceeded
 from ..core.output import OutputBuffer
 from ..wire.table import DecodeError, decode_table
@@ -124,7 +125,13 @@ class Connection091(OutputBuffer):
         self.client_properties: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.exclusive_queues: set[str] = set()
-        self.blocked = False  # publishing paused by a resource alarm
+        # Resource alarms (node.core.alarms), as RabbitMQ's reader: while one stands the
+        # connection is "blocking"; the first publish then blocks it: that message is held
+        # (`held_publish`), reading stops, and connection.blocked goes out, once, until every
+        # alarm has cleared.
+        self.blocked = False  # an alarm stands
+        self.held_publish: tuple[Any, ...] | None = None  # (channel number, on_publish args)
+        self.blocked_sent = False
         self._header_buf = b""
         # Heartbeat bookkeeping (heartbeat_tick): activity since the last check, the ticks so
         # far, the receive checks in a row that found the peer silent, and whether the last
@@ -161,7 +168,7 @@ class Connection091(OutputBuffer):
                 ch.kick_consumers()
 
     def _reading_held(self) -> bool:
-        return self.blocked
+        return self.held_publish is not None
 
     def send_method(self, channel: int, method: Any) -> None:
         self.send(render.method_frame(channel, method))
@@ -376,7 +383,7 @@ class Connection091(OutputBuffer):
         self.opened_at = time.time()
         self.send_method(0, spec.ConnectionOpenOk())
         if self.broker.blocked:
-            self.on_alarm(True)
+            self.on_alarm(self.broker.blocked_by)  # blocking: its first publish blocks it
 
     # -- channel 0 while running --------------------------------------------------------------
 
@@ -493,7 +500,10 @@ class Connection091(OutputBuffer):
         if ch.closing:
             return
         if self.blocked:
-            self.shell.set_reading(False)
+            self._hold(
+                (number, exchange, routing_key, mandatory, immediate, route_raw, props_raw, body)
+            )
+            return
         try:
             ch.publish(exchange, routing_key, mandatory, immediate, route_raw, props_raw, body)
         except ChannelError as e:
@@ -618,7 +628,9 @@ class Connection091(OutputBuffer):
         three intervals after its last frame."""
         self.ticks += 1
         if self.ticks % 4 == 0:
-            if self.recv_activity:
+            if self.recv_activity or self.held_publish is not None:
+                # A blocked connection is not read, so its heartbeats go unseen: as RabbitMQ,
+                # the peer is not checked while it is blocked.
                 self.recv_activity = False
                 self.silent_checks = 0
             else:
@@ -730,19 +742,49 @@ class Connection091(OutputBuffer):
             "learn more",
         )
 
-    def on_alarm(self, raised: bool) -> None:
+    def on_alarm(self, resources: frozenset[str]) -> None:
+        """The resource alarms in effect in the cluster are now `resources` (empty: none).
+
+        As RabbitMQ, nothing is sent while the connection only stands "blocking": a consumer
+        that never publishes goes on undisturbed (pika's blocked_connection_timeout would tear it
+        down otherwise), and a client sees connection.blocked once it publishes (`_hold`), after
+        it had the chance to register for it. Another alarm joining, or one of two clearing,
+        changes nothing until the last one clears."""
         if self.state != "running":
             return
-        if raised:
+        if resources:
             self.blocked = True
-            if self.capabilities.get("connection.blocked"):
-                self.send_method(0, spec.ConnectionBlocked(reason="low on memory"))
-        else:
-            self.blocked = False
-            if not self._flow_blocked_by:
-                self.shell.set_reading(True)
+            return
+        if not self.blocked:
+            return
+        self.blocked = False
+        if self.blocked_sent:
+            self.blocked_sent = False
             if self.capabilities.get("connection.blocked"):
                 self.send_method(0, spec.ConnectionUnblocked())
+        held, self.held_publish = self.held_publish, None
+        if held is None:
+            return
+        # The held message goes on as if it had just arrived, then whatever the client sent
+        # after it (the reader kept it), then the socket again.
+        self.reader.held = False
+        ch = self.channels.get(held[0])
+        if ch is not None and not ch.closing:
+            self.on_publish(*held)
+        self.data_received(b"")
+        if self.held_publish is None and not self._flow_blocked_by and self.state != "closed":
+            self.shell.set_reading(True)
+
+    def _hold(self, publish: tuple[Any, ...]) -> None:
+        """A publish while an alarm stands: it waits, and so does everything after it."""
+        self.held_publish = publish
+        self.reader.held = True
+        self.shell.set_reading(False)
+        if not self.blocked_sent:
+            self.blocked_sent = True
+            if self.capabilities.get("connection.blocked"):
+                reason = blocked_reason(self.broker.blocked_by)
+                self.send_method(0, spec.ConnectionBlocked(reason=reason))
 
     def force_close(self, reason: str = "shutdown") -> None:
         self.close_connection(320, f"broker forced connection closure with reason '{reason}'")

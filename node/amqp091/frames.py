@@ -109,6 +109,7 @@ class FrameReader:
         "frame_max",
         "max_body",
         "stopped",
+        "held",
         "_buf",
         "_need",
         "_content",
@@ -123,6 +124,9 @@ class FrameReader:
         self.max_body = max_body
         # Set by the handler when the connection is closing: the rest of the input is discarded.
         self.stopped = False
+        # Set by the handler to stop at the frame it just handled and keep the rest for later
+        # (a publish held by a resource alarm); `feed(b"")` after clearing it goes on.
+        self.held = False
         self._buf = bytearray()
         # Bytes the buffered partial frame needs before it is worth parsing again; this keeps a
         # large frame arriving in many small reads from being re-scanned on every read.
@@ -140,6 +144,9 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         if type(data) is not bytes:
             data = bytes(data)
+        if self.held:  # bytes that were on their way when reading paused
+            self._buf += data
+            return
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
@@ -158,7 +165,7 @@ class FrameReader:
         contents = self._content
         valid_props = self._valid_props
         try:
-            while n - off >= 7 and not self.stopped:
+            while n - off >= 7 and not self.stopped and not self.held:
                 ftype, channel, size = _unpack_frame(buf, off)
                 if size > max_payload:
                     raise FrameError(
@@ -262,7 +269,9 @@ class FrameReader:
         finally:
             if off < n and not self.stopped:
                 self._buf += buf[off:]
-                if n - off < 7:
+                if self.held:
+                    self._need = 0  # whatever is left is parsed when the hold ends
+                elif n - off < 7:
                     self._need = 7
 
     def _validate_props(self, props_raw: bytes, channel: int) -> None:

@@ -610,11 +610,15 @@ class Connection10(OutputBuffer):
             self.last_send = now
         return True
 
-    def on_alarm(self, raised: bool) -> None:
+    def on_alarm(self, resources: frozenset[str]) -> None:
+        """The resource alarms in effect in the cluster are now `resources` (empty: none).
+        While any stands, receiving links get no new credit (RabbitMQ 4 withholds it too);
+        when the last clears they are topped up."""
         if self.state != "running":
             return
-        self.blocked = raised
-        if not raised:
+        was = self.blocked
+        self.blocked = bool(resources)
+        if was and not self.blocked:
             for s in list(self.sessions.values()):
                 s.alarm_cleared()
 

@@ -210,6 +210,17 @@ def channel_count(conn: Any) -> int:
     return len(open_channels(conn))
 
 
+def _connection_state(conn: Any, amqp10: bool) -> str:
+    """RabbitMQ's: "blocking" while a resource alarm stands and the connection has not published
+    since, "blocked" once it did (its publish waits); a 1.0 connection is "blocked" while its
+    credit is withheld."""
+    if not conn.blocked:
+        return "running"
+    if amqp10 or getattr(conn, "held_publish", None) is not None:
+        return "blocked"
+    return "blocking"
+
+
 def connection_json(node: Node, conn: Any) -> dict[str, Any]:
     peer_host, peer_port = _addr(conn.peer)
     host, port = _addr(_sockname(conn))
@@ -223,7 +234,7 @@ def connection_json(node: Node, conn: Any) -> dict[str, Any]:
         "vhost": conn.vhost,
         "user": conn.user,
         "user_who_performed_action": conn.user,
-        "state": "blocked" if conn.blocked else "running",
+        "state": _connection_state(conn, amqp10),
         "channels": channel_count(conn),
         "channel_max": conn.channel_max,
         "frame_max": getattr(conn, "frame_max", getattr(conn, "max_frame", 0)),

@@ -32,6 +32,7 @@ from prometheus_client.core import (
 )
 
 from .. import __version__
+from ..core.alarms import DISK, MEMORY
 from ..metadata import commands as cmds
 from .counters import Histogram
 
@@ -311,22 +312,32 @@ class NodeCollector:
             "Open TCP sockets",
             len(node.broker.connections),
         )
+        monitor = node.disk_monitor
+        free = monitor.free if monitor is not None else None
         yield _gauge(
             "rabbitmq_disk_space_available_bytes",
             "Disk space available in bytes",
-            disk_free(node.config.data_dir),
+            free if free is not None else disk_free(node.config.data_dir),
         )
+        yield _gauge(
+            "rabbitmq_disk_space_available_limit_bytes",
+            "Free disk space low watermark in bytes",
+            monitor.limit_bytes if monitor is not None else 0,
+        )
+        # This node's own alarms, as RabbitMQ's exporter reports its local ones: each node's
+        # series says which node raised an alarm (every node blocks its publishers for it).
+        local = node.broker.alarms.local
         yield _gauge(
             "rabbitmq_alarms_memory_used_watermark",
             "is 1 if VM memory watermark alarm is in effect",
-            1 if node.broker.blocked else 0,
+            1 if MEMORY in local else 0,
         )
-        # Merpati has no disk-free or fd alarm yet; the families exist so dashboards show 0.
         yield _gauge(
             "rabbitmq_alarms_free_disk_space_watermark",
             "is 1 if free disk space watermark alarm is in effect",
-            0,
+            1 if DISK in local else 0,
         )
+        # Merpati has no file descriptor alarm; the family exists so dashboards show 0.
         yield _gauge(
             "rabbitmq_alarms_file_descriptor_limit",
             "is 1 if file descriptor limit alarm is in effect",

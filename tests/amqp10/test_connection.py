@@ -112,6 +112,17 @@ def test_transfer_without_credit_detaches_the_link(conn):
     assert detach.error.condition == "amqp:link:transfer-limit-exceeded"
 
 
+def test_credit_is_withheld_until_every_alarm_clears(conn):
+    conn.on_alarm(frozenset({"disk"}))
+    assert begin_attach(conn) is None  # attached, but no credit
+    assert not [f for f in frames(conn.take_output()) if isinstance(f, P.Flow)]
+    conn.on_alarm(frozenset({"memory"}))  # the disk alarm cleared, a memory alarm stands
+    assert not [f for f in frames(conn.take_output()) if isinstance(f, P.Flow)]
+    conn.on_alarm(frozenset())
+    flows = [f for f in frames(conn.take_output()) if isinstance(f, P.Flow)]
+    assert flows and flows[-1].link_credit > 0
+
+
 @pytest.mark.parametrize("frames_of", [1, 3])
 def test_message_above_max_message_size_detaches_the_link(conn, frames_of):
     conn.settings.max_message_size = 2000

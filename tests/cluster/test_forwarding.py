@@ -623,3 +623,37 @@ def test_delete_cancels_remote_consumers(tmp_path: Path) -> None:
         assert c.a.broker.queue("/", "q") is None
 
     run(body, tmp_path)
+
+
+def test_alarms_travel_on_pings_and_go_with_the_peer(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        heard: list[frozenset[str]] = []
+        c.a.broker.alarm_listeners.append(heard.append)
+        c.b.broker.set_alarm("disk", True)
+        await until(lambda: c.a.broker.blocked)
+        assert c.a.broker.alarms.by_node() == [("b", "disk")]
+        assert c.b.broker.alarms.remote == {}  # a has none to report
+        c.b.broker.set_alarm("memory", True)
+        await until(lambda: c.a.broker.blocked_by == {"disk", "memory"})
+        c.b.broker.set_alarm("disk", False)
+        await until(lambda: c.a.broker.blocked_by == {"memory"})
+        # b stops answering: its alarm goes (as RabbitMQ clears a down node's alarms)...
+        port = c.b.fw.port
+        await c.b.fw.server.stop(grace=None)
+        await until(lambda: not c.a.broker.blocked)
+        # ...and comes back with it.
+        await c.b.fw.server.start("127.0.0.1", port)
+        await until(lambda: c.a.broker.blocked_by == {"memory"})
+        # A node removed from the cluster blocks no one, at once.
+        c.a.fw.remove_peer("b")
+        assert not c.a.broker.blocked and c.a.broker.alarms.remote == {}
+        assert heard == [
+            {"disk"},
+            {"disk", "memory"},
+            {"memory"},
+            frozenset(),
+            {"memory"},
+            frozenset(),
+        ]
+
+    run(body, tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ...core.alarms import HEALTH_NAMES
 from ..app import bad_request, json_response
 from .base import ApiBase
 
@@ -12,16 +13,30 @@ class HealthApi(ApiBase):
     # -- health checks ------------------------------------------------------------------------
 
     async def health_alarms(self, request: web.Request) -> web.Response:
-        if self.broker.blocked:
-            return json_response(
-                {
-                    "status": "failed",
-                    "reason": "resource alarm(s) in effect in the cluster",
-                    "alarms": [{"node": self.node.node_id, "resource": "memory"}],
-                },
-                503,
-            )
-        return json_response({"status": "ok"})
+        """Every resource alarm in effect in the cluster, this node's and those the other
+        nodes reported (node.core.alarms); RabbitMQ's body and texts."""
+        return self._alarms_answer(
+            self.broker.alarms.by_node(), "There are alarms in effect in the cluster"
+        )
+
+    async def health_local_alarms(self, request: web.Request) -> web.Response:
+        alarms = self.broker.alarms
+        return self._alarms_answer(
+            [(n, r) for n, r in alarms.by_node() if n == alarms.node_id],
+            "There are alarms in effect on the node",
+        )
+
+    def _alarms_answer(self, rows: list[tuple[str, str]], reason: str) -> web.Response:
+        if not rows:
+            return json_response({"status": "ok"})
+        return json_response(
+            {
+                "status": "failed",
+                "reason": reason,
+                "alarms": [{"node": n, "resource": HEALTH_NAMES[r]} for n, r in rows],
+            },
+            503,
+        )
 
     async def health_quorum_critical(self, request: web.Request) -> web.Response:
         """Critical: stopping this node would leave the metadata (Raft), or a quorum queue with

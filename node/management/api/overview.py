@@ -9,9 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from ... import __version__
+from ...core.alarms import DISK, MEMORY
+from ...disk_monitor import DiskLimitError, parse_disk_free_limit
 from ...metrics.collector import disk_free, open_fds, physical_memory, resident_memory
 from ...routing.exchange import EXCHANGE_TYPES
-from ..app import caller, json_response, not_found
+from ..app import bad_request, caller, json_response, not_found, read_json
 from ..views import channel_count, jsonable, open_channels, queue_figures
 from .base import ApiBase
 
@@ -107,6 +109,9 @@ class OverviewApi(ApiBase):
         import resource
 
         rss = resident_memory()
+        local = self.broker.alarms.local
+        monitor = node.disk_monitor
+        free = monitor.free if monitor is not None else None
         return {
             "name": node.node_id,
             "type": "disc",
@@ -116,10 +121,12 @@ class OverviewApi(ApiBase):
             "uptime": int((time.time() - node.started_at) * 1000),
             "mem_used": rss,
             "mem_limit": int(node.config.memory_high_watermark * physical_memory()),
-            "mem_alarm": bool(self.broker.blocked),
-            "disk_free": disk_free(node.config.data_dir),
-            "disk_free_limit": 0,
-            "disk_free_alarm": False,
+            # This node's own alarms, as RabbitMQ's per-node fields (the cluster's are in
+            # /api/health/checks/alarms).
+            "mem_alarm": MEMORY in local,
+            "disk_free": free if free is not None else disk_free(node.config.data_dir),
+            "disk_free_limit": monitor.limit_bytes if monitor is not None else 0,
+            "disk_free_alarm": DISK in local,
             "fd_used": open_fds(),
             "fd_total": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "sockets_used": len(self.broker.connections),
@@ -155,14 +162,19 @@ class OverviewApi(ApiBase):
         status = self.cluster_status()
         out = [self._node_json()]
         running = set(status.get("running") or ())
+        remote = self.broker.alarms.remote
         for name, address in sorted((status.get("members") or {}).items()):
             if name != self.node.node_id:
+                alarms = remote.get(name, frozenset())
                 out.append(
                     {
                         "name": name,
                         "type": "disc",
                         "running": name in running,
                         "cluster_address": address,
+                        # Its alarms as its last Ping answer gave them (none once it is down).
+                        "mem_alarm": MEMORY in alarms,
+                        "disk_free_alarm": DISK in alarms,
                     }
                 )
         return json_response(out)
@@ -171,3 +183,36 @@ class OverviewApi(ApiBase):
         if request.match_info["node"] != self.node.node_id:
             raise not_found(f"no node '{request.match_info['node']}'")
         return json_response(self._node_json())
+
+    # -- node-local settings (rabbitmqctl set_disk_free_limit) ----------------------------------
+
+    def _disk_limit_json(self) -> dict[str, Any]:
+        monitor = self.node.disk_monitor
+        if monitor is None:
+            raise not_found("this node has no disk monitor")
+        return {
+            "node": self.node.node_id,
+            "disk_free_limit": monitor.limit_bytes,
+            "setting": str(monitor.limit),
+            "disk_free": monitor.free,
+            "disk_free_alarm": monitor.alarmed,
+        }
+
+    async def disk_free_limit(self, request: web.Request) -> web.Response:
+        return json_response(self._disk_limit_json())
+
+    async def disk_free_limit_put(self, request: web.Request) -> web.Response:
+        """{"limit": "2GB" | 2000000000 | "mem_relative:1.0"}: this node's disk free limit
+        until it restarts (the configured one comes back then, as with rabbitmqctl), checked
+        against the free space before the answer."""
+        self._admin(request)
+        body = await read_json(request)
+        try:
+            limit = parse_disk_free_limit(body.get("limit"))  # type: ignore[arg-type]
+        except DiskLimitError as e:
+            raise bad_request(str(e))
+        monitor = self.node.disk_monitor
+        if monitor is None:
+            raise not_found("this node has no disk monitor")
+        await monitor.set_limit(limit)
+        return json_response(self._disk_limit_json())

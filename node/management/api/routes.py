@@ -53,6 +53,9 @@ class ManagementApi(
         r.add_put("/api/merpati/vhost-limits/{vhost}", self.vhost_limits_put)
         r.add_delete("/api/merpati/vhost-limits/{vhost}", self.vhost_limits_delete)
         r.add_put("/api/merpati/user-limits/{user}", self.user_limits_put)
+        # this node's settings (rabbitmqctl set_disk_free_limit: node-local, until a restart)
+        r.add_get("/api/merpati/node/disk-free-limit", self.disk_free_limit)
+        r.add_put("/api/merpati/node/disk-free-limit", self.disk_free_limit_put)
         # connections, channels, consumers
         r.add_get("/api/connections", self.connections)
         r.add_get("/api/vhosts/{vhost}/connections", self.connections)
@@ -127,7 +130,7 @@ class ManagementApi(
         r.add_post("/api/definitions/{vhost}", self.definitions_post)
         # health checks
         r.add_get("/api/health/checks/alarms", self.health_alarms)
-        r.add_get("/api/health/checks/local-alarms", self.health_alarms)
+        r.add_get("/api/health/checks/local-alarms", self.health_local_alarms)
         r.add_get("/api/health/checks/node-is-quorum-critical", self.health_quorum_critical)
         r.add_get("/api/health/checks/node-is-mirror-sync-critical", self.health_quorum_critical)
         r.add_get("/api/health/checks/virtual-hosts", self.health_vhosts)
