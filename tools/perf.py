@@ -122,7 +122,8 @@ class Client(asyncio.Protocol):
         self.multi_ack_every = 0
         self._content_left = 0
         self._pending_ts: bytes = b""
-        self._last_tag = 0
+        self._last_tag = 0  # the delivery being read
+        self._ack_tag = 0  # the last delivery read whole: what an ack covers
         self._unacked = 0
         self._returning = False  # the content being read is a basic.return, not a delivery
         # producer side
@@ -212,6 +213,7 @@ class Client(asyncio.Protocol):
             if sent:
                 stats.latency((time.perf_counter_ns() - sent) / 1e9)
         if not self.no_ack:
+            self._ack_tag = self._last_tag
             self._unacked += 1
             if self.multi_ack_every and self._unacked >= self.multi_ack_every:
                 self._ack()
@@ -222,7 +224,7 @@ class Client(asyncio.Protocol):
             self.transport.write(
                 _frame_head.pack(1, 1, 13)
                 + b"\x00\x3c\x00\x50"
-                + _u64.pack(self._last_tag)
+                + _u64.pack(self._ack_tag)
                 + b"\x01\xce"
             )
 
