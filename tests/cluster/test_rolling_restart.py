@@ -93,7 +93,8 @@ class LeaderMonitor:
             t.join(10)
 
     def alive(self) -> set[str]:
-        return {n for n in self.live if self.cluster[n].alive()}
+        # A copy: the restarting thread changes `live` while the pollers read it.
+        return {n for n in tuple(self.live) if self.cluster[n].alive()}
 
     def _poll(self, queue: str) -> None:
         open_gap: Gap | None = None
