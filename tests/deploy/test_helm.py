@@ -358,3 +358,27 @@ def test_definitions_are_mounted_and_loaded_at_start(helm, source):
         ref["secret"]["secretName"] if source == "existingSecret" else ref["configMap"]["name"]
     ) == "mq-defs"
     assert "MERPATI_LOAD_DEFINITIONS" not in env(render(helm))
+
+
+def test_cluster_tls_mounts_the_secret_and_sets_the_node_flags(helm):
+    docs = render(helm, "clusterTls.enabled=true", "clusterTls.secretName=mq-cluster-tls")
+    e = env(docs)
+    assert e["MERPATI_CLUSTER_TLS_CERT"]["value"] == "/etc/merpati/cluster-tls/tls.crt"
+    assert e["MERPATI_CLUSTER_TLS_KEY"]["value"] == "/etc/merpati/cluster-tls/tls.key"
+    assert e["MERPATI_CLUSTER_TLS_CA"]["value"] == "/etc/merpati/cluster-tls/ca.crt"
+    vols = {v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["cluster-tls"]["secret"]["secretName"] == "mq-cluster-tls"
+    assert "MERPATI_CLUSTER_TLS_CERT" not in env(render(helm))
+
+
+def test_cluster_tls_without_a_secret_name_is_refused(helm):
+    import subprocess
+
+    from tests.deploy.chart import CHART
+
+    r = subprocess.run(
+        [helm, "template", "mq", str(CHART), "--set", "clusterTls.enabled=true"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "clusterTls.secretName is required" in r.stderr
