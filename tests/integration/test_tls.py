@@ -7,9 +7,13 @@ One node listens on its plain port and on an AMQPS port with --tls-verify peer a
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +26,8 @@ import pytest
 from tests.support.certs import CA
 from tests.support.ctl import ctl, ctl_out
 from tests.support.node import NodeProcess, free_port
+
+RHEA = Path(__file__).resolve().parents[1] / "amqp10" / "js"
 
 
 class TLSNode:
@@ -320,3 +326,30 @@ def test_silent_clients_are_closed_after_the_handshake_timeout(tls_node: TLSNode
     finally:
         node.stop()
         node.discard()
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (RHEA / "node_modules" / "rhea").is_dir(),
+    reason="node or rhea is not installed (npm ci --prefix tests/amqp10/js)",
+)
+def test_rhea_over_amqps_with_sasl_external(tls_node: TLSNode) -> None:
+    setup = pika.BlockingConnection(tls_node.params())
+    setup.channel().queue_declare("tls-rhea")
+    setup.close()
+    out = subprocess.run(
+        [
+            "node",
+            str(RHEA / "sendrecv.js"),
+            str(tls_node.tls_port),
+            "/queues/tls-rhea",
+            "20",
+            "unsettled",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "MERPATI_RHEA_TLS_DIR": str(tls_node.certs)},
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0 and result["errors"] == [], (result, out.stderr)
+    assert result["received"] == [f"rhea-{i}" for i in range(20)]

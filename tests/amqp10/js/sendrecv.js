@@ -9,10 +9,22 @@ const settled = mode === 'settled';
 const container = rhea.create_container({ id: 'merpati-rhea-test' });
 const result = { sent: 0, accepted: 0, received: [], properties: [], errors: [] };
 
-const conn = container.connect({
-  host: '127.0.0.1', port: parseInt(port, 10), username: 'guest', password: 'guest',
-  reconnect: false,
-});
+// With MERPATI_RHEA_TLS_DIR (ca.pem, client.pem, client.key): AMQPS, logging in with SASL
+// EXTERNAL as the client certificate's common name.
+const tlsDir = process.env.MERPATI_RHEA_TLS_DIR;
+const options = tlsDir
+  ? {
+      host: '127.0.0.1', port: parseInt(port, 10), reconnect: false, transport: 'tls',
+      servername: 'localhost', enable_sasl_external: true,
+      ca: require('fs').readFileSync(`${tlsDir}/ca.pem`),
+      cert: require('fs').readFileSync(`${tlsDir}/client.pem`),
+      key: require('fs').readFileSync(`${tlsDir}/client.key`),
+    }
+  : {
+      host: '127.0.0.1', port: parseInt(port, 10), username: 'guest', password: 'guest',
+      reconnect: false,
+    };
+const conn = container.connect(options);
 const sender = conn.open_sender({ target: { address }, snd_settle_mode: settled ? 1 : 0 });
 sender.on('sendable', (ctx) => {
   while (ctx.sender.sendable() && result.sent < count) {
