@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.certs import CA
+from tests.support.certs import CA, amqps_flags
 from tests.support.node import NodeProcess, free_port
 
 
@@ -61,14 +61,7 @@ def main() -> None:
     ca.write(certs / "ca.pem")
     ca.issue("bench-server", certs, "server", server=True)
     tls_port = free_port()
-    node = NodeProcess(
-        "--amqps-port",
-        str(tls_port),
-        "--tls-cert",
-        str(certs / "server.pem"),
-        "--tls-key",
-        str(certs / "server.key"),
-    ).start()
+    node = NodeProcess(*amqps_flags(tls_port, certs)).start()
     plain, tls = [], []
     try:
         for _ in range(args.rounds):

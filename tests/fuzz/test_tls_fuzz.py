@@ -19,7 +19,7 @@ from merpati.node.amqp091.render import method_frame
 from merpati.node.amqp10 import performatives as P
 from merpati.node.amqp10.codec import Symbol
 from merpati.node.amqp10.connection import HEADER_SASL, sasl_frame
-from tests.support.certs import CA
+from tests.support.certs import CA, amqps_flags
 from tests.support.node import NodeProcess, free_port
 
 HEADER_091 = b"AMQP\x00\x00\x09\x01"
@@ -54,7 +54,7 @@ def drain(s: socket.socket, seconds: float = 0.05) -> None:
         while s.recv(65536):
             pass
     except (TimeoutError, OSError, ssl.SSLError):
-        pass
+        pass  # quiet for `seconds`, or closed by the node: either way, done
 
 
 @pytest.fixture
@@ -63,14 +63,7 @@ def tls_node(tmp_path: Path):
     ca.write(tmp_path / "ca.pem")
     ca.issue("fuzz-server", tmp_path, "server", server=True)
     port = free_port()
-    node = NodeProcess(
-        "--amqps-port",
-        str(port),
-        "--tls-cert",
-        str(tmp_path / "server.pem"),
-        "--tls-key",
-        str(tmp_path / "server.key"),
-    ).start()
+    node = NodeProcess(*amqps_flags(port, tmp_path)).start()
     yield node, port, ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     node.stop()
     node.discard()

@@ -23,7 +23,7 @@ import pika
 import pika.credentials
 import pytest
 
-from tests.support.certs import CA
+from tests.support.certs import CA, amqps_flags
 from tests.support.ctl import ctl, ctl_out
 from tests.support.node import NodeProcess, free_port
 
@@ -78,12 +78,7 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSNode]:
     CA.create("another CA").issue("app-cert", certs, "foreign")
     port = free_port()
     node = NodeProcess(
-        "--amqps-port",
-        str(port),
-        "--tls-cert",
-        str(certs / "server.pem"),
-        "--tls-key",
-        str(certs / "server.key"),
+        *amqps_flags(port, certs),
         "--tls-ca",
         str(certs / "ca.pem"),
         "--tls-verify",
@@ -259,12 +254,7 @@ def test_a_node_with_amqp_port_0_serves_amqps_only_and_https(tls_node: TLSNode) 
         "true",
         "--amqp-port",
         "0",
-        "--amqps-port",
-        str(port),
-        "--tls-cert",
-        str(certs / "server.pem"),
-        "--tls-key",
-        str(certs / "server.key"),
+        *amqps_flags(port, certs),
     )
     try:
         node.start()
@@ -304,12 +294,7 @@ def test_silent_clients_are_closed_after_the_handshake_timeout(tls_node: TLSNode
     node = NodeProcess(
         "--handshake-timeout",
         "0.5",
-        "--amqps-port",
-        str(tls_port),
-        "--tls-cert",
-        str(tls_node.certs / "server.pem"),
-        "--tls-key",
-        str(tls_node.certs / "server.key"),
+        *amqps_flags(tls_port, tls_node.certs),
     )
     try:
         node.start()

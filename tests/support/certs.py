@@ -105,3 +105,15 @@ class CA:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(_key_pem(key))
         return cert_path, key_path
+
+
+def amqps_flags(port: int, directory: Path, stem: str = "server") -> tuple[str, ...]:
+    """The node flags of an AMQPS listener on `port` with the certificate `stem` in `directory`."""
+    return (
+        "--amqps-port",
+        str(port),
+        "--tls-cert",
+        str(directory / f"{stem}.pem"),
+        "--tls-key",
+        str(directory / f"{stem}.key"),
+    )
