@@ -120,6 +120,8 @@ class Node:
         data_dir = Path(cfg.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
         self.store = SQLiteStore(
             data_dir / "messages.db",
@@ -291,13 +293,20 @@ class Node:
             raise StartupError(str(e)) from None
         if cfg.http_tls:
             self.http_tls = tls.http_context(cfg.tls_cert, cfg.tls_key)
+        also = (self.http_tls,) if cfg.http_tls else ()
         self.tls_watcher = tls.CertificateWatcher(
-            ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, (self.http_tls,) if cfg.http_tls else ()
+            (cfg.tls_cert, cfg.tls_key, cfg.tls_ca),
+            tls.amqps_loader(ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, also),
         )
         self.tls_watcher.start()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tls_watcher.reload)
         return ctx
+
+    def _on_sighup(self) -> None:
+        """SIGHUP reloads every certificate: AMQPS (and HTTPS) and the cluster's."""
+        if self.tls_watcher is not None:
+            self.tls_watcher.reload()
+        if self.cluster is not None:
+            self.cluster.reload_tls("SIGHUP")
 
     def _on_alarm(self, resources: frozenset[str]) -> None:
         """The resource alarms in effect in the cluster changed: every client connection
