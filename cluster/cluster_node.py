@@ -193,9 +193,9 @@ class ClusterNode:
         self.replicated.bind(broker)
         broker.metadata.subscribe(self._on_applied)
 
-    def place_queue(self, exclusive: bool) -> str:
+    def place_queue(self, exclusive: bool, locator: str = "balanced") -> str:
         broker = self.broker
-        return place_queue(broker.state, self.membership.live(), broker.node_id, exclusive)
+        return place_queue(broker.state, self.membership.live(), broker.node_id, exclusive, locator)
 
     def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
         m = self.membership

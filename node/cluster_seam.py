@@ -29,8 +29,9 @@ class ClusterSeam(Protocol):
     def bind(self, broker: Broker) -> None:
         """Called once by the broker's constructor, before any command is applied."""
 
-    def place_queue(self, exclusive: bool) -> str:
-        """The node that leads a new queue (exclusive ones stay with their connection)."""
+    def place_queue(self, exclusive: bool, locator: str = "balanced") -> str:
+        """The node that leads a new queue: this node for an exclusive one (it stays with its
+        connection) and for `locator` client-local, else the cluster balances leaders."""
 
     def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
         """The nodes holding a new replicated queue's replicas, `leader` first (empty: this
@@ -77,7 +78,7 @@ class LoneNode:
     def bind(self, broker: Broker) -> None:
         self.node_id = broker.node_id
 
-    def place_queue(self, exclusive: bool) -> str:
+    def place_queue(self, exclusive: bool, locator: str = "balanced") -> str:
         return self.node_id
 
     def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
