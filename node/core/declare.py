@@ -180,21 +180,19 @@ def check_queue_arguments(vhost: str, name: str, arguments: dict[str, Any] | Non
     sac = args.get("x-single-active-consumer")
     if sac is not None and not isinstance(sac, bool):
         raise bad("x-single-active-consumer", f"expected a boolean, got {sac!r}")
-    for _, key, values in LOCATOR_KEYS:
+    for _, key, values, expected in LOCATOR_KEYS:
         value = args.get(key)
         if value is not None and _text(value) not in values:
-            raise bad(key, f"expected one of {', '.join(values)}, got {value!r}")
+            raise bad(key, f"expected {expected}, got {value!r}")
 
 
 def check_policy_definition(definition: dict[str, Any]) -> str | None:
     """Why a policy definition cannot be set (None: it can). Only the keys that decide where a
     queue goes are checked: a bad one would otherwise be skipped silently at every declare."""
-    for policy_key, _, values in LOCATOR_KEYS:
+    for policy_key, _, values, expected in LOCATOR_KEYS:
         value = definition.get(policy_key)
         if value is not None and _text(value) not in values:
-            return (
-                f"{value!r} is not a valid {policy_key} value (expected one of {', '.join(values)})"
-            )
+            return f"{value!r} is not a valid {policy_key} value (expected {expected})"
     return None
 
 

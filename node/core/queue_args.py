@@ -116,10 +116,21 @@ _LEADER_LOCATOR_VALUES = {
 # x-queue-master-locator / queue-master-locator, the name before 3.10 (mirrored classic queues),
 # with its own values; 3.10+ reads min-masters and random as balanced.
 _MASTER_LOCATOR_VALUES = {CLIENT_LOCAL: CLIENT_LOCAL, "min-masters": BALANCED, "random": BALANCED}
-# (policy key, argument, accepted values), in RabbitMQ's order of precedence.
+# (policy key, argument, accepted values, the values an error names), in RabbitMQ's order of
+# precedence. An error names only the current leader locators, not the deprecated ones.
 LOCATOR_KEYS = (
-    ("queue-leader-locator", "x-queue-leader-locator", _LEADER_LOCATOR_VALUES),
-    ("queue-master-locator", "x-queue-master-locator", _MASTER_LOCATOR_VALUES),
+    (
+        "queue-leader-locator",
+        "x-queue-leader-locator",
+        _LEADER_LOCATOR_VALUES,
+        "client-local or balanced",
+    ),
+    (
+        "queue-master-locator",
+        "x-queue-master-locator",
+        _MASTER_LOCATOR_VALUES,
+        "client-local, min-masters or random",
+    ),
 )
 
 
@@ -132,7 +143,7 @@ def leader_locator(
     else the node's setting (`default`). A policy value no locator knows is skipped: policies
     set before the check existed could hold one, and declarations refuse bad arguments."""
     policy = policy_definition or {}
-    for policy_key, arg, values in LOCATOR_KEYS:
+    for policy_key, arg, values, _ in LOCATOR_KEYS:
         for value in (_text(policy.get(policy_key)), _text(arguments.get(arg))):
             if value in values:
                 return values[value]
