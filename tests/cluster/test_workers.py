@@ -1,0 +1,208 @@
+"""`merpati server --workers 2` as a real process: one AMQP and management port shared by two
+workers (SO_REUSEPORT), client-local queues, messages across workers, a killed worker restarted
+with its queues, and one SIGTERM stopping everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pika
+import pytest
+
+from tests.support.http import call, q, samples, scrape
+from tests.support.workers import WorkersProcess, pid_runs
+
+CONNECTIONS = 12  # all on one worker by chance: 2 * 2**-12
+
+
+@pytest.fixture(scope="module")
+def host():
+    w = WorkersProcess(2).start(timeout=0, wait=False)
+    w.wait_ready(timeout=30)
+    w._started_once = True
+    yield w
+    w.discard()
+
+
+def connect(w: WorkersProcess) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(w.url))
+
+
+def queue_nodes(w: WorkersProcess) -> dict[str, str]:
+    status, body = call(w.management_url, "GET", "/api/queues")
+    assert status == 200
+    return {qu["name"]: qu["node"] for qu in body}
+
+
+def worker_of(w: WorkersProcess, conn: pika.BlockingConnection, tag: str) -> str:
+    """The worker a connection landed on: where its exclusive queue lives (exclusive queues
+    always stay with their connection)."""
+    ch = conn.channel()
+    ch.queue_declare(f"where-{tag}", exclusive=True)
+    return queue_nodes(w)[f"where-{tag}"]
+
+
+def connections_on_each_worker(w: WorkersProcess) -> dict[str, pika.BlockingConnection]:
+    """One open connection on each worker, by worker id (connections land where the kernel
+    sends them, so open until both are seen)."""
+    found: dict[str, pika.BlockingConnection] = {}
+    spare = []
+    for i in range(40):
+        conn = connect(w)
+        node = worker_of(w, conn, f"pick{time.monotonic_ns()}-{i}")
+        if node in found:
+            spare.append(conn)
+        else:
+            found[node] = conn
+        if len(found) == w.count:
+            break
+    for conn in spare:
+        conn.close()
+    assert len(found) == w.count, f"connections reached only {sorted(found)}"
+    return found
+
+
+def test_connections_spread_over_the_workers_and_client_local_queues_stay_with_them(host):
+    conns = [connect(host) for _ in range(CONNECTIONS)]
+    try:
+        for i, conn in enumerate(conns):
+            ch = conn.channel()
+            ch.queue_declare(f"mine-{i}", exclusive=True)
+            ch.queue_declare(f"local-{i}", durable=True)  # the workers' default: client-local
+        nodes = queue_nodes(host)
+        workers = {nodes[f"mine-{i}"] for i in range(CONNECTIONS)}
+        assert workers == {host.node_id(0), host.node_id(1)}
+        for i in range(CONNECTIONS):
+            assert nodes[f"local-{i}"] == nodes[f"mine-{i}"], i
+        # Each worker's own metrics port counts its own connections: one target per worker.
+        counts = [samples(scrape(host.metrics_url_of(i)))["rabbitmq_connections"] for i in range(2)]
+        assert sum(counts) >= CONNECTIONS and all(counts)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_balanced_puts_each_queue_on_the_worker_leading_fewer(host):
+    conn = connect(host)
+    try:
+        ch = conn.channel()
+        for i in range(6):
+            leaders = list(queue_nodes(host).values())
+            counts = {n: leaders.count(n) for n in (host.node_id(0), host.node_id(1))}
+            ch.queue_declare(f"bal-{i}", arguments={"x-queue-leader-locator": "balanced"})
+            placed = queue_nodes(host)[f"bal-{i}"]
+            assert counts[placed] == min(counts.values()), (i, counts, placed)
+    finally:
+        conn.close()
+
+
+def test_an_unknown_locator_is_refused_by_declarations_and_policies(host):
+    conn = connect(host)
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            conn.channel().queue_declare("bad", arguments={"x-queue-leader-locator": "nearest"})
+        assert e.value.reply_code == 406
+        assert "expected client-local or balanced, got 'nearest'" in e.value.reply_text
+    finally:
+        conn.close()
+    status, body = call(
+        host.management_url,
+        "PUT",
+        f"/api/policies/{q('/')}/bad",
+        {"pattern": ".*", "definition": {"queue-leader-locator": "nearest"}},
+    )
+    assert status == 400 and "not a valid queue-leader-locator" in body["reason"]
+
+
+def test_a_message_published_through_one_worker_is_consumed_through_the_other(host):
+    by_worker = connections_on_each_worker(host)
+    (a, conn_a), (b, conn_b) = sorted(by_worker.items())
+    try:
+        conn_a.channel().queue_declare("across", durable=True)
+        assert queue_nodes(host)["across"] == a
+        pub = conn_b.channel()
+        pub.confirm_delivery()
+        pub.basic_publish("", "across", b"from " + b.encode())
+        got = None
+        deadline = time.monotonic() + 10
+        ch = conn_b.channel()  # consumed through b as well: the queue lives on a
+        while got is None and time.monotonic() < deadline:
+            _, _, got = ch.basic_get("across", auto_ack=True)
+        assert got == b"from " + b.encode()
+        # And the other way round: published on a, fetched through a's peer b.
+        conn_a.channel().basic_publish("", "across", b"again")
+        deadline = time.monotonic() + 10
+        got = None
+        while got is None and time.monotonic() < deadline:
+            _, _, got = ch.basic_get("across", auto_ack=True)
+        assert got == b"again"
+    finally:
+        for conn in by_worker.values():
+            conn.close()
+
+
+def test_a_killed_worker_is_restarted_and_rejoins_with_its_queues(host):
+    by_worker = connections_on_each_worker(host)
+    victim = host.node_id(1)
+    conn = by_worker[victim]
+    ch = conn.channel()
+    ch.queue_declare("kept", durable=True)
+    assert queue_nodes(host)["kept"] == victim
+    ch.confirm_delivery()
+    for i in range(20):
+        ch.basic_publish(
+            "", "kept", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2), mandatory=True
+        )
+    for c in by_worker.values():
+        c.close()
+    old = next(w["pid"] for w in host.workers() if w["node_id"] == victim)
+    readies = host.ready_count(victim)
+    os.kill(old, signal.SIGKILL)
+
+    deadline = time.monotonic() + 20
+    while host.ready_count(victim) == readies and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert host.ready_count(victim) > readies, host.log()
+    assert f"({victim}, pid {old}) died" in host.log() and "killed by SIGKILL" in host.log()
+    new = next(w["pid"] for w in host.workers() if w["node_id"] == victim)
+    assert new != old and pid_runs(new, str(host.data_dir))
+
+    # Back in the cluster, leading its queue again with every message (asked of the API, and
+    # consumed through whichever worker the kernel picks).
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, body = call(host.management_url, "GET", f"/api/queues/{q('/')}/kept")
+        if status == 200 and body.get("messages") == 20:
+            break
+        time.sleep(0.2)
+    assert (status, body.get("node"), body.get("messages")) == (200, victim, 20), body
+    conn = connect(host)
+    try:
+        ch = conn.channel()
+        bodies = []
+        deadline = time.monotonic() + 10
+        while len(bodies) < 20 and time.monotonic() < deadline:
+            _, _, got = ch.basic_get("kept", auto_ack=True)
+            if got is not None:
+                bodies.append(got.decode())
+        assert bodies == [f"m{i}" for i in range(20)]
+    finally:
+        conn.close()
+
+
+def test_one_sigterm_stops_every_worker_in_order(host):
+    # Last in this module: it ends the host.
+    pids = host.live_worker_pids()
+    assert len(pids) == 2
+    code = host.stop(signal.SIGTERM, timeout=25)
+    assert code == 0, host.log()
+    assert host.live_worker_pids() == [] and not any(pid_runs(p, "") for p in pids)
+    log = host.log()
+    assert log.index(f"stopping worker 1 ({host.node_id(1)}") < log.index(
+        f"stopping worker 0 ({host.node_id(0)}"
+    )
+    assert f"Merpati node {host.node_id(0)} stopped" in log
+    assert f"Merpati node {host.node_id(1)} stopped" in log
+    assert "all workers stopped" in log
