@@ -30,10 +30,17 @@ def connect(w: WorkersProcess) -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(w.url))
 
 
-def queue_nodes(w: WorkersProcess) -> dict[str, str]:
-    status, body = call(w.management_url, "GET", "/api/queues")
-    assert status == 200
-    return {qu["name"]: qu["node"] for qu in body}
+def queue_nodes(w: WorkersProcess, *names: str) -> dict[str, str]:
+    """Each queue's leader, once the worker answering knows every queue in `names`: the API's
+    worker may apply a declaration a moment after the worker that was asked to make it."""
+    deadline = time.monotonic() + 5
+    while True:
+        status, body = call(w.management_url, "GET", "/api/queues")
+        assert status == 200
+        nodes = {qu["name"]: qu["node"] for qu in body}
+        if all(n in nodes for n in names) or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.05)
 
 
 def worker_of(w: WorkersProcess, conn: pika.BlockingConnection, tag: str) -> str:
@@ -41,7 +48,7 @@ def worker_of(w: WorkersProcess, conn: pika.BlockingConnection, tag: str) -> str
     always stay with their connection)."""
     ch = conn.channel()
     ch.queue_declare(f"where-{tag}", exclusive=True)
-    return queue_nodes(w)[f"where-{tag}"]
+    return queue_nodes(w, f"where-{tag}")[f"where-{tag}"]
 
 
 def connections_on_each_worker(w: WorkersProcess) -> dict[str, pika.BlockingConnection]:
@@ -71,7 +78,7 @@ def test_connections_spread_over_the_workers_and_client_local_queues_stay_with_t
             ch = conn.channel()
             ch.queue_declare(f"mine-{i}", exclusive=True)
             ch.queue_declare(f"local-{i}", durable=True)  # the workers' default: client-local
-        nodes = queue_nodes(host)
+        nodes = queue_nodes(host, *(f"local-{i}" for i in range(CONNECTIONS)))
         workers = {nodes[f"mine-{i}"] for i in range(CONNECTIONS)}
         assert workers == {host.node_id(0), host.node_id(1)}
         for i in range(CONNECTIONS):
@@ -85,14 +92,20 @@ def test_connections_spread_over_the_workers_and_client_local_queues_stay_with_t
 
 
 def test_balanced_puts_each_queue_on_the_worker_leading_fewer(host):
+    # Earlier tests' exclusive queues go with their connections: wait until every worker's
+    # view has them gone, so the counts below are the ones placement sees.
+    deadline = time.monotonic() + 5
+    while any(n.startswith(("mine-", "where-")) for n in queue_nodes(host)):
+        assert time.monotonic() < deadline, queue_nodes(host)
+        time.sleep(0.05)
     conn = connect(host)
     try:
         ch = conn.channel()
         for i in range(6):
-            leaders = list(queue_nodes(host).values())
+            leaders = list(queue_nodes(host, *(f"bal-{j}" for j in range(i))).values())
             counts = {n: leaders.count(n) for n in (host.node_id(0), host.node_id(1))}
             ch.queue_declare(f"bal-{i}", arguments={"x-queue-leader-locator": "balanced"})
-            placed = queue_nodes(host)[f"bal-{i}"]
+            placed = queue_nodes(host, f"bal-{i}")[f"bal-{i}"]
             assert counts[placed] == min(counts.values()), (i, counts, placed)
     finally:
         conn.close()
@@ -121,7 +134,7 @@ def test_a_message_published_through_one_worker_is_consumed_through_the_other(ho
     (a, conn_a), (b, conn_b) = sorted(by_worker.items())
     try:
         conn_a.channel().queue_declare("across", durable=True)
-        assert queue_nodes(host)["across"] == a
+        assert queue_nodes(host, "across")["across"] == a
         pub = conn_b.channel()
         pub.confirm_delivery()
         pub.basic_publish("", "across", b"from " + b.encode())
@@ -149,7 +162,7 @@ def test_a_killed_worker_is_restarted_and_rejoins_with_its_queues(host):
     conn = by_worker[victim]
     ch = conn.channel()
     ch.queue_declare("kept", durable=True)
-    assert queue_nodes(host)["kept"] == victim
+    assert queue_nodes(host, "kept")["kept"] == victim
     ch.confirm_delivery()
     for i in range(20):
         ch.basic_publish(
@@ -178,18 +191,26 @@ def test_a_killed_worker_is_restarted_and_rejoins_with_its_queues(host):
             break
         time.sleep(0.2)
     assert (status, body.get("node"), body.get("messages")) == (200, victim, 20), body
+    # The other worker serves the queue once its pings find the restarted one up again (until
+    # then it answers 404, "on node ..., which is down", as for any node that is away).
+    bodies: list[str] = []
+    deadline = time.monotonic() + 10
     conn = connect(host)
     try:
         ch = conn.channel()
-        bodies = []
-        deadline = time.monotonic() + 10
         while len(bodies) < 20 and time.monotonic() < deadline:
-            _, _, got = ch.basic_get("kept", auto_ack=True)
+            try:
+                _, _, got = ch.basic_get("kept", auto_ack=True)
+            except pika.exceptions.ChannelClosedByBroker as e:
+                assert e.reply_code == 404 and "which is down" in e.reply_text, e
+                time.sleep(0.1)
+                ch = conn.channel()
+                continue
             if got is not None:
                 bodies.append(got.decode())
-        assert bodies == [f"m{i}" for i in range(20)]
     finally:
         conn.close()
+    assert bodies == [f"m{i}" for i in range(20)]
 
 
 def test_one_sigterm_stops_every_worker_in_order(host):
