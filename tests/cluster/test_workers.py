@@ -12,6 +12,7 @@ import pika
 import pytest
 
 from tests.support.http import call, q, samples, scrape
+from tests.support.node import NodeProcess, PortClash
 from tests.support.workers import WorkersProcess, pid_runs
 
 CONNECTIONS = 12  # all on one worker by chance: 2 * 2**-12
@@ -127,6 +128,43 @@ def test_an_unknown_locator_is_refused_by_declarations_and_policies(host):
         {"pattern": ".*", "definition": {"queue-leader-locator": "nearest"}},
     )
     assert status == 400 and "not a valid queue-leader-locator" in body["reason"]
+
+
+def test_definitions_with_an_unknown_locator_policy_are_refused_whole(host):
+    body = {
+        "policies": [
+            {
+                "vhost": "/",
+                "name": "bad-def",
+                "pattern": ".*",
+                "definition": {"queue-master-locator": "balanced"},
+            }
+        ]
+    }
+    status, answer = call(host.management_url, "POST", "/api/definitions", body)
+    assert status == 400
+    assert "policy 'bad-def' in vhost '/'" in answer["reason"]
+    assert "not a valid queue-master-locator value" in answer["reason"]
+
+
+def test_a_lone_node_does_not_share_the_workers_port(host):
+    # SO_REUSEPORT is the workers' only: a node on its own refuses a port that is taken.
+    lone = NodeProcess()
+    lone.port = host.port
+    lone._started_once = True  # no retry on other ports: the clash is the point
+    with pytest.raises(PortClash):
+        lone.start(timeout=20)
+    assert not lone.alive()
+    assert f"{host.port}): address already in use" in lone.log()
+
+
+def test_sighup_without_tls_leaves_supervisor_and_workers_running(host):
+    pids = host.live_worker_pids()
+    assert host.proc is not None
+    host.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert host.alive() and host.live_worker_pids() == pids
+    assert "SIGHUP: no TLS certificates to reload" in host.log()
 
 
 def test_a_message_published_through_one_worker_is_consumed_through_the_other(host):

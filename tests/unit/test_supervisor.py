@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 
 import pytest
 
 from merpati.node.config import FLAGS, ConfigError, load
 from merpati.node.supervisor import (
+    CONFIG_REFUSED,
+    FIRST_RESTART_DELAY,
+    Supervisor,
     describe_exit,
     peers_of,
     plan_workers,
@@ -153,3 +158,68 @@ def test_a_locator_the_user_set_is_left_to_reach_the_worker_untouched():
 def test_exit_descriptions_name_the_signal():
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(1) == "exit status 1"
+
+
+# -- watching workers (tiny stand-in processes, no nodes) ---------------------------------------
+
+
+def supervisor_of(tmp_path, code: str) -> Supervisor:
+    sup = Supervisor(cfg(data_dir=str(tmp_path), metrics_port="0"), [], 2)
+    for w in sup.workers:
+        w.argv = [sys.executable, "-c", code]
+    return sup
+
+
+def watch_until(sup: Supervisor, done, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline
+        sup._watch()
+        time.sleep(0.02)
+
+
+def test_a_dying_worker_is_started_again_with_a_doubling_delay(tmp_path):
+    sup = supervisor_of(tmp_path, "import sys; sys.exit(1)")
+    w = sup.workers[0]
+    w.start()
+    sup.workers[1].restart_at = float("inf")  # only worker 0 takes part
+    first = w.proc.pid
+    watch_until(sup, lambda: w.restart_at is not None)
+    assert w.restart_at - time.monotonic() <= FIRST_RESTART_DELAY and w.delay == 2 * (
+        FIRST_RESTART_DELAY
+    )
+    watch_until(sup, lambda: w.proc.pid != first)  # started again once the delay passed
+    watch_until(sup, lambda: w.restart_at is not None)
+    assert w.delay == 4 * FIRST_RESTART_DELAY  # died again at once: the next wait is longer
+    assert not sup.stopping
+
+
+def test_a_worker_refusing_its_configuration_stops_the_supervisor_with_its_status(tmp_path):
+    sup = supervisor_of(tmp_path, "import sys; sys.exit(2)")
+    for w in sup.workers:
+        w.start()
+    watch_until(sup, lambda: sup.stopping)
+    assert sup.status == CONFIG_REFUSED
+    sup._stop_all()
+    assert all(w.proc.poll() is not None for w in sup.workers)
+
+
+def test_stop_all_stops_the_workers_highest_index_first(tmp_path):
+    # Each stand-in records when it got SIGTERM, then exits.
+    code = (
+        "import signal, sys, time, pathlib\n"
+        "def stop(*_):\n"
+        "    pathlib.Path(sys.argv[1]).write_text(str(time.monotonic()))\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "time.sleep(30)\n"
+    )
+    sup = supervisor_of(tmp_path, code)
+    for i, w in enumerate(sup.workers):
+        w.argv.append(str(tmp_path / f"stopped-{i}"))
+        w.start()
+    time.sleep(0.3)  # the stand-ins install their handlers
+    sup._stop_all()
+    stopped = [float((tmp_path / f"stopped-{i}").read_text()) for i in range(2)]
+    assert stopped[1] < stopped[0]
+    assert [w.proc.returncode for w in sup.workers] == [0, 0]
