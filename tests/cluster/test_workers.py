@@ -194,6 +194,35 @@ def test_a_message_published_through_one_worker_is_consumed_through_the_other(ho
             conn.close()
 
 
+def test_quorum_queues_are_led_by_the_declaring_connections_worker(host):
+    by_worker = connections_on_each_worker(host)
+    try:
+        for node, conn in by_worker.items():
+            name = f"qq-{node}"
+            conn.channel().queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+            assert queue_nodes(host, name)[name] == node
+            status, body = call(host.management_url, "GET", f"/api/queues/{q('/')}/{q(name)}")
+            assert status == 200 and body["type"] == "quorum"
+            assert sorted(body["members"]) == [host.node_id(0), host.node_id(1)]
+        # The old master locator is a classic queue argument, refused on quorum queues as in
+        # RabbitMQ; the leader locator is taken.
+        conn = next(iter(by_worker.values()))
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            conn.channel().queue_declare(
+                "qq-old",
+                durable=True,
+                arguments={"x-queue-type": "quorum", "x-queue-master-locator": "client-local"},
+            )
+        assert e.value.reply_code == 406
+    finally:
+        for node, conn in by_worker.items():
+            if conn.is_open:
+                # Gone before the SIGTERM test: the last worker to stop would wait for another
+                # replica to hand their leadership to (a node's stop gives that 5 s).
+                conn.channel().queue_delete(f"qq-{node}")
+                conn.close()
+
+
 def test_a_killed_worker_is_restarted_and_rejoins_with_its_queues(host):
     by_worker = connections_on_each_worker(host)
     victim = host.node_id(1)
