@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import time
@@ -15,14 +16,23 @@ from typing import Any
 from .node import NodeProcess
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_run(count: int) -> int:
-    """A free port P with P+1 .. P+count-1 free too (a worker range)."""
+    """A free port P with P+1 .. P+count-1 free too (a worker range), below the ephemeral range.
+
+    Not from the ephemeral range as free_port's are: a worker's cluster and Raft ports are
+    connected to by the other workers before they listen, and a connection to a port nobody
+    listens on can get that very port as its source port (TCP self-connect), holding it for
+    good; the worker then cannot bind it however often it is restarted."""
+    top = _ephemeral_floor() - count
     for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
+        base = random.randrange(10000, top)
         held = []
         try:
             for port in range(base, base + count):
