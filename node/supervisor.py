@@ -23,7 +23,7 @@ processes, the workers, and watches them:
   within `STABLE` seconds of its start), rejoins the cluster as the same member and recovers its
   queues from its data directory. A worker exiting with status 2 (its configuration is refused,
   as every worker's would be) stops them all instead.
-* SIGHUP is passed on to every worker when they have TLS certificates to reload, else ignored.
+* SIGHUP is passed on to every worker (a node reloads its certificates on it).
 * SIGTERM or SIGINT stops the workers one at a time, highest index first, each with SIGTERM (a
   node's clean stop: quorum queue leadership handed over, clients closed, store committed),
   waiting for each; one that does not stop within `STOP_TIMEOUT` is killed. Workers are in
@@ -235,17 +235,13 @@ class Supervisor:
         locator = "" if cfg.queue_leader_locator else "client-local"
         self.workers = [Worker(p, worker_argv(server_args, p, peers, locator)) for p in self.plans]
         self.data_dir = Path(cfg.data_dir)
-        self.tls = bool(cfg.tls_cert)
         self.stopping = False
         self.status = 0
 
     def _hangup(self, signum: int, frame: Any) -> None:
-        """SIGHUP reloads a node's TLS certificates: every worker gets it (and the supervisor is
-        not ended by it, which would stop them all). Without TLS a node has no use for it (and
-        would die of it), so it stops here."""
-        if not self.tls:
-            log.info("SIGHUP: no TLS certificates to reload")
-            return
+        """SIGHUP reloads a node's certificates (AMQPS, HTTPS, the cluster's): every worker
+        gets it, and the supervisor is not ended by it, which would stop them all."""
+        log.info("SIGHUP: passed on to the workers")
         for w in self.workers:
             if w.pid is not None and w.proc is not None:
                 w.proc.send_signal(signal.SIGHUP)
