@@ -245,6 +245,16 @@ class ClusterNode:
             return ConnectionCounts()
         return self.forwarding.peer_counts()
 
+    async def peer_client_views(self, kind: str) -> list[dict[str, Any]]:
+        if self.forwarding is None:
+            return []
+        return await self.forwarding.peer_client_views(kind)
+
+    async def close_peer_connection(self, node: str, name: str, reason: str) -> bool:
+        if self.forwarding is None:
+            return False
+        return await self.forwarding.close_peer_connection(node, name, reason)
+
     def _on_applied(self, cmd: Any, result: Any) -> None:
         if isinstance(cmd, (NodeJoined, NodeLeft)) and not isinstance(result, MetadataError):
             self.membership_changed(cmd, result)

@@ -134,6 +134,9 @@ class Broker:
         # and `blocked_by` are that set, read when a connection opens.
         self.alarms = Alarms(node_id)
         self.alarm_listeners: list[Callable[[frozenset[str]], None]] = []
+        # This node's clients as its management API shows them, for the other nodes' listings
+        # (node.management.views.ClientViews; set by the Node, None in the core's tests).
+        self.client_views: Any = None
         self.blocked = False
         self.blocked_by: frozenset[str] = frozenset()
         # Plain integers the hot path bumps; exported at scrape time (node.metrics).

@@ -68,6 +68,15 @@ class ClusterSeam(Protocol):
         """The client connections and channels of the other live nodes, as they last reported
         them (for vhost and user limits counted over the cluster)."""
 
+    async def peer_client_views(self, kind: str) -> list[dict[str, Any]]:
+        """The other reachable nodes' client "connections", "channels" or "consumers" as their
+        management API shows them (node.management.views.ClientViews); a node that does not
+        answer in time is left out."""
+
+    async def close_peer_connection(self, node: str, name: str, reason: str) -> bool:
+        """Close client connection `name` of another node; False: it has no such connection
+        (or cannot be reached)."""
+
 
 class LoneNode:
     """A node that is its own cluster: every queue is led here, nothing moves."""
@@ -110,3 +119,9 @@ class LoneNode:
 
     def peer_counts(self) -> ConnectionCounts:
         return ConnectionCounts()
+
+    async def peer_client_views(self, kind: str) -> list[dict[str, Any]]:
+        return []
+
+    async def close_peer_connection(self, node: str, name: str, reason: str) -> bool:
+        return False

@@ -156,6 +156,11 @@ class Node:
             queue_leader_locator=cfg.resolved_queue_leader_locator(),
         )
         self.broker.alarm_listeners.append(self._on_alarm)
+        from .management.views import ClientViews
+
+        # The other nodes list (and close) this node's clients through it, so that every
+        # node's management API answers for the whole cluster.
+        self.broker.client_views = ClientViews(self)
         only_member = True
         if self.cluster is not None:
             only_member = not self.cluster.clustered

@@ -84,12 +84,47 @@ def test_connections_spread_over_the_workers_and_client_local_queues_stay_with_t
         assert workers == {host.node_id(0), host.node_id(1)}
         for i in range(CONNECTIONS):
             assert nodes[f"local-{i}"] == nodes[f"mine-{i}"], i
+        # Whichever worker answers, the API lists every worker's connections and consumers.
+        for i, conn in enumerate(conns):
+            conn.channel().basic_consume(f"local-{i}", lambda *a: None)
+        for _ in range(6):
+            status, listed = call(host.management_url, "GET", "/api/connections")
+            assert status == 200 and len(listed) == CONNECTIONS
+            assert {c["node"] for c in listed} == workers
+            status, consumers = call(host.management_url, "GET", "/api/consumers")
+            assert status == 200
+            assert {c["queue"]["name"] for c in consumers} == {
+                f"local-{i}" for i in range(CONNECTIONS)
+            }
         # Each worker's own metrics port counts its own connections: one target per worker.
         counts = [samples(scrape(host.metrics_url_of(i)))["rabbitmq_connections"] for i in range(2)]
         assert sum(counts) >= CONNECTIONS and all(counts)
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_any_worker_closes_a_connection_of_any_worker(host):
+    conns = [connect(host) for _ in range(6)]
+    try:
+        status, listed = call(host.management_url, "GET", "/api/connections")
+        assert status == 200 and len(listed) == 6
+        for c in listed:  # each DELETE lands on a worker the kernel picks, this one's or not
+            status, _ = call(host.management_url, "DELETE", f"/api/connections/{q(c['name'])}")
+            assert status == 204, c
+        deadline = time.monotonic() + 5
+        while any(conn.is_open for conn in conns) and time.monotonic() < deadline:
+            for conn in conns:
+                if conn.is_open:
+                    try:
+                        conn.process_data_events(0.05)
+                    except pika.exceptions.ConnectionClosedByBroker as e:
+                        assert e.reply_code == 320 and "Closed via management" in e.reply_text
+        assert not any(conn.is_open for conn in conns)
+    finally:
+        for conn in conns:
+            if conn.is_open:
+                conn.close()
 
 
 def test_balanced_puts_each_queue_on_the_worker_leading_fewer(host):
