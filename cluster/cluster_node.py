@@ -193,9 +193,9 @@ class ClusterNode:
         self.replicated.bind(broker)
         broker.metadata.subscribe(self._on_applied)
 
-    def place_queue(self, exclusive: bool) -> str:
+    def place_queue(self, exclusive: bool, locator: str = "balanced") -> str:
         broker = self.broker
-        return place_queue(broker.state, self.membership.live(), broker.node_id, exclusive)
+        return place_queue(broker.state, self.membership.live(), broker.node_id, exclusive, locator)
 
     def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
         m = self.membership
@@ -244,6 +244,16 @@ class ClusterNode:
         if self.forwarding is None:
             return ConnectionCounts()
         return self.forwarding.peer_counts()
+
+    async def peer_client_views(self, kind: str) -> list[dict[str, Any]]:
+        if self.forwarding is None:
+            return []
+        return await self.forwarding.peer_client_views(kind)
+
+    async def close_peer_connection(self, node: str, name: str, reason: str) -> bool:
+        if self.forwarding is None:
+            return False
+        return await self.forwarding.close_peer_connection(node, name, reason)
 
     def _on_applied(self, cmd: Any, result: Any) -> None:
         if isinstance(cmd, (NodeJoined, NodeLeft)) and not isinstance(result, MetadataError):

@@ -252,13 +252,20 @@ class Membership:
         return None
 
 
-def place_queue(state: Any, live: set[str], local: str, exclusive: bool) -> str:
+def place_queue(
+    state: Any, live: set[str], local: str, exclusive: bool, locator: str = "balanced"
+) -> str:
     """The leader for a new queue: this node for an exclusive queue (it lives and dies with its
-    connection), else the live member leading the fewest queues (ties: this node, then by id).
-    Draining members are skipped, unless every live member is draining."""
+    connection) and for the client-local locator (the connection that declares it is here, so
+    its publishes and deliveries need not cross to another node), else the live member leading
+    the fewest queues (ties: this node, then by id). Draining members are skipped, unless every
+    live member is draining: a client-local queue declared on a draining node is balanced
+    instead, as that node is handing its queues away."""
     if exclusive or len(live) <= 1:
         return local
     draining = getattr(state, "draining", ())
+    if locator == "client-local" and local not in draining:
+        return local
     live = (live - draining) or live
     counts = dict.fromkeys(live, 0)
     for vh in state.vhosts.values():

@@ -36,7 +36,7 @@ from .core.login_throttle import LoginThrottle
 from .core.message import Message
 from .core.publish import REFUSED, UNROUTED
 from .core.queue import FlowControlled, LocalQueue, MemoryBudget, QueueHandle
-from .core.queue_args import QueueOptions, effective_arguments
+from .core.queue_args import BALANCED, QueueOptions, effective_arguments, leader_locator
 from .core.queue_args import parse as parse_queue_args
 from .core.reply_to import PREFIX as REPLY_PREFIX
 from .core.reply_to import ReplyTo
@@ -97,8 +97,11 @@ class Broker:
         default_queue_type: str = "classic",
         max_connections: int = 0,
         consumer_timeout: int = DEFAULT_CONSUMER_TIMEOUT,
+        queue_leader_locator: str = BALANCED,
     ) -> None:
         self.node_id = node_id
+        # Where new queues go unless their arguments or policy say (--queue-leader-locator).
+        self.queue_leader_locator = queue_leader_locator
         # Client connections this node accepts at once (--max-connections; 0: no limit).
         self.max_connections = max_connections
         # ms a 0-9-1 delivery may stay unacknowledged (RabbitMQ's consumer_timeout; 0: no
@@ -131,6 +134,9 @@ class Broker:
         # and `blocked_by` are that set, read when a connection opens.
         self.alarms = Alarms(node_id)
         self.alarm_listeners: list[Callable[[frozenset[str]], None]] = []
+        # This node's clients as its management API shows them, for the other nodes' listings
+        # (node.management.views.ClientViews; set by the Node, None in the core's tests).
+        self.client_views: Any = None
         self.blocked = False
         self.blocked_by: frozenset[str] = frozenset()
         # Plain integers the hot path bumps; exported at scrape time (node.metrics).
@@ -250,7 +256,12 @@ class Broker:
             # Recorded in the queue's arguments, as RabbitMQ does: a redeclare without the
             # argument is equivalent, and the queue stays quorum if the default changes.
             args["x-queue-type"] = "quorum"
-        leader = self.cluster.place_queue(exclusive_owner is not None)
+        vh = self.state.vhosts.get(vhost)
+        policy = vh.policy_for("queue", name) if vh is not None else None
+        locator = leader_locator(
+            args, policy.definition if policy else None, self.queue_leader_locator
+        )
+        leader = self.cluster.place_queue(exclusive_owner is not None, locator)
         replicas: tuple[str, ...] = ()
         incarnation = ""
         if replicated_type(args, durable, exclusive_owner, auto_delete):

@@ -1,5 +1,6 @@
-"""The `merpati` command: `merpati server` runs a node; `merpati ctl` operates one over its
-management API (tools/ctl.py); `merpati perf` is a load tool (tools/perf.py)."""
+"""The `merpati` command: `merpati server` runs a node (or, with `--workers N`, supervises N of
+them on this host: node/supervisor.py); `merpati ctl` operates one over its management API
+(tools/ctl.py); `merpati perf` is a load tool (tools/perf.py)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             level=getattr(logging, cfg.log_level.upper()),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if cfg.resolved_workers() > 1:
+            from . import supervisor
+
+            return supervisor.run(cfg, argv[argv.index("server") + 1 :])
         from .server import Node, StartupError
 
         try:

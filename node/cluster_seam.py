@@ -29,8 +29,9 @@ class ClusterSeam(Protocol):
     def bind(self, broker: Broker) -> None:
         """Called once by the broker's constructor, before any command is applied."""
 
-    def place_queue(self, exclusive: bool) -> str:
-        """The node that leads a new queue (exclusive ones stay with their connection)."""
+    def place_queue(self, exclusive: bool, locator: str = "balanced") -> str:
+        """The node that leads a new queue: this node for an exclusive one (it stays with its
+        connection) and for `locator` client-local, else the cluster balances leaders."""
 
     def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
         """The nodes holding a new replicated queue's replicas, `leader` first (empty: this
@@ -67,6 +68,15 @@ class ClusterSeam(Protocol):
         """The client connections and channels of the other live nodes, as they last reported
         them (for vhost and user limits counted over the cluster)."""
 
+    async def peer_client_views(self, kind: str) -> list[dict[str, Any]]:
+        """The other reachable nodes' client "connections", "channels" or "consumers" as their
+        management API shows them (node.management.views.ClientViews); a node that does not
+        answer in time is left out."""
+
+    async def close_peer_connection(self, node: str, name: str, reason: str) -> bool:
+        """Close client connection `name` of another node; False: it has no such connection
+        (or cannot be reached)."""
+
 
 class LoneNode:
     """A node that is its own cluster: every queue is led here, nothing moves."""
@@ -77,7 +87,7 @@ class LoneNode:
     def bind(self, broker: Broker) -> None:
         self.node_id = broker.node_id
 
-    def place_queue(self, exclusive: bool) -> str:
+    def place_queue(self, exclusive: bool, locator: str = "balanced") -> str:
         return self.node_id
 
     def place_replicas(self, leader: str, count: int) -> tuple[str, ...]:
@@ -109,3 +119,9 @@ class LoneNode:
 
     def peer_counts(self) -> ConnectionCounts:
         return ConnectionCounts()
+
+    async def peer_client_views(self, kind: str) -> list[dict[str, Any]]:
+        return []
+
+    async def close_peer_connection(self, node: str, name: str, reason: str) -> bool:
+        return False

@@ -98,6 +98,17 @@ class Config:
     # (RabbitMQ's consumer_timeout, same default); 0: no limit. A queue's x-consumer-timeout or
     # consumer-timeout policy overrides it.
     consumer_timeout: int = 1_800_000
+    # Where a queue declared without x-queue-leader-locator (or a policy saying it) is led:
+    # client-local (the declaring connection's node) or balanced (the live node leading the
+    # fewest queues). Empty: balanced, except in the workers of --workers (client-local: the
+    # kernel spreads the connections over them, so client-local spreads the queues as well).
+    queue_leader_locator: str = ""
+    # Node processes on this host (node.supervisor): a number, or "auto" for one per CPU this
+    # process may run on. Above 1 this process only supervises them.
+    workers: str = "1"
+    # Open the client ports (AMQP, AMQPS, management) with SO_REUSEPORT, so that the workers of
+    # --workers share them; set by the supervisor for its workers, never needed by hand.
+    reuse_port: bool = False
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -113,6 +124,19 @@ class Config:
 
     def resolved_node_id(self) -> str:
         return self.node_id or f"merpati@{socket.gethostname()}"
+
+    def resolved_queue_leader_locator(self) -> str:
+        return self.queue_leader_locator or "balanced"
+
+    def resolved_workers(self) -> int:
+        """--workers as a number: "auto" is the CPUs this process may run on (its affinity,
+        which container runtimes set; a CFS quota is not looked at)."""
+        if self.workers.strip().lower() == "auto":
+            try:
+                return max(1, len(os.sched_getaffinity(0)))
+            except (AttributeError, OSError):
+                return os.cpu_count() or 1
+        return int(self.workers)
 
 
 # The settings that are flags (and therefore environment variables), with their help text.
@@ -165,6 +189,12 @@ FLAGS: dict[str, str] = {
     "user is then not created",
     "consumer_timeout": "ms an AMQP 0-9-1 delivery may stay unacknowledged before its channel "
     "is closed (406), 0 = no limit; a queue's x-consumer-timeout or policy overrides it",
+    "queue_leader_locator": "where new queues are led: client-local (the declaring connection's "
+    "node) or balanced (fewest leaders); x-queue-leader-locator or a policy overrides it "
+    "(default: balanced; client-local in the workers of --workers)",
+    "workers": "node processes to run on this host as one cluster, sharing the client ports "
+    "(SO_REUSEPORT): a number or auto (one per CPU); above 1 this process supervises them",
+    "reuse_port": "open the client ports with SO_REUSEPORT (set by --workers for its workers)",
 }
 
 
@@ -182,8 +212,12 @@ def _tuple(name: str, value: Any) -> tuple[str, ...]:
 
 def _coerce(name: str, value: Any) -> Any:
     default = getattr(Config, name)
-    if name == "disk_free_limit" and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # a TOML integer: bytes
+    if (
+        name in ("disk_free_limit", "workers")
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
+        value = str(value)  # a TOML integer: bytes, or a number of workers
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(
@@ -303,6 +337,16 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         parse_disk_free_limit(cfg.disk_free_limit)
     except DiskLimitError as e:
         raise ConfigError(f"disk-free-limit: {e}")
+    if cfg.queue_leader_locator not in ("", "client-local", "balanced"):
+        raise ConfigError(
+            "queue-leader-locator must be client-local or balanced, not "
+            f"{cfg.queue_leader_locator!r}"
+        )
+    workers = cfg.workers.strip().lower()
+    if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+        raise ConfigError(
+            f"workers must be a number of processes (1 or more) or auto, not {cfg.workers!r}"
+        )
     if cfg.store_sync.lower() not in ("full", "normal"):
         raise ConfigError(f"store-sync must be full or normal, not {cfg.store_sync!r}")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -153,8 +153,14 @@ class Node:
             default_queue_type=cfg.default_queue_type,
             max_connections=cfg.max_connections,
             consumer_timeout=cfg.consumer_timeout,
+            queue_leader_locator=cfg.resolved_queue_leader_locator(),
         )
         self.broker.alarm_listeners.append(self._on_alarm)
+        from .management.views import ClientViews
+
+        # The other nodes list (and close) this node's clients through it, so that every
+        # node's management API answers for the whole cluster.
+        self.broker.client_views = ClientViews(self)
         only_member = True
         if self.cluster is not None:
             only_member = not self.cluster.clustered
@@ -193,6 +199,9 @@ class Node:
                 host=self.hosts,
                 port=port,
                 reuse_address=True,
+                # Only the workers of --workers share a port: a lone node must fail to start
+                # on a port another process holds, not silently split its clients with it.
+                reuse_port=cfg.reuse_port or None,
                 backlog=1024,
                 ssl=tls,
                 # A client that stalls in the TLS handshake is closed as one that stalls in
@@ -233,22 +242,38 @@ class Node:
         assert self.broker is not None
         self.queue_churn = QueueChurn()
         self.broker.metadata.subscribe(self.queue_churn.on_applied)
-        apps: list[tuple[str, str, Any, int]] = []
+        apps: list[tuple[str, str, Any, int, bool]] = []
         if cfg.metrics_port:
             from .metrics.server import metrics_app
 
+            # Never shared: each worker of --workers has a metrics port of its own (node.supervisor),
+            # as a scrape must name the node its per-node figures are of.
             apps.append(
-                ("Prometheus metrics", "http/prometheus", metrics_app(self), cfg.metrics_port)
+                (
+                    "Prometheus metrics",
+                    "http/prometheus",
+                    metrics_app(self),
+                    cfg.metrics_port,
+                    False,
+                )
             )
         if cfg.management_port:
             from .management.app import management_app
 
-            apps.append(("management API", "http", management_app(self), cfg.management_port))
+            apps.append(
+                (
+                    "management API",
+                    "http",
+                    management_app(self),
+                    cfg.management_port,
+                    cfg.reuse_port,
+                )
+            )
         if not apps:
             return
         from aiohttp import web
 
-        for what, protocol, app, port in apps:
+        for what, protocol, app, port, shared in apps:
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             self._http_runners.append(runner)
@@ -259,6 +284,7 @@ class Node:
                 host=hosts,
                 port=port,
                 reuse_address=True,
+                reuse_port=shared or None,
                 backlog=128,
                 ssl_context=self.http_tls,
             )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -52,6 +53,8 @@ PING_INTERVAL = 1.0
 PING_TIMEOUT = 2.0
 RETRY_INTERVAL = 0.5
 CALL_TIMEOUT = 10.0
+# A management listing waits this long for each other node's clients; one slower is left out.
+VIEWS_TIMEOUT = 2.0
 # A batch is cut at this many messages or body bytes (the next write takes the rest).
 BATCH_MESSAGES = 2000
 BATCH_BYTES = 1 << 20
@@ -347,6 +350,22 @@ class Peer:
     async def call(self, name: str, request: Any) -> Any:
         method = getattr(self.stub, name)
         return await method(request, metadata=self.metadata, timeout=CALL_TIMEOUT)
+
+    async def client_views(self, kind: str) -> list[dict[str, Any]]:
+        """This peer's client connections, channels or consumers (the management API's JSON)."""
+        resp = await self.stub.ClientViews(
+            pb.ClientViewsRequest(kind=kind), metadata=self.metadata, timeout=VIEWS_TIMEOUT
+        )
+        items = json.loads(resp.json)
+        return items if isinstance(items, list) else []
+
+    async def close_connection(self, name: str, reason: str) -> bool:
+        resp = await self.stub.CloseConnection(
+            pb.CloseConnectionRequest(name=name, reason=reason),
+            metadata=self.metadata,
+            timeout=VIEWS_TIMEOUT,
+        )
+        return bool(resp.closed)
 
     def purge_handover(self, vhost: str, queue: str) -> None:
         """Tell this peer the queue it hands over was purged here (no answer awaited: a peer

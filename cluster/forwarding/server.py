@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from collections import defaultdict
 from typing import Any
@@ -330,6 +331,25 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
             user_channels=counts.user_channels,
             alarms=sorted(self.broker.alarms.local),
         )
+
+    async def ClientViews(  # noqa: N802
+        self, request: pb.ClientViewsRequest, context: Any
+    ) -> pb.ClientViewsResponse:
+        await self._caller(context)
+        views = self.broker.client_views
+        try:
+            items = views.list(request.kind) if views is not None else []
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return pb.ClientViewsResponse(json=json.dumps(items).encode())
+
+    async def CloseConnection(  # noqa: N802
+        self, request: pb.CloseConnectionRequest, context: Any
+    ) -> pb.CloseConnectionResponse:
+        await self._caller(context)
+        views = self.broker.client_views
+        closed = views is not None and views.close(request.name, request.reason)
+        return pb.CloseConnectionResponse(closed=closed)
 
 
 class _PublishStream:

@@ -18,9 +18,11 @@ import asyncio
 import logging
 from typing import Any
 
+import grpc
+
 from merpati.node.core.limits import ConnectionCounts
 
-from .client import UP, Peer
+from .client import DOWN, UP, Peer
 from .remote_queue import RemoteQueue
 from .server import ForwardingServer
 
@@ -101,6 +103,31 @@ class Forwarding:
             if peer.state == UP:
                 total.add(peer.counts)
         return total
+
+    async def peer_client_views(self, kind: str) -> list[dict[str, Any]]:
+        """The clients of every peer not known to be down, asked at once; a peer that fails or
+        does not answer within VIEWS_TIMEOUT is left out (a listing must not hang on it)."""
+        peers = [p for p in self.peers.values() if p.state != DOWN and not p.closed]
+        answers = await asyncio.gather(
+            *(p.client_views(kind) for p in peers), return_exceptions=True
+        )
+        out: list[dict[str, Any]] = []
+        for peer, answer in zip(peers, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.debug("no %s from node %s: %s", kind, peer.node_id, answer)
+                continue
+            out += answer
+        return out
+
+    async def close_peer_connection(self, node_id: str, name: str, reason: str) -> bool:
+        peer = self.peers.get(node_id)
+        if peer is None or peer.closed or peer.state == DOWN:
+            return False
+        try:
+            return await peer.close_connection(name, reason)
+        except grpc.RpcError as e:
+            log.warning("closing connection %r on node %s: %s", name, node_id, e)
+            return False
 
     # -- the broker's handles of queues led elsewhere ------------------------------------------
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+from .queue_args import LOCATOR_KEYS
+
 # AMQP 0-9-1 reply codes (the same numbers as node/amqp091/constants.py, kept here so the core
 # does not depend on a protocol front end).
 ACCESS_REFUSED = 403
@@ -178,6 +180,20 @@ def check_queue_arguments(vhost: str, name: str, arguments: dict[str, Any] | Non
     sac = args.get("x-single-active-consumer")
     if sac is not None and not isinstance(sac, bool):
         raise bad("x-single-active-consumer", f"expected a boolean, got {sac!r}")
+    for _, key, values, expected in LOCATOR_KEYS:
+        value = args.get(key)
+        if value is not None and _text(value) not in values:
+            raise bad(key, f"expected {expected}, got {value!r}")
+
+
+def check_policy_definition(definition: dict[str, Any]) -> str | None:
+    """Why a policy definition cannot be set (None: it can). Only the keys that decide where a
+    queue goes are checked: a bad one would otherwise be skipped silently at every declare."""
+    for policy_key, _, values, expected in LOCATOR_KEYS:
+        value = definition.get(policy_key)
+        if value is not None and _text(value) not in values:
+            return f"{value!r} is not a valid {policy_key} value (expected {expected})"
+    return None
 
 
 def check_queue_declare(vhost: str, name: str, arguments: dict[str, Any] | None = None) -> None:

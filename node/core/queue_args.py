@@ -100,6 +100,56 @@ def effective_arguments(
     return merged
 
 
+# Where a new queue's leader goes (RabbitMQ 3.10+'s queue leader locators): on the node of the
+# connection that declares it, or on the live node leading the fewest queues.
+CLIENT_LOCAL = "client-local"
+BALANCED = "balanced"
+LEADER_LOCATORS = (CLIENT_LOCAL, BALANCED)
+# What each accepted value of x-queue-leader-locator / queue-leader-locator means. RabbitMQ 3.10+
+# still takes its older strategies, deprecated, as balanced.
+_LEADER_LOCATOR_VALUES = {
+    CLIENT_LOCAL: CLIENT_LOCAL,
+    BALANCED: BALANCED,
+    "random": BALANCED,
+    "least-leaders": BALANCED,
+}
+# x-queue-master-locator / queue-master-locator, the name before 3.10 (mirrored classic queues),
+# with its own values; 3.10+ reads min-masters and random as balanced.
+_MASTER_LOCATOR_VALUES = {CLIENT_LOCAL: CLIENT_LOCAL, "min-masters": BALANCED, "random": BALANCED}
+# (policy key, argument, accepted values, the values an error names), in RabbitMQ's order of
+# precedence. An error names only the current leader locators, not the deprecated ones.
+LOCATOR_KEYS = (
+    (
+        "queue-leader-locator",
+        "x-queue-leader-locator",
+        _LEADER_LOCATOR_VALUES,
+        "client-local or balanced",
+    ),
+    (
+        "queue-master-locator",
+        "x-queue-master-locator",
+        _MASTER_LOCATOR_VALUES,
+        "client-local, min-masters or random",
+    ),
+)
+
+
+def leader_locator(
+    arguments: dict[str, Any], policy_definition: dict[str, Any] | None, default: str
+) -> str:
+    """The placement of a new queue, client-local or balanced, as RabbitMQ 3.10+ decides it
+    (rabbit_queue_location:leader_locator): the leader locator, else the master locator, each
+    from the queue's policy or else its argument (the policy wins, unlike the limits above),
+    else the node's setting (`default`). A policy value no locator knows is skipped: policies
+    set before the check existed could hold one, and declarations refuse bad arguments."""
+    policy = policy_definition or {}
+    for policy_key, arg, values, _ in LOCATOR_KEYS:
+        for value in (_text(policy.get(policy_key)), _text(arguments.get(arg))):
+            if value in values:
+                return values[value]
+    return default
+
+
 def parse(arguments: dict[str, Any]) -> QueueOptions:
     def num(key: str) -> int | None:
         v = arguments.get(key)

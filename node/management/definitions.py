@@ -31,6 +31,7 @@ from .. import __version__
 from ..core.declare import (
     DeclareError,
     check_exchange_declare,
+    check_policy_definition,
     check_queue_declare,
     check_quorum_declare,
 )
@@ -274,6 +275,9 @@ def commands(node: Node, body: dict[str, Any], only_vhost: str | None = None) ->
                 value = _limits("vhost", {"name": vh(p)}, p.get("value"), VHOST_LIMITS)
                 out.append(cmds.SetVhostLimits(vh(p), value, replace=True))
         for p in _list(body, "policies"):
+            invalid = check_policy_definition(dict(p.get("definition") or {}))
+            if invalid is not None:
+                raise _refused("policy", str(p["name"]), vh(p), invalid)
             out.append(
                 cmds.SetPolicy(
                     vh(p),

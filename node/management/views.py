@@ -299,6 +299,56 @@ def consumer_json(node: Node, conn: Any, ch: Any, c: Any) -> dict[str, Any]:
     }
 
 
+# -- this node's clients, for the other nodes -------------------------------------------------
+
+CLIENT_VIEW_KINDS = ("connections", "channels", "consumers")
+
+
+class ClientViews:
+    """This node's client connections, channels and consumers as its API shows them, and the
+    closing of one of its connections: what another node's management API asks for (the
+    forwarding ClientViews and CloseConnection calls) to answer for the whole cluster. Unfiltered:
+    the asking node applies its caller's rights."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _conns(self) -> list[Any]:
+        assert self.node.broker is not None
+        return sorted(self.node.broker.connections, key=lambda c: c.id)
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        node = self.node
+        if kind == "connections":
+            return [connection_json(node, c) for c in self._conns()]
+        if kind == "channels":
+            return [channel_json(node, c, ch) for c in self._conns() for ch in open_channels(c)]
+        if kind == "consumers":
+            return [
+                consumer_json(node, c, ch, cons)
+                for c in self._conns()
+                for ch in open_channels(c)
+                for cons in ch.consumers.values()
+            ]
+        raise ValueError(f"unknown kind {kind!r} (known: {', '.join(CLIENT_VIEW_KINDS)})")
+
+    def close(self, name: str, reason: str) -> bool:
+        """Close this node's connection `name` (its API name or id); False: there is none."""
+        for conn in self._conns():
+            if connection_name(conn) == name or conn.id == name:
+                conn.force_close(reason)
+                conn.flush_soon()
+                return True
+        return False
+
+
+def client_view_owner(kind: str, item: dict[str, Any]) -> tuple[str, str]:
+    """(vhost, user) of a connection, channel or consumer view, for the caller's rights."""
+    if kind == "consumers":
+        return item["queue"]["vhost"], item["channel_details"]["user"]
+    return item["vhost"], item["user"]
+
+
 # -- messages (queue /get) --------------------------------------------------------------------
 
 

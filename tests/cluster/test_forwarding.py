@@ -657,3 +657,42 @@ def test_alarms_travel_on_pings_and_go_with_the_peer(tmp_path: Path) -> None:
         ]
 
     run(body, tmp_path)
+
+
+class FakeClientViews:
+    """What node.management.views.ClientViews gives the forwarding server: lists and closes."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.closed: list[tuple[str, str]] = []
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        if kind not in ("connections", "channels", "consumers"):
+            raise ValueError(f"unknown kind {kind!r}")
+        return [{"name": f"{self.node_id}-1", "node": self.node_id, "vhost": "/", "user": "u"}]
+
+    def close(self, name: str, reason: str) -> bool:
+        if name != f"{self.node_id}-1":
+            return False
+        self.closed.append((name, reason))
+        return True
+
+
+def test_client_views_and_closing_a_connection_of_another_node(tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        views = c.b.broker.client_views = FakeClientViews("b")
+        assert await c.a.cluster.peer_client_views("connections") == views.list("connections")
+        assert await c.a.cluster.close_peer_connection("b", "b-1", "bye") is True
+        assert await c.a.cluster.close_peer_connection("b", "b-9", "bye") is False
+        assert views.closed == [("b-1", "bye")]
+        # An unknown kind is the caller's mistake, and leaves the listing without that node.
+        assert await c.a.cluster.peer_client_views("queues") == []
+        # A node without views (the core's tests) lists none; one that is down is not asked.
+        c.b.broker.client_views = None
+        assert await c.a.cluster.peer_client_views("channels") == []
+        await c.b.fw.server.stop(grace=None)
+        await until(lambda: c.a.fw.peer_state("b") == "down")
+        assert await c.a.cluster.peer_client_views("connections") == []
+        assert await c.a.cluster.close_peer_connection("b", "b-1", "bye") is False
+
+    run(body, tmp_path)

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ...core.declare import check_policy_definition
 from ...metadata import commands as cmds
 from ..app import bad_request, caller, json_response, not_authorised, not_found, read_json
 from ..views import jsonable
@@ -55,6 +56,9 @@ class PoliciesApi(ApiBase):
             raise bad_request("pattern and definition are required")
         if not isinstance(body["definition"], dict):
             raise bad_request("definition must be an object")
+        invalid = check_policy_definition(body["definition"])
+        if invalid is not None:
+            raise bad_request(f"Validation failed\n\n{invalid}\n")  # RabbitMQ's wording
         try:
             priority = int(body.get("priority", 0))
         except (TypeError, ValueError):

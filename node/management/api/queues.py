@@ -21,7 +21,10 @@ class QueuesApi(ApiBase):
         out = []
         for vhost in self._visible_vhosts(request):
             vh = self.state.vhosts[vhost]
-            out += [await queue_json(self.node, vhost, vh.queues[n]) for n in sorted(vh.queues)]
+            # The queues as they are now: a queue deleted while a remote queue's stats are
+            # awaited (an exclusive queue whose connection closed) must not make this a 500.
+            qdefs = [vh.queues[n] for n in sorted(vh.queues)]
+            out += [await queue_json(self.node, vhost, qdef) for qdef in qdefs]
         return json_response(out)
 
     def _queue(self, request: web.Request, write: bool = False) -> tuple[str, Any]:

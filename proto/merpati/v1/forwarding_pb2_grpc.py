@@ -74,6 +74,16 @@ class ForwardingStub:
                 request_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PingRequest.SerializeToString,
                 response_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.ClientViews = channel.unary_unary(
+                '/merpati.v1.Forwarding/ClientViews',
+                request_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.ClientViewsRequest.SerializeToString,
+                response_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.ClientViewsResponse.FromString,
+                _registered_method=True)
+        self.CloseConnection = channel.unary_unary(
+                '/merpati.v1.Forwarding/CloseConnection',
+                request_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.CloseConnectionRequest.SerializeToString,
+                response_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.CloseConnectionResponse.FromString,
+                _registered_method=True)
 
 
 class ForwardingServicer:
@@ -138,6 +148,22 @@ class ForwardingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClientViews(self, request, context):
+        """The answering node's own client connections, channels or consumers as its management API
+        shows them, for a listing of the whole cluster's (UNIMPLEMENTED from an older node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseConnection(self, request, context):
+        """Close one of the answering node's client connections (the management API's DELETE of a
+        connection on another node); the asking node has checked the caller may.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForwardingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +206,16 @@ def add_ForwardingServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PingRequest.FromString,
                     response_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.PingResponse.SerializeToString,
+            ),
+            'ClientViews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClientViews,
+                    request_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.ClientViewsRequest.FromString,
+                    response_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.ClientViewsResponse.SerializeToString,
+            ),
+            'CloseConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseConnection,
+                    request_deserializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.CloseConnectionRequest.FromString,
+                    response_serializer=proto_dot_merpati_dot_v1_dot_forwarding__pb2.CloseConnectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +434,60 @@ class Forwarding:
             '/merpati.v1.Forwarding/Ping',
             proto_dot_merpati_dot_v1_dot_forwarding__pb2.PingRequest.SerializeToString,
             proto_dot_merpati_dot_v1_dot_forwarding__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClientViews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/merpati.v1.Forwarding/ClientViews',
+            proto_dot_merpati_dot_v1_dot_forwarding__pb2.ClientViewsRequest.SerializeToString,
+            proto_dot_merpati_dot_v1_dot_forwarding__pb2.ClientViewsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/merpati.v1.Forwarding/CloseConnection',
+            proto_dot_merpati_dot_v1_dot_forwarding__pb2.CloseConnectionRequest.SerializeToString,
+            proto_dot_merpati_dot_v1_dot_forwarding__pb2.CloseConnectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
