@@ -98,6 +98,9 @@ class Config:
     # (RabbitMQ's consumer_timeout, same default); 0: no limit. A queue's x-consumer-timeout or
     # consumer-timeout policy overrides it.
     consumer_timeout: int = 1_800_000
+    # ms between samples of the message rates the management API shows with their history
+    # (RabbitMQ's collect_statistics_interval, same default).
+    collect_statistics_interval: int = 5000
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -165,6 +168,8 @@ FLAGS: dict[str, str] = {
     "user is then not created",
     "consumer_timeout": "ms an AMQP 0-9-1 delivery may stay unacknowledged before its channel "
     "is closed (406), 0 = no limit; a queue's x-consumer-timeout or policy overrides it",
+    "collect_statistics_interval": "ms between samples of the message rates (and their "
+    "history) the management API and UI show",
 }
 
 
@@ -293,6 +298,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError("max-connections must be 0 (no limit) or more")
     if cfg.consumer_timeout < 0:
         raise ConfigError("consumer-timeout must be 0 (no limit) or a number of milliseconds")
+    if cfg.collect_statistics_interval < 100:
+        raise ConfigError("collect-statistics-interval must be at least 100 (ms)")
     if cfg.handover_window < 1:
         raise ConfigError("handover-window must be at least 1")
     if cfg.default_queue_type not in ("classic", "quorum"):

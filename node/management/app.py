@@ -131,7 +131,18 @@ def management_app(node: Node) -> web.Application:
             return _error_response(ApiError(405, "method_not_allowed", "Method Not Allowed"))
 
     app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
-    ManagementApi(node).register(app.router)
+    api = ManagementApi(node)
+    api.register(app.router)
+
+    # The rate history samples on its own timer for as long as the listener serves.
+    async def start_rates(_app: web.Application) -> None:
+        api.rates.start()
+
+    async def stop_rates(_app: web.Application) -> None:
+        await api.rates.stop()
+
+    app.on_startup.append(start_rates)
+    app.on_cleanup.append(stop_rates)
     return app
 
 

@@ -38,10 +38,14 @@ class OverviewApi(ApiBase):
                 nqueues += 1
                 ready += r
                 unacked += u
+        stats_details, totals_details = self.rates.node_details(self._rates_query(request))
+        if not caller(request).sees_all:
+            totals_details = {}  # the node's depth history counts other vhosts' queues
         return json_response(
             {
                 "management_version": __version__,
-                "rates_mode": "none",
+                "rates_mode": "basic",
+                "statistics_interval": int(self.rates.interval * 1000),
                 "product_name": "Merpati",
                 "product_version": __version__,
                 "rabbitmq_version": __version__,
@@ -67,11 +71,15 @@ class OverviewApi(ApiBase):
                     "ack": c.acked,
                     "return_unroutable": c.unroutable_returned,
                     "drop_unroutable": c.unroutable_dropped,
+                    # Rates of this node's counters (management/rates.py); the counts above are
+                    # since the node started.
+                    **stats_details,
                 },
                 "queue_totals": {
                     "messages": ready + unacked,
                     "messages_ready": ready,
                     "messages_unacknowledged": unacked,
+                    **totals_details,
                 },
                 "object_totals": {
                     "connections": len(conns),
