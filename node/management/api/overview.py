@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -18,13 +19,31 @@ from ..views import channel_count, jsonable, open_channels, queue_figures
 from .base import ApiBase
 
 
+def _store_size(node: Any) -> int | None:
+    """Bytes of the message store file (and its write-ahead log), None without a store."""
+    store = getattr(node, "store", None)
+    path = getattr(store, "path", None)
+    if not path:
+        return None
+    size = 0
+    for suffix in ("", "-wal"):
+        try:
+            size += os.path.getsize(f"{path}{suffix}")
+        except OSError:
+            pass
+    return size
+
+
 class OverviewApi(ApiBase):
     # -- overview and nodes -------------------------------------------------------------------
 
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(
-            text="Merpati management HTTP API (RabbitMQ-compatible subset) under /api/\n"
-        )
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        """The web UI's page (management/ui); the API itself is under /api/."""
+        from ..app import UI_DIR
+
+        resp = web.FileResponse(UI_DIR / "index.html")
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
 
     async def overview(self, request: web.Request) -> web.Response:
         node = self.node
@@ -113,7 +132,6 @@ class OverviewApi(ApiBase):
 
     def _node_json(self) -> dict[str, Any]:
         node = self.node
-        import os
         import resource
 
         rss = resident_memory()
@@ -135,6 +153,7 @@ class OverviewApi(ApiBase):
             "disk_free": free if free is not None else disk_free(node.config.data_dir),
             "disk_free_limit": monitor.limit_bytes if monitor is not None else 0,
             "disk_free_alarm": DISK in local,
+            "store_size": _store_size(node),
             "fd_used": open_fds(),
             "fd_total": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "sockets_used": len(self.broker.connections),
@@ -168,7 +187,10 @@ class OverviewApi(ApiBase):
     async def nodes(self, request: web.Request) -> web.Response:
         # Every member; this node with its figures, the others as the cluster knows them.
         status = self.cluster_status()
-        out = [self._node_json()]
+        me = self._node_json()
+        # This node's rates (the others' are on their own API: each node samples its counters).
+        me["message_stats"] = self.rates.node_details(self._rates_query(request))[0]
+        out = [me]
         running = set(status.get("running") or ())
         remote = self.broker.alarms.remote
         for name, address in sorted((status.get("members") or {}).items()):
