@@ -4,6 +4,7 @@
 // refreshed, and only with the few requests it needs.
 
 import { api, clearCredentials, get, hasCredentials, setCredentials, whenUnauthorised } from "./api.js";
+import { setInterval_ } from "./charts.js";
 import { clear, h, hideError, showError } from "./ui.js";
 
 const PAGES = {
@@ -64,6 +65,8 @@ async function show() {
   const { page, tab, params } = route();
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.tab === tab);
   const main = clear(document.getElementById("main"), h("p", { class: "loading" }, "Loading…"));
+  main.dataset.page = "";
+  delete main.dataset.ready;
   try {
     const mod = await PAGES[page]();
     const fresh = clear(document.getElementById("main"));
@@ -150,7 +153,12 @@ async function start() {
   const who = await api("GET", "/api/whoami", undefined, { quiet401: true });
   session.user = who.name;
   session.tags = who.tags || [];
-  const [vhosts, name] = await Promise.all([get("/api/vhosts"), get("/api/cluster-name").catch(() => ({ name: "" }))]);
+  const [vhosts, name, overview] = await Promise.all([
+    get("/api/vhosts"),
+    get("/api/cluster-name").catch(() => ({ name: "" })),
+    get("/api/overview"),
+  ]);
+  setInterval_(overview.statistics_interval);
   session.vhosts = vhosts.map((v) => v.name);
   const sel = document.getElementById("vhost-select");
   const keep = sessionStorage.getItem("merpati.vhost") || "";

@@ -4,8 +4,17 @@
 // the values themselves. A chart is created once and then given new data (setData), so a refresh
 // redraws a canvas and builds no DOM.
 
-export const AGE = 600; // seconds of history shown (RabbitMQ's UI default is the last minute)
-export const INCR = 5; // seconds between points (the node's sampling interval by default)
+// The history asked for: a point per sampling interval of the node (its statistics_interval,
+// read once at login), 120 points at most: ten minutes at RabbitMQ's 5 s.
+export const window_ = { age: 600, incr: 5 };
+
+export function setInterval_(ms) {
+  const incr = Math.max(0.1, (ms || 5000) / 1000);
+  window_.incr = incr;
+  window_.age = Math.round(incr * 120 * 10) / 10;
+}
+
+export const historyQuery = () => `msg_rates_age=${window_.age}&msg_rates_incr=${window_.incr}`;
 
 const COLOURS = ["#3b82c4", "#e0803a", "#3aa35b", "#c0392b", "#8e5bb5", "#7f8c8d"];
 

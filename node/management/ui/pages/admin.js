@@ -22,9 +22,17 @@ export async function render(ctx) {
   );
   ctx.main.append(h("h1", {}, "Admin"), nav);
   const refreshers = [];
-  const add = (title, id, el, refresher, formEl) => {
+  const add = (title, id, el, refresher, formEl, { adminOnly = false } = {}) => {
+    if (adminOnly && !admin) {
+      // The API shows these to administrators only (as RabbitMQ's): say so rather than fail.
+      ctx.main.append(h("section", { class: "panel", id }, h("h2", {}, title), h("p", { class: "notice" }, `${title} are shown to administrators only.`)));
+      return;
+    }
     ctx.main.append(h("section", { class: "panel", id }, h("h2", {}, title), el, formEl || null));
-    refreshers.push(refresher);
+    // One section failing (a refusal, a node gone) shows its reason there; the others go on.
+    refreshers.push(() =>
+      refresher().catch((e) => clear(el, h("p", { class: "form-error" }, `Cannot show ${title.toLowerCase()}: ${e.message}`))),
+    );
   };
 
   add("Users", "users", parts.users, async () => {
@@ -44,7 +52,7 @@ export async function render(ctx) {
     "Add user",
     (v) => put(`/api/users/${seg(v.name)}`, { password: v.password, tags: v.tags }),
     { okText: "User added", done: () => refresh(), cls: "add-user" },
-  ) : null);
+  ) : null, { adminOnly: true });
 
   add("Virtual hosts", "vhosts", parts.vhosts, async () => {
     const vhosts = await get("/api/vhosts");
@@ -80,7 +88,7 @@ export async function render(ctx) {
     "Set permission",
     (v) => put(`/api/permissions/${seg(v.vhost)}/${seg(v.user)}`, { configure: v.configure, write: v.write, read: v.read }),
     { okText: "Permission set", done: () => refresh() },
-  ) : null);
+  ) : null, { adminOnly: true });
 
   add("Policies", "policies", parts.policies, async () => {
     const policies = await get("/api/policies");

@@ -2,7 +2,7 @@
 // refresh: /api/overview with its history), and the nodes.
 
 import { get } from "../api.js";
-import { AGE, DEPTH_KEYS, INCR, LiveChart, RATE_KEYS } from "../charts.js";
+import { DEPTH_KEYS, historyQuery, LiveChart, RATE_KEYS } from "../charts.js";
 import { clear, fmtBytes, fmtNum, fmtRate, h, section, table } from "../ui.js";
 
 export async function render(ctx) {
@@ -21,7 +21,7 @@ export async function render(ctx) {
   let nodesTable = null;
 
   async function refresh() {
-    const [ov, nodes] = await Promise.all([get(`/api/overview?msg_rates_age=${AGE}&msg_rates_incr=${INCR}`), get("/api/nodes")]);
+    const [ov, nodes] = await Promise.all([get(`/api/overview?${historyQuery()}`), get("/api/nodes")]);
     const o = ov.object_totals || {};
     const q = ov.queue_totals || {};
     const m = ov.message_stats || {};

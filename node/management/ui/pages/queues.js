@@ -3,7 +3,7 @@
 // charts, consumers and bindings, getting messages, purge, delete, move to another node.
 
 import { del, get, post, put, seg } from "../api.js";
-import { AGE, INCR, LiveChart } from "../charts.js";
+import { historyQuery, LiveChart } from "../charts.js";
 import {
   button,
   checkbox,
@@ -96,6 +96,7 @@ export async function render(ctx) {
       onSort: (key, reverse) => {
         listState.sort = key;
         listState.reverse = reverse;
+        listState.page = 1;
         refresh().catch(showError);
       },
       sortKey: listState.sort || null,
@@ -162,7 +163,7 @@ export async function renderOne(ctx) {
     if (gone) return;
     let q;
     try {
-      q = await get(`${qPath(vhost, name)}?msg_rates_age=${AGE}&msg_rates_incr=${INCR}`);
+      q = await get(`${qPath(vhost, name)}?${historyQuery()}`);
     } catch (e) {
       if (e.status !== 404) throw e;
       gone = true;
