@@ -78,7 +78,8 @@ export async function render(ctx) {
         label: "",
         sortable: false,
         render: (n) =>
-          draining.has(n.name)
+          // From the row, not the refresh's closure: the table keeps its first columns.
+          n.state === "draining"
             ? button("Undrain", () => drain(n.name, true), { class: "small" })
             : button("Drain", () => drain(n.name, false), { class: "small danger" }),
       });
