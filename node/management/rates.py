@@ -54,6 +54,13 @@ NODE_COUNTERS: tuple[tuple[str, Callable[[Any], int]], ...] = (
     ("drop_unroutable", lambda c: c.unroutable_dropped),
 )
 NODE_GAUGES = ("messages", "messages_ready", "messages_unacknowledged")
+
+
+def node_counter_values(counters: Any) -> dict[str, int]:
+    """The counters as a node's Ping answer carries them to its peers (by NODE_COUNTERS key)."""
+    return {key: f(counters) for key, f in NODE_COUNTERS}
+
+
 NODE_KEYS = tuple(k for k, _ in NODE_COUNTERS) + NODE_GAUGES
 # A queue's ring: the messages it took (its sequence number) and its depth.
 QUEUE_KEYS = ("publish", "messages", "messages_ready", "messages_unacknowledged")
@@ -179,6 +186,13 @@ class RateHistory:
         self.keep = keep
         self.clock = clock
         self.node_ring = Ring(keep)
+        # The whole cluster: this node's counters plus every peer's (from the forwarding Pings,
+        # each accumulated so that a peer's restart never counts backwards), and this node's
+        # view of the queue totals (which counts every queue, wherever it is led).
+        self.cluster_ring = Ring(keep)
+        self.peer_rings: dict[str, Ring] = {}
+        self._peer_last: dict[str, tuple[int, ...]] = {}
+        self._peer_total: dict[str, tuple[int, ...]] = {}
         self.queues: dict[tuple[str, str], _QueueTrack] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -229,8 +243,38 @@ class RateHistory:
         for key in [k for k in self.queues if k not in seen]:
             del self.queues[key]  # deleted, or now led elsewhere
         counters = broker.counters
-        values = tuple(f(counters) for _, f in NODE_COUNTERS) + (ready + unacked, ready, unacked)
-        self.node_ring.add(now, values)
+        local = tuple(f(counters) for _, f in NODE_COUNTERS)
+        gauges = (ready + unacked, ready, unacked)
+        self.node_ring.add(now, local + gauges)
+        self._sample_peers(now)
+        cluster = list(local)
+        for total in self._peer_total.values():
+            cluster = [a + b for a, b in zip(cluster, total, strict=True)]
+        self.cluster_ring.add(now, tuple(cluster) + gauges)
+
+    def _sample_peers(self, now: float) -> None:
+        peers = _peers(self.node)
+        for name in [n for n in self.peer_rings if n not in peers]:
+            del self.peer_rings[name]  # removed from the cluster; its counts stay in the total
+        for name, peer in peers.items():
+            got = getattr(peer, "message_counters", None) or {}
+            if not got:
+                continue  # not heard from yet, or a node that predates the field
+            new = tuple(int(got.get(key, 0)) for key, _ in NODE_COUNTERS)
+            last = self._peer_last.get(name)
+            total = self._peer_total.get(name, (0,) * len(new))
+            if last is None:
+                total = new  # first heard: its counts so far
+            else:
+                # A restarted peer counts from zero again: what it counted since is new.
+                total = tuple(
+                    t + (n - p if n >= p else n) for t, n, p in zip(total, new, last, strict=True)
+                )
+            self._peer_last[name], self._peer_total[name] = new, total
+            ring = self.peer_rings.get(name)
+            if ring is None:
+                ring = self.peer_rings[name] = Ring(self.keep)
+            ring.add(now, total)
 
     def _sample_queue(
         self, key: tuple[str, str], q: Any, now: float, ready: int, unacked: int
@@ -266,10 +310,34 @@ class RateHistory:
             return 0.0
         return float(track.ring.details(i, RatesQuery(), 0.0)["rate"])
 
-    def node_details(self, q: RatesQuery) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(message_stats `*_details`, queue_totals `*_details`) of this node."""
+    def peer_counts(self) -> dict[str, int]:
+        """The other nodes' counters added up, as their last Ping answers gave them."""
+        out = dict.fromkeys((key for key, _ in NODE_COUNTERS), 0)
+        for total in self._peer_total.values():
+            for i, (key, _) in enumerate(NODE_COUNTERS):
+                out[key] += total[i]
+        return out
+
+    def peer_details(self, name: str, q: RatesQuery) -> dict[str, Any] | None:
+        """A peer's message_stats (counts and `*_details`) from its Pings; None if unheard."""
+        ring = self.peer_rings.get(name)
+        if ring is None or not ring.samples:
+            return None
         now = self.clock()
-        ring = self.node_ring
+        last = ring.samples[-1][1]
+        out: dict[str, Any] = {}
+        for i, (key, _) in enumerate(NODE_COUNTERS):
+            out[key] = last[i]
+            out[f"{key}_details"] = ring.details(i, q, now)
+        return out
+
+    def node_details(
+        self, q: RatesQuery, cluster: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(message_stats `*_details`, queue_totals `*_details`) of this node, or with `cluster`
+        of the whole cluster."""
+        now = self.clock()
+        ring = self.cluster_ring if cluster else self.node_ring
         stats = {
             f"{key}_details": ring.details(i, q, now) for i, (key, _) in enumerate(NODE_COUNTERS)
         }
@@ -311,3 +379,10 @@ def _flat_ring(clock_ring: Ring, published: int, counts: Iterable[int]) -> Ring:
     for ts, _ in clock_ring.samples:
         ring.add(ts, values)
     return ring
+
+
+def _peers(node: Any) -> dict[str, Any]:
+    """The forwarding peers (cluster.forwarding.client.Peer) by node id; none on a lone node."""
+    forwarding = getattr(getattr(node, "cluster", None), "forwarding", None)
+    peers = getattr(forwarding, "peers", None)
+    return dict(peers) if isinstance(peers, dict) else {}

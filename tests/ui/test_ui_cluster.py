@@ -104,3 +104,54 @@ def test_move_a_queue_with_its_message_from_its_page(page: Page, ui_cluster):
     expect(page.locator("form.move-queue .form-error")).to_have_text(
         f"400 queue 'mover' is already led by {target}"
     )
+
+
+def test_overview_charts_the_cluster_and_each_node(page: Page, ui_cluster):
+    """A publisher on n2 moves n1's cluster chart and n2's own, not n1's (each node's counters
+    reach the others on the forwarding Pings)."""
+    import json
+    import threading
+
+    import pika
+
+    n1, n2 = ui_cluster["n1"], ui_cluster["n2"]
+    stop = threading.Event()
+
+    def publish() -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(n2.url))
+        ch = conn.channel()
+        ch.queue_declare("from-n2", durable=False)
+        while not stop.is_set():
+            for _ in range(20):
+                ch.basic_publish("", "from-n2", b"x")
+            conn.process_data_events(0.02)
+        conn.close()
+
+    def publish_rate() -> float:
+        last = json.loads(page.locator("#chart-rates").get_attribute("data-last") or "[]")
+        return (last[0] or 0) if last else 0
+
+    load = threading.Thread(target=publish, daemon=True)
+    load.start()
+    try:
+        login(page, n1)
+        page.select_option("#refresh-select", "2")
+        _wait(
+            "the cluster's publish rate",
+            lambda: (page.wait_for_timeout(300), publish_rate())[1] > 0,
+            40,
+        )
+        page.select_option("#rates-scope", "n2")
+        _wait("n2's publish rate", lambda: (page.wait_for_timeout(300), publish_rate())[1] > 0, 20)
+        page.select_option("#rates-scope", "n1")
+        # n1's own clients publish nothing (the earlier tests' last messages age out).
+        _wait(
+            "n1's publish rate at 0",
+            lambda: (page.wait_for_timeout(300), publish_rate())[1] == 0,
+            20,
+        )
+        n2_row = page.locator("#nodes tbody tr").filter(has=page.locator("td:text-is('n2')"))
+        expect(n2_row.locator("td").nth(4)).not_to_have_text("0/s")
+    finally:
+        stop.set()
+        load.join(10)

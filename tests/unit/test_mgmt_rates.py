@@ -194,3 +194,37 @@ def test_rate_query_defaults():
     assert RatesQuery.parse({}).age == 0
     q = RatesQuery.parse({"msg_rates_age": "60"})
     assert (q.age, q.incr) == (60.0, 5.0)
+
+
+def test_peers_rates_come_from_their_pings_and_add_up_to_the_cluster():
+    peer = SimpleNamespace(message_counters={})
+    rates, broker, clock = make()
+    rates.node.cluster = SimpleNamespace(forwarding=SimpleNamespace(peers={"n2": peer}))
+    rates.sample()  # n2 not heard from yet: no ring
+    assert rates.peer_details("n2", RatesQuery()) is None
+    peer.message_counters = {"publish": 1000, "ack": 10}
+    clock.now += 5
+    rates.sample()
+    peer.message_counters = {"publish": 1100, "ack": 60}
+    broker.counters.published += 50
+    clock.now += 5
+    rates.sample()
+    n2 = rates.peer_details("n2", RatesQuery())
+    assert n2["publish"] == 1100 and n2["publish_details"] == {"rate": 20.0}
+    assert n2["ack_details"] == {"rate": 10.0}
+    cluster, _ = rates.node_details(RatesQuery(), cluster=True)
+    assert cluster["publish_details"] == {"rate": 30.0}  # 50 here + 100 there in 5 s
+    assert rates.peer_counts()["publish"] == 1100
+    # n2 restarts: its counters start again from zero, the cluster's never go back.
+    peer.message_counters = {"publish": 25, "ack": 0}
+    clock.now += 5
+    rates.sample()
+    assert rates.peer_details("n2", RatesQuery())["publish"] == 1125
+    cluster, _ = rates.node_details(RatesQuery(), cluster=True)
+    assert cluster["publish_details"] == {"rate": 5.0}
+    # Removed from the cluster: its ring goes, what it counted stays in the total.
+    rates.node.cluster.forwarding.peers = {}
+    clock.now += 5
+    rates.sample()
+    assert rates.peer_details("n2", RatesQuery()) is None
+    assert rates.peer_counts()["publish"] == 1125

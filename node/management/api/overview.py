@@ -57,7 +57,27 @@ class OverviewApi(ApiBase):
                 nqueues += 1
                 ready += r
                 unacked += u
-        stats_details, totals_details = self.rates.node_details(self._rates_query(request))
+        # As RabbitMQ's overview: the whole cluster's counts and rates (the peers' from their
+        # Pings), the queue totals as this node sees every queue.
+        stats_details, totals_details = self.rates.node_details(
+            self._rates_query(request), cluster=True
+        )
+        counts = {
+            "publish": c.published,
+            "confirm": c.confirmed,
+            "deliver": c.delivered_ack,
+            "deliver_no_ack": c.delivered_autoack,
+            "deliver_get": c.delivered_ack + c.delivered_autoack + c.get_ack + c.get_autoack,
+            "get": c.get_ack,
+            "get_no_ack": c.get_autoack,
+            "get_empty": c.get_empty,
+            "redeliver": c.redelivered,
+            "ack": c.acked,
+            "return_unroutable": c.unroutable_returned,
+            "drop_unroutable": c.unroutable_dropped,
+        }
+        for key, n in self.rates.peer_counts().items():
+            counts[key] += n
         if not caller(request).sees_all:
             totals_details = {}  # the node's depth history counts other vhosts' queues
         return json_response(
@@ -75,23 +95,8 @@ class OverviewApi(ApiBase):
                     {"name": t, "description": "", "enabled": True} for t in EXCHANGE_TYPES
                 ],
                 "message_stats": {
-                    "publish": c.published,
-                    "confirm": c.confirmed,
-                    "deliver": c.delivered_ack,
-                    "deliver_no_ack": c.delivered_autoack,
-                    "deliver_get": c.delivered_ack
-                    + c.delivered_autoack
-                    + c.get_ack
-                    + c.get_autoack,
-                    "get": c.get_ack,
-                    "get_no_ack": c.get_autoack,
-                    "get_empty": c.get_empty,
-                    "redeliver": c.redelivered,
-                    "ack": c.acked,
-                    "return_unroutable": c.unroutable_returned,
-                    "drop_unroutable": c.unroutable_dropped,
-                    # Rates of this node's counters (management/rates.py); the counts above are
-                    # since the node started.
+                    **counts,
+                    # The rates with their history (management/rates.py).
                     **stats_details,
                 },
                 "queue_totals": {
@@ -188,8 +193,9 @@ class OverviewApi(ApiBase):
         # Every member; this node with its figures, the others as the cluster knows them.
         status = self.cluster_status()
         me = self._node_json()
-        # This node's rates (the others' are on their own API: each node samples its counters).
-        me["message_stats"] = self.rates.node_details(self._rates_query(request))[0]
+        # Each node's rates: this node's sampled here, the others' from their Ping answers.
+        rq = self._rates_query(request)
+        me["message_stats"] = self.rates.node_details(rq)[0]
         out = [me]
         running = set(status.get("running") or ())
         remote = self.broker.alarms.remote
@@ -207,6 +213,9 @@ class OverviewApi(ApiBase):
                         "disk_free_alarm": DISK in alarms,
                     }
                 )
+                stats = self.rates.peer_details(name, rq)
+                if stats is not None:
+                    out[-1]["message_stats"] = stats
         return json_response(out)
 
     async def node_detail(self, request: web.Request) -> web.Response:

@@ -10,10 +10,17 @@ export async function render(ctx) {
   const rateEl = h("div", { class: "chart", id: "chart-rates" });
   const depthEl = h("div", { class: "chart", id: "chart-depth" });
   const nodesEl = h("div", { id: "nodes" });
+  // Whose rates the chart shows: the whole cluster (the default) or one node.
+  const scope = h("select", { id: "rates-scope", onchange: () => refresh().catch(() => {}) }, h("option", { value: "" }, "Cluster"));
   ctx.main.append(
     h("h1", {}, "Overview"),
     totals,
-    h("div", { class: "charts" }, section("Message rates", rateEl), section("Queued messages", depthEl)),
+    h(
+      "div",
+      { class: "charts" },
+      section("Message rates", h("label", { class: "scope" }, "Of ", scope), rateEl),
+      section("Queued messages", depthEl),
+    ),
     section("Nodes", nodesEl),
   );
   const rates = new LiveChart(rateEl, "messages / s", RATE_KEYS, "rate");
@@ -21,7 +28,12 @@ export async function render(ctx) {
   let nodesTable = null;
 
   async function refresh() {
-    const [ov, nodes] = await Promise.all([get(`/api/overview?${historyQuery()}`), get("/api/nodes")]);
+    const [ov, nodes] = await Promise.all([get(`/api/overview?${historyQuery()}`), get(`/api/nodes?${historyQuery()}`)]);
+    const names = nodes.map((n) => n.name);
+    if ([...scope.options].slice(1).map((o) => o.value).join() !== names.join()) {
+      const keep = scope.value;
+      clear(scope, h("option", { value: "" }, "Cluster"), names.map((n) => h("option", { value: n, selected: n === keep }, n)));
+    }
     const o = ov.object_totals || {};
     const q = ov.queue_totals || {};
     const m = ov.message_stats || {};
@@ -39,7 +51,8 @@ export async function render(ctx) {
       card("Publish", fmtRate(m.publish_details?.rate), "rate-publish"),
       card("Deliver", fmtRate(m.deliver_get_details?.rate), "rate-deliver"),
     );
-    rates.update(m);
+    const picked = scope.value && nodes.find((n) => n.name === scope.value);
+    rates.update(picked ? picked.message_stats || {} : m);
     depth.update(q);
     const cluster = ov.merpati_cluster || {};
     const rows = nodes.map((n) => ({ ...n, raft_leader: cluster.raft_leader === n.name, leaders: cluster.queue_leaders?.[n.name] }));
@@ -48,6 +61,8 @@ export async function render(ctx) {
       { key: "running", label: "Running", render: (n) => h("span", { class: n.running ? "ok" : "bad" }, n.running ? "running" : "down") },
       { key: "raft_leader", label: "Raft leader", render: (n) => (n.raft_leader ? "leader" : "") },
       { key: "leaders", label: "Queue leaders", num: true },
+      { key: "message_stats.publish_details.rate", label: "Publish", num: true, render: (n) => fmtRate(n.message_stats?.publish_details?.rate) },
+      { key: "message_stats.deliver_get_details.rate", label: "Deliver", num: true, render: (n) => fmtRate(n.message_stats?.deliver_get_details?.rate) },
       { key: "mem_used", label: "Memory", render: (n) => (n.mem_used ? `${fmtBytes(n.mem_used)} of ${fmtBytes(n.mem_limit)}` : "") },
       { key: "disk_free", label: "Disk free", render: (n) => (n.disk_free !== undefined ? fmtBytes(n.disk_free) : "") },
       { key: "alarms", label: "Alarms", render: (n) => alarmText(n) },
