@@ -331,7 +331,7 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
             user_channels=counts.user_channels,
             alarms=sorted(self.broker.alarms.local),
             # Read from the counters the hot path bumps anyway: the peers' UI shows our rates.
-            message_counters=node_counter_values(self.broker.counters),
+            message_counters=node_counter_values(self.broker.counters, self.broker.led_depth),
         )
 
 

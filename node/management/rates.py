@@ -56,9 +56,12 @@ NODE_COUNTERS: tuple[tuple[str, Callable[[Any], int]], ...] = (
 NODE_GAUGES = ("messages", "messages_ready", "messages_unacknowledged")
 
 
-def node_counter_values(counters: Any) -> dict[str, int]:
-    """The counters as a node's Ping answer carries them to its peers (by NODE_COUNTERS key)."""
-    return {key: f(counters) for key, f in NODE_COUNTERS}
+def node_counter_values(counters: Any, led_depth: tuple[int, int] = (0, 0)) -> dict[str, int]:
+    """What a node's Ping answer tells its peers: its counters (by NODE_COUNTERS key) and the
+    depth of the queues it leads (messages_ready, messages_unacknowledged)."""
+    out = {key: f(counters) for key, f in NODE_COUNTERS}
+    out["messages_ready"], out["messages_unacknowledged"] = led_depth
+    return out
 
 
 NODE_KEYS = tuple(k for k, _ in NODE_COUNTERS) + NODE_GAUGES
@@ -193,6 +196,7 @@ class RateHistory:
         self.peer_rings: dict[str, Ring] = {}
         self._peer_last: dict[str, tuple[int, ...]] = {}
         self._peer_total: dict[str, tuple[int, ...]] = {}
+        self._peer_depth: dict[str, tuple[int, int]] = {}
         self.queues: dict[tuple[str, str], _QueueTrack] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -223,16 +227,15 @@ class RateHistory:
         if broker is None:
             return
         now = self.clock()
+        # The depth of the queues this node leads: the peers hear it on the Ping and add it up
+        # for the cluster (a remote handle's figures here are only a hint, as of its last stats).
         ready = unacked = 0
         seen: set[tuple[str, str]] = set()
         for vhost, handles in broker.queues.items():
             for name, q in handles.items():
                 stats_now = getattr(q, "stats_now", None)
                 if stats_now is None:
-                    # Led by another node: its depth as this node last heard it from the leader.
-                    ready += q.message_count
-                    unacked += q.unacked
-                    continue
+                    continue  # led by another node, which samples it
                 r = stats_now()[0]
                 u = q.unacked
                 ready += r
@@ -242,24 +245,34 @@ class RateHistory:
                 self._sample_queue(key, q, now, r, u)
         for key in [k for k in self.queues if k not in seen]:
             del self.queues[key]  # deleted, or now led elsewhere
+        broker.led_depth = (ready, unacked)
         counters = broker.counters
         local = tuple(f(counters) for _, f in NODE_COUNTERS)
-        gauges = (ready + unacked, ready, unacked)
-        self.node_ring.add(now, local + gauges)
+        self.node_ring.add(now, local + (ready + unacked, ready, unacked))
         self._sample_peers(now)
         cluster = list(local)
         for total in self._peer_total.values():
             cluster = [a + b for a, b in zip(cluster, total, strict=True)]
-        self.cluster_ring.add(now, tuple(cluster) + gauges)
+        for peer_ready, peer_unacked in self._peer_depth.values():
+            ready += peer_ready
+            unacked += peer_unacked
+        self.cluster_ring.add(now, tuple(cluster) + (ready + unacked, ready, unacked))
 
     def _sample_peers(self, now: float) -> None:
         peers = _peers(self.node)
         for name in [n for n in self.peer_rings if n not in peers]:
             del self.peer_rings[name]  # removed from the cluster; its counts stay in the total
+        self._peer_depth = {}
         for name, peer in peers.items():
             got = getattr(peer, "message_counters", None) or {}
             if not got:
                 continue  # not heard from yet, or a node that predates the field
+            if getattr(peer, "state", "up") == "up":
+                # A node that is down has no queues to count (they wait for it, or moved).
+                self._peer_depth[name] = (
+                    int(got.get("messages_ready", 0)),
+                    int(got.get("messages_unacknowledged", 0)),
+                )
             new = tuple(int(got.get(key, 0)) for key, _ in NODE_COUNTERS)
             last = self._peer_last.get(name)
             total = self._peer_total.get(name, (0,) * len(new))

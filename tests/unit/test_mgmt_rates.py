@@ -45,7 +45,7 @@ class Clock:
 
 
 def make(queues: dict[str, dict[str, Any]] | None = None) -> tuple[RateHistory, Any, Clock]:
-    broker = SimpleNamespace(counters=NodeCounters(), queues=queues or {})
+    broker = SimpleNamespace(counters=NodeCounters(), queues=queues or {}, led_depth=(0, 0))
     clock = Clock()
     return RateHistory(SimpleNamespace(broker=broker), clock=clock), broker, clock
 
@@ -100,18 +100,20 @@ def test_samples_hold_the_last_value_between_samples_and_stop_at_the_first():
     assert [s["sample"] for s in d["samples"]] == [7, 0, 0, 0, 0, 0, 0]
 
 
-def test_queue_totals_count_local_and_remote_queues():
+def test_queue_totals_count_the_queues_this_node_leads():
     local = FakeLocalQueue()
     local.ready, local.unacked = 3, 2
-    rates, _broker, clock = make({"/": {"a": local, "b": FakeRemoteQueue(10, 1)}})
+    rates, broker, clock = make({"/": {"a": local, "b": FakeRemoteQueue(10, 1)}})
     rates.sample()
     clock.now += 5
     local.ready = 13
     rates.sample()
     _, totals = rates.node_details(RatesQuery(age=5, incr=5))
-    assert totals["messages_details"]["samples"][0]["sample"] == 26
+    # The remote queue's figures here are a stale hint: its leader counts it (and tells us).
+    assert totals["messages_details"]["samples"][0]["sample"] == 15
     assert totals["messages_ready_details"]["rate"] == 2.0
-    assert totals["messages_unacknowledged_details"]["samples"][0]["sample"] == 3
+    assert totals["messages_unacknowledged_details"]["samples"][0]["sample"] == 2
+    assert broker.led_depth == (13, 2)  # what the Ping tells the peers
 
 
 def test_idle_queues_get_no_ring_and_an_active_one_does():
@@ -197,7 +199,7 @@ def test_rate_query_defaults():
 
 
 def test_peers_rates_come_from_their_pings_and_add_up_to_the_cluster():
-    peer = SimpleNamespace(message_counters={})
+    peer = SimpleNamespace(message_counters={}, state="up")
     rates, broker, clock = make()
     rates.node.cluster = SimpleNamespace(forwarding=SimpleNamespace(peers={"n2": peer}))
     rates.sample()  # n2 not heard from yet: no ring
@@ -205,10 +207,12 @@ def test_peers_rates_come_from_their_pings_and_add_up_to_the_cluster():
     peer.message_counters = {"publish": 1000, "ack": 10}
     clock.now += 5
     rates.sample()
-    peer.message_counters = {"publish": 1100, "ack": 60}
+    peer.message_counters = {"publish": 1100, "ack": 60, "messages_ready": 7}
     broker.counters.published += 50
     clock.now += 5
     rates.sample()
+    _, depth = rates.node_details(RatesQuery(age=5, incr=5), cluster=True)
+    assert depth["messages_ready_details"]["samples"][0]["sample"] == 7  # n2's queues
     n2 = rates.peer_details("n2", RatesQuery())
     assert n2["publish"] == 1100 and n2["publish_details"] == {"rate": 20.0}
     assert n2["ack_details"] == {"rate": 10.0}
