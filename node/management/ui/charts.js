@@ -63,6 +63,7 @@ export class LiveChart {
           width,
           height: 200,
           cursor: { drag: { x: false, y: false } },
+          legend: { live: false }, // names only: values show in the totals and tables
           scales: { y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
           axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => (this.kind === "rate" ? `${+v.toFixed(1)}/s` : `${v}`)) }],
           series: [{}, ...this.keys.map(([label], i) => ({ label, stroke: COLOURS[i % COLOURS.length], width: 2, points: { show: false } }))],
