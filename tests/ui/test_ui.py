@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pika
 import pytest
-from playwright.sync_api import Page, expect
 
-from tests.support.http import call
+pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+from playwright.sync_api import Page, expect  # noqa: E402
+
+from tests.support.http import call  # noqa: E402
 from tests.ui.conftest import fill_form, goto, login
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from playwright.sync_api import Page, expect
+
+pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+from playwright.sync_api import Page, expect  # noqa: E402
 
 from tests.cluster.conftest import start_cluster
-from tests.support.http import call
+from tests.support.http import call  # noqa: E402
 from tests.ui.conftest import goto, login
 
 
