@@ -15,78 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
+from bench.rabbitmq import RabbitCluster
 from tests.cluster.conftest import start_cluster
 from tests.support.http import call, q
-
-RMQ_AMQP = 5701  # the three RabbitMQ nodes: AMQP 5701-5703, distribution 25801-25803
-RMQ_DIST = 25801
-
-
-class RabbitCluster:
-    def __init__(self, size: int = 3) -> None:
-        self.host = socket.gethostname().split(".")[0]
-        self.base = Path(tempfile.mkdtemp(prefix="rmq-bench-"))
-        self.names = [f"bench{i + 1}@{self.host}" for i in range(size)]
-
-    def _env(self, i: int) -> dict[str, str]:
-        d = self.base / str(i)
-        return {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.names[i],
-            "RABBITMQ_NODE_PORT": str(RMQ_AMQP + i),
-            "RABBITMQ_DIST_PORT": str(RMQ_DIST + i),
-            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(d / "log"),
-            "RABBITMQ_PID_FILE": str(d / "pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
-        }
-
-    def ctl(self, i: int, *args: str) -> str:
-        out = subprocess.run(
-            ["rabbitmqctl", "-n", self.names[i], *args],
-            env=self._env(i),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout
-
-    def start(self) -> RabbitCluster:
-        for i in range(len(self.names)):
-            (self.base / str(i)).mkdir(parents=True)
-            (self.base / str(i) / "enabled_plugins").write_text("[].\n")
-        # Debian's rabbitmq-server and rabbitmqctl run as the user rabbitmq.
-        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.base)], check=True)
-        for i in range(len(self.names)):
-            subprocess.run(["rabbitmq-server", "-detached"], env=self._env(i), check=True)
-        for i in range(len(self.names)):
-            pidfile = str(self.base / str(i) / "pid")
-            self.ctl(i, "wait", pidfile, "--timeout", "120")
-        for i in range(1, len(self.names)):
-            self.ctl(i, "stop_app")
-            self.ctl(i, "join_cluster", self.names[0])
-            self.ctl(i, "start_app")
-        return self
-
-    def pids(self) -> list[int]:
-        return [int((self.base / str(i) / "pid").read_text()) for i in range(len(self.names))]
-
-    def stop(self) -> None:
-        for i in range(len(self.names)):
-            subprocess.run(
-                ["rabbitmqctl", "-n", self.names[i], "stop"],
-                env=self._env(i),
-                capture_output=True,
-            )
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def run(loadgen: str, port: int, queue: str, duration: int, pids: list[int]) -> dict:
@@ -127,7 +62,7 @@ def main() -> None:
                     pids = [n.proc.pid for n in cluster.nodes.values()]
                 else:
                     # Declared through the first node, which then leads it (client-local).
-                    port, pids = RMQ_AMQP, rabbit.pids()
+                    port, pids = rabbit.port(0), rabbit.pids()
                 r = run(args.loadgen, port, name, args.duration, pids)
                 if kind == "rabbitmq" and rep == 0:
                     # The run's queue: a quorum queue with a member on each of the three nodes.

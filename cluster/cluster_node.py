@@ -63,6 +63,7 @@ class ClusterNode:
         # Never started Raft here: ask the others to join before starting it (join.py).
         self.new_here = False
         self._join_task: asyncio.Future | None = None  # a node being added (join)
+        self.tls: Any = None  # cluster_tls.ClusterTls with --cluster-tls-*, else None
         me = membership.me.node_id
         self.replicated = ReplicatedQueues(
             me, membership.live, lambda: membership.leader_node() == me
@@ -89,29 +90,29 @@ class ClusterNode:
                 raise PeersError(
                     f"cannot read cluster-secret-file {cfg.cluster_secret_file}: {e.strerror}"
                 )
+        tls = None
         if cfg.cluster_tls_cert:
-            from .forwarding._common import SECURITY
+            from merpati.node.tls import TLSConfigError
+
+            from .cluster_tls import ClusterTls
 
             try:
-                SECURITY.use_tls(
-                    Path(cfg.cluster_tls_cert).read_bytes(),
-                    Path(cfg.cluster_tls_key).read_bytes(),
-                    Path(cfg.cluster_tls_ca).read_bytes(),
-                )
-            except OSError as e:
-                raise PeersError(f"cannot read cluster TLS file {e.filename}: {e.strerror}")
+                tls = ClusterTls(cfg.cluster_tls_cert, cfg.cluster_tls_key, cfg.cluster_tls_ca)
+            except TLSConfigError as e:
+                raise PeersError(str(e)) from None
         exposed = [m for m in membership.members.values() if not is_loopback(m.host)]
-        if exposed and not secret:
+        if exposed and not secret and tls is None:
             raise PeersError(
                 "refusing to start: the cluster listens on non-loopback addresses "
-                f"({', '.join(m.cluster_address for m in exposed)}) without a cluster secret; "
-                "set --cluster-secret or --cluster-secret-file"
+                f"({', '.join(m.cluster_address for m in exposed)}) without a cluster secret "
+                "or cluster TLS; set --cluster-secret(-file) or --cluster-tls-cert/-key/-ca"
             )
         # Listen on the member's own host when it is an address here, else everywhere.
         me = membership.me.host
         bind_host = me if is_loopback(me) else "0.0.0.0"
         node = cls(membership, secret, bind_host, cfg.handover_window)
         node.members_file = members_file
+        node.tls = tls
         raft_dir = Path(cfg.data_dir) / "raft"
         node.new_here = not (raft_dir.is_dir() and any(raft_dir.iterdir()))
         return node
@@ -176,8 +177,11 @@ class ClusterNode:
             partners=[m.raft_address for m in self.membership.others],
             bind_address=f"{self.bind_host}:{me.raft_port}",
             password=self.secret,
+            tls=self.tls.raft if self.tls is not None else None,
             dynamic_membership=self.clustered,
         )
+        if self.tls is not None:
+            self.tls.watcher.start()
         self.membership.status = self.metadata_log.status
         return self.metadata_log
 
@@ -433,7 +437,15 @@ class ClusterNode:
 
         return await undrain_node(broker, self, node_id)
 
+    def reload_tls(self, why: str) -> None:
+        """Load the cluster certificate again (SIGHUP): new connections to and from the other
+        nodes, gRPC and Raft, show and check the new one."""
+        if self.tls is not None:
+            self.tls.watcher.reload(why)
+
     async def detach(self) -> None:
+        if self.tls is not None:
+            self.tls.watcher.stop()
         await self.replicated.stop()
         if self.forwarding is not None:
             await self.forwarding.stop()

@@ -65,7 +65,8 @@ renamed, without fsync; the commit index in `.meta` is stored lazily, once a sec
   while commands flow. The compaction window above remains.
 
 Security: pysyncobj exchanges pickles over TCP, so it must never listen where strangers can reach
-it unauthenticated: the bind address is always passed explicitly, and without a `password` (which
+it unauthenticated: the bind address is always passed explicitly, and without either `tls`
+(cluster.raft_tls: every connection inside mutual TLS with the cluster CA) or a `password` (which
 turns on pysyncobj's Fernet encryption, i.e. authentication of peers) only a loopback bind is
 accepted.
 """
@@ -327,11 +328,15 @@ class _MetadataSyncObj(SyncObj):
         partners: Sequence[str],
         conf: SyncObjConf,
         on_applied: Callable[[Command, Any], None],
+        transport_class: Any = None,
     ) -> None:
         # Set before SyncObj.__init__, so pysyncobj counts it as its own and leaves it out of
         # snapshots (a bound method of RaftLog does not pickle, and must not).
         self._on_applied = on_applied
-        super().__init__(self_address, list(partners), conf)
+        if transport_class is None:
+            super().__init__(self_address, list(partners), conf)
+        else:
+            super().__init__(self_address, list(partners), conf, transportClass=transport_class)
         # Set after: this is what pysyncobj serialises into the snapshot and restores from it.
         self._state = MetadataState()
 
@@ -391,7 +396,8 @@ class RaftLog:
 
     `raft_dir` holds the journal, its .meta and the snapshot. `self_address` ("host:port") is how
     partners reach this node and its Raft id; `bind_address` (default: `self_address`) is where it
-    listens. `password` is the cluster secret, required unless the bind address is loopback.
+    listens. `password` is the cluster secret, required unless the bind address is loopback or
+    `tls` (cluster.raft_tls.RaftTls: mutual TLS with the cluster CA) is given.
     `tuned=False` keeps pysyncobj's stock timing (for the latency bench only).
     """
 
@@ -403,6 +409,7 @@ class RaftLog:
         partners: Sequence[str] = (),
         bind_address: str | None = None,
         password: str | None = None,
+        tls: Any = None,
         fsync: bool = True,
         tuned: bool = True,
         compaction_min_entries: int = 5000,
@@ -412,13 +419,14 @@ class RaftLog:
         self.self_address = self_address
         self.partners = [p for p in partners if p != self_address]
         self.bind_address = bind_address or self_address
-        if not password and not _is_loopback(self.bind_address):
+        if not password and tls is None and not _is_loopback(self.bind_address):
             raise ValueError(
                 f"refusing to start Raft on {self.bind_address} without a cluster secret: "
                 "pysyncobj trusts the pickles its peers send, so a non-loopback Raft port needs "
-                "a password (or bind it to 127.0.0.1)"
+                "a password or cluster TLS (or bind it to 127.0.0.1)"
             )
         self.password = password or None
+        self.tls = tls
         self.fsync = fsync
         self.tuned = tuned
         self.compaction_min_entries = compaction_min_entries
@@ -632,8 +640,13 @@ class RaftLog:
         try:
             check_storage(self.journal_path, self.dump_path)
             try:
+                transport = None
+                if self.tls is not None:
+                    from .raft_tls import transport_class
+
+                    transport = transport_class(self.tls)
                 sync = _MetadataSyncObj(
-                    self.self_address, self.partners, self._conf(), self._raft_applied
+                    self.self_address, self.partners, self._conf(), self._raft_applied, transport
                 )
             except _syncobj_mod.SyncObjException as e:
                 raise OSError(f"Raft cannot listen on {self.bind_address}: {e}") from e

@@ -17,6 +17,7 @@ from .config import Config
 from .core.alarms import DISK, MEMORY
 from .disk_monitor import DiskMonitor, parse_disk_free_limit
 from .listener import AMQPProtocol, settings_from_config
+from .memory_monitor import MemoryMonitor, parse_watermark
 from .metadata import commands as cmds
 from .metadata.log import LocalLog
 from .store import SQLiteStore, StoreError
@@ -58,6 +59,7 @@ class Node:
         self.cluster_id = ""
         self.started_at = 0.0
         self.disk_monitor: DiskMonitor | None = None
+        self.memory_monitor: MemoryMonitor | None = None
 
     async def _bootstrap(self, first_boot: bool) -> None:
         """Propose the configured vhosts and users (idempotent commands).
@@ -120,6 +122,8 @@ class Node:
         data_dir = Path(cfg.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
         self.store = SQLiteStore(
             data_dir / "messages.db",
@@ -208,7 +212,10 @@ class Node:
             os.path.abspath(cfg.data_dir),
             recovered,
         )
-        self._memory_task = asyncio.create_task(self._watch_memory())
+        self.memory_monitor = MemoryMonitor(
+            parse_watermark(cfg.memory_high_watermark), self._on_memory_alarm
+        )
+        self.memory_monitor.start()
 
     async def _start_http(self, data_dir: Path) -> None:
         """Start the Prometheus and management HTTP listeners (a port of 0 disables one)."""
@@ -268,13 +275,9 @@ class Node:
                 " (HTTPS)" if self.http_tls is not None else "",
             )
 
-    async def _watch_memory(self) -> None:
-        limit = self.config.memory_high_watermark * _physical_memory()
-        while True:
-            await asyncio.sleep(1.0)
-            rss = _resident_memory()
-            if rss and limit:
-                self.broker.set_alarm(MEMORY, rss > limit)
+    def _on_memory_alarm(self, alarmed: bool) -> None:
+        assert self.broker is not None
+        self.broker.set_alarm(MEMORY, alarmed)
 
     def _tls_context(self) -> Any:
         """The AMQPS context (None without --tls-cert), reloaded on SIGHUP or a file change."""
@@ -291,13 +294,20 @@ class Node:
             raise StartupError(str(e)) from None
         if cfg.http_tls:
             self.http_tls = tls.http_context(cfg.tls_cert, cfg.tls_key)
+        also = (self.http_tls,) if cfg.http_tls else ()
         self.tls_watcher = tls.CertificateWatcher(
-            ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, (self.http_tls,) if cfg.http_tls else ()
+            (cfg.tls_cert, cfg.tls_key, cfg.tls_ca),
+            tls.amqps_loader(ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, also),
         )
         self.tls_watcher.start()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tls_watcher.reload)
         return ctx
+
+    def _on_sighup(self) -> None:
+        """SIGHUP reloads every certificate: AMQPS (and HTTPS) and the cluster's."""
+        if self.tls_watcher is not None:
+            self.tls_watcher.reload()
+        if self.cluster is not None:
+            self.cluster.reload_tls("SIGHUP")
 
     def _on_alarm(self, resources: frozenset[str]) -> None:
         """The resource alarms in effect in the cluster changed: every client connection
@@ -327,9 +337,8 @@ class Node:
             # before this stop): give them a moment to reach their new leader. Whatever does not
             # make it stays in the store and is handed over at the next start.
             await self.broker.cluster.wait_handovers(HANDOVER_GRACE)
-        task = getattr(self, "_memory_task", None)
-        if task is not None:
-            task.cancel()
+        if self.memory_monitor is not None:
+            self.memory_monitor.stop()
         if self.disk_monitor is not None:
             await self.disk_monitor.stop()
         if self.tls_watcher is not None:
@@ -391,18 +400,3 @@ def _listen_hosts(addresses: list[str]) -> list[str]:
 def _fmt(sockname: tuple) -> str:
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
-
-
-def _resident_memory() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("merpati.tls")
@@ -79,6 +80,20 @@ def peer_common_name(transport: Any) -> str | None:
     return None
 
 
+def amqps_loader(
+    ctx: ssl.SSLContext, cert: str, key: str, ca: str, also: tuple[ssl.SSLContext, ...] = ()
+) -> Callable[[], None]:
+    """What reloading the AMQPS certificate does: the files into its context, and the
+    certificate and key alone into `also` (the HTTPS contexts)."""
+
+    def load() -> None:
+        load_files(ctx, cert, key, ca)
+        for other in also:
+            load_files(other, cert, key, "")
+
+    return load
+
+
 def http_context(cert: str, key: str) -> ssl.SSLContext:
     """The HTTPS context of the management and metrics listeners: the AMQPS certificate, no
     client certificates asked (HTTP Basic authenticates)."""
@@ -89,14 +104,16 @@ def http_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 class CertificateWatcher:
-    """Reloads the certificate, key and CA into the context on `reload()` (SIGHUP) or when one
-    of the files changes; a reload that fails keeps the certificate in use and says why.
-    `also` are contexts that take the certificate and key only (HTTPS)."""
+    """Calls `load` (which raises TLSConfigError, leaving what is in use, when a file is missing
+    or unusable) on `reload()` (SIGHUP) or when one of `files` changes; a reload that fails
+    keeps the certificate in use and says why. `what` names the certificate in the log."""
 
-    def __init__(self, ctx: ssl.SSLContext, cert: str, key: str, ca: str, also: tuple = ()) -> None:
-        self.ctx = ctx
-        self.also = list(also)
-        self.files = (cert, key, ca)
+    def __init__(
+        self, files: tuple[str, ...], load: Callable[[], None], what: str = "TLS certificate"
+    ) -> None:
+        self.files = files
+        self.load = load
+        self.what = what
         self._stamps = self._read_stamps()
         self._task: asyncio.Task | None = None
 
@@ -110,16 +127,13 @@ class CertificateWatcher:
         return tuple(stamps)
 
     def reload(self, why: str = "SIGHUP") -> bool:
-        cert, key, ca = self.files
         try:
-            load_files(self.ctx, cert, key, ca)
-            for ctx in self.also:
-                load_files(ctx, cert, key, "")
+            self.load()
         except TLSConfigError as e:
-            log.error("TLS certificate not reloaded (%s): %s; the one in use stays", why, e)
+            log.error("%s not reloaded (%s): %s; the one in use stays", self.what, why, e)
             return False
         self._stamps = self._read_stamps()
-        log.info("TLS certificate reloaded from %s (%s)", cert, why)
+        log.info("%s reloaded from %s (%s)", self.what, self.files[0], why)
         return True
 
     def start(self) -> None:

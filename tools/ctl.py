@@ -286,6 +286,40 @@ def cmd_set_disk_free_limit(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _watermark_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "limit",
+        nargs="+",
+        help="a fraction of the node's RAM (0.4), or absolute BYTES with units as RabbitMQ's "
+        "(2000000000, 2GB, 1GiB)",
+    )
+
+
+@command(
+    "set_vm_memory_high_watermark",
+    "set the node's memory high watermark until it restarts (rabbitmqctl's)",
+    _watermark_setup,
+)
+def cmd_set_vm_memory_high_watermark(c: Client, args: argparse.Namespace) -> int:
+    words = args.limit
+    if len(words) == 2 and words[0] == "absolute":
+        body: dict[str, Any] = {"limit": words[1], "absolute": True}
+    elif len(words) == 1:
+        body = {"limit": words[0]}
+    else:
+        raise CtlError("usage: set_vm_memory_high_watermark FRACTION | absolute BYTES", EX_USAGE)
+    got = c.call("PUT", "/api/merpati/node/memory-high-watermark", body)
+    if args.formatter == "json":
+        print(json.dumps(got, indent=2))
+    elif not args.quiet:
+        print(
+            f"Memory high watermark of node {got['node']} set to {got['mem_limit']} bytes "
+            f"({got['setting']}); {got['mem_used']} bytes in use, alarm "
+            f"{_cell(got['mem_alarm'])}"
+        )
+    return 0
+
+
 @command(
     "add_node",
     "add a node to the cluster (start it with --peers naming the members and itself)",

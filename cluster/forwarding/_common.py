@@ -41,12 +41,18 @@ class ChannelSecurity:
     """How nodes reach each other over gRPC: plain (the cluster secret's token authenticates
     every call) or mutual TLS, where each end shows a certificate of the cluster CA and checks
     the other's; a node without one cannot connect, join or send. One setting per process
-    (`use_tls`, from ClusterNode.from_config), as every channel and the server follow it."""
+    (`use_tls`, from ClusterNode.from_config), as every channel and the server follow it.
+
+    `use_tls` again (a certificate reload) bumps `generation`: the server hands the new
+    certificate to every handshake after that (gRPC asks `_fetch` at each one), and a Peer
+    whose channel is of an older generation opens a new one for its next calls."""
 
     def __init__(self) -> None:
         self.cert: bytes | None = None
         self.key: bytes | None = None
         self.ca: bytes | None = None
+        self.generation = 0
+        self._served = 0  # the generation the server's handshakes last took
 
     @property
     def tls(self) -> bool:
@@ -54,6 +60,7 @@ class ChannelSecurity:
 
     def use_tls(self, cert: bytes, key: bytes, ca: bytes) -> None:
         self.cert, self.key, self.ca = cert, key, ca
+        self.generation += 1
 
     def channel(self, address: str) -> grpc.aio.Channel:
         if self.cert is None:
@@ -66,11 +73,24 @@ class ChannelSecurity:
     def listen(self, server: grpc.aio.Server, address: str) -> int:
         if self.cert is None:
             return server.add_insecure_port(address)
-        assert self.key is not None
-        creds = grpc.ssl_server_credentials(
-            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+        self._served = self.generation
+        creds = grpc.dynamic_ssl_server_credentials(
+            self._server_config(), self._fetch, require_client_authentication=True
         )
         return server.add_secure_port(address, creds)
+
+    def _server_config(self) -> grpc.ServerCertificateConfiguration:
+        assert self.key is not None and self.cert is not None
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key, self.cert)], root_certificates=self.ca
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        # Called by gRPC (on its own thread) before each handshake; None keeps the current one.
+        if self._served == self.generation:
+            return None
+        self._served = self.generation
+        return self._server_config()
 
 
 SECURITY = ChannelSecurity()

@@ -90,6 +90,10 @@ class Peer:
             self.metadata += ((AUTH_KEY, token),)
         self.channel = SECURITY.channel(address)
         self.stub = pb_grpc.ForwardingStub(self.channel)
+        self._generation = SECURITY.generation
+        # Channels made before a certificate reload: their open streams go on (an established
+        # TLS session does not need the certificate again); closed with the peer.
+        self._retired: list[grpc.aio.Channel] = []
         self.state = UNKNOWN
         self.reason = ""
         # The peer's client connections and channels as its last Ping answer said (limits).
@@ -118,8 +122,18 @@ class Peer:
     def down(self) -> bool:
         return self.state == DOWN
 
+    def _renew_channel(self) -> None:
+        """The cluster certificate was reloaded: new calls go through a channel that shows it
+        (a reconnect of the old one would still show the old, perhaps expired, certificate)."""
+        self._retired.append(self.channel)
+        self.channel = SECURITY.channel(self.address)
+        self.stub = pb_grpc.ForwardingStub(self.channel)
+        self._generation = SECURITY.generation
+
     async def _watch(self) -> None:
         while not self.closed:
+            if self._generation != SECURITY.generation:
+                self._renew_channel()
             try:
                 resp = await self.stub.Ping(
                     pb.PingRequest(node_id=self.local_node),
@@ -363,8 +377,9 @@ class Peer:
         for q in list(self.queues):
             q.peer_down(self)
         self._update_congestion()
-        with contextlib.suppress(Exception):
-            await self.channel.close(grace=None)
+        for channel in (self.channel, *self._retired):
+            with contextlib.suppress(Exception):
+                await channel.close(grace=None)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._monitor
 

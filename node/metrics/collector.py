@@ -33,6 +33,7 @@ from prometheus_client.core import (
 
 from .. import __version__
 from ..core.alarms import DISK, MEMORY
+from ..memory_monitor import physical_memory, resident_memory
 from ..metadata import commands as cmds
 from .counters import Histogram
 
@@ -115,19 +116,12 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def resident_memory() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
+def memory_limit(node: Any) -> int:
+    """The node's memory high watermark in bytes (as set at run time, else as configured)."""
+    monitor = getattr(node, "memory_monitor", None)
+    if monitor is not None:
+        return int(monitor.limit_bytes)
+    return int(node.config.memory_high_watermark * physical_memory())
 
 
 def open_fds() -> int:
@@ -297,7 +291,7 @@ class NodeCollector:
     def _process(self) -> Iterator[Metric]:
         node = self.node
         rss = resident_memory()
-        limit = node.config.memory_high_watermark * physical_memory()
+        limit = memory_limit(node)
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         yield _gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes", rss)
         yield _gauge(

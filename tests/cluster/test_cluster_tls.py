@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import ssl
+import time
 from pathlib import Path
 
 import grpc
 import pika
 import pytest
+from cryptography import x509
 
 from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
@@ -24,9 +29,14 @@ QUORUM = {"x-queue-type": "quorum"}
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cluster_ca() -> CA:
+    return CA.create("cluster CA")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory, cluster_ca: CA) -> Path:
     d = tmp_path_factory.mktemp("cluster-certs")
-    ca = CA.create("cluster CA")
+    ca = cluster_ca
     ca.write(d / "ca.pem")
     ca.issue("merpati-node", d, "node", server=True)
     stranger = CA.create("another CA")
@@ -111,3 +121,72 @@ def test_a_caller_without_a_cluster_certificate_is_refused(tls_cluster, certs: P
     conn = connect(tls_cluster["n2"])
     conn.channel().queue_declare(uid("after-intruder"), durable=True)
     conn.close()
+
+
+def _served_serial(port: int, certs: Path, alpn: list[str] | None = None) -> int:
+    """The serial number of the certificate a node's cluster listener shows a member."""
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.load_cert_chain(str(certs / "node.pem"), str(certs / "node.key"))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_raft_between_the_nodes_runs_inside_tls(tls_cluster, certs: Path) -> None:
+    raft_port = tls_cluster.ports["n2"] + 1
+    assert _served_serial(raft_port, certs) == _node_serial(certs)
+    # A client without a certificate of the cluster CA is refused at the handshake.
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.load_cert_chain(str(certs / "intruder.pem"), str(certs / "intruder.key"))
+    with (
+        pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)),
+        socket.create_connection(("127.0.0.1", raft_port), timeout=3) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(b"x")
+        s.recv(1)
+
+
+def _node_serial(certs: Path) -> int:
+    return x509.load_pem_x509_certificate((certs / "node.pem").read_bytes()).serial_number
+
+
+def test_sighup_reloads_the_cluster_certificate_for_grpc_and_raft(
+    tls_cluster, certs: Path, cluster_ca: CA
+) -> None:
+    """Last in the module: it replaces the certificate every node reads (same CA)."""
+    n1 = tls_cluster["n1"]
+    grpc_port, raft_port = tls_cluster.ports["n1"], tls_cluster.ports["n1"] + 1
+    old = _node_serial(certs)
+    assert _served_serial(grpc_port, certs, ["h2"]) == old
+    cluster_ca.issue("merpati-node", certs, "node", server=True)
+    new = _node_serial(certs)
+    n1.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "cluster TLS certificate reloaded" not in n1.log():
+        assert time.monotonic() < deadline, n1.log()[-2000:]
+        time.sleep(0.1)
+    assert n1.alive()
+    assert _served_serial(grpc_port, certs, ["h2"]) == new
+    assert _served_serial(raft_port, certs) == new
+    # A member restarted now meets the others with the new certificate only, over both.
+    n3 = tls_cluster["n3"]
+    n3.stop()
+    n3.start()
+    name = uid("after-reload")
+    conn = connect(n3)
+    ch = conn.channel()
+    ch.queue_declare(name, durable=True, arguments=QUORUM)
+    ch.confirm_delivery()
+    ch.basic_publish("", name, b"renewed", pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    got = connect(n1)
+    method, _props, body = got.channel().basic_get(name, auto_ack=True)
+    got.close()
+    assert method is not None and body == b"renewed"

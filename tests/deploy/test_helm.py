@@ -92,6 +92,8 @@ def test_schema_rejects_bad_values(helm):
         "unknownKey=1",
         "affinity.podAntiAffinity=sometimes",
         "ports.amqp=70000",
+        "diskFreeLimit=fifty megabytes",
+        "maxConnections=-1",
     ):
         r = subprocess.run(
             [helm, "template", "mq", str(CHART), "--set", bad], capture_output=True, text=True
@@ -382,3 +384,12 @@ def test_cluster_tls_without_a_secret_name_is_refused(helm):
         text=True,
     )
     assert r.returncode != 0 and "clusterTls.secretName is required" in r.stderr
+
+
+def test_resource_protection_values_reach_the_node(helm):
+    e = env(render(helm))
+    assert e["MERPATI_DISK_FREE_LIMIT"]["value"] == "50MB"
+    assert e["MERPATI_MAX_CONNECTIONS"]["value"] == "0"
+    e = env(render(helm, "diskFreeLimit=mem_relative:1.5", "maxConnections=5000"))
+    assert e["MERPATI_DISK_FREE_LIMIT"]["value"] == "mem_relative:1.5"
+    assert e["MERPATI_MAX_CONNECTIONS"]["value"] == "5000"

@@ -104,3 +104,33 @@ def test_memory_alarm_keeps_publishers_blocked_after_the_disk_alarm_clears(make_
         assert [c["state"] for c in conns] == ["blocked"]
     finally:
         w.close()
+
+
+def test_set_vm_memory_high_watermark_raises_and_clears_the_memory_alarm(make_node):
+    n = make_node()
+    me = f"test@{n.port}"
+    w = AlarmWatcher(n.host, n.port, "mem-watermark-q")
+    try:
+        # 1MiB absolute: far below any node's resident memory, so the alarm stands at once.
+        out = ctl_out(n, "set_vm_memory_high_watermark", "absolute", "1MiB")
+        assert "set to 1048576 bytes" in out and "alarm true" in out
+        assert alarms_on(n) == [{"node": me, "resource": "memory"}]
+        assert samples(scrape(n.metrics_url))["rabbitmq_resident_memory_limit_bytes"] == 1048576
+        status, nodes = call(n.management_url, "GET", "/api/nodes")
+        assert status == 200 and nodes[0]["mem_alarm"] is True
+        assert nodes[0]["mem_limit"] == 1048576
+        # Back to a fraction of RAM: publishers blocked meanwhile go on.
+        w.publish_while_blocked(lambda: ctl(n, "set_vm_memory_high_watermark", "0.4"))
+        assert w.wait(lambda: w.unblocked == 1)
+        assert w.blocked == ["low on memory"]
+        status, got = call(n.management_url, "GET", "/api/merpati/node/memory-high-watermark")
+        assert status == 200 and got["setting"] == "0.4" and got["mem_alarm"] is False
+        _method, _props, body = w.ch.basic_get("mem-watermark-q", auto_ack=True)
+        assert body == b"while blocked"
+        # Bad limits are refused with the reason.
+        bad = ctl(n, "set_vm_memory_high_watermark", "lots", check=False)
+        assert bad.returncode == 1 and "invalid memory high watermark" in bad.stderr
+        bad = ctl(n, "set_vm_memory_high_watermark", "absolute", "0.5", check=False)
+        assert bad.returncode == 1 and "invalid absolute memory high watermark" in bad.stderr
+    finally:
+        w.close()

@@ -37,7 +37,7 @@ def test_a_key_that_does_not_match_is_refused_with_the_files_named(certs: Path) 
 def test_a_reload_of_a_broken_file_keeps_the_certificate_in_use(certs: Path) -> None:
     cert, key = str(certs / "server.pem"), str(certs / "server.key")
     ctx = tls.server_context(cert, key, "", "none", False)
-    watcher = tls.CertificateWatcher(ctx, cert, key, "")
+    watcher = tls.CertificateWatcher((cert, key), tls.amqps_loader(ctx, cert, key, ""))
     (certs / "server.pem").write_text("not a certificate")
     assert watcher.reload("test") is False
     CA.create("again").issue("server", certs, "server", server=True)

@@ -12,7 +12,8 @@ from aiohttp import web
 from ... import __version__
 from ...core.alarms import DISK, MEMORY
 from ...disk_monitor import DiskLimitError, parse_disk_free_limit
-from ...metrics.collector import disk_free, open_fds, physical_memory, resident_memory
+from ...memory_monitor import WatermarkError, parse_watermark
+from ...metrics.collector import disk_free, memory_limit, open_fds, resident_memory
 from ...routing.exchange import EXCHANGE_TYPES
 from ..app import bad_request, caller, json_response, not_found, read_json
 from ..views import channel_count, jsonable, open_channels, queue_figures
@@ -151,7 +152,7 @@ class OverviewApi(ApiBase):
             "os_pid": str(os.getpid()),
             "uptime": int((time.time() - node.started_at) * 1000),
             "mem_used": rss,
-            "mem_limit": int(node.config.memory_high_watermark * physical_memory()),
+            "mem_limit": memory_limit(node),
             # This node's own alarms, as RabbitMQ's per-node fields (the cluster's are in
             # /api/health/checks/alarms).
             "mem_alarm": MEMORY in local,
@@ -236,6 +237,37 @@ class OverviewApi(ApiBase):
             "disk_free": monitor.free,
             "disk_free_alarm": monitor.alarmed,
         }
+
+    def _memory_json(self) -> dict[str, Any]:
+        monitor = self.node.memory_monitor
+        if monitor is None:
+            raise not_found("this node has no memory monitor")
+        return {
+            "node": self.node.node_id,
+            "mem_limit": monitor.limit_bytes,
+            "setting": str(monitor.watermark),
+            "mem_used": resident_memory(),
+            "mem_alarm": monitor.alarmed,
+        }
+
+    async def memory_watermark(self, request: web.Request) -> web.Response:
+        return json_response(self._memory_json())
+
+    async def memory_watermark_put(self, request: web.Request) -> web.Response:
+        """{"limit": 0.4} (a fraction of RAM) or {"limit": "2GB", "absolute": true}: this
+        node's memory high watermark until it restarts (rabbitmqctl
+        set_vm_memory_high_watermark), checked against the memory in use before the answer."""
+        self._admin(request)
+        body = await read_json(request)
+        try:
+            watermark = parse_watermark(body.get("limit"), bool(body.get("absolute")))  # type: ignore[arg-type]
+        except WatermarkError as e:
+            raise bad_request(str(e))
+        monitor = self.node.memory_monitor
+        if monitor is None:
+            raise not_found("this node has no memory monitor")
+        monitor.set_watermark(watermark)
+        return json_response(self._memory_json())
 
     async def disk_free_limit(self, request: web.Request) -> web.Response:
         return json_response(self._disk_limit_json())

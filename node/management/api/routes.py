@@ -57,6 +57,9 @@ class ManagementApi(
         # this node's settings (rabbitmqctl set_disk_free_limit: node-local, until a restart)
         r.add_get("/api/merpati/node/disk-free-limit", self.disk_free_limit)
         r.add_put("/api/merpati/node/disk-free-limit", self.disk_free_limit_put)
+        # rabbitmqctl set_vm_memory_high_watermark: node-local, until a restart
+        r.add_get("/api/merpati/node/memory-high-watermark", self.memory_watermark)
+        r.add_put("/api/merpati/node/memory-high-watermark", self.memory_watermark_put)
         # connections, channels, consumers
         r.add_get("/api/connections", self.connections)
         r.add_get("/api/vhosts/{vhost}/connections", self.connections)
