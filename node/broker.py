@@ -144,6 +144,9 @@ class Broker:
         # Direct reply-to consumers of this node's channels, by name (node.core.reply_to), and
         # handles of those on other nodes that replies were routed to lately.
         self.reply_queues: dict[str, ReplyTo] = {}
+        # (ready, unacked) of the queues this node leads, as the management API's rate sampler
+        # last counted them (node/management/rates.py); the forwarding Ping tells the peers.
+        self.led_depth: tuple[int, int] = (0, 0)
         self._remote_replies: dict[str, QueueHandle] = {}
         # Placement, remote queues and queue moves (node.cluster_seam). The cluster side
         # subscribes to applied commands first: a queue's move or deletion reaches it before

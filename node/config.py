@@ -109,6 +109,9 @@ class Config:
     # Open the client ports (AMQP, AMQPS, management) with SO_REUSEPORT, so that the workers of
     # --workers share them; set by the supervisor for its workers, never needed by hand.
     reuse_port: bool = False
+    # ms between samples of the message rates the management API shows with their history
+    # (RabbitMQ's collect_statistics_interval, same default).
+    collect_statistics_interval: int = 5000
     loopback_users: tuple[str, ...] = ("guest",)
     vhosts: tuple[str, ...] = ("/",)
     users: list[UserConfig] = field(default_factory=list)
@@ -195,6 +198,8 @@ FLAGS: dict[str, str] = {
     "workers": "node processes to run on this host as one cluster, sharing the client ports "
     "(SO_REUSEPORT): a number or auto (one per CPU); above 1 this process supervises them",
     "reuse_port": "open the client ports with SO_REUSEPORT (set by --workers for its workers)",
+    "collect_statistics_interval": "ms between samples of the message rates (and their "
+    "history) the management API and UI show",
 }
 
 
@@ -327,6 +332,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config
         raise ConfigError("max-connections must be 0 (no limit) or more")
     if cfg.consumer_timeout < 0:
         raise ConfigError("consumer-timeout must be 0 (no limit) or a number of milliseconds")
+    if cfg.collect_statistics_interval < 100:
+        raise ConfigError("collect-statistics-interval must be at least 100 (ms)")
     if cfg.handover_window < 1:
         raise ConfigError("handover-window must be at least 1")
     if cfg.default_queue_type not in ("classic", "quorum"):

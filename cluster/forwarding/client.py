@@ -80,6 +80,9 @@ class Peer:
         self.node_id = node_id
         self.on_alarms = on_alarms
         self.alarms: frozenset[str] = frozenset()  # the peer's, from its last Ping answer
+        # The peer's message counters from its last Ping answer (kept while it is down: its
+        # rates are then flat, not negative), for the management API's per-node rates.
+        self.message_counters: dict[str, int] = {}
         self.address = address
         self.local_node = local_node
         self.ledger = ledger
@@ -160,6 +163,7 @@ class Peer:
             if self.state != UP:
                 self._came_up()
             self._set_alarms(frozenset(resp.alarms))
+            self.message_counters = dict(resp.message_counters)
             await asyncio.sleep(PING_INTERVAL)
 
     def _came_up(self) -> None:

@@ -32,6 +32,7 @@ from merpati.node.core.message import Message
 from merpati.node.core.outcome import Modified, Outcome
 from merpati.node.core.queue import QueueHandle
 from merpati.node.core.reply_to import PREFIX as REPLY_PREFIX
+from merpati.node.management.rates import node_counter_values
 from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
@@ -330,6 +331,8 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
             user_connections=counts.user_connections,
             user_channels=counts.user_channels,
             alarms=sorted(self.broker.alarms.local),
+            # Read from the counters the hot path bumps anyway: the peers' UI shows our rates.
+            message_counters=node_counter_values(self.broker.counters, self.broker.led_depth),
         )
 
     async def ClientViews(  # noqa: N802

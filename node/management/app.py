@@ -13,6 +13,7 @@ import base64
 import binascii
 import ipaddress
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from ..metadata.state import MetadataError
 if TYPE_CHECKING:
     from ..server import Node
 
+UI_DIR = Path(__file__).resolve().parent / "ui"
 MGMT_TAGS = {"administrator", "monitoring", "policymaker", "management"}
 USER_KEY = "merpati.user"
 
@@ -61,9 +63,12 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def _error_response(e: ApiError) -> web.Response:
+def _error_response(e: ApiError, request: web.Request | None = None) -> web.Response:
     resp = json_response({"error": e.error, "reason": e.reason}, e.status)
-    if e.status == 401:
+    # The web UI asks with X-Requested-With and shows its own login form on a 401: without the
+    # challenge the browser does not pop up its basic-auth dialog over the page.
+    from_ui = request is not None and "X-Requested-With" in request.headers
+    if e.status == 401 and not from_ui:
         resp.headers["WWW-Authenticate"] = 'Basic realm="RabbitMQ Management"'
     return resp
 
@@ -122,16 +127,32 @@ def management_app(node: Node) -> web.Application:
                 request[USER_KEY] = authenticate(node, request)
             return await handler(request)
         except ApiError as e:
-            return _error_response(e)
+            return _error_response(e, request)
         except MetadataError as e:
-            return _error_response(from_metadata_error(e))
+            return _error_response(from_metadata_error(e), request)
         except web.HTTPNotFound:
-            return _error_response(not_found())
+            return _error_response(not_found(), request)
         except web.HTTPMethodNotAllowed:
-            return _error_response(ApiError(405, "method_not_allowed", "Method Not Allowed"))
+            return _error_response(
+                ApiError(405, "method_not_allowed", "Method Not Allowed"), request
+            )
 
     app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
-    ManagementApi(node).register(app.router)
+    api = ManagementApi(node)
+    api.register(app.router)
+    # The web UI (ui/): static files, no credentials needed to load them; its API calls carry
+    # them. Revalidated on each load (Last-Modified), so an upgraded node serves its own UI.
+    app.router.add_static("/ui/", UI_DIR, append_version=False)
+
+    # The rate history samples on its own timer for as long as the listener serves.
+    async def start_rates(_app: web.Application) -> None:
+        api.rates.start()
+
+    async def stop_rates(_app: web.Application) -> None:
+        await api.rates.stop()
+
+    app.on_startup.append(start_rates)
+    app.on_cleanup.append(stop_rates)
     return app
 
 

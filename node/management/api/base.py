@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ...core.declare import ACCESS_REFUSED, DeclareError
 from ..app import ApiError, Caller, bad_request, caller, not_authorised, not_found
+from ..rates import RateHistory, RatesQuery
 
 if TYPE_CHECKING:
     from ...server import Node
@@ -49,6 +50,8 @@ class ApiBase:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        interval = getattr(node.config, "collect_statistics_interval", 5000) / 1000
+        self.rates = RateHistory(node, interval=interval)
 
     @property
     def broker(self) -> Any:
@@ -84,6 +87,12 @@ class ApiBase:
     def _admin(self, request: web.Request) -> None:
         if not caller(request).is_admin:
             raise not_authorised("Not administrator user")
+
+    def _rates_query(self, request: web.Request) -> RatesQuery:
+        try:
+            return RatesQuery.parse(request.query)
+        except ValueError as e:
+            raise bad_request(str(e))
 
     async def _propose(self, cmd: Any) -> Any:
         return await self.broker.propose(cmd)

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ...metadata.commands import MoveQueue
 from ..app import bad_request, json_response, not_found, read_json
 from .base import ApiBase
 
@@ -80,6 +81,37 @@ class ClusterOpsApi(ApiBase):
         return json_response(
             {"moves": [{"vhost": v, "queue": q, "from": a, "to": b} for v, q, a, b in moves]}
         )
+
+    async def queue_move(self, request: web.Request) -> web.Response:
+        """{"node": N}: a classic queue's leadership (and its messages) moves to node N, as
+        rebalance and drain move queues (cluster/handover.py); a quorum queue's leader is chosen
+        by election among its replicas instead, and an exclusive queue stays with its
+        connection."""
+        self._admin(request)
+        vhost, name = self._vhost(request, write=True), request.match_info["name"]
+        qdef = self.broker.state.queue(vhost, name)
+        if qdef is None:
+            raise not_found(f"no queue '{name}' in vhost '{vhost}'")
+        body = await read_json(request)
+        to = body.get("node")
+        plan = self._plan()
+        if not isinstance(to, str) or to not in self.broker.state.members:
+            raise bad_request(f"no node '{to}' in the cluster")
+        if qdef.replicated:
+            raise bad_request(
+                f"queue '{name}' is a quorum queue: its leader moves by election among its "
+                "replicas (grow or shrink them, or drain its node)"
+            )
+        if qdef.exclusive_owner is not None:
+            raise bad_request(f"queue '{name}' is exclusive: it stays with its connection")
+        if to == qdef.leader:
+            raise bad_request(f"queue '{name}' is already led by {to}")
+        if to not in plan.membership.live():
+            raise bad_request(f"node {to} is not running")
+        if to in self.broker.state.draining:
+            raise bad_request(f"node {to} is being drained: it takes no queues")
+        await self._propose(MoveQueue(vhost, name, qdef.leader, to))
+        return json_response({"vhost": vhost, "queue": name, "from": qdef.leader, "to": to})
 
     async def cluster_drain(self, request: web.Request) -> web.Response:
         """{"timeout": seconds}: no new queues on the node, its queues (and their messages) moved

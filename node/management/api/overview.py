@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -19,13 +20,31 @@ from ..views import channel_count, jsonable, open_channels, queue_figures
 from .base import ApiBase
 
 
+def _store_size(node: Any) -> int | None:
+    """Bytes of the message store file (and its write-ahead log), None without a store."""
+    store = getattr(node, "store", None)
+    path = getattr(store, "path", None)
+    if not path:
+        return None
+    size = 0
+    for suffix in ("", "-wal"):
+        try:
+            size += os.path.getsize(f"{path}{suffix}")
+        except OSError:
+            pass
+    return size
+
+
 class OverviewApi(ApiBase):
     # -- overview and nodes -------------------------------------------------------------------
 
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(
-            text="Merpati management HTTP API (RabbitMQ-compatible subset) under /api/\n"
-        )
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        """The web UI's page (management/ui); the API itself is under /api/."""
+        from ..app import UI_DIR
+
+        resp = web.FileResponse(UI_DIR / "index.html")
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
 
     async def overview(self, request: web.Request) -> web.Response:
         node = self.node
@@ -39,10 +58,34 @@ class OverviewApi(ApiBase):
                 nqueues += 1
                 ready += r
                 unacked += u
+        # As RabbitMQ's overview: the whole cluster's counts and rates (the peers' from their
+        # Pings), the queue totals as this node sees every queue.
+        stats_details, totals_details = self.rates.node_details(
+            self._rates_query(request), cluster=True
+        )
+        counts = {
+            "publish": c.published,
+            "confirm": c.confirmed,
+            "deliver": c.delivered_ack,
+            "deliver_no_ack": c.delivered_autoack,
+            "deliver_get": c.delivered_ack + c.delivered_autoack + c.get_ack + c.get_autoack,
+            "get": c.get_ack,
+            "get_no_ack": c.get_autoack,
+            "get_empty": c.get_empty,
+            "redeliver": c.redelivered,
+            "ack": c.acked,
+            "return_unroutable": c.unroutable_returned,
+            "drop_unroutable": c.unroutable_dropped,
+        }
+        for key, n in self.rates.peer_counts().items():
+            counts[key] += n
+        if not caller(request).sees_all:
+            totals_details = {}  # the node's depth history counts other vhosts' queues
         return json_response(
             {
                 "management_version": __version__,
-                "rates_mode": "none",
+                "rates_mode": "basic",
+                "statistics_interval": int(self.rates.interval * 1000),
                 "product_name": "Merpati",
                 "product_version": __version__,
                 "rabbitmq_version": __version__,
@@ -53,26 +96,15 @@ class OverviewApi(ApiBase):
                     {"name": t, "description": "", "enabled": True} for t in EXCHANGE_TYPES
                 ],
                 "message_stats": {
-                    "publish": c.published,
-                    "confirm": c.confirmed,
-                    "deliver": c.delivered_ack,
-                    "deliver_no_ack": c.delivered_autoack,
-                    "deliver_get": c.delivered_ack
-                    + c.delivered_autoack
-                    + c.get_ack
-                    + c.get_autoack,
-                    "get": c.get_ack,
-                    "get_no_ack": c.get_autoack,
-                    "get_empty": c.get_empty,
-                    "redeliver": c.redelivered,
-                    "ack": c.acked,
-                    "return_unroutable": c.unroutable_returned,
-                    "drop_unroutable": c.unroutable_dropped,
+                    **counts,
+                    # The rates with their history (management/rates.py).
+                    **stats_details,
                 },
                 "queue_totals": {
                     "messages": ready + unacked,
                     "messages_ready": ready,
                     "messages_unacknowledged": unacked,
+                    **totals_details,
                 },
                 "object_totals": {
                     "connections": len(conns),
@@ -106,7 +138,6 @@ class OverviewApi(ApiBase):
 
     def _node_json(self) -> dict[str, Any]:
         node = self.node
-        import os
         import resource
 
         rss = resident_memory()
@@ -128,6 +159,7 @@ class OverviewApi(ApiBase):
             "disk_free": free if free is not None else disk_free(node.config.data_dir),
             "disk_free_limit": monitor.limit_bytes if monitor is not None else 0,
             "disk_free_alarm": DISK in local,
+            "store_size": _store_size(node),
             "fd_used": open_fds(),
             "fd_total": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "sockets_used": len(self.broker.connections),
@@ -161,7 +193,11 @@ class OverviewApi(ApiBase):
     async def nodes(self, request: web.Request) -> web.Response:
         # Every member; this node with its figures, the others as the cluster knows them.
         status = self.cluster_status()
-        out = [self._node_json()]
+        me = self._node_json()
+        # Each node's rates: this node's sampled here, the others' from their Ping answers.
+        rq = self._rates_query(request)
+        me["message_stats"] = self.rates.node_details(rq)[0]
+        out = [me]
         running = set(status.get("running") or ())
         remote = self.broker.alarms.remote
         for name, address in sorted((status.get("members") or {}).items()):
@@ -178,6 +214,9 @@ class OverviewApi(ApiBase):
                         "disk_free_alarm": DISK in alarms,
                     }
                 )
+                stats = self.rates.peer_details(name, rq)
+                if stats is not None:
+                    out[-1]["message_stats"] = stats
         return json_response(out)
 
     async def node_detail(self, request: web.Request) -> web.Response:

@@ -48,6 +48,7 @@ class ManagementApi(
         r.add_get("/api/merpati/quorum/{vhost}/{name}", self.quorum_status)
         r.add_post("/api/merpati/quorum/grow", self.quorum_grow)
         r.add_post("/api/merpati/quorum/shrink", self.quorum_shrink)
+        r.add_post("/api/merpati/queues/{vhost}/{name}/move", self.queue_move)
         r.add_post("/api/merpati/cluster/nodes/{node}/drain", self.cluster_drain)
         r.add_post("/api/merpati/cluster/nodes/{node}/undrain", self.cluster_undrain)
         r.add_put("/api/merpati/vhost-limits/{vhost}", self.vhost_limits_put)
