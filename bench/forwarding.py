@@ -1,10 +1,12 @@
 """CPU per forwarded message: batched Publish stream vs one message per gRPC write.
 
     python bench/forwarding.py [--messages 20000] [--size 256] [--burst 100] [--loop uvloop|asyncio]
+        [--transport grpc|link]
 
 Two brokers in this process (node a publishes through RemoteQueue to a queue led by node b, over
 gRPC on loopback), so the CPU figure covers both ends: a's encoding and writes, b's decoding,
-enqueueing and results, a's confirms. Publishes come in bursts of --burst per loop turn, as
+enqueueing and results, a's confirms. --transport link sends the streams over the Unix socket
+nodes of one host use (cluster/forwarding/local_link.py) instead of gRPC. Publishes come in bursts of --burst per loop turn, as
 they would from client sockets, and each run waits until every confirm is in. Figures, not a test.
 """
 
@@ -36,7 +38,7 @@ def _port() -> int:
 
 
 async def _node(
-    node_id: str, tmp: str, ports: dict[str, int], batch_messages: int | None
+    node_id: str, tmp: str, ports: dict[str, int], batch_messages: int | None, link: bool
 ) -> tuple[Broker, SQLiteStore, ClusterNode]:
     store = SQLiteStore(Path(tmp) / f"{node_id}.db")
     store.open()
@@ -44,15 +46,19 @@ async def _node(
     members = [Member(n, "127.0.0.1", port, 0) for n, port in ports.items()]
     cluster = ClusterNode(Membership(members, node_id), "bench", "127.0.0.1")
     broker = Broker(node_id, LocalLog(), store=store, cluster=cluster)
+    if link:
+        cluster.link_dir = tmp
     await cluster.start_forwarding(batch_messages)
     return broker, store, cluster
 
 
-async def _run(batch_messages: int | None, n: int, size: int, burst: int) -> dict[str, float]:
+async def _run(
+    batch_messages: int | None, n: int, size: int, burst: int, link: bool
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         ports = {"a": _port(), "b": _port()}
-        a, sa, ca = await _node("a", tmp, ports, batch_messages)
-        b, sb, cb = await _node("b", tmp, ports, batch_messages)
+        a, sa, ca = await _node("a", tmp, ports, batch_messages, link)
+        b, sb, cb = await _node("b", tmp, ports, batch_messages, link)
         fws = [ca.forwarding, cb.forwarding]
         for broker in (a, b):
             await broker.propose(cmds.AddVhost("/"))
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--burst", type=int, default=100, help="publishes per loop turn")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--transport", choices=("grpc", "link"), default="grpc")
     args = p.parse_args(argv)
     logging.getLogger("merpati.forwarding").setLevel(logging.ERROR)  # peers stopping at the end
     runner = asyncio.run
@@ -112,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     print(
         f"{args.messages} messages of {args.size} B, bursts of {args.burst} per loop turn, "
-        f"{args.loop}; CPU of both nodes (one process) per message"
+        f"{args.loop}, {args.transport}; CPU of both nodes (one process) per message"
     )
     results = {}
     for label, batch in (("batched", None), ("one per write", 1)):
-        r = runner(_run(batch, args.messages, args.size, args.burst))
+        r = runner(_run(batch, args.messages, args.size, args.burst, args.transport == "link"))
         results[label] = r
         print(
             f"  {label:14s} {r['us_cpu_per_msg']:8.1f} us CPU/msg  {r['msgs_per_s']:9.0f} msg/s  "

@@ -84,7 +84,7 @@ class MerpatiWorkers:
 
     def pids(self) -> list[int]:
         out = subprocess.run(
-            ["pgrep", "-f", f"--data-dir {self.dir}/data"], capture_output=True, text=True
+            ["pgrep", "-f", "--", f"--data-dir {self.dir}/data"], capture_output=True, text=True
         ).stdout
         return [int(p) for p in out.split()]
 

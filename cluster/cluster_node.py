@@ -64,6 +64,7 @@ class ClusterNode:
         self.new_here = False
         self._join_task: asyncio.Future | None = None  # a node being added (join)
         self.tls: Any = None  # cluster_tls.ClusterTls with --cluster-tls-*, else None
+        self.link_dir = ""  # --local-link-dir: forwarded streams to nodes of this host
         me = membership.me.node_id
         self.replicated = ReplicatedQueues(
             me, membership.live, lambda: membership.leader_node() == me
@@ -113,6 +114,7 @@ class ClusterNode:
         node = cls(membership, secret, bind_host, cfg.handover_window)
         node.members_file = members_file
         node.tls = tls
+        node.link_dir = cfg.local_link_dir
         raft_dir = Path(cfg.data_dir) / "raft"
         node.new_here = not (raft_dir.is_dir() and any(raft_dir.iterdir()))
         return node
@@ -279,6 +281,7 @@ class ClusterNode:
             moves=self.moves,
             batch_messages=batch_messages,
             servicers=[self.replicated.servicer, self._join_servicer],
+            link_dir=self.link_dir,
         )
         self.replicated.forwarding = self.forwarding
         self.moves.forwarding = self.forwarding

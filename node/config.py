@@ -109,6 +109,10 @@ class Config:
     # Open the client ports (AMQP, AMQPS, management) with SO_REUSEPORT, so that the workers of
     # --workers share them; set by the supervisor for its workers, never needed by hand.
     reuse_port: bool = False
+    # A directory where nodes of this host listen on Unix sockets for each other's forwarded
+    # streams, which cost far less there than over gRPC (cluster/forwarding/local_link.py); set
+    # by --workers for its workers, and useful to several single nodes on one host.
+    local_link_dir: str = ""
     # ms between samples of the message rates the management API shows with their history
     # (RabbitMQ's collect_statistics_interval, same default).
     collect_statistics_interval: int = 5000
@@ -198,6 +202,8 @@ FLAGS: dict[str, str] = {
     "workers": "node processes to run on this host as one cluster, sharing the client ports "
     "(SO_REUSEPORT): a number or auto (one per CPU); above 1 this process supervises them",
     "reuse_port": "open the client ports with SO_REUSEPORT (set by --workers for its workers)",
+    "local_link_dir": "directory of Unix sockets through which nodes of this host forward "
+    "messages to each other instead of gRPC (set by --workers for its workers)",
     "collect_statistics_interval": "ms between samples of the message rates (and their "
     "history) the management API and UI show",
 }

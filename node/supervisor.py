@@ -152,7 +152,9 @@ def peers_of(plans: list[WorkerPlan]) -> str:
     return ",".join(f"{p.node_id}=127.0.0.1:{p.cluster_port}" for p in plans)
 
 
-def worker_argv(server_args: list[str], plan: WorkerPlan, peers: str, locator: str) -> list[str]:
+def worker_argv(
+    server_args: list[str], plan: WorkerPlan, peers: str, locator: str, link_dir: str = ""
+) -> list[str]:
     """The command of one worker: the supervisor's own `server` arguments, then the worker's.
     Later flags win in argparse and flags win over the environment and the config file, so
     whatever the user set reaches every worker and only these few differ."""
@@ -181,6 +183,8 @@ def worker_argv(server_args: list[str], plan: WorkerPlan, peers: str, locator: s
     ]
     if locator:
         argv += ["--queue-leader-locator", locator]
+    if link_dir:
+        argv += ["--local-link-dir", link_dir]
     return argv
 
 
@@ -233,8 +237,13 @@ class Supervisor:
         self.plans = plan_workers(cfg, count)
         peers = peers_of(self.plans)
         locator = "" if cfg.queue_leader_locator else "client-local"
-        self.workers = [Worker(p, worker_argv(server_args, p, peers, locator)) for p in self.plans]
         self.data_dir = Path(cfg.data_dir)
+        # The workers forward to each other through Unix sockets here (local_link), not gRPC.
+        self.link_dir = self.data_dir / "links"
+        self.workers = [
+            Worker(p, worker_argv(server_args, p, peers, locator, str(self.link_dir)))
+            for p in self.plans
+        ]
         self.stopping = False
         self.status = 0
 
@@ -266,6 +275,7 @@ class Supervisor:
             signal.signal(sig, self._signalled)
         signal.signal(signal.SIGHUP, self._hangup)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.link_dir.mkdir(mode=0o700, exist_ok=True)
         if (self.data_dir / "raft").is_dir() or (self.data_dir / "messages.db").exists():
             log.warning(
                 "%s holds a single node's data, which the workers do not use (each has its own "

@@ -2,7 +2,9 @@
 
 Theory of operation: one grpc.aio channel per peer, one Publish stream per peer for every
 message this node forwards there, one Consume stream per remote subscription, unary calls for
-the rest.
+the rest. The two kinds of stream go over the peer's Unix socket instead when it is a node of
+this host that listens on one (`local_link`: gRPC's cost per streamed message is what a worker's
+forwarding would otherwise spend most of its CPU on).
 
 Publishing: `publish` turns a message into an entry of the pending batch and returns the ledger
 token its confirm waits for. The stream's request iterator wakes once per loop turn that added
@@ -45,6 +47,7 @@ from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
 from ._common import AUTH_KEY, NODE_KEY, SECURITY, auth_token, quiet
+from .local_link import LinkClient
 from .packing import MAX_QUEUES_PER_RECORD, Published, pack_published
 
 log = logging.getLogger("merpati.forwarding")
@@ -76,8 +79,12 @@ class Peer:
         ledger: Any,
         batch_messages: int = BATCH_MESSAGES,
         on_alarms: Callable[[str, Iterable[str]], None] | None = None,
+        link_path: str = "",
     ) -> None:
         self.node_id = node_id
+        # The peer's Unix socket when it may be a node of this host (local_link): its streams
+        # go there when it listens, else over gRPC.
+        self.link = LinkClient(link_path) if link_path else None
         self.on_alarms = on_alarms
         self.alarms: frozenset[str] = frozenset()  # the peer's, from its last Ping answer
         # The peer's message counters from its last Ping answer (kept while it is down: its
@@ -116,6 +123,8 @@ class Peer:
         # Figures (the benchmark and the tests read them).
         self.writes = 0
         self.messages_sent = 0
+        self.streams_opened = 0
+        self.streams_over_link = 0
         self.closed = False
         self._monitor = asyncio.ensure_future(self._watch())
 
@@ -283,7 +292,7 @@ class Peer:
         # A fresh wake-up event per stream: a stale generator of a broken stream never takes
         # a batch meant for the new one.
         self._wake = asyncio.Event()
-        self._call = self.stub.Publish(self._batches(self._wake), metadata=self.metadata)
+        self._call = self._stream("Publish", self._batches(self._wake), pb.PublishResults)
         self._reader = asyncio.ensure_future(self._read_results(self._call))
         if self._pending:
             self._wake.set()  # published while the peer's state was not known yet
@@ -382,7 +391,17 @@ class Peer:
         task.add_done_callback(quiet)
 
     def consume(self, requests: Any) -> Any:
-        return self.stub.Consume(requests, metadata=self.metadata)
+        return self._stream("Consume", requests, pb.ConsumeEvent)
+
+    def _stream(self, method: str, requests: Any, response_cls: Any) -> Any:
+        """A bidirectional stream to the peer: over the local link when it listens on one, else
+        gRPC; either way a call object of grpc.aio's shape."""
+        self.streams_opened += 1
+        link = self.link
+        if link is not None and link.available():
+            self.streams_over_link += 1
+            return link.stream(method, requests, response_cls, self.metadata)
+        return getattr(self.stub, method)(requests, metadata=self.metadata)
 
     # -- teardown -------------------------------------------------------------------------------
 
@@ -392,6 +411,8 @@ class Peer:
         self.closed = True
         self._monitor.cancel()
         self._close_publish()
+        if self.link is not None:
+            self.link.close()
         self._fail_inflight(f"node '{self.node_id}' was removed from the cluster")
         for q in list(self.queues):
             q.peer_down(self)

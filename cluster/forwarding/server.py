@@ -1,7 +1,8 @@
 """The forwarding server: other nodes reach the queues this node leads through it.
 
 Theory of operation: every RPC runs on the node's own asyncio loop (grpc.aio), so it calls the
-queues (their `QueueHandle`s) directly, exactly as a local channel would.
+queues (their `QueueHandle`s) directly, exactly as a local channel would. Nodes of the same host
+reach the same Publish and Consume handlers through a Unix socket (local_link) instead.
 
 - Publish: each message arrives once with the names of its destination queues here; it is
   enqueued to each (copies share the body), and its result goes back once the node would confirm
@@ -37,6 +38,7 @@ from merpati.proto.merpati.v1 import forwarding_pb2 as pb
 from merpati.proto.merpati.v1 import forwarding_pb2_grpc as pb_grpc
 
 from ._common import AUTH_KEY, NODE_KEY, SECURITY, SERVER_OPTIONS, auth_token
+from .local_link import LinkServer
 from .packing import PackingError, pack_deliveries, unpack_published
 
 log = logging.getLogger("merpati.forwarding")
@@ -98,6 +100,7 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
         self._token = auth_token(secret)
         self.counters = ServerCounters()
         self._server: grpc.aio.Server | None = None
+        self._link: LinkServer | None = None
         # Other services served on the same port (cluster.replication's), each with register().
         self.extra: list[Any] = []
         # Unsettled basic.get deliveries per calling node: (vhost, queue, seq) -> (queue, msg).
@@ -107,8 +110,18 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self, bind_host: str, port: int) -> int:
-        """Listen on host:port (0 = any free port); returns the port."""
+    async def start(self, bind_host: str, port: int, link_path: str = "") -> int:
+        """Listen on host:port (0 = any free port), and serve the streams on the Unix socket
+        `link_path` too when given (local_link); returns the port."""
+        if link_path:
+            # Before the gRPC port: a peer that sees this node up finds the socket there.
+            self._link = LinkServer(
+                {
+                    "Publish": (pb.PublishBatch, self.Publish),
+                    "Consume": (pb.ConsumeRequest, self.Consume),
+                }
+            )
+            await self._link.start(link_path)
         server = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_ForwardingServicer_to_server(self, server)
         for servicer in self.extra:
@@ -122,6 +135,9 @@ class ForwardingServer(pb_grpc.ForwardingServicer):
         return bound
 
     async def stop(self, grace: float | None = 0.5) -> None:
+        if self._link is not None:
+            link, self._link = self._link, None
+            await link.stop()
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)

@@ -23,6 +23,7 @@ import grpc
 from merpati.node.core.limits import ConnectionCounts
 
 from .client import DOWN, UP, Peer
+from .local_link import socket_path, usable_path
 from .remote_queue import RemoteQueue
 from .server import ForwardingServer
 
@@ -39,8 +40,10 @@ class Forwarding:
         secret: str | bytes | None,
         batch_messages: int | None = None,
         moves: Any = None,
+        link_dir: str = "",
     ) -> None:
         self.broker = broker
+        self.link_dir = link_dir  # local_link's sockets of the nodes of this host ("" = none)
         self.node_id = node_id
         self.secret = secret
         self.server = ForwardingServer(broker, node_id, secret, moves)
@@ -71,6 +74,7 @@ class Forwarding:
             secret=self.secret,
             ledger=self.broker.store.ledger,
             on_alarms=self.broker.set_remote_alarms,
+            link_path=self._link_path(node_id),
             **kwargs,
         )
         # Handles made before this peer was known find it now.
@@ -78,6 +82,15 @@ class Forwarding:
             for q in vq.values():
                 if isinstance(q, RemoteQueue) and q.leader == node_id:
                     q._attach()
+
+    def _link_path(self, node_id: str) -> str:
+        if not self.link_dir:
+            return ""
+        path = socket_path(self.link_dir, node_id)
+        if not usable_path(path):
+            log.warning("local link %s: path too long for a Unix socket; using gRPC", path)
+            return ""
+        return path
 
     def remove_peer(self, node_id: str) -> None:
         """Stop talking to `node_id`: its queues here behave as if it were down."""
@@ -155,14 +168,17 @@ async def start_forwarding(
     batch_messages: int | None = None,
     moves: Any = None,
     servicers: list[Any] = (),  # type: ignore[assignment]
+    link_dir: str = "",
 ) -> Forwarding:
     """Serve this node's queues to the others on `cluster_port` (0: a free port, see `.port`)
     and connect to `peers` ({node id: "host:port"}; this node's own entry is skipped). `moves`
-    (cluster.queue_moves.QueueMoves) answers the other nodes' purges of queues it hands over."""
-    fw = Forwarding(broker, node_id, secret, batch_messages, moves)
+    (cluster.queue_moves.QueueMoves) answers the other nodes' purges of queues it hands over.
+    With `link_dir`, nodes of this host exchange the streams through Unix sockets there."""
+    fw = Forwarding(broker, node_id, secret, batch_messages, moves, link_dir)
     # Other services on the same port and authentication: make(caller) -> a servicer.
     fw.server.extra = [make(fw.server._caller) for make in servicers]
-    fw.port = await fw.server.start(bind_host, cluster_port)
+    own = fw._link_path(node_id)
+    fw.port = await fw.server.start(bind_host, cluster_port, own)
     for peer_id, address in peers.items():
         fw.add_peer(peer_id, address)
     log.info("forwarding on %s:%d to %d peers", bind_host, fw.port, len(fw.peers))

@@ -1,5 +1,7 @@
 """cluster.forwarding in one process: two brokers (each with its SQLite store and its own LocalLog,
-fed the same commands to stand for replicated metadata) wired over gRPC on loopback.
+fed the same commands to stand for replicated metadata) wired over gRPC on loopback. Every test
+runs twice: with the Publish and Consume streams over gRPC, and over the Unix sockets of the
+local link (cluster/forwarding/local_link.py) that nodes of one host use.
 
 Node "a" is where clients are; node "b" leads the queues. Tests go through the QueueHandle seam
 as the channels do: RemoteQueue on a, LocalQueue on b.
@@ -90,12 +92,25 @@ class FakeConsumer:
         return [m.body for m in self.got]
 
 
+# The directory of the local link's sockets for the test running now ("": streams over gRPC).
+LINK_DIR = ""
+
+
+@pytest.fixture(autouse=True, params=["grpc", "link"])
+def transport(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    global LINK_DIR
+    LINK_DIR = str(tmp_path) if request.param == "link" else ""
+    yield request.param
+    LINK_DIR = ""
+
+
 async def start_member(
     node_id: str, log: LocalLog, store: SQLiteStore, ports: dict[str, int], secret: str | None
 ) -> tuple[Broker, ClusterNode]:
     """A broker with its ClusterNode (the members at `ports` on loopback), forwarding started."""
     members = [Member(n, "127.0.0.1", port, 0) for n, port in ports.items()]
     cluster = ClusterNode(Membership(members, node_id), secret, "127.0.0.1")
+    cluster.link_dir = LINK_DIR
     broker = Broker(node_id, log, store=store, cluster=cluster)
     await cluster.start_forwarding()
     return broker, cluster
@@ -146,8 +161,13 @@ class Cluster:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        peers = [p for n in (self.a, self.b) for p in n.fw.peers.values()]
         await self.a.close()
         await self.b.close()
+        if exc[0] is None:
+            # Every stream went the way the test's transport says.
+            over_link = sum(p.streams_over_link for p in peers)
+            assert over_link == (sum(p.streams_opened for p in peers) if LINK_DIR else 0)
 
     async def everywhere(self, cmd: cmds.Command) -> None:
         for node in (self.a, self.b):
@@ -569,7 +589,7 @@ def test_peer_down_rejects_fails_and_cancels_then_recovers(tmp_path: Path) -> No
             assert e.value.code == 404
             assert e.value.text == "queue 'q' in vhost '/' is on node 'b', which is down"
         # b comes back: so do its queues
-        await c.b.fw.server.start("127.0.0.1", port)
+        await c.b.fw.server.start("127.0.0.1", port, c.b.fw._link_path("b"))
         await until(lambda: c.a.fw.peer_state("b") == "up")
         token = rq.enqueue(msg(b"y", TRANSIENT))
         await asyncio.wait_for(c.a.store.ledger.wait(token), 5)
@@ -642,7 +662,7 @@ def test_alarms_travel_on_pings_and_go_with_the_peer(tmp_path: Path) -> None:
         await c.b.fw.server.stop(grace=None)
         await until(lambda: not c.a.broker.blocked)
         # ...and comes back with it.
-        await c.b.fw.server.start("127.0.0.1", port)
+        await c.b.fw.server.start("127.0.0.1", port, c.b.fw._link_path("b"))
         await until(lambda: c.a.broker.blocked_by == {"memory"})
         # A node removed from the cluster blocks no one, at once.
         c.a.fw.remove_peer("b")

@@ -224,9 +224,20 @@ def test_a_message_published_through_one_worker_is_consumed_through_the_other(ho
         while got is None and time.monotonic() < deadline:
             _, _, got = ch.basic_get("across", auto_ack=True)
         assert got == b"again"
+        # The workers forwarded through each other's Unix socket (local_link), not gRPC: each
+        # socket accepted a connection (the kernel lists accepted sockets under the path too).
+        for node in (a, b):
+            path = host.data_dir / "links" / f"{node}.sock"
+            assert oct(path.stat().st_mode & 0o777) == "0o600"
+            assert unix_sockets_at(path) >= 2, f"nothing connected to {path}"
     finally:
         for conn in by_worker.values():
             conn.close()
+
+
+def unix_sockets_at(path) -> int:
+    with open("/proc/net/unix") as f:
+        return sum(1 for line in f if line.split()[-1] == str(path))
 
 
 def test_quorum_queues_are_led_by_the_declaring_connections_worker(host):
