@@ -105,19 +105,25 @@ async def _declare(port: int, names: list[str]) -> None:
 
 
 def run_round(
-    loadgen: str, port: int, pids: list[int], queues: int, duration: int, rate: int, tag: str
+    loadgen: str,
+    port: int,
+    pids: list[int],
+    queues: int,
+    duration: int,
+    rate: int,
+    tag: str,
+    declare: str = "first",
 ) -> dict[str, Any]:
-    # Declared first, from one connection, and given a second: a Merpati node that did not
-    # declare a queue learns of it when it applies the Raft entry, which can trail the
-    # declare-ok another node gave (see docs/performance.md).
-    asyncio.run(_declare(port, [f"mq-{tag}-{i}" for i in range(queues)]))
-    time.sleep(1.0)
+    if declare == "first":
+        asyncio.run(_declare(port, [f"mq-{tag}-{i}" for i in range(queues)]))
     procs = []
     for i in range(queues):
         cmd = [
             loadgen, "-p", str(port), "-q", f"mq-{tag}-{i}", "-m", "at-least-once",
-            "-s", "100", "-d", str(duration), "--no-declare", "--delete-queue",
+            "-s", "100", "-d", str(duration), "--delete-queue",
         ]  # fmt: skip
+        if declare == "first":
+            cmd.append("--no-declare")
         if rate:
             cmd += ["-r", str(rate)]
         for pid in pids[:1] if i else pids:  # the broker's CPU, reported once
@@ -148,6 +154,13 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rate", type=int, default=0)
     ap.add_argument("--brokers", default="merpati,rabbitmq")
+    ap.add_argument(
+        "--declare",
+        choices=("first", "loadgen"),
+        default="first",
+        help="first: all queues from one connection before the round (with client-local "
+        "placement, all on one worker); loadgen: each loadgen declares its own queue",
+    )
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     kinds = args.brokers.split(",")
@@ -162,11 +175,24 @@ def main() -> None:
                 port, pids = broker.port(0), broker.pids()
             try:
                 r = run_round(
-                    args.loadgen, port, pids, args.queues, args.duration, args.rate, f"{rep}"
+                    args.loadgen,
+                    port,
+                    pids,
+                    args.queues,
+                    args.duration,
+                    args.rate,
+                    f"{rep}",
+                    args.declare,
                 )
             finally:
                 broker.stop()
-            r |= {"broker": kind, "rep": rep, "queues": args.queues, "rate": args.rate}
+            r |= {
+                "broker": kind,
+                "rep": rep,
+                "queues": args.queues,
+                "rate": args.rate,
+                "declare": args.declare,
+            }
             figures[kind].append(r)
             print(json.dumps(r), flush=True)
             if args.out:

@@ -104,7 +104,7 @@ from pysyncobj.journal import (
 )
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from merpati.node.metadata.commands import Command
+from merpati.node.metadata.commands import Barrier, Command
 from merpati.node.metadata.state import MetadataError, MetadataState, error_of
 
 from .pickle_names import freeze as _freeze_pickle_names
@@ -474,6 +474,10 @@ class RaftLog:
             self._submitted += 1
         self._submit(fut, uuid.uuid4().hex, cmd, time.monotonic() + _RETRY_FOR)
         return fut
+
+    def barrier(self) -> asyncio.Future:
+        """A no-op through the log: when it applies here, so has everything committed before."""
+        return self.propose(Barrier())
 
     def _submit(self, fut: asyncio.Future, request_id: str, cmd: Command, deadline: float) -> None:
         """Hand a proposal to pysyncobj; `_resolve` retries it (same id) across leader changes."""

@@ -56,6 +56,8 @@ DEFAULT_CONSUMER_TIMEOUT = 1_800_000
 # Handles of reply-to consumers on other nodes kept for the replies that follow (RPC servers
 # answer many requests from few clients); the oldest goes beyond this many.
 REMOTE_REPLIES = 256
+# Longest a 404 waits for this node to apply what the cluster committed before it (caught_up).
+CATCH_UP_TIMEOUT = 2.0
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -161,6 +163,31 @@ class Broker:
         fut = self.metadata.propose(cmd)
         self.counters.time_proposal(fut)
         return fut
+
+    def caught_up(self, timeout: float = CATCH_UP_TIMEOUT) -> asyncio.Future | None:
+        """Resolves (with None, whatever happens) once this node has applied every metadata
+        command committed before the call, or after `timeout`; None when nothing can be behind
+        (a lone node). A front end asks this before answering 404 for a name: the name may be a
+        queue or exchange another node created a moment ago, whose declare-ok its client has
+        already seen, and whose Raft entry this node has not applied yet. RabbitMQ answers such
+        a client as if the declaration were everywhere at once; so does this."""
+        barrier = getattr(self.metadata, "barrier", None)
+        fut = barrier() if barrier is not None else None
+        if fut is None:
+            return None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def finish(f: asyncio.Future | None = None) -> None:
+            if f is not None and not f.cancelled():
+                f.exception()  # a barrier that failed (no majority) still lets the 404 through
+            if not done.done():
+                done.set_result(None)
+
+        fut.add_done_callback(finish)
+        timer = loop.call_later(timeout, finish)
+        done.add_done_callback(lambda _f: timer.cancel())
+        return done
 
     def _on_applied(self, cmd: cmds.Command, result: Any) -> None:
         if isinstance(result, MetadataError):

@@ -80,6 +80,7 @@ class Channel(DeclareMixin, ConsumeMixin, PublishMixin):
         self.tx: list[Callable[[], None]] | None = None
         # Frames that arrived while a metadata command was in flight.
         self.parked: deque[tuple[str, tuple]] | None = None
+        self._retrying = False  # running a method again after catching up (at most once)
         # While this channel deletes a queue: the queue's name, and the tags of its consumers
         # here that the deletion cancelled, whose basic.cancel follows queue.delete-ok.
         self.deleting_queue: str | None = None
@@ -149,6 +150,8 @@ class Channel(DeclareMixin, ConsumeMixin, PublishMixin):
         except MetadataError as e:
             raise ChannelError(e.code, e.text, method.CLASS_ID, method.METHOD_ID)
         except ChannelError as e:
+            if e.code == NOT_FOUND and self._retry_when_caught_up(method):
+                return
             if not e.class_id:
                 e.class_id, e.method_id = method.CLASS_ID, method.METHOD_ID
             raise
@@ -156,6 +159,31 @@ class Channel(DeclareMixin, ConsumeMixin, PublishMixin):
             if not e.class_id:
                 e.class_id, e.method_id = method.CLASS_ID, method.METHOD_ID
             raise
+
+    def _retry_when_caught_up(self, method: Any) -> bool:
+        """A 404 from a lookup may be a name another node created a moment ago (Broker.caught_up):
+        run the method once more when this node has applied what was committed before it. The
+        lookups come before any effect, so running it again is the same as running it once."""
+        return self.rerun_when_caught_up(lambda: self.handle_method(method), method)
+
+    def rerun_when_caught_up(self, rerun: Callable[[], None], method: Any) -> bool:
+        """Park this channel until the node caught up with the cluster's metadata, then `rerun`
+        (once: a 404 raised by the rerun is the answer). False when there is nothing to wait for."""
+        if self._retrying:
+            return False
+        fut = self.broker.caught_up()
+        if fut is None:
+            return False
+
+        def again(_: Any) -> None:
+            self._retrying = True
+            try:
+                rerun()
+            finally:
+                self._retrying = False
+
+        self._await(fut, again, method)
+        return True
 
     def _ignore(self, m: Any) -> None:
         return None

@@ -33,6 +33,7 @@ from .constants import (
 # Found in the property bytes before anything is decoded (publishes with other reply_to values
 # pay one substring search).
 _REPLY_TO_RAW = REPLY_TO.encode("ascii")
+_PUBLISH = spec.BasicPublish  # the method an error while publishing is blamed on
 
 
 class PublishMixin(ChannelCore):
@@ -101,6 +102,15 @@ class PublishMixin(ChannelCore):
             raise ConnectionError091(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         ex = self._exchange_cache.get(exchange)
         if ex is None or self.broker.state.exchange(self.vhost, exchange) is not ex:
+            if self.broker.state.exchange(self.vhost, exchange) is None and (
+                self.rerun_when_caught_up(
+                    lambda: self.publish(
+                        exchange, routing_key, mandatory, immediate, route_raw, props_raw, body
+                    ),
+                    _PUBLISH,
+                )
+            ):
+                return  # perhaps an exchange another node declared a moment ago
             ex = self._lookup_exchange(exchange)
         flags = flags_of(props_raw)
         if flags & FLAG_USER_ID:

@@ -74,6 +74,7 @@ class Session:
         # While an attach waits for the queue it declares: the session's later frames, in order
         # ((performative, body, offset, is a transfer)); the connection appends, `park` replays.
         self.parked: deque[tuple[Any, bytes, int, bool]] | None = None
+        self._retrying = False  # attaching again after catching up with the cluster (once)
         # Links attached to a v1 exchange source: handle -> the link's own queue.
         self.source_queues: dict[int, str] = {}
 
@@ -187,6 +188,8 @@ class Session:
             else:
                 link = self._attach_receiver(a)
         except LinkError10 as e:
+            if e.condition == "amqp:not-found" and self._attach_when_caught_up(a):
+                return
             self._refuse(a, e.condition, e.description)
             return
         except MetadataError as e:
@@ -288,6 +291,26 @@ class Session:
                 self.on_attach(a)
 
         self.park(broker.propose(declare), declared)
+
+    def _attach_when_caught_up(self, a: Any) -> bool:
+        """The address may name a queue or exchange another node created a moment ago
+        (Broker.caught_up): attach once more when this node has applied what was committed
+        before; a second not-found is the answer."""
+        if self._retrying:
+            return False
+        fut = self.broker.caught_up()
+        if fut is None:
+            return False
+
+        def again(_: Any) -> None:
+            self._retrying = True
+            try:
+                self.on_attach(a)
+            finally:
+                self._retrying = False
+
+        self.park(fut, again)
+        return True
 
     def park(self, fut: Any, then: Any) -> None:
         """Hold the session's later frames until `fut` resolves and `then(fut)` ran."""

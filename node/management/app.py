@@ -115,6 +115,12 @@ def authenticate(node: Node, request: web.Request) -> Caller:
     return Caller(user, tags)
 
 
+def _missing_object(e: Exception) -> bool:
+    if isinstance(e, ApiError):
+        return e.status == 404 and e.reason.startswith("no ")
+    return isinstance(e, MetadataError) and e.code == 404
+
+
 def management_app(node: Node) -> web.Application:
     from .api import ManagementApi
 
@@ -125,7 +131,19 @@ def management_app(node: Node) -> web.Application:
                 raise ApiError(503, "not_ready", "node is starting")
             if request.path.startswith("/api/"):
                 request[USER_KEY] = authenticate(node, request)
-            return await handler(request)
+            try:
+                return await handler(request)
+            except (ApiError, MetadataError) as e:
+                # A name another node created a moment ago (a load balancer, or --workers'
+                # shared port, may send the next request to a node that has not applied it
+                # yet): answer once this node caught up (Broker.caught_up).
+                if not _missing_object(e):
+                    raise
+                caught_up = node.broker.caught_up()
+                if caught_up is None:
+                    raise
+                await caught_up
+                return await handler(request)
         except ApiError as e:
             return _error_response(e, request)
         except MetadataError as e:

@@ -255,6 +255,13 @@ class NodeStarted:
     only_member: bool = True
 
 
+@dataclass(frozen=True)
+class Barrier:
+    """Changes nothing. A node asked for a name it does not know proposes one and waits until it
+    applies here: everything committed before it (a queue another node declared, and answered
+    declare-ok for, a moment ago) has then applied here too. Read-your-writes across nodes."""
+
+
 Command = (
     AddVhost
     | DeleteVhost
@@ -283,4 +290,5 @@ Command = (
     | SetQueueReplicas
     | SetNodeDraining
     | NodeStarted
+    | Barrier
 )

@@ -25,6 +25,11 @@ class MetadataLog(Protocol):
 
     def subscribe(self, listener: Listener) -> None: ...
 
+    def barrier(self) -> asyncio.Future | None:
+        """Resolves once everything committed before the call has applied on this node (None:
+        nothing can be behind, every command applies here at once)."""
+        ...
+
 
 class LocalLog:
     """A single node's log: commands apply at once, in the caller's order."""
@@ -41,6 +46,9 @@ class LocalLog:
         for listener in self._listeners:
             listener(cmd, result)
         return result
+
+    def barrier(self) -> asyncio.Future | None:
+        return None
 
     def propose(self, cmd: Command) -> asyncio.Future:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()

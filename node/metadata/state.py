@@ -222,6 +222,9 @@ class MetadataState:
             raise MetadataError(NOT_FOUND, f"no vhost '{name}'")
         return vh
 
+    def _apply_Barrier(self, cmd: c.Barrier) -> Any:
+        return None
+
     def _apply_AddVhost(self, cmd: c.AddVhost) -> Any:
         if cmd.default_queue_type not in (None, "", *VHOST_QUEUE_TYPES):
             raise MetadataError(

@@ -9,6 +9,7 @@ import pika.exceptions as pex
 import pytest
 
 from tests.support.clients import connect
+from tests.support.http import call
 from tests.support.names import uid
 
 
@@ -109,3 +110,37 @@ def test_raft_leader_killed_declarations_continue(cluster):
             time.sleep(0.2)
     conn.close()
     print(f"declarations resumed {elapsed:.2f} s after the Raft leader was killed")
+
+
+def test_a_name_declared_through_one_node_is_there_at_once_through_the_others(cluster):
+    """Read-your-writes: the declare-ok came from n1 after the Raft commit, and the very next
+    request, through n2 or n3, finds the queue or exchange although that node may not have
+    applied the entry yet (it waits for a barrier before answering 404)."""
+    conns = {n: connect(cluster[n]) for n in ("n1", "n2", "n3")}
+    try:
+        declare = conns["n1"].channel()
+        others = {n: conns[n].channel() for n in ("n2", "n3")}
+        for ch in others.values():
+            ch.confirm_delivery()
+        for i in range(40):
+            qname, xname = uid(f"ryw{i}"), uid(f"rywx{i}")
+            declare.queue_declare(qname)
+            declare.exchange_declare(xname, "fanout")
+            for ch in others.values():
+                ch.queue_declare(qname, passive=True)
+                ch.basic_publish(xname, "", b"routed nowhere, but the exchange exists")
+        # Through the management API too (a load balancer may pick any node for each call).
+        for i in range(20):
+            name = uid(f"rywapi{i}")
+            status, _ = call(cluster["n1"].management_url, "PUT", f"/api/queues/%2F/{name}", {})
+            assert status in (201, 204)
+            status, body = call(cluster["n3"].management_url, "GET", f"/api/queues/%2F/{name}")
+            assert status == 200, body
+        # A name nobody declared is still 404, after the wait.
+        with pytest.raises(pex.ChannelClosedByBroker) as info:
+            others["n2"].queue_declare(uid("nobody"), passive=True)
+        assert info.value.reply_code == 404
+    finally:
+        for conn in conns.values():
+            if conn.is_open:
+                conn.close()

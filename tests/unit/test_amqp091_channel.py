@@ -7,6 +7,11 @@ over a `Broker` with in-memory metadata and no store; the frames the server writ
 
 from __future__ import annotations
 
+import asyncio
+
+from merpati.node.broker import Broker, hash_password
+from merpati.node.metadata import commands as cmds
+from merpati.node.metadata.log import LocalLog
 from tests.support.amqp091 import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -439,3 +444,78 @@ async def test_direct_reply_to_round_trip_and_its_errors() -> None:
     # The pseudo-queue always exists to a passive declare.
     ok = c.send(1, spec.QueueDeclare(queue="amq.rabbitmq.reply-to", passive=True))
     assert [f.name for f in ok] == ["queue.declare-ok"]
+
+
+class LaggingLog(LocalLog):
+    """A node's log that has not yet applied what the cluster committed (`behind`): a barrier
+    applies it, as the node's Raft would before the barrier's own entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.behind: list = []
+        self.barriers = 0
+
+    def barrier(self):
+        self.barriers += 1
+        fut = asyncio.get_running_loop().create_future()
+
+        def catch_up() -> None:
+            for cmd in self.behind:
+                self.apply(cmd)
+            self.behind.clear()
+            fut.set_result(None)
+
+        asyncio.get_running_loop().call_soon(catch_up)
+        return fut
+
+
+async def lagging() -> tuple[Client, LaggingLog]:
+    log = LaggingLog()
+    broker = Broker("n1", log)
+    await broker.propose(cmds.AddVhost("/"))
+    await broker.propose(cmds.PutUser("guest", hash_password("guest"), ("administrator",)))
+    await broker.propose(cmds.SetPermissions("guest", "/"))
+    c = Client(broker)
+    c.open(1)
+    return c, log
+
+
+@in_loop
+async def test_a_queue_another_node_declared_is_found_once_this_node_caught_up() -> None:
+    c, log = await lagging()
+    log.behind.append(cmds.DeclareQueue("/", "elsewhere", False, leader="n1"))
+    # Not applied here yet: the channel waits (later frames wait behind it) instead of a 404.
+    assert c.send(1, spec.QueueDeclare(queue="elsewhere", passive=True)) == []
+    assert c.publish_method(1, "", "elsewhere") == []
+    await asyncio.sleep(0.01)
+    assert [f.method for f in c.take()] == [spec.QueueDeclareOk("elsewhere", 0, 0)]
+    assert log.barriers == 1
+
+
+@in_loop
+async def test_a_name_nobody_declared_is_404_after_one_barrier() -> None:
+    c, log = await lagging()
+    assert c.send(1, spec.BasicConsume(queue="nowhere", consumer_tag="t")) == []
+    await asyncio.sleep(0.01)
+    close = channel_close(c.take())
+    assert (
+        close.reply_code == NOT_FOUND
+        and close.reply_text == "NOT_FOUND - no queue 'nowhere' in vhost '/'"
+    )
+    assert (close.class_id, close.method_id) == (60, 20)
+    assert log.barriers == 1
+
+
+@in_loop
+async def test_a_publish_to_an_exchange_another_node_declared_is_routed_once_caught_up() -> None:
+    c, log = await lagging()
+    log.behind += [
+        cmds.DeclareExchange("/", "x-elsewhere", "fanout"),
+        cmds.DeclareQueue("/", "qx", False, leader="n1"),
+        cmds.Bind("/", "x-elsewhere", "q", "qx", ""),
+    ]
+    assert [f.method for f in c.send(1, spec.ConfirmSelect())] == [spec.ConfirmSelectOk()]
+    c.feed(c.publish_bytes(1, "x-elsewhere", "", b"hello"))
+    await asyncio.sleep(0.01)
+    assert [f.method for f in c.take()] == [spec.BasicAck(delivery_tag=1, multiple=True)]
+    assert c.declare(1, "qx", passive=True).method == spec.QueueDeclareOk("qx", 1, 0)
