@@ -104,7 +104,7 @@ from pysyncobj.journal import (
 )
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from merpati.node.metadata.commands import Barrier, Command
+from merpati.node.metadata.commands import BARRIER, Barrier, Command
 from merpati.node.metadata.state import MetadataError, MetadataState, error_of
 
 from .pickle_names import freeze as _freeze_pickle_names
@@ -475,8 +475,12 @@ class RaftLog:
         self._submit(fut, uuid.uuid4().hex, cmd, time.monotonic() + _RETRY_FOR)
         return fut
 
-    def barrier(self) -> asyncio.Future:
-        """A no-op through the log: when it applies here, so has everything committed before."""
+    def barrier(self) -> asyncio.Future | None:
+        """A no-op through the log: when it applies here, so has everything committed before.
+        None for a cluster of one (nothing is committed that has not applied here) and while a
+        member's version could not read it (a rolling upgrade)."""
+        if len(self.state.members) <= 1 or not self.state.supports(BARRIER):
+            return None
         return self.propose(Barrier())
 
     def _submit(self, fut: asyncio.Future, request_id: str, cmd: Command, deadline: float) -> None:

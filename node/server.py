@@ -172,7 +172,9 @@ class Node:
         if self.cluster is not None:
             await self.cluster.announce(self.broker)
         first_boot = not self.broker.state.users
-        await self.broker.propose(cmds.NodeStarted(self.node_id, only_member=only_member))
+        await self.broker.propose(
+            cmds.NodeStarted(self.node_id, only_member=only_member, features=cmds.FEATURES)
+        )
         await self._bootstrap(first_boot)
         await self._load_definitions()
         recovered = self.broker.recover(stored)

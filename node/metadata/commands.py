@@ -253,13 +253,23 @@ class NodeStarted:
 
     node_id: str
     only_member: bool = True
+    # What the node's version understands of the log (FEATURES): commands an older member
+    # could not apply are proposed only once every member said it understands them.
+    features: tuple[str, ...] = ()
+
+
+# Log features of this version (NodeStarted.features, MetadataState.supports).
+BARRIER = "barrier"
+FEATURES = (BARRIER,)
 
 
 @dataclass(frozen=True)
 class Barrier:
     """Changes nothing. A node asked for a name it does not know proposes one and waits until it
     applies here: everything committed before it (a queue another node declared, and answered
-    declare-ok for, a moment ago) has then applied here too. Read-your-writes across nodes."""
+    declare-ok for, a moment ago) has then applied here too. Read-your-writes across nodes.
+    Proposed only when every member understands it (feature BARRIER): an older node could not
+    read it from the log."""
 
 
 Command = (

@@ -180,6 +180,8 @@ class MetadataState:
         self.members: dict[str, tuple[str, str]] = {}
         # Nodes being drained: placement gives them no new queues.
         self.draining: set[str] = set()
+        # The log features each member's version understands, as its last NodeStarted said.
+        self.node_features: dict[str, frozenset[str]] = {}
         # Resource limits (node/core/limits.py) by vhost and by user, as set: a negative value
         # is kept as given (and means no limit), as RabbitMQ lists it.
         self.vhost_limits: dict[str, dict[str, int]] = {}
@@ -192,6 +194,7 @@ class MetadataState:
         self.__dict__.setdefault("draining", set())
         self.__dict__.setdefault("vhost_limits", {})
         self.__dict__.setdefault("user_limits", {})
+        self.__dict__.setdefault("node_features", {})
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -202,6 +205,12 @@ class MetadataState:
     def queue(self, vhost: str, name: str) -> QueueDef | None:
         vh = self.vhosts.get(vhost)
         return vh.queues.get(name) if vh else None
+
+    def supports(self, feature: str) -> bool:
+        """Whether every member's version understands `feature` of the log."""
+        return bool(self.members) and all(
+            feature in self.node_features.get(node, ()) for node in self.members
+        )
 
     # -- the state machine --------------------------------------------------------------------
 
@@ -434,6 +443,7 @@ class MetadataState:
         if self.members.pop(cmd.node_id, None) is None:
             raise MetadataError(NOT_FOUND, f"no node '{cmd.node_id}' in the cluster")
         self.draining.discard(cmd.node_id)
+        self.node_features.pop(cmd.node_id, None)
         # A removed node hands nothing over any more (what it still held stays on its disk).
         for vh in self.vhosts.values():
             for q in vh.queues.values():
@@ -556,6 +566,7 @@ class MetadataState:
         removed: dict[str, list[str]] = {}
         # A node that starts again takes new queues again (a drain is for one stop).
         self.draining.discard(cmd.node_id)
+        self.node_features[cmd.node_id] = frozenset(cmd.features)
         owner_prefix = cmd.node_id + "/"
         for vh in self.vhosts.values():
             for name, q in list(vh.queues.items()):

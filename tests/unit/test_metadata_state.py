@@ -580,3 +580,21 @@ def test_a_vhost_keeps_its_metadata_and_a_bare_redeclare_leaves_it():
     assert isinstance(refused, MetadataError) and refused.code == 406
     assert "not one of classic, quorum" in refused.text
     assert "w" not in s.vhosts
+
+
+def test_a_log_feature_is_supported_once_every_member_started_with_it() -> None:
+    s = MetadataState()
+    assert not s.supports(c.BARRIER)  # no members known: nothing is promised
+    s.apply(c.NodeJoined("n1", "h1:25672", "h1:25673"))
+    s.apply(c.NodeJoined("n2", "h2:25672", "h2:25673"))
+    s.apply(c.NodeStarted("n1", only_member=False, features=c.FEATURES))
+    assert not s.supports(c.BARRIER)  # n2 runs a version that did not say it
+    s.apply(c.NodeStarted("n2", only_member=False))
+    assert not s.supports(c.BARRIER)
+    s.apply(c.NodeStarted("n2", only_member=False, features=c.FEATURES))
+    assert s.supports(c.BARRIER)
+    s.apply(c.NodeJoined("n3", "h3:25672", "h3:25673"))
+    assert not s.supports(c.BARRIER)
+    s.apply(c.NodeLeft("n3"))
+    assert s.supports(c.BARRIER)
+    assert s.apply(c.Barrier()) is None
