@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
+from tests.support.http import call, samples, scrape
 from tests.support.node import NodeProcess, PortClash
 
 
@@ -75,6 +77,26 @@ class Cluster:
 
     def __getitem__(self, name: str) -> NodeProcess:
         return self.nodes[name]
+
+
+def wait_all_running(cluster: Cluster, timeout: float = 15.0) -> None:
+    """Until every node sees every node running, its forwarding link up: each learns that a
+    restarted node is back from its own Ping (a second apart), and meanwhile a queue on it is
+    reachable through the nodes that already see it, not through one that does not."""
+    deadline = time.monotonic() + timeout
+    for name in cluster.nodes:
+        while True:
+            status, nodes = call(cluster[name].management_url, "GET", "/api/nodes")
+            links = samples(scrape(cluster[name].metrics_url))
+            peers = [p for p in cluster.nodes if p != name]
+            if (
+                status == 200
+                and all(n["running"] for n in nodes)
+                and all(links.get(f'merpati_forwarding_peer_up{{peer="{p}"}}') == 1 for p in peers)
+            ):
+                break
+            assert time.monotonic() < deadline, f"{name} still sees a node down: {nodes}"
+            time.sleep(0.1)
 
 
 def start_cluster(size: int = 3, extra: tuple[str, ...] = ()) -> Cluster:

@@ -10,9 +10,9 @@ import pika
 import pika.exceptions as pex
 import pytest
 
+from tests.cluster.conftest import wait_all_running
 from tests.support.clients import connect
 from tests.support.ctl import ctl_out
-from tests.support.http import call
 from tests.support.names import uid
 
 
@@ -198,18 +198,7 @@ def test_node_down_makes_its_queues_unavailable_then_they_return(cluster):
     # Each node learns that n3 is back from its own Ping (a second apart): wait until all do,
     # or the next test may place a queue on n3 through a node that sees it while another
     # still reports it down.
-    _wait_all_running(cluster)
-
-
-def _wait_all_running(cluster, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    for name in ("n1", "n2", "n3"):
-        while True:
-            status, nodes = call(cluster[name].management_url, "GET", "/api/nodes")
-            if status == 200 and all(n["running"] for n in nodes):
-                break
-            assert time.monotonic() < deadline, f"{name} still sees a node down: {nodes}"
-            time.sleep(0.1)
+    wait_all_running(cluster)
 
 
 def test_forwarding_metrics_count_messages_between_nodes(cluster):

@@ -8,6 +8,7 @@ import time
 import pika.exceptions as pex
 import pytest
 
+from tests.cluster.conftest import wait_all_running
 from tests.support.clients import connect
 from tests.support.http import call
 from tests.support.names import uid
@@ -116,6 +117,7 @@ def test_a_name_declared_through_one_node_is_there_at_once_through_the_others(cl
     """Read-your-writes: the declare-ok came from n1 after the Raft commit, and the very next
     request, through n2 or n3, finds the queue or exchange although that node may not have
     applied the entry yet (it waits for a barrier before answering 404)."""
+    wait_all_running(cluster)  # the test before restarts a node
     conns = {n: connect(cluster[n]) for n in ("n1", "n2", "n3")}
     try:
         declare = conns["n1"].channel()
