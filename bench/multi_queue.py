@@ -9,6 +9,9 @@ p99 of the medians over the queues), not the throughput.
 
     python -m bench.multi_queue --loadgen /path/to/amqp-loadgen [--queues 16] [--workers auto]
         [--reps 3] [--duration 10] [--rate 0] [--brokers merpati,rabbitmq]
+        [--declare first|loadgen]
+
+--brokers takes merpati:N for `--workers N` (e.g. merpati:1,merpati:2,rabbitmq).
 """
 
 from __future__ import annotations
@@ -167,8 +170,9 @@ def main() -> None:
     figures: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for rep in range(args.reps):
         for kind in kinds:
-            if kind == "merpati":
-                broker: Any = MerpatiWorkers(args.workers)
+            if kind.startswith("merpati"):
+                # merpati:N runs with --workers N (several in one run compare worker counts).
+                broker: Any = MerpatiWorkers(kind.partition(":")[2] or args.workers)
                 port, pids = broker.port, broker.pids()
             else:
                 broker = RabbitCluster(1).start()
