@@ -104,7 +104,7 @@ from pysyncobj.journal import (
 )
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from merpati.node.metadata.commands import BARRIER, Barrier, Command
+from merpati.node.metadata.commands import BARRIER, BATCH, Barrier, Batch, Command
 from merpati.node.metadata.state import MetadataError, MetadataState, error_of
 
 from .pickle_names import freeze as _freeze_pickle_names
@@ -118,6 +118,8 @@ _freeze_pickle_names()
 _RETRY_FOR = 30.0
 _RETRY_DELAY = 0.1
 _RECENT_REQUESTS = 10_000
+# Most proposals in one Batch entry (a bigger burst takes several).
+_BATCH_MAX = 500
 _RETRYABLE = frozenset(
     {FAIL_REASON.MISSING_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.NOT_LEADER}
 )
@@ -229,14 +231,16 @@ def _check_journal(path: Path) -> None:
                 args = entry[1]
                 # apply_command(cmd) or apply_request(request_id, cmd)
                 cmd = args[1] if len(args) == 2 and isinstance(args[0], str) else args[0]
+                cmds = [one for _rid, one in cmd.requests] if isinstance(cmd, Batch) else [cmd]
             except Exception as e:
                 raise RaftStorageError(
                     path, f"{where}: entry {idx} unreadable ({type(e).__name__}: {e})"
                 )
-            if not isinstance(cmd, _COMMAND_TYPES):
-                raise RaftStorageError(
-                    path, f"{where}: entry {idx} is a {type(cmd).__name__}, not a command"
-                )
+            for cmd in cmds:
+                if not isinstance(cmd, _COMMAND_TYPES):
+                    raise RaftStorageError(
+                        path, f"{where}: entry {idx} is a {type(cmd).__name__}, not a command"
+                    )
         elif kind not in (_NO_OP, _MEMBERSHIP, _VERSION):
             raise RaftStorageError(path, f"{where}: entry {idx} has unknown type {kind}")
         prev_idx = idx
@@ -349,7 +353,13 @@ class _MetadataSyncObj(SyncObj):
     @replicated
     def apply_request(self, request_id: str, cmd: Command) -> Any:
         """Apply once per request id: a proposal retried after a leader change may already be in
-        the log, and must not apply twice (a second DeleteQueue would answer 404)."""
+        the log, and must not apply twice (a second DeleteQueue would answer 404). A Batch
+        applies each of its requests so, and answers with their answers in order."""
+        if isinstance(cmd, Batch):
+            return ("batch", [self._apply_once(rid, one) for rid, one in cmd.requests])
+        return self._apply_once(request_id, cmd)
+
+    def _apply_once(self, request_id: str, cmd: Command) -> Any:
         recent = self.__dict__.setdefault("_recent", {})
         if request_id in recent:
             return recent[request_id]
@@ -455,6 +465,8 @@ class RaftLog:
         self._count_lock = threading.Lock()
         self._submitted = 0
         self._answered = 0
+        # Proposals of this loop turn, not yet handed to pysyncobj: (future, id, cmd, deadline).
+        self._batch: list[tuple[asyncio.Future, str, Command, float]] = []
         # hand_over() requests, served by the raft thread (pysyncobj is not thread-safe).
         self._hand_overs: list[asyncio.Future] = []
 
@@ -472,8 +484,57 @@ class RaftLog:
         self._pending.add(fut)
         with self._count_lock:
             self._submitted += 1
-        self._submit(fut, uuid.uuid4().hex, cmd, time.monotonic() + _RETRY_FOR)
+        # Proposals of one loop turn go to the log together (Batch): see _flush_batch.
+        batch = self._batch
+        if not batch:
+            loop.call_soon(self._flush_batch)
+        batch.append((fut, uuid.uuid4().hex, cmd, time.monotonic() + _RETRY_FOR))
         return fut
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        if not self._running or self._sync is None:
+            for fut, *_rest in batch:
+                with self._count_lock:
+                    self._answered += 1
+                self._pending.discard(fut)
+                if not fut.done():
+                    fut.set_exception(RaftProposalError("stopped"))
+            return
+        members = self.state.members
+        if len(batch) == 1 or not (len(members) <= 1 or self.state.supports(BATCH)):
+            # Alone, or some member's version could not read a Batch (a rolling upgrade).
+            for fut, request_id, cmd, deadline in batch:
+                self._submit(fut, request_id, cmd, deadline)
+            return
+        for start in range(0, len(batch), _BATCH_MAX):
+            self._submit_batch(batch[start : start + _BATCH_MAX])
+
+    def _submit_batch(self, batch: list[tuple[asyncio.Future, str, Command, float]]) -> None:
+        assert self._sync is not None
+        entry = Batch(tuple((request_id, cmd) for _fut, request_id, cmd, _d in batch))
+        try:
+            self._sync.apply_request(
+                uuid.uuid4().hex,
+                entry,
+                callback=lambda res, err: self._batch_answered(batch, res, err),
+            )
+        except BlockingIOError:
+            pass  # queued; only pysyncobj's wake-up pipe is full
+        except Exception as e:
+            for fut, *_rest in batch:
+                with self._count_lock:
+                    self._answered += 1
+                self._pending.discard(fut)
+                fut.set_exception(e)
+
+    def _batch_answered(self, batch: list, result: Any, err: int) -> None:
+        # Raft thread. Answered as one, resolved each: a failed batch is retried request by
+        # request (their ids keep any that did apply from applying twice).
+        answers = result[1] if err == FAIL_REASON.SUCCESS and isinstance(result, tuple) else None
+        for i, (fut, request_id, cmd, deadline) in enumerate(batch):
+            one = answers[i] if answers is not None else None
+            self._answered_in(fut, one, err, (request_id, cmd, deadline))
 
     def barrier(self) -> asyncio.Future | None:
         """A no-op through the log: when it applies here, so has everything committed before.

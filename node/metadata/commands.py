@@ -260,7 +260,8 @@ class NodeStarted:
 
 # Log features of this version (NodeStarted.features, MetadataState.supports).
 BARRIER = "barrier"
-FEATURES = (BARRIER,)
+BATCH = "batch"
+FEATURES = (BARRIER, BATCH)
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,18 @@ class Barrier:
     declare-ok for, a moment ago) has then applied here too. Read-your-writes across nodes.
     Proposed only when every member understands it (feature BARRIER): an older node could not
     read it from the log."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Several proposals made in one event-loop turn, as one Raft entry: (request id, command)
+    each, applied in order, each answered as if it had been proposed alone. One entry costs one
+    journal write and its msyncs however many commands it holds, which is what makes a client
+    that pipelines bindings (or many clients declaring at once) faster than one entry each. Not
+    a Command: only the Raft log wraps and unwraps it (cluster/raft_log.py). Proposed only when
+    every member understands it (feature BATCH)."""
+
+    requests: tuple[tuple[str, Any], ...]
 
 
 Command = (
