@@ -209,6 +209,9 @@ class LocalQueue:
         # every message, persistent or not (as RabbitMQ's quorum queues do).
         self.store = store
         self.store_all = bool(getattr(store, "keeps_every_message", False))
+        # The store can fall behind and say so (SQLiteStore.backlogged): credit flow on it.
+        self._store_flow = hasattr(store, "when_drained")
+        self._waiting_store = False
         self.qid = store.queue_id(vhost, name, durable) if store is not None else 0
         self.budget = budget
         self._paged = 0  # messages only in the store, all younger than anything in memory
@@ -279,6 +282,8 @@ class LocalQueue:
                 self.qid, seq, False, msg.route_raw, msg.props_raw, msg.body, msg.expires
             )
             msg.stored = True
+            if self._store_flow and store.backlogged and not self.congested:
+                self._store_behind()
         consumers = self._consumers
         if consumers and not self._ready and not self._paged:
             c = consumers[0] if len(consumers) == 1 and self._levels is None else self._pick()
@@ -301,6 +306,8 @@ class LocalQueue:
                 store.append(
                     self.qid, seq, True, msg.route_raw, msg.props_raw, msg.body, msg.expires
                 )
+                if self._store_flow and store.backlogged and not self.congested:
+                    self._store_behind()
             self._paged += 1
             self._paged_bytes += len(msg.body)
         else:
@@ -360,8 +367,24 @@ class LocalQueue:
             self._blocked.add(publisher)
             publisher.flow_blocked(self)
 
+    def _store_behind(self) -> None:
+        """The store's writer is behind: pause this queue's publishers until it caught up (the
+        same credit flow as a congested consumer; SQLiteStore.backlogged says why)."""
+        self.congested = True
+        self._check_flow()
+
+    def _store_drained(self) -> None:
+        self._waiting_store = False
+        self._check_flow()
+
     def _check_flow(self) -> None:
         if not self.congested:
+            return
+        store = self.store
+        if self._store_flow and store.backlogged:
+            if not self._waiting_store:
+                self._waiting_store = True
+                store.when_drained(self._store_drained)
             return
         if (
             self.message_count < FLOW_LOW

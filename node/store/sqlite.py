@@ -66,6 +66,11 @@ MIGRATIONS = {
 # keeps rows in a plain rowid table (compact for large bodies, unlike WITHOUT ROWID) and in
 # (queue, seq) order, so a queue is one id range.
 SEQ_BITS = 40
+# Back-pressure on the writer's backlog of message data (see SQLiteStore.backlogged), and what a
+# row costs beyond its bytes (key, flags, the tuple) in that count.
+BACKLOG_HIGH = 64 * 1024 * 1024
+BACKLOG_LOW = 16 * 1024 * 1024
+ROW_OVERHEAD = 64
 SEQ_MASK = (1 << SEQ_BITS) - 1
 
 
@@ -147,10 +152,12 @@ class _Batch:
         "replicas",
         "counts",
         "callbacks",
+        "bytes",
     )
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
+        self.bytes = 0  # message rows' size, counted in the store's backlog until committed
         self.inserts: dict[int, tuple] = {}  # packed id -> row
         self.deletes: list[tuple[int]] = []
         self.delivered: dict[int, int] = {}
@@ -224,6 +231,8 @@ class SQLiteStore:
         # Publisher confirms wait on ledger tokens; a batch takes one when it first holds a message.
         self.ledger = ledger if ledger is not None else ConfirmLedger()
         self._batch = _Batch(0)
+        self.backlog = 0  # bytes of message rows handed to the store and not yet committed
+        self._drained: list[Callable[[], None]] = []
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
@@ -374,7 +383,8 @@ class SQLiteStore:
     ) -> int:
         """Store a message; returns the ledger token whose commit makes it durable."""
         key = (qid << SEQ_BITS) | seq
-        self._batch.inserts[key] = (
+        batch = self._batch
+        batch.inserts[key] = (
             key,
             1 if transient else 0,
             route,
@@ -382,9 +392,11 @@ class SQLiteStore:
             body,
             int(expires * 1000) if expires else 0,
         )
+        size = len(body) + len(props) + len(route) + ROW_OVERHEAD
+        batch.bytes += size
+        self.backlog += size
         if not self._scheduled:
             self._touch()
-        batch = self._batch
         if not batch.epoch:
             batch.epoch = self.ledger.allocate()
         return batch.epoch
@@ -392,10 +404,15 @@ class SQLiteStore:
     def delete(self, qid: int, seq: int) -> None:
         batch = self._batch
         key = (qid << SEQ_BITS) | seq
-        if batch.inserts.pop(key, None) is None:
+        row = batch.inserts.pop(key, None)
+        if row is None:
             batch.deletes.append((key,))
             if not self._scheduled:
                 self._touch()
+        else:
+            size = len(row[4]) + len(row[3]) + len(row[2]) + ROW_OVERHEAD
+            batch.bytes -= size
+            self._committed_bytes(size)
 
     def set_delivery_count(self, qid: int, seq: int, count: int) -> None:
         """The message's delivery count is now `count` (a row that is gone is left alone)."""
@@ -558,6 +575,33 @@ class SQLiteStore:
     def watchers(self) -> set:
         return self.ledger.watchers
 
+    # -- back-pressure ---------------------------------------------------------------------
+
+    @property
+    def backlogged(self) -> bool:
+        """More message data waits for the writer than BACKLOG_HIGH: queues stop taking from
+        their publishers (credit flow) until it is down to BACKLOG_LOW. Without it a publisher
+        that wants no confirm (or publishes transient messages to a queue that pages them out)
+        outruns the writer, and what waits for it grows in memory without bound."""
+        return self.backlog > BACKLOG_HIGH
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (in the loop) once the backlog is down to BACKLOG_LOW."""
+        if self.backlog <= BACKLOG_LOW:
+            callback()
+        else:
+            self._drained.append(callback)
+
+    def _committed_bytes(self, nbytes: int) -> None:
+        self.backlog -= nbytes
+        if self._drained and self.backlog <= BACKLOG_LOW:
+            waiting, self._drained = self._drained, []
+            for callback in waiting:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - one queue's bug must not stop the store
+                    log.exception("store drained callback failed")
+
     def did_fail(self, epoch: int) -> bool:
         """Whether ledger token `epoch`, resolved already, failed (see ConfirmLedger.did_fail)."""
         return self.ledger.did_fail(epoch)
@@ -570,6 +614,7 @@ class SQLiteStore:
         self._scheduled = False
         batch = self._batch
         if batch.empty():
+            self._committed_bytes(batch.bytes)
             if batch.epoch:
                 # Everything it held cancelled out (a message acked before its write): there is
                 # nothing to commit, and its confirms must not wait for some later write.
@@ -585,8 +630,10 @@ class SQLiteStore:
         failed: list[_Batch],
         error: str | None,
         callbacks: list[Callable[[bool], None]] = (),  # type: ignore[assignment]
+        nbytes: int = 0,
     ) -> None:
         """In the loop: the batches holding these ledger tokens are committed (or all failed)."""
+        self._committed_bytes(nbytes)
         for cb in callbacks:
             try:
                 cb(not failed)
@@ -669,6 +716,7 @@ class SQLiteStore:
                 batches if error else [],
                 error,
                 [cb for b in batches for cb in b.callbacks],
+                sum(b.bytes for b in batches),
             )
         conn.close()
 
