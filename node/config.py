@@ -113,6 +113,9 @@ class Config:
     # streams, which cost far less there than over gRPC (cluster/forwarding/local_link.py); set
     # by --workers for its workers, and useful to several single nodes on one host.
     local_link_dir: str = ""
+    # A file through which the workers of --workers share the node-local settings changed at
+    # run time (memory watermark, disk free limit; node/host_settings.py); set by --workers.
+    host_settings: str = ""
     # ms between samples of the message rates the management API shows with their history
     # (RabbitMQ's collect_statistics_interval, same default).
     collect_statistics_interval: int = 5000
@@ -202,6 +205,8 @@ FLAGS: dict[str, str] = {
     "workers": "node processes to run on this host as one cluster, sharing the client ports "
     "(SO_REUSEPORT): a number or auto (one per CPU); above 1 this process supervises them",
     "reuse_port": "open the client ports with SO_REUSEPORT (set by --workers for its workers)",
+    "host_settings": "file through which the workers of this host share the memory watermark "
+    "and disk free limit set at run time (set by --workers for its workers)",
     "local_link_dir": "directory of Unix sockets through which nodes of this host forward "
     "messages to each other instead of gRPC (set by --workers for its workers)",
     "collect_statistics_interval": "ms between samples of the message rates (and their "

@@ -16,6 +16,7 @@ from .broker import Broker, hash_password
 from .config import Config
 from .core.alarms import DISK, MEMORY
 from .disk_monitor import DiskMonitor, parse_disk_free_limit
+from .host_settings import DISK_FREE_LIMIT, MEMORY_HIGH_WATERMARK, HostSettings
 from .listener import AMQPProtocol, settings_from_config
 from .memory_monitor import MemoryMonitor, parse_watermark
 from .metadata import commands as cmds
@@ -60,6 +61,8 @@ class Node:
         self.started_at = 0.0
         self.disk_monitor: DiskMonitor | None = None
         self.memory_monitor: MemoryMonitor | None = None
+        # The workers' shared node-local settings (--host-settings), else None.
+        self.host_settings: HostSettings | None = None
 
     async def _bootstrap(self, first_boot: bool) -> None:
         """Propose the configured vhosts and users (idempotent commands).
@@ -227,6 +230,18 @@ class Node:
             parse_watermark(cfg.memory_high_watermark), self._on_memory_alarm
         )
         self.memory_monitor.start()
+        if cfg.host_settings:
+            self.host_settings = HostSettings(cfg.host_settings, self._apply_host_setting)
+            await self.host_settings.check()  # what the other workers were told before
+            self.host_settings.start()
+
+    async def _apply_host_setting(self, setting: str, body: dict[str, Any]) -> None:
+        """A setting another worker of this host took (node/host_settings.py)."""
+        if setting == MEMORY_HIGH_WATERMARK and self.memory_monitor is not None:
+            watermark = parse_watermark(body.get("limit"), bool(body.get("absolute")))  # type: ignore[arg-type]
+            self.memory_monitor.set_watermark(watermark)
+        elif setting == DISK_FREE_LIMIT and self.disk_monitor is not None:
+            await self.disk_monitor.set_limit(parse_disk_free_limit(body.get("limit")))  # type: ignore[arg-type]
 
     async def _start_http(self, data_dir: Path) -> None:
         """Start the Prometheus and management HTTP listeners (a port of 0 disables one)."""
@@ -365,6 +380,8 @@ class Node:
             # before this stop): give them a moment to reach their new leader. Whatever does not
             # make it stays in the store and is handed over at the next start.
             await self.broker.cluster.wait_handovers(HANDOVER_GRACE)
+        if self.host_settings is not None:
+            await self.host_settings.stop()
         if self.memory_monitor is not None:
             self.memory_monitor.stop()
         if self.disk_monitor is not None:

@@ -153,7 +153,12 @@ def peers_of(plans: list[WorkerPlan]) -> str:
 
 
 def worker_argv(
-    server_args: list[str], plan: WorkerPlan, peers: str, locator: str, link_dir: str = ""
+    server_args: list[str],
+    plan: WorkerPlan,
+    peers: str,
+    locator: str,
+    link_dir: str = "",
+    host_settings: str = "",
 ) -> list[str]:
     """The command of one worker: the supervisor's own `server` arguments, then the worker's.
     Later flags win in argparse and flags win over the environment and the config file, so
@@ -185,6 +190,8 @@ def worker_argv(
         argv += ["--queue-leader-locator", locator]
     if link_dir:
         argv += ["--local-link-dir", link_dir]
+    if host_settings:
+        argv += ["--host-settings", host_settings]
     return argv
 
 
@@ -240,8 +247,15 @@ class Supervisor:
         self.data_dir = Path(cfg.data_dir)
         # The workers forward to each other through Unix sockets here (local_link), not gRPC.
         self.link_dir = self.data_dir / "links"
+        # Node-local settings changed at run time, for every worker (node/host_settings.py).
+        self.host_settings = self.data_dir / "host-settings.json"
         self.workers = [
-            Worker(p, worker_argv(server_args, p, peers, locator, str(self.link_dir)))
+            Worker(
+                p,
+                worker_argv(
+                    server_args, p, peers, locator, str(self.link_dir), str(self.host_settings)
+                ),
+            )
             for p in self.plans
         ]
         self.stopping = False
@@ -276,6 +290,8 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._hangup)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.link_dir.mkdir(mode=0o700, exist_ok=True)
+        # Settings made at run time last until the host's Merpati restarts (as rabbitmqctl's).
+        self.host_settings.unlink(missing_ok=True)
         if (self.data_dir / "raft").is_dir() or (self.data_dir / "messages.db").exists():
             log.warning(
                 "%s holds a single node's data, which the workers do not use (each has its own "

@@ -12,6 +12,7 @@ from aiohttp import web
 from ... import __version__
 from ...core.alarms import DISK, MEMORY
 from ...disk_monitor import DiskLimitError, parse_disk_free_limit
+from ...host_settings import DISK_FREE_LIMIT, MEMORY_HIGH_WATERMARK
 from ...memory_monitor import WatermarkError, parse_watermark
 from ...metrics.collector import disk_free, memory_limit, open_fds, resident_memory
 from ...routing.exchange import EXCHANGE_TYPES
@@ -267,7 +268,18 @@ class OverviewApi(ApiBase):
         if monitor is None:
             raise not_found("this node has no memory monitor")
         monitor.set_watermark(watermark)
+        self._share_with_host(
+            MEMORY_HIGH_WATERMARK,
+            {"limit": body.get("limit"), "absolute": bool(body.get("absolute"))},
+        )
         return json_response(self._memory_json())
+
+    def _share_with_host(self, setting: str, body: dict[str, Any]) -> None:
+        """A worker of `--workers` passes a node-local setting on to the host's other workers:
+        the request reached this one by chance (node/host_settings.py)."""
+        shared = self.node.host_settings
+        if shared is not None:
+            shared.put(setting, body)
 
     async def disk_free_limit(self, request: web.Request) -> web.Response:
         return json_response(self._disk_limit_json())
@@ -286,4 +298,5 @@ class OverviewApi(ApiBase):
         if monitor is None:
             raise not_found("this node has no disk monitor")
         await monitor.set_limit(limit)
+        self._share_with_host(DISK_FREE_LIMIT, {"limit": body.get("limit")})
         return json_response(self._disk_limit_json())
