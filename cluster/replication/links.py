@@ -290,7 +290,8 @@ class _FetchStream:
                 raise
             except grpc.aio.AioRpcError as e:
                 if not self.closed:
-                    log.debug("fetch stream to %s broke: %s", self.leader, e.details())
+                    # Info, not debug: a follower that stops catching up is otherwise silent.
+                    log.info("fetch stream to %s broke: %s", self.leader, e.details())
             except Exception:  # noqa: BLE001 - a bug here must not end the stream for good
                 log.exception("fetch stream to %s failed", self.leader)
             await asyncio.sleep(RETRY)

@@ -269,6 +269,26 @@ def test_quorum_queues_are_led_by_the_declaring_connections_worker(host):
                 conn.close()
 
 
+def test_a_node_setting_through_the_shared_port_reaches_every_worker(host):
+    """set_vm_memory_high_watermark reaches one worker by chance; the host's others follow
+    (before the tests that kill and stop the workers: this one needs them all running)."""
+    status, body = call(
+        host.management_url,
+        "PUT",
+        "/api/merpati/node/memory-high-watermark",
+        {"limit": "3GB", "absolute": True},
+    )
+    assert status == 200, body
+    deadline = time.monotonic() + 10
+    for i in range(host.count):
+        while True:
+            figures = samples(scrape(host.metrics_url_of(i)))
+            if figures.get("rabbitmq_resident_memory_limit_bytes") == 3 * 1000**3:
+                break
+            assert time.monotonic() < deadline, f"worker {i} kept its watermark"
+            time.sleep(0.1)
+
+
 def test_a_killed_worker_is_restarted_and_rejoins_with_its_queues(host):
     by_worker = connections_on_each_worker(host)
     victim = host.node_id(1)
@@ -340,22 +360,3 @@ def test_one_sigterm_stops_every_worker_in_order(host):
     assert f"Merpati node {host.node_id(0)} stopped" in log
     assert f"Merpati node {host.node_id(1)} stopped" in log
     assert "all workers stopped" in log
-
-
-def test_a_node_setting_through_the_shared_port_reaches_every_worker(host):
-    """set_vm_memory_high_watermark reaches one worker by chance; the host's others follow."""
-    status, body = call(
-        host.management_url,
-        "PUT",
-        "/api/merpati/node/memory-high-watermark",
-        {"limit": "3GB", "absolute": True},
-    )
-    assert status == 200, body
-    deadline = time.monotonic() + 10
-    for i in range(host.count):
-        while True:
-            figures = samples(scrape(host.metrics_url_of(i)))
-            if figures.get("rabbitmq_resident_memory_limit_bytes") == 3 * 1000**3:
-                break
-            assert time.monotonic() < deadline, f"worker {i} kept its watermark"
-            time.sleep(0.1)
