@@ -44,11 +44,16 @@ HOLD_BACK = 0.5
 RELEASE_DELAY = 3.0
 # A loop turn this much later than asked means the process was paused (SIGSTOP, a frozen VM) or
 # starved: another replica may lead by now and have delivered the same messages. What this
-# node's queues hold ready waits HOLD_AFTER_STALL before it is delivered, time for the metadata
-# to say who leads (a deposed leader's queue is closed meanwhile and delivers nothing).
+# node's queues hold ready waits until the metadata says who leads (a deposed leader's queue is
+# closed meanwhile and delivers nothing): until a Raft barrier proposed on waking has applied
+# here, so every leader change committed before it has too (at most HOLD_MAX_AFTER_STALL, when
+# no majority answers), or HOLD_AFTER_STALL where the log cannot take a barrier (an older
+# member). A fixed 1.5 s alone was once too short in CI: the woken node heard of the new
+# leader 1.6 s after waking, and delivered what the new leader had delivered and had acked.
 STALL = 1.0
 STALL_CHECK = 0.2
 HOLD_AFTER_STALL = 1.5
+HOLD_MAX_AFTER_STALL = 30.0
 
 if TYPE_CHECKING:
     from merpati.node.broker import Broker
@@ -107,21 +112,35 @@ class ReplicatedQueues:
         broker = self.broker
         if broker is None or len(broker.state.members) < 2:
             return
-        held = 0
+        held = []
         for vhost, queues in broker.queues.items():
             for name, q in queues.items():
                 qdef = broker.state.queue(vhost, name)
                 if qdef is not None and qdef.replicated and q.led_here and q.message_count:
-                    q.hold_back(q.last_seq, HOLD_AFTER_STALL)
-                    held += 1
-        if held:
-            log.warning(
-                "this node was stalled for %.1f s: %d quorum queue(s) it led wait %.1f s before "
-                "delivering (another replica may lead them now)",
-                gap,
-                held,
-                HOLD_AFTER_STALL,
-            )
+                    held.append(q)
+        if not held:
+            return
+        barrier = getattr(broker.metadata, "barrier", None)
+        caught_up = barrier() if barrier is not None else None
+        hold = HOLD_AFTER_STALL if caught_up is None else HOLD_MAX_AFTER_STALL
+        for q in held:
+            q.hold_back(q.last_seq, hold)
+        log.warning(
+            "this node was stalled for %.1f s: %d quorum queue(s) it led wait %s before "
+            "delivering (another replica may lead them now)",
+            gap,
+            len(held),
+            "for the metadata to catch up" if caught_up is not None else f"{hold:.1f} s",
+        )
+        if caught_up is not None:
+
+            def give_back(f: asyncio.Future) -> None:
+                if not f.cancelled() and f.exception() is not None:
+                    return  # no majority: the timer gives them back (as before the barrier)
+                for q in held:
+                    q.give_back_held()  # a deposed leader's queue is closed: it delivers nothing
+
+            caught_up.add_done_callback(give_back)
 
     # -- placement --------------------------------------------------------------------------------
 

@@ -782,6 +782,11 @@ class LocalQueue:
         asyncio.get_running_loop().call_later(self.release_delay, self._give_back)
         self._check_flow()
 
+    def give_back_held(self) -> None:
+        """What hold_back holds goes back now (the reason to hold it is gone)."""
+        if self._held_back:
+            self._give_back()
+
     def _give_back(self) -> None:
         held, self._held_back = self._held_back, {}
         self._held_back_bytes = 0
